@@ -1,0 +1,126 @@
+"""Base class every expert extractor implements."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from extractors.registry import ExpertSpec
+
+
+class InputError(ValueError):
+    """A sample's input cannot be used: the sample is recorded as absent with this reason."""
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model's weights cannot be found locally and the hub cannot be reached."""
+
+
+@dataclass
+class ExtractorSettings:
+    """Runtime settings of one extractor.
+
+    ``model_id``, ``revision`` and ``preprocessing`` change the embeddings (and are part of the
+    Snakemake params); ``local_dir``, ``batch_size``, ``device`` and ``num_workers`` do not.
+    """
+
+    model_id: str | None = None
+    revision: str | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    local_dir: str | None = None
+    batch_size: int = 32
+    device: str = "auto"
+    num_workers: int = 0
+    allow_remote_code: bool = False
+
+    @classmethod
+    def resolve(cls, spec: ExpertSpec, overrides: dict[str, Any] | None) -> ExtractorSettings:
+        overrides = dict(overrides or {})
+        unknown = set(overrides) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"expert {spec.name!r}: unknown setting(s) {sorted(unknown)}")
+        pre = {**spec.preprocessing, **overrides.pop("preprocessing", {})}
+        out = cls(model_id=spec.hub_id, revision=spec.revision, preprocessing=pre)
+        for key, value in overrides.items():
+            setattr(out, key, value)
+        return out
+
+
+def resolve_device(requested: str = "auto") -> str:
+    """``auto`` picks CUDA when available, else CPU."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Extractor:
+    """An expert: ``load`` once, then ``prepare`` each input and ``embed_batch`` the prepared ones.
+
+    ``prepare`` runs on CPU (possibly in DataLoader workers) and raises :class:`InputError` for
+    an unusable input; ``embed_batch`` returns a float32 array of shape ``[len(batch), dim]``.
+    """
+
+    spec: ClassVar[ExpertSpec]
+
+    def __init__(self, settings: dict[str, Any] | None = None):
+        self.settings = ExtractorSettings.resolve(self.spec, settings)
+        self.device = "cpu"
+
+    # -- to implement -------------------------------------------------------------------
+    def load(self) -> None:
+        """Load weights (no-op for weight-free experts)."""
+
+    def prepare(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def embed_batch(self, batch: list[Any]) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def sort_key(self, prepared: Any) -> int:
+        """Batches are formed in order of this key (e.g. text length) to limit padding."""
+        return 0
+
+    def metadata(self) -> dict[str, Any]:
+        """Output-affecting facts recorded in the feature file's metadata."""
+        s = self.settings
+        return {
+            "extractor": self.spec.name,
+            "role": self.spec.role,
+            "model_id": s.model_id,
+            "revision": s.revision,
+            "dim": self.dim,
+            "preprocessing": s.preprocessing,
+        }
+
+    def model_source(self) -> str:
+        """Where to load weights from: ``local_dir`` if set, else the hub id (offline-checked)."""
+        s = self.settings
+        if s.local_dir:
+            if not os.path.isdir(s.local_dir):
+                raise ModelUnavailableError(
+                    f"expert {self.spec.name!r}: local_dir {s.local_dir!r} does not exist"
+                )
+            return s.local_dir
+        if not s.model_id:
+            raise ModelUnavailableError(f"expert {self.spec.name!r}: no model_id and no local_dir")
+        return s.model_id
+
+    def unavailable(self, error: Exception) -> ModelUnavailableError:
+        s = self.settings
+        return ModelUnavailableError(
+            f"expert {self.spec.name!r} needs model {s.model_id!r} at revision {s.revision!r}, which could "
+            f"not be loaded ({type(error).__name__}: {error}). Provide it by pre-downloading into the "
+            "Hugging Face cache (HF_HOME) and running with HF_HUB_OFFLINE=0 once, or by setting "
+            f"experts.settings.{self.spec.name}.local_dir in config.yaml to a folder holding the weights, "
+            "or switch to the offline committee with experts.profile: demo."
+        )

@@ -1,0 +1,121 @@
+"""Decorator registry of expert extractors.
+
+Each expert module declares an :class:`ExpertSpec` with its own metadata and registers its
+extractor class with :func:`register_expert`. Modules import their heavy libraries lazily
+(inside ``load``), so importing every module to enumerate the registry stays cheap and a job
+for one expert never pulls in another expert's dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from extractors.base import Extractor
+
+MODALITY_KINDS = ("image", "text", "timeseries", "volume", "slide", "tabular")
+ROLES = ("biomed", "general", "rag", "teacher")
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """Metadata an expert declares about itself (the registry's single source of truth)."""
+
+    name: str
+    kinds: tuple[str, ...]
+    role: str
+    dim: int
+    hub_id: str | None = None
+    revision: str | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    trust_remote_code: bool = False
+    offline: bool = False
+    description: str = ""
+    paper_name: str | None = None
+    gpu: bool = False
+    mem_mb: int = 2000
+    environment: str = "main"
+
+    def __post_init__(self) -> None:
+        bad = [k for k in self.kinds if k not in MODALITY_KINDS]
+        if bad:
+            raise ValueError(f"expert {self.name!r}: unknown modality kind(s) {bad}; known: {MODALITY_KINDS}")
+        if self.role not in ROLES:
+            raise ValueError(f"expert {self.name!r}: role {self.role!r} not in {ROLES}")
+
+
+_REGISTRY: dict[str, type[Extractor]] = {}
+_DISCOVERED = False
+
+
+def register_expert(spec: ExpertSpec):
+    """Class decorator: attach ``spec`` to an :class:`Extractor` subclass and register it."""
+
+    def wrap(cls):
+        if spec.name in _REGISTRY and _REGISTRY[spec.name] is not cls:
+            raise ValueError(f"expert {spec.name!r} registered twice ({_REGISTRY[spec.name]} and {cls})")
+        cls.spec = spec
+        _REGISTRY[spec.name] = cls
+        return cls
+
+    return wrap
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import extractors
+
+    for info in pkgutil.walk_packages(extractors.__path__, prefix="extractors."):
+        leaf = info.name.rsplit(".", 1)[-1]
+        if leaf.startswith("_") or leaf in {"registry", "base", "runner", "inputs", "cli"}:
+            continue
+        importlib.import_module(info.name)
+    _DISCOVERED = True
+
+
+def list_experts() -> list[str]:
+    """Names of every registered expert, sorted."""
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def get_expert_class(name: str) -> type[Extractor]:
+    """The extractor class registered under ``name``; unknown names list the known ones."""
+    _discover()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown expert {name!r}; known experts: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def get_spec(name: str) -> ExpertSpec:
+    return get_expert_class(name).spec
+
+
+def create_extractor(name: str, settings: dict[str, Any] | None = None) -> Extractor:
+    """Factory: instantiate the extractor ``name`` with runtime ``settings`` (not yet loaded)."""
+    return get_expert_class(name)(settings or {})
+
+
+def source_files(name: str) -> list[str]:
+    """Source files of the expert's class and of its bases inside ``extractors`` (rule inputs).
+
+    Editing any of them must rerun the expert's extraction jobs.
+    """
+    root = Path(__file__).resolve().parent
+    files: list[str] = []
+    for klass in inspect.getmro(get_expert_class(name)):
+        try:
+            path = Path(inspect.getsourcefile(klass)).resolve()
+        except (TypeError, OSError):
+            continue
+        if root in path.parents and str(path) not in files:
+            files.append(str(path))
+    return files

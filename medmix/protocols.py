@@ -1,0 +1,87 @@
+"""Missing-modality protocols: how modalities are removed at train or test time.
+
+A protocol maps expert masks to new masks with a seeded generator. Train protocols are applied
+per batch by the trainer (augmentation by masking); test protocols once to the evaluation data.
+New kinds register with :func:`register_protocol_kind`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+MaskDict = dict[str, torch.Tensor]
+_KINDS: dict[str, Callable[..., Callable[[MaskDict, torch.Generator], MaskDict]]] = {}
+
+
+def register_protocol_kind(name: str):
+    def wrap(fn):
+        _KINDS[name] = fn
+        return fn
+
+    return wrap
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A named protocol: ``kind`` plus its parameters (e.g. ``{"modality": "note", "p": 0.5}``)."""
+
+    name: str
+    kind: str = "none"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, mask: MaskDict, generator: torch.Generator) -> MaskDict:
+        try:
+            fn = _KINDS[self.kind]
+        except KeyError:
+            raise KeyError(f"protocol {self.name!r}: unknown kind {self.kind!r}; known: {sorted(_KINDS)}") from None
+        return fn(**self.params)(mask, generator)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.kind == "none"
+
+
+def _drop(mask: MaskDict, modalities: list[str], p: float, generator: torch.Generator) -> MaskDict:
+    out = dict(mask)
+    for m in modalities:
+        if m not in mask:
+            raise KeyError(f"protocol drops unknown modality {m!r}; modalities: {sorted(mask)}")
+        n = mask[m].shape[0]
+        keep = torch.rand(n, generator=generator) >= p
+        out[m] = mask[m] & keep[:, None].to(mask[m].device)
+    return out
+
+
+@register_protocol_kind("none")
+def _none():
+    return lambda mask, generator: dict(mask)
+
+
+@register_protocol_kind("drop_one")
+def _drop_one(modality: str, p: float):
+    """Remove one modality from each sample with probability ``p``."""
+    return lambda mask, generator: _drop(mask, [modality], p, generator)
+
+
+@register_protocol_kind("random_drop")
+def _random_drop(p: float):
+    """Remove every modality independently with probability ``p``."""
+    return lambda mask, generator: _drop(mask, sorted(mask), p, generator)
+
+
+def parse_protocols(section: dict[str, Any] | None) -> list[Protocol]:
+    """``{"name": {"kind": ..., **params}}`` -> protocols; ``none`` is always first."""
+    out = [Protocol("none")]
+    for name, spec in (section or {}).items():
+        if name == "none":
+            continue
+        spec = dict(spec)
+        kind = spec.pop("kind")
+        if kind not in _KINDS:
+            raise KeyError(f"protocol {name!r}: unknown kind {kind!r}; known: {sorted(_KINDS)}")
+        out.append(Protocol(name, kind, spec))
+    return out

@@ -1,0 +1,147 @@
+"""The Parquet feature store: one file per (dataset, modality, expert).
+
+Schema: ``sample_id`` (string), ``present`` (bool), ``embedding`` (fixed-size list of float32,
+null where ``present`` is false). The file's key-value metadata (key ``medmix``) records the
+extractor, model id, revision, dim, preprocessing, package version and a hash of the inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from medmix.atomic import atomic_path
+
+META_KEY = b"medmix"
+#: Metadata fields that must match the configured expert for a cache to be valid.
+IDENTITY_FIELDS = ("extractor", "model_id", "revision", "dim", "preprocessing")
+
+
+class FeatureStoreError(ValueError):
+    """A feature file is missing, malformed or does not match what the config asks for."""
+
+
+@dataclass
+class FeatureFile:
+    sample_ids: list[str]
+    present: np.ndarray  # bool [N]
+    embeddings: np.ndarray  # float32 [N, dim]; rows of absent samples are zero
+    metadata: dict[str, Any]
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+
+def hash_inputs(sample_ids: list[str], values: list[Any]) -> str:
+    """A stable hash of the (sample id, input) pairs an extraction ran on."""
+    h = hashlib.sha256()
+    for sid, value in zip(sample_ids, values, strict=True):
+        h.update(str(sid).encode())
+        h.update(b"\x00")
+        h.update(json.dumps(value, sort_keys=True, default=str).encode())
+        h.update(b"\x01")
+    return h.hexdigest()
+
+
+def write_features(
+    path: str | Path,
+    sample_ids: list[str],
+    embeddings: np.ndarray,
+    present: np.ndarray,
+    metadata: dict[str, Any],
+) -> None:
+    """Atomically write one feature file; absent rows are stored as null embeddings."""
+    from medmix import __version__
+
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    present = np.asarray(present, dtype=bool)
+    n = len(sample_ids)
+    if embeddings.ndim != 2 or embeddings.shape[0] != n or present.shape != (n,):
+        raise FeatureStoreError(
+            f"{path}: {n} ids but embeddings {embeddings.shape} and present {present.shape}"
+        )
+    if len(set(sample_ids)) != n:
+        raise FeatureStoreError(f"{path}: duplicate sample ids {_duplicates(sample_ids)[:5]}")
+    if present.any() and not np.isfinite(embeddings[present]).all():
+        bad = [sample_ids[i] for i in np.flatnonzero(present & ~np.isfinite(embeddings).all(1))[:5]]
+        raise FeatureStoreError(f"{path}: non-finite embeddings for present samples {bad}")
+    dim = embeddings.shape[1]
+    meta = {**metadata, "dim": int(dim), "package_version": __version__, "n": n, "n_present": int(present.sum())}
+    flat = pa.array(embeddings.reshape(-1), type=pa.float32())
+    emb = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~present))
+    table = pa.table({"sample_id": pa.array(sample_ids, pa.string()), "present": pa.array(present), "embedding": emb})
+    table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
+
+    def verify(tmp: Path) -> None:
+        back = pq.read_table(tmp)
+        if back.num_rows != n or back.schema.metadata.get(META_KEY) is None:
+            raise FeatureStoreError(f"{path}: read-back check failed")
+
+    with atomic_path(path, verify=verify) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    try:
+        raw = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid) as err:
+        raise FeatureStoreError(f"{path}: not a readable feature file ({err})") from err
+    if META_KEY not in raw:
+        raise FeatureStoreError(f"{path}: no medmix metadata; not written by the feature store")
+    return json.loads(raw[META_KEY])
+
+
+def read_features(path: str | Path) -> FeatureFile:
+    path = Path(path)
+    if not path.exists():
+        raise FeatureStoreError(f"feature file {path} does not exist")
+    meta = read_metadata(path)
+    table = pq.read_table(path)
+    missing = {"sample_id", "present", "embedding"} - set(table.column_names)
+    if missing:
+        raise FeatureStoreError(f"{path}: missing column(s) {sorted(missing)}")
+    ids = table.column("sample_id").to_pylist()
+    present = np.asarray(table.column("present").to_numpy(zero_copy_only=False), dtype=bool)
+    col = table.column("embedding").combine_chunks()
+    dim = col.type.list_size
+    if dim != meta.get("dim"):
+        raise FeatureStoreError(f"{path}: embedding width {dim} but metadata says dim={meta.get('dim')}")
+    emb = np.zeros((len(ids), dim), np.float32)
+    if len(ids):
+        # Null list entries still occupy slots in the child array of a fixed-size list.
+        child = col.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        emb[:] = np.nan_to_num(child.reshape(len(ids), dim))
+        emb[~present] = 0.0
+    if len(set(ids)) != len(ids):
+        raise FeatureStoreError(f"{path}: duplicate sample ids {_duplicates(ids)[:5]}")
+    return FeatureFile(ids, present, emb, meta)
+
+
+def check_identity(path: str | Path, meta: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Fail if the cache was produced with settings other than those the config asks for."""
+    diffs = []
+    for key in IDENTITY_FIELDS:
+        if key in expected and expected[key] is not None and meta.get(key) != expected[key]:
+            diffs.append(f"{key}: cached {meta.get(key)!r}, config {expected[key]!r}")
+    if diffs:
+        raise FeatureStoreError(
+            f"{path}: cache does not match the config ({'; '.join(diffs)}); rerun its extraction "
+            "(snakemake reruns it when the config changes) or delete the file"
+        )
+
+
+def _duplicates(ids: list[str]) -> list[str]:
+    seen, dup = set(), []
+    for i in ids:
+        if i in seen:
+            dup.append(i)
+        seen.add(i)
+    return dup

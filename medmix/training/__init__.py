@@ -1,0 +1,3 @@
+"""Training utilities shared by fusion methods."""
+
+from __future__ import annotations
