@@ -35,6 +35,8 @@ class ExtractorSettings:
     device: str = "auto"
     num_workers: int = 0
     allow_remote_code: bool = False
+    #: expert-specific extras (e.g. a RAG index folder, a tabular width) set by the workflow.
+    options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def resolve(cls, spec: ExpertSpec, overrides: dict[str, Any] | None) -> ExtractorSettings:
