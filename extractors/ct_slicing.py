@@ -20,7 +20,8 @@ def sample_slice_indices(depth: int, n: int = N_SLICES) -> np.ndarray:
         raise InputError(f"volume has depth {depth}")
     if n == 1:
         return np.zeros(1, dtype=np.int64)
-    return np.floor((depth - 1) / (n - 1) * np.arange(n)).astype(np.int64)
+    # Integer arithmetic gives the exact floor; float ((D-1)/(N-1))*i can land just below an integer.
+    return ((depth - 1) * np.arange(n, dtype=np.int64)) // (n - 1)
 
 
 def window_hu(slices: np.ndarray, hu_range: tuple[float, float] = HU_RANGE) -> np.ndarray:

@@ -1,22 +1,45 @@
-"""Run one expert over one modality of one dataset and write its feature file."""
+"""Run one expert over one modality of one dataset and write its feature file.
+
+Inputs are prepared (read + CPU preprocessing) in order, in DataLoader worker processes when
+``settings.num_workers > 0`` so that reading overlaps embedding, and embedded in chunks: within a
+chunk of ``CHUNK_BATCHES`` batches, batches are formed in ``sort_key`` order (e.g. by text
+length) to limit padding, so memory stays bounded by one chunk of prepared inputs. Embeddings
+do not depend on the batch composition (each expert guarantees it), so chunking changes nothing.
+
+Bad input never stops the job and never drops a sample: an :class:`InputError` from ``prepare``
+(or any other exception from it, counted as "unexpected"), a batch whose ``embed_batch`` fails
+for one sample, or non-finite embeddings make that sample absent (``present = false``) with the
+reason logged and counted in the per-expert summary line and the file's metadata. Only errors
+that concern the whole expert (its weights cannot be loaded, every input failing unexpectedly,
+wrong output shapes) raise.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from extractors.base import Extractor, InputError
+from extractors.base import Extractor, InputError, ModelUnavailableError
+from extractors.inputs import is_missing
 from medmix.store import hash_inputs, write_features
 
 log = logging.getLogger("medmix.extract")
 
+MISSING = "missing in cohort"
+UNEXPECTED = "unexpected"
+#: Batches per chunk of prepared inputs held in memory at once.
+CHUNK_BATCHES = 16
+
 
 class _Prepared:
-    """Map-style dataset that prepares inputs in DataLoader workers; failures become reasons."""
+    """Map-style dataset that prepares inputs (in DataLoader workers); failures become reasons."""
 
     def __init__(self, extractor: Extractor, values: list[Any]):
         self.extractor, self.values = extractor, values
@@ -24,48 +47,118 @@ class _Prepared:
     def __len__(self) -> int:
         return len(self.values)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
         try:
             return i, self.extractor.prepare(self.values[i]), None
         except InputError as err:
             return i, None, str(err)
+        except Exception as err:  # noqa: BLE001 - one odd input must not stop the whole job
+            return i, None, f"{UNEXPECTED} {type(err).__name__} in prepare: {err}"
 
 
 def _collate(items):
     return items
 
 
-def prepare_all(extractor: Extractor, values: list[Any], num_workers: int = 0):
-    """Prepared inputs (or ``None``) and failure reasons, in input order."""
+def iter_prepared(extractor: Extractor, values: list[Any], num_workers: int = 0) -> Iterator[tuple[int, Any, str | None]]:
+    """``(index, prepared or None, reason or None)`` for every value, in input order."""
     ds = _Prepared(extractor, values)
-    prepared: list[Any] = [None] * len(values)
-    reasons: list[str | None] = [None] * len(values)
     if num_workers > 0 and len(values) > 1:
         from torch.utils.data import DataLoader
 
-        loader = DataLoader(ds, batch_size=8, num_workers=num_workers, collate_fn=_collate)
-        items = (item for batch in loader for item in batch)
+        loader = DataLoader(
+            ds, batch_size=4, num_workers=min(num_workers, len(values)), collate_fn=_collate,
+            prefetch_factor=4, persistent_workers=False,
+        )
+        for batch in loader:
+            yield from batch
     else:
-        items = (ds[i] for i in range(len(ds)))
-    for i, item, reason in items:
+        for i in range(len(ds)):
+            yield ds[i]
+
+
+def prepare_all(extractor: Extractor, values: list[Any], num_workers: int = 0):
+    """Prepared inputs (or ``None``) and failure reasons, in input order."""
+    prepared: list[Any] = [None] * len(values)
+    reasons: list[str | None] = [None] * len(values)
+    for i, item, reason in iter_prepared(extractor, values, num_workers):
         prepared[i], reasons[i] = item, reason
     return prepared, reasons
+
+
+class _ShapeError(RuntimeError):
+    """``embed_batch`` returned the wrong shape: a bug of the expert, not of one input."""
+
+
+def _embed_checked(extractor: Extractor, batch: list[Any]) -> np.ndarray:
+    emb = np.asarray(extractor.embed_batch(batch), dtype=np.float32)
+    if emb.shape != (len(batch), extractor.dim):
+        raise _ShapeError(
+            f"expert {extractor.spec.name!r} returned shape {emb.shape}, expected {(len(batch), extractor.dim)}"
+        )
+    return emb
+
+
+def _embed_failure(err: Exception) -> str:
+    prefix = "" if isinstance(err, InputError) else f"{UNEXPECTED} "
+    return f"{prefix}{type(err).__name__} in embed: {err}"
+
+
+def embed_items(
+    extractor: Extractor, items: list[tuple[int, Any]], batch_size: int
+) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+    """Embed ``(index, prepared)`` pairs in ``sort_key`` order; yields ``(index, row, reason)``.
+
+    If a batch fails, its samples are retried one by one so only the offending ones are lost.
+    Model-loading errors and wrong output shapes concern every sample and are raised.
+    """
+    items = sorted(items, key=lambda it: extractor.sort_key(it[1]))
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        try:
+            emb = _embed_checked(extractor, [p for _, p in chunk])
+            results = [(i, emb[k], None) for k, (i, _) in enumerate(chunk)]
+        except (ModelUnavailableError, _ShapeError):
+            raise
+        except Exception as err:  # noqa: BLE001 - isolate the sample(s) that break the batch
+            if len(chunk) == 1:
+                results = [(chunk[0][0], None, _embed_failure(err))]
+            else:
+                log.warning("expert %s: a batch of %d failed (%s: %s); embedding its samples one by one",
+                            extractor.spec.name, len(chunk), type(err).__name__, err)
+                results = list(embed_items(extractor, chunk, 1))
+        for i, row, reason in results:
+            if row is not None and not np.isfinite(row).all():
+                yield i, None, "non-finite embedding"
+            else:
+                yield i, row, reason
 
 
 def embed_all(extractor: Extractor, prepared: list[Any], batch_size: int) -> np.ndarray:
     """Embed the non-``None`` prepared inputs in length-sorted batches; returns ``[N, dim]``."""
     out = np.zeros((len(prepared), extractor.dim), np.float32)
-    idx = [i for i, p in enumerate(prepared) if p is not None]
-    idx.sort(key=lambda i: extractor.sort_key(prepared[i]))
-    for start in range(0, len(idx), batch_size):
-        chunk = idx[start : start + batch_size]
-        emb = np.asarray(extractor.embed_batch([prepared[i] for i in chunk]), dtype=np.float32)
-        if emb.shape != (len(chunk), extractor.dim):
-            raise RuntimeError(
-                f"expert {extractor.spec.name!r} returned shape {emb.shape}, expected {(len(chunk), extractor.dim)}"
-            )
-        out[chunk] = emb
+    items = [(i, p) for i, p in enumerate(prepared) if p is not None]
+    for i, row, _ in embed_items(extractor, items, batch_size):
+        if row is not None:
+            out[i] = row
     return out
+
+
+def reason_category(reason: str) -> str:
+    """A reason without its sample-specific parts (paths, numbers), for counting."""
+    text = re.sub(r"\S*[/\\]\S*", "<path>", reason)
+    text = re.sub(r"\d+(\.\d+)?", "#", text)
+    return text[:160]
+
+
+def _progress(total: int, name: str):
+    from tqdm import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(
+        total=total, desc=f"extract {name}", unit="sample", file=sys.stderr, dynamic_ncols=interactive,
+        mininterval=0.5 if interactive else 30.0, disable=total == 0,
+    )
 
 
 def run_extraction(
@@ -75,46 +168,93 @@ def run_extraction(
     out_path: str,
     extra_metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Extract embeddings for ``values`` (``None`` = modality absent) and write ``out_path``.
+    """Extract embeddings for ``values`` (``None``/NaN = modality absent) and write ``out_path``.
 
     Unusable inputs are recorded as absent with their reason logged; no sample is dropped.
-    Returns a summary dict (counts, reasons, timings).
+    Returns a summary dict (counts, reason categories, timings, throughput).
     """
+    if len(sample_ids) != len(values):
+        raise ValueError(f"{len(sample_ids)} sample ids but {len(values)} values")
     t0 = time.perf_counter()
     s = extractor.settings
-    # ``None`` cells never reach ``prepare``: they are natural missingness, not errors.
-    prepared, reasons = [None] * len(values), ["missing in cohort"] * len(values)
-    present_idx = [i for i, v in enumerate(values) if v is not None]
-    p_sub, r_sub = prepare_all(extractor, [values[i] for i in present_idx], s.num_workers)
-    for j, i in enumerate(present_idx):
-        prepared[i], reasons[i] = p_sub[j], r_sub[j]
-    t_prep = time.perf_counter()
+    name = extractor.spec.name
+    batch_size = max(1, int(s.batch_size))
     extractor.load()
     t_load = time.perf_counter()
-    embeddings = embed_all(extractor, prepared, max(1, int(s.batch_size)))
-    present = np.array([p is not None for p in prepared], dtype=bool)
-    t_embed = time.perf_counter()
-    for sid, p, reason in zip(sample_ids, prepared, reasons, strict=True):
-        if p is None and reason != "missing in cohort":
-            log.warning("sample %s recorded as absent: %s", sid, reason)
-    meta = {**extractor.metadata(), **(extra_metadata or {}), "input_hash": hash_inputs(sample_ids, values)}
-    write_features(out_path, sample_ids, embeddings, present, meta)
-    counts = Counter("present" if p is not None else ("missing" if r == "missing in cohort" else "failed")
-                     for p, r in zip(prepared, reasons, strict=True))
-    summary = {
-        "expert": extractor.spec.name,
-        "n": len(sample_ids),
-        "present": counts.get("present", 0),
-        "missing": counts.get("missing", 0),
-        "failed": counts.get("failed", 0),
-        "seconds_prepare": round(t_prep - t0, 3),
-        "seconds_load": round(t_load - t_prep, 3),
-        "seconds_embed": round(t_embed - t_load, 3),
+
+    n = len(values)
+    embeddings = np.zeros((n, extractor.dim), np.float32)
+    present = np.zeros(n, dtype=bool)
+    reasons: list[str | None] = [None] * n
+    present_idx = [i for i, v in enumerate(values) if not is_missing(v)]
+    for i in set(range(n)) - set(present_idx):
+        reasons[i] = MISSING
+    seconds_embed = 0.0
+    chunk_size = batch_size * CHUNK_BATCHES
+    pending: list[tuple[int, Any]] = []
+
+    def flush(bar) -> None:
+        nonlocal seconds_embed
+        t = time.perf_counter()
+        for i, row, reason in embed_items(extractor, pending, batch_size):
+            if row is None:
+                reasons[i] = reason or "embedding failed"
+            else:
+                embeddings[i], present[i] = row, True
+        seconds_embed += time.perf_counter() - t
+        bar.update(len(pending))
+        pending.clear()
+
+    with _progress(len(present_idx), name) as bar:
+        sub_values = [values[i] for i in present_idx]
+        for j, item, reason in iter_prepared(extractor, sub_values, int(s.num_workers)):
+            i = present_idx[j]
+            if item is None:
+                reasons[i] = reason
+                bar.update(1)
+            else:
+                pending.append((i, item))
+                if len(pending) >= chunk_size:
+                    flush(bar)
+        if pending:
+            flush(bar)
+    t_done = time.perf_counter()
+
+    failed = [(sample_ids[i], r) for i, r in enumerate(reasons) if r is not None and r != MISSING]
+    for sid, reason in failed:
+        log.warning("expert %s: sample %s recorded as absent: %s", name, sid, reason)
+    n_unexpected = sum(r.startswith(UNEXPECTED) for _, r in failed)
+    if present_idx and n_unexpected == len(present_idx):
+        raise RuntimeError(
+            f"expert {name!r}: every input failed with an unexpected error (likely a bug, not bad input); "
+            f"first: {failed[0][1]}"
+        )
+    categories = Counter(reason_category(r) for _, r in failed)
+    meta = {
+        **extractor.metadata(),
+        **(extra_metadata or {}),
+        "input_hash": hash_inputs(sample_ids, values),
+        "failed_reasons": dict(categories.most_common()),
     }
+    write_features(out_path, sample_ids, embeddings, present, meta)
+    wall = time.perf_counter() - t0
+    summary = {
+        "expert": name,
+        "n": n,
+        "present": int(present.sum()),
+        "missing": n - len(present_idx),
+        "failed": len(failed),
+        "failed_reasons": dict(categories.most_common()),
+        "seconds_load": round(t_load - t0, 3),
+        "seconds_embed": round(seconds_embed, 3),
+        "seconds_total": round(wall, 3),
+        "samples_per_second": round(len(present_idx) / max(t_done - t_load, 1e-9), 2),
+    }
+    reason_text = "; ".join(f"{count}x {cat}" for cat, count in categories.most_common(5)) or "none"
     log.info(
-        "expert %s: %d samples, %d present, %d missing in cohort, %d failed (unusable input); "
-        "prepare %.1fs, load %.1fs, embed %.1fs",
-        summary["expert"], summary["n"], summary["present"], summary["missing"], summary["failed"],
-        t_prep - t0, t_load - t_prep, t_embed - t_load,
+        "expert %s: %d samples: %d present, %d missing in cohort, %d failed (%s); "
+        "load %.1fs, prepare+embed %.1fs (embed %.1fs), %.1f samples/s",
+        name, n, summary["present"], summary["missing"], summary["failed"], reason_text,
+        t_load - t0, t_done - t_load, seconds_embed, summary["samples_per_second"],
     )
     return summary

@@ -84,6 +84,51 @@ def from_bundle(cohort: Cohort, bundle: FeatureBundle) -> TensorData:
         roles[m] = [b.role for b in blocks]
     teacher = {m: torch.from_numpy(np.ascontiguousarray(b.x)) for m, b in bundle.teachers.items()}
     tmask = {m: torch.from_numpy(b.mask.copy()) for m, b in bundle.teachers.items()}
-    y = torch.from_numpy(cohort.label_matrix())
+    y = torch.from_numpy(np.array(cohort.label_matrix(), dtype=np.float32))
     split = cohort.frame["split"].astype(str).to_numpy()
     return TensorData(bundle.sample_ids, cohort.task, cohort.labels, x, mask, names, roles, y, split, teacher, tmask)
+
+
+@dataclass
+class Standardizer:
+    """Per-feature z-scoring of every expert's embeddings, fit on present training rows only."""
+
+    mean: dict[str, list[torch.Tensor]]
+    std: dict[str, list[torch.Tensor]]
+    CLIP = 10.0
+
+    @classmethod
+    def fit(cls, train: TensorData, eps: float = 1e-4) -> Standardizer:
+        mean, std = {}, {}
+        for m, xs in train.x.items():
+            mean[m], std[m] = [], []
+            for k, t in enumerate(xs):
+                rows = t[train.mask[m][:, k]]
+                if rows.shape[0] < 2:
+                    mean[m].append(torch.zeros(t.shape[1]))
+                    std[m].append(torch.ones(t.shape[1]))
+                    continue
+                mean[m].append(rows.mean(0))
+                sd = rows.std(0)
+                # A feature (nearly) constant in training carries no scale: leave it unscaled.
+                std[m].append(torch.where(sd < eps, torch.ones_like(sd), sd))
+        return cls(mean, std)
+
+    def apply(self, data: TensorData) -> TensorData:
+        """Standardised copy clipped to ±``CLIP`` standard deviations; absent rows stay exactly zero."""
+        x = {
+            m: [
+                ((t - self.mean[m][k]) / self.std[m][k]).clamp(-self.CLIP, self.CLIP) * data.mask[m][:, k : k + 1].to(t.dtype)
+                for k, t in enumerate(xs)
+            ]
+            for m, xs in data.x.items()
+        }
+        return replace(data, x=x)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Flat name -> tensor map for safetensors (``mean.<modality>.<k>``, ``std.<modality>.<k>``)."""
+        out = {}
+        for m in self.mean:
+            for k, (mu, sd) in enumerate(zip(self.mean[m], self.std[m], strict=True)):
+                out[f"mean.{m}.{k}"], out[f"std.{m}.{k}"] = mu.contiguous(), sd.contiguous()
+        return out

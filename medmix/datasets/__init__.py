@@ -15,6 +15,10 @@ from medmix.cohort import Cohort
 ADAPTERS: dict[str, str] = {
     "manifest": "medmix.datasets.manifest:load_manifest_dataset",
     "demo": "medmix.datasets.manifest:load_manifest_dataset",
+    "iu_xray": "medmix.datasets.iu_xray:load_iu_xray",
+    "mimic_iv_mm": "medmix.datasets.mimic:load_mimic_iv_mm",
+    "mimic_iii": "medmix.datasets.mimic:load_mimic_iii",
+    "mmist_ccrcc": "medmix.datasets.mmist_ccrcc:load_mmist_ccrcc",
 }
 
 

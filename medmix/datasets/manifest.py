@@ -1,72 +1,343 @@
-"""The generic manifest adapter: one row per sample, columns named in config."""
+"""The generic manifest adapter: one row per sample, columns named in config.
+
+Config keys (``datasets.<name>`` in config.yaml; see docs/datasets.md):
+
+- ``manifest``: a ``.csv`` or ``.parquet`` file; relative paths in it resolve against its folder
+  (or against ``data_root`` when given) and may not leave that folder.
+- ``id_column`` / ``patient_column``: sample and patient identifiers (splits are by patient).
+- ``split_column`` (optional, values train/val/test, also validation/valid/dev/training/testing);
+  otherwise ``split_ratios`` + ``split_seed`` give a deterministic patient-level split.
+  ``val_from_train`` (a fraction) carves a validation set out of the training patients when the
+  split column has no validation rows.
+- ``task``: multilabel | binary | multiclass | multitask.
+- ``labels``: 0/1 label columns (empty = unknown); for multiclass ONE column holding class names,
+  with ``classes: [...]`` (and optionally ``class_map: {raw value: class}``) giving the one-hot
+  ``label:<class>`` columns. ``label_map`` maps other spellings (``yes``/``dead``...) to 0/1.
+- ``modalities``: ``{name: {kind, column}}`` with kinds image, text, timeseries, volume, slide,
+  or ``{kind: tabular, columns: [...]}``; ``{kind: text, column, file: true}`` reads the note from
+  a text file named in the cell.
+
+An empty cell, or a file that does not exist, makes the modality missing for that sample. Absent
+files are recorded per modality in ``cohort.extra["absent_files"]`` and reported by the summary.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from medmix.cohort import INPUT_PREFIX, LABEL_PREFIX, SPLITS, Cohort, CohortError
+from medmix.cohort import INPUT_PREFIX, LABEL_PREFIX, SPLITS, TASKS, Cohort, CohortError
+from medmix.datasets.paths import config_path, resolve_inside
 
 PATH_KINDS = ("image", "timeseries", "volume", "slide")
+KINDS = (*PATH_KINDS, "text", "tabular")
+SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val",
+    "test": "test", "testing": "test",
+}
+LABEL_TOKENS = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0}
+MAX_NOTE_BYTES = 10 * 1024 * 1024
+MAX_LISTED = 10
 
 
 def load_manifest_dataset(name: str, cfg: dict[str, Any], base_dir: Path) -> Cohort:
-    manifest = Path(cfg["manifest"])
-    if not manifest.is_absolute():
-        manifest = base_dir / manifest
-    if not manifest.exists():
+    """Build the cohort of a manifest-declared dataset (see the module docstring for the keys)."""
+    if not cfg.get("manifest"):
+        raise CohortError(f"dataset {name!r}: config lacks 'manifest' (path to a .csv or .parquet file)")
+    manifest = config_path(base_dir, cfg["manifest"])
+    if not manifest.is_file():
         raise CohortError(f"dataset {name!r}: manifest {manifest} does not exist")
-    frame = pd.read_parquet(manifest) if manifest.suffix == ".parquet" else pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    root = manifest.parent.resolve()
-    id_col, pat_col = cfg.get("id_column", "sample_id"), cfg.get("patient_column", "patient_id")
-    out = pd.DataFrame({"sample_id": frame[id_col].astype(str), "patient_id": frame[pat_col].astype(str)})
+    table = read_table(manifest)
+    root = config_path(base_dir, cfg["data_root"]) if cfg.get("data_root") else manifest.parent
+    return cohort_from_table(name, table, cfg, root.resolve(), extra={"manifest": str(manifest.resolve())})
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV or Parquet table with every cell as a stripped string ('' for empty / null)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return as_strings(pd.read_parquet(path))
+    if suffix not in (".csv", ".tsv"):
+        raise CohortError(f"{path}: unsupported manifest format {path.suffix!r} (use .csv, .tsv or .parquet)")
+    return as_strings(pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ","))
+
+
+def as_strings(table: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as a stripped string; null / NaN become ''."""
+
+    def cell(value: Any) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return str(value).strip()
+
+    return table.apply(lambda col: col.map(cell)) if len(table.columns) else table
+
+
+def cohort_from_table(
+    name: str,
+    table: pd.DataFrame,
+    cfg: dict[str, Any],
+    root: Path,
+    extra: dict[str, Any] | None = None,
+) -> Cohort:
+    """Validate a string table against the manifest config and turn it into a :class:`Cohort`.
+
+    ``table`` holds stripped strings ('' = empty); ``root`` is the folder that relative paths in
+    the table resolve against (and must stay inside). Adapters for named datasets build such a
+    table and call this, so every dataset obeys the same rules.
+    """
+    where = f"dataset {name!r}"
+    task = cfg.get("task")
+    if task not in TASKS:
+        raise CohortError(f"{where}: task {task!r} not in {TASKS}")
+    label_cols = list(cfg.get("labels") or [])
+    if not label_cols:
+        raise CohortError(f"{where}: config lists no 'labels'")
+    modalities = cfg.get("modalities") or {}
+    if not modalities:
+        raise CohortError(f"{where}: config lists no 'modalities'")
+    id_col = cfg.get("id_column") or "sample_id"
+    pat_col = cfg.get("patient_column", "patient_id")
     split_col = cfg.get("split_column")
-    if split_col:
-        out["split"] = frame[split_col].astype(str).str.strip().str.lower()
-    else:
-        out["split"] = patient_split(out["patient_id"], cfg.get("split_ratios", [0.65, 0.15, 0.20]), int(cfg.get("split_seed", 0)))
-    for label in cfg["labels"]:
-        out[LABEL_PREFIX + label] = pd.to_numeric(frame[label].replace("", np.nan), errors="coerce")
-    modalities = {}
-    for mod, spec in cfg["modalities"].items():
-        kind = spec["kind"]
-        modalities[mod] = kind
+    _check_columns(where, table, id_col, pat_col, split_col, label_cols, modalities)
+
+    table = as_strings(table.reset_index(drop=True))
+    ids = table[id_col].astype(str)
+    rows = _RowNamer(ids)
+    empty_ids = np.flatnonzero(ids.eq("").to_numpy())
+    if len(empty_ids):
+        raise CohortError(f"{where}: empty {id_col!r} in {rows.name(empty_ids)}")
+    dup = np.flatnonzero(ids.duplicated(keep=False).to_numpy())
+    if len(dup):
+        raise CohortError(f"{where}: duplicate sample ids in column {id_col!r}: {rows.name(dup)}")
+    patients = ids.copy() if pat_col is None else table[pat_col].astype(str)
+    empty_pat = np.flatnonzero(patients.eq("").to_numpy())
+    if len(empty_pat):
+        raise CohortError(f"{where}: empty patient id ({pat_col!r}) in {rows.name(empty_pat)}")
+
+    out = pd.DataFrame({"sample_id": ids, "patient_id": patients})
+    out["split"] = _splits(where, table, cfg, split_col, patients, rows)
+    labels, label_frame = _labels(where, table, task, label_cols, cfg, rows)
+    out = pd.concat([out, label_frame], axis=1)
+
+    kinds: dict[str, str] = {}
+    absent: dict[str, dict[str, str]] = {}
+    for mod, spec in modalities.items():
+        kind = spec.get("kind")
+        if kind not in KINDS:
+            raise CohortError(f"{where}: modality {mod!r} has kind {kind!r}; known kinds: {KINDS}")
+        kinds[mod] = kind
         if kind == "tabular":
-            cols = spec["columns"]
-            vals = frame[cols].apply(pd.to_numeric, errors="coerce")
-            out[INPUT_PREFIX + mod] = [None if r.isna().all() else json.dumps([None if np.isnan(v) else float(v) for v in r]) for _, r in vals.iterrows()]
+            out[INPUT_PREFIX + mod] = _tabular_cells(where, mod, table, spec["columns"], rows)
             continue
-        cells = frame[spec["column"]].fillna("").astype(str).str.strip()
-        if kind in PATH_KINDS:
-            resolved = []
-            for sid, cell in zip(out["sample_id"], cells, strict=True):
-                if not cell:
-                    resolved.append(None)
-                    continue
-                path = (root / cell).resolve()
-                if root not in path.parents:
-                    raise CohortError(f"dataset {name!r}: sample {sid}: path {cell!r} escapes the manifest folder {root}")
-                resolved.append(str(path) if path.exists() else None)
-            out[INPUT_PREFIX + mod] = resolved
+        cells = table[spec["column"]].astype(str)
+        if kind in PATH_KINDS or (kind == "text" and spec.get("file")):
+            values, missing_files = _path_cells(where, mod, ids, cells, root, read_text=(kind == "text"))
+            out[INPUT_PREFIX + mod] = values
+            if missing_files:
+                absent[mod] = missing_files
         else:
             out[INPUT_PREFIX + mod] = [c if c else None for c in cells]
-    cohort = Cohort(name, cfg["task"], list(cfg["labels"]), modalities, out)
+
+    info = dict(extra or {})
+    info["absent_files"] = {**info.get("absent_files", {}), **absent}
+    if cfg.get("role") and "role" not in info:
+        info["role"] = cfg["role"]
+    cohort = Cohort(name, task, labels, kinds, out, info)
     cohort.validate()
     return cohort
 
 
 def patient_split(patients: pd.Series, ratios: list[float], seed: int) -> list[str]:
-    """Deterministic split by patient: shuffle unique patients with ``seed``, cut by ``ratios``."""
+    """Deterministic split by patient: shuffle the sorted unique patients with ``seed``, cut by ``ratios``.
+
+    Cut points are the rounded cumulative fractions, so each part is within one patient of its share.
+    """
+    if len(ratios) != len(SPLITS) or any(r < 0 for r in ratios) or sum(ratios) <= 0:
+        raise CohortError(f"split_ratios {ratios} must be {len(SPLITS)} non-negative numbers (train, val, test)")
     uniq = np.array(sorted(set(patients)))
     rng = np.random.default_rng(seed)
     rng.shuffle(uniq)
-    cuts = np.floor(np.cumsum(ratios)[:-1] / np.sum(ratios) * len(uniq)).astype(int)
+    cuts = np.round(np.cumsum(ratios)[:-1] / np.sum(ratios) * len(uniq)).astype(int)
     assign = {}
     for part, chunk in zip(SPLITS, np.split(uniq, cuts), strict=True):
         for p in chunk:
             assign[p] = part
     return [assign[p] for p in patients]
+
+
+class _RowNamer:
+    """Names rows in error messages: 1-based data row (header excluded) and sample id."""
+
+    def __init__(self, ids: pd.Series):
+        self.ids = ids.tolist()
+
+    def name(self, positions, detail: dict[int, str] | None = None) -> str:
+        positions = [int(p) for p in positions]
+        parts = []
+        for p in positions[:MAX_LISTED]:
+            text = f"row {p + 1} (id {self.ids[p]!r})" if self.ids[p] else f"row {p + 1}"
+            if detail and p in detail:
+                text += f": {detail[p]}"
+            parts.append(text)
+        more = f" and {len(positions) - MAX_LISTED} more" if len(positions) > MAX_LISTED else ""
+        return ", ".join(parts) + more
+
+
+def _check_columns(where, table, id_col, pat_col, split_col, label_cols, modalities) -> None:
+    wanted = {id_col: "id_column"}
+    if pat_col is not None:
+        wanted[pat_col] = "patient_column"
+    if split_col:
+        wanted[split_col] = "split_column"
+    for col in label_cols:
+        wanted.setdefault(col, "labels")
+    for mod, spec in modalities.items():
+        if not isinstance(spec, dict):
+            raise CohortError(f"{where}: modality {mod!r} must be a mapping with 'kind' and 'column'")
+        if spec.get("kind") == "tabular":
+            if not spec.get("columns"):
+                raise CohortError(f"{where}: tabular modality {mod!r} needs 'columns: [...]'")
+            for col in spec["columns"]:
+                wanted.setdefault(col, f"modalities.{mod}.columns")
+        elif not spec.get("column"):
+            raise CohortError(f"{where}: modality {mod!r} needs 'column'")
+        else:
+            wanted.setdefault(spec["column"], f"modalities.{mod}.column")
+    missing = [f"{col!r} ({key})" for col, key in wanted.items() if col not in table.columns]
+    if missing:
+        raise CohortError(
+            f"{where}: manifest lacks configured column(s) {', '.join(missing)}; it has {list(table.columns)}"
+        )
+
+
+def _splits(where, table, cfg, split_col, patients: pd.Series, rows: _RowNamer) -> list[str]:
+    if not split_col:
+        ratios = list(cfg.get("split_ratios") or [0.65, 0.15, 0.20])
+        return patient_split(patients, ratios, int(cfg.get("split_seed", 0)))
+    raw = table[split_col].astype(str)
+    split = raw.str.lower().map(SPLIT_ALIASES)
+    bad = np.flatnonzero(split.isna().to_numpy())
+    if len(bad):
+        detail = {int(p): f"{raw.iloc[p]!r}" for p in bad}
+        raise CohortError(
+            f"{where}: unknown split value(s) in column {split_col!r} (expected train/val/test): {rows.name(bad, detail)}"
+        )
+    per_patient = pd.DataFrame({"p": patients, "s": split}).groupby("p")["s"].nunique()
+    leaky = set(per_patient[per_patient > 1].index)
+    if leaky:
+        pos = np.flatnonzero(patients.isin(leaky).to_numpy())
+        detail = {int(p): f"patient {patients.iloc[p]!r} in {split.iloc[p]}" for p in pos}
+        raise CohortError(
+            f"{where}: {len(leaky)} patient(s) appear in more than one split: {rows.name(pos, detail)}"
+        )
+    split = split.tolist()
+    frac = cfg.get("val_from_train")
+    if frac and "val" not in split:
+        train_pat = patients[[s == "train" for s in split]]
+        carved = dict(zip(train_pat, patient_split(train_pat, [1 - float(frac), float(frac), 0.0],
+                                                   int(cfg.get("split_seed", 0))), strict=True))
+        split = [carved.get(p, s) if s == "train" else s for p, s in zip(patients, split, strict=True)]
+    return split
+
+
+def _labels(where, table, task, label_cols, cfg, rows: _RowNamer) -> tuple[list[str], pd.DataFrame]:
+    if task == "multiclass":
+        return _multiclass(where, table, label_cols, cfg, rows)
+    if task == "binary" and len(label_cols) != 1:
+        raise CohortError(f"{where}: a binary task has exactly one label column, got {label_cols}")
+    label_map = {str(k).strip().lower(): float(v) for k, v in (cfg.get("label_map") or {}).items()}
+    bad_map = {k: v for k, v in label_map.items() if v not in (0.0, 1.0)}
+    if bad_map:
+        raise CohortError(f"{where}: label_map must map to 0 or 1, got {bad_map}")
+    tokens = {**LABEL_TOKENS, **label_map}
+    frame = pd.DataFrame(index=table.index)
+    for col in label_cols:
+        raw = table[col].astype(str)
+        lowered = raw.str.lower()
+        values = lowered.map(tokens)
+        bad = np.flatnonzero((values.isna() & raw.ne("")).to_numpy())
+        if len(bad):
+            detail = {int(p): f"{raw.iloc[p]!r}" for p in bad}
+            raise CohortError(f"{where}: label {col!r} outside {{0, 1}} (empty = unknown): {rows.name(bad, detail)}")
+        frame[LABEL_PREFIX + col] = values.astype("float64")
+    return label_cols, frame
+
+
+def _multiclass(where, table, label_cols, cfg, rows: _RowNamer) -> tuple[list[str], pd.DataFrame]:
+    if len(label_cols) != 1:
+        raise CohortError(f"{where}: a multiclass task names ONE label column (holding class names), got {label_cols}")
+    classes = [str(c) for c in cfg.get("classes") or []]
+    if len(classes) < 2:
+        raise CohortError(f"{where}: a multiclass task needs 'classes: [...]' with at least two class names")
+    if len(set(classes)) != len(classes):
+        raise CohortError(f"{where}: duplicate names in classes {classes}")
+    class_map = {str(k).strip(): str(v) for k, v in (cfg.get("class_map") or {}).items()}
+    unknown_targets = sorted(set(class_map.values()) - set(classes))
+    if unknown_targets:
+        raise CohortError(f"{where}: class_map maps to {unknown_targets}, which are not in classes {classes}")
+    raw = table[label_cols[0]].astype(str)
+    mapped = raw.map(lambda v: class_map.get(v, v))
+    bad = np.flatnonzero((~mapped.isin(classes) & raw.ne("")).to_numpy())
+    if len(bad):
+        detail = {int(p): f"{raw.iloc[p]!r}" for p in bad}
+        raise CohortError(
+            f"{where}: label {label_cols[0]!r} outside classes {classes} (empty = unknown): {rows.name(bad, detail)}"
+        )
+    frame = pd.DataFrame(index=table.index)
+    unknown = raw.eq("")
+    for cls in classes:
+        frame[LABEL_PREFIX + cls] = np.where(unknown, np.nan, (mapped == cls).astype("float64"))
+    return classes, frame
+
+
+def _tabular_cells(where, mod, table, columns, rows: _RowNamer) -> list[str | None]:
+    block = table[list(columns)].astype(str)
+    numbers = block.apply(pd.to_numeric, errors="coerce")
+    bad_mask = (numbers.isna() & block.ne("")).to_numpy()
+    bad = np.flatnonzero(bad_mask.any(axis=1))
+    if len(bad):
+        detail = {int(p): ", ".join(f"{c}={block.iloc[p][c]!r}" for c, b in zip(columns, bad_mask[p], strict=True) if b)
+                  for p in bad}
+        raise CohortError(f"{where}: tabular modality {mod!r} has non-numeric values: {rows.name(bad, detail)}")
+    cells: list[str | None] = []
+    for values in numbers.to_numpy(dtype="float64"):
+        if np.isnan(values).all():
+            cells.append(None)
+        else:
+            cells.append(json.dumps([None if math.isnan(v) else float(v) for v in values]))
+    return cells
+
+
+def _path_cells(where, mod, ids: pd.Series, cells: pd.Series, root: Path, read_text: bool):
+    """Resolve path cells inside ``root``; absent files become missing and are returned for counting."""
+    values: list[str | None] = []
+    absent: dict[str, str] = {}
+    for pos, (sid, cell) in enumerate(zip(ids, cells, strict=True)):
+        if not cell:
+            values.append(None)
+            continue
+        path = resolve_inside(root, cell, f"{where}: modality {mod!r}, row {pos + 1} (id {sid!r})")
+        if not path.exists():
+            absent[sid] = str(path)
+            values.append(None)
+        elif read_text:
+            values.append(_read_note(path, where, sid))
+        else:
+            values.append(str(path))
+    return values, absent
+
+
+def _read_note(path: Path, where: str, sid: str) -> str | None:
+    if not path.is_file():
+        raise CohortError(f"{where}: sample {sid!r}: note path {path} is not a file")
+    if path.stat().st_size > MAX_NOTE_BYTES:
+        raise CohortError(f"{where}: sample {sid!r}: note file {path} exceeds {MAX_NOTE_BYTES} bytes")
+    text = path.read_text(encoding="utf-8", errors="replace").strip()
+    return text or None

@@ -1,0 +1,23 @@
+# medmix: multimodal medical prediction under missing modalities.
+# Stage 1 extracts per-modality expert embeddings into a Parquet cache; stage 2 trains and
+# evaluates fusion methods from that cache and writes the tables.
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/datasets.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/fit.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

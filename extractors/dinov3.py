@@ -1,0 +1,45 @@
+"""``dinov3_vitl``: DINOv3 ViT-L/16 image teacher (MedMIX Table E1, "DINOv3 ViT-L").
+
+``facebook/dinov3-vitl16-pretrain-lvd1689m`` loaded with transformers' native DINOv3 classes
+(``DINOv3ViTModel``, transformers >= 4.56; no remote code) and its ``AutoImageProcessor``
+(model card: resize to 224x224 bilinear, ImageNet mean/std). Embedding = [CLS] token of the
+last hidden state after the final layer norm (= ``pooler_output``), 1024 dims, not normalised.
+The checkpoint is gated on the hub: accept its licence and log in before pre-downloading.
+"""
+
+from __future__ import annotations
+
+from extractors.hf_vision import HFViTExpert
+from extractors.registry import ExpertSpec, register_expert
+
+HUB_ID = "facebook/dinov3-vitl16-pretrain-lvd1689m"
+#: Hub commit seen as the cached snapshot of this repository in several public projects.
+REVISION = "ea8dc2863c51be0a264bab82070e3e8836b02d51"
+
+
+@register_expert(
+    ExpertSpec(
+        name="dinov3_vitl",
+        kinds=("image",),
+        role="teacher",
+        dim=1024,
+        hub_id=HUB_ID,
+        revision=REVISION,
+        preprocessing={
+            "processor": "AutoImageProcessor (preprocessor_config.json)",
+            "resize": [224, 224],
+            "interpolation": "bilinear",
+            "normalize": "imagenet",
+            "pooling": "cls",
+        },
+        paper_name="DINOv3 ViT-L",
+        description="DINOv3 ViT-L/16 [CLS] embedding (teacher, training only).",
+        gpu=True,
+        mem_mb=6000,
+    )
+)
+class DinoV3ViTL(HFViTExpert):
+    availability_note = (
+        "facebook/dinov3-vitl16-pretrain-lvd1689m is a gated model: accept its licence on the hub page and "
+        "log in (`hf auth login`) before pre-downloading it; it needs transformers >= 4.56 (DINOv3ViTModel)."
+    )

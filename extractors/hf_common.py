@@ -1,0 +1,115 @@
+"""Loading and inference helpers shared by the Hugging Face-hosted foundation-model experts.
+
+Every such expert loads with ``from_pretrained(model_source(), revision=..., local_files_only=
+<offline>)``: ``local_dir`` (a folder with the weights) wins over the hub id; with no network
+configured (``options.offline``, the default) ``HF_HUB_OFFLINE=1`` is set before the hub client is
+imported and only the local Hugging Face cache is read. Any failure to find the weights becomes
+:class:`~extractors.base.ModelUnavailableError` at once, naming the model id and how to provide it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from extractors.base import Extractor, ModelUnavailableError, resolve_device
+
+#: Exceptions the hub / transformers / open_clip raise when weights or configs are missing.
+LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, ImportError)
+
+
+def raise_unless_missing(err: Exception) -> None:
+    """Re-raise errors that are not about missing weights (out of memory, CUDA failures)."""
+    if isinstance(err, ModelUnavailableError) or "out of memory" in str(err).lower() or "CUDA" in str(err):
+        raise err
+
+
+def dtype_kwargs(dtype: Any) -> dict[str, Any]:
+    """``from_pretrained`` keyword for a weight dtype (``dtype`` since transformers 4.56, else ``torch_dtype``)."""
+    if dtype is None:
+        return {}
+    import transformers
+    from packaging.version import Version
+
+    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    return {key: dtype}
+
+
+class HubExpert(Extractor):
+    """An :class:`Extractor` whose weights come from the Hugging Face hub (or a local copy)."""
+
+    #: Extra sentence appended to the "model unavailable" message (e.g. gated-model hints).
+    availability_note: str = ""
+
+    def offline(self) -> bool:
+        """True unless ``options.offline`` is false; then ``HF_HUB_OFFLINE=1`` is set (once)."""
+        offline = bool(self.settings.options.get("offline", True))
+        if offline:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        return offline
+
+    def unavailable(self, error: Exception) -> ModelUnavailableError:
+        base = super().unavailable(error)
+        return ModelUnavailableError(f"{base} {self.availability_note}".strip())
+
+    def remote_code(self) -> bool:
+        """``trust_remote_code``: only where the model needs it and the config allows it."""
+        if not self.spec.trust_remote_code:
+            return False
+        if not self.settings.allow_remote_code:
+            raise ModelUnavailableError(
+                f"expert {self.spec.name!r} ({self.settings.model_id}) needs trust_remote_code; enable it with "
+                f"experts.settings.{self.spec.name}.allow_remote_code: true after reviewing the model's code"
+            )
+        return True
+
+    def hub_kwargs(self) -> dict[str, Any]:
+        """``revision`` / ``local_files_only`` / ``trust_remote_code`` for ``from_pretrained``."""
+        source = self.model_source()
+        return {
+            "revision": None if os.path.isdir(source) else self.settings.revision,
+            "local_files_only": self.offline(),
+            "trust_remote_code": self.remote_code(),
+        }
+
+    def from_pretrained(self, loader: Any, **kwargs: Any) -> Any:
+        """``loader.from_pretrained(model_source(), ...)``; missing weights -> ModelUnavailableError."""
+        try:
+            source = self.model_source()
+            return loader.from_pretrained(source, **self.hub_kwargs(), **kwargs)
+        except ModelUnavailableError:
+            raise
+        except LOAD_ERRORS as err:
+            raise_unless_missing(err)
+            raise self.unavailable(err) from err
+
+    def snapshot_dir(self) -> str:
+        """A local folder holding the model repository (``local_dir`` or the pinned hub snapshot)."""
+        source = self.model_source()
+        if os.path.isdir(source):
+            return source
+        offline = self.offline()
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(repo_id=source, revision=self.settings.revision, local_files_only=offline)
+        except LOAD_ERRORS as err:
+            raise self.unavailable(err) from err
+
+    # -- inference ----------------------------------------------------------------------
+    def pick_device(self) -> str:
+        self.device = resolve_device(self.settings.device)
+        return self.device
+
+    def on_cuda(self) -> bool:
+        return str(self.device).startswith("cuda")
+
+    def autocast(self):
+        """bf16 autocast on CUDA, nothing on CPU (float32 there)."""
+        import torch
+
+        if self.on_cuda():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()

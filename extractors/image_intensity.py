@@ -1,0 +1,98 @@
+"""``image_intensity_grid``: a weight-free intensity-layout expert for 2D images and slides.
+
+Greyscale (ITU-R 601 luma), bilinear resize to 64x64, values in [0, 1]; features are the means
+(64) and standard deviations (64) of an 8x8 grid of cells plus a 32-bin global histogram (32,
+fractions of pixels) -> 160 dims. It sees *where* an image is bright (blobs, opacities), not fine
+texture.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from extractors.base import Extractor, InputError
+from extractors.inputs import read_image
+from extractors.registry import ExpertSpec, register_expert
+
+SIZE = 64
+
+
+def load_grey(value: Any, size: int = SIZE) -> np.ndarray:
+    """A ``[size, size]`` float32 greyscale image in [0, 1] from a path, PIL image or array.
+
+    Arrays are taken as greyscale ``[H, W]`` (or ``[H, W, 3]`` RGB) in [0, 1] when float, in
+    [0, 255] when integer.
+    """
+    from PIL import Image
+
+    if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
+        image = read_image(str(value))
+    elif isinstance(value, Image.Image):
+        image = value
+    elif isinstance(value, np.ndarray):
+        arr = value
+        if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+            arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114])
+        if arr.ndim != 2 or min(arr.shape) < 1:
+            raise InputError(f"image array has shape {value.shape}; expected [H, W] or [H, W, 3]")
+        arr = arr.astype(np.float32) / (255.0 if np.issubdtype(value.dtype, np.integer) else 1.0)
+        if not np.isfinite(arr).all():
+            raise InputError("image array has non-finite pixels")
+        image = Image.fromarray(np.clip(arr, 0.0, 1.0).astype(np.float32), mode="F")
+    else:
+        raise InputError(f"cannot read an image from a {type(value).__name__}")
+    if image.mode != "F":
+        image = image.convert("L").convert("F")
+        scale = 255.0
+    else:
+        scale = 1.0
+    resized = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized, dtype=np.float32) / scale, 0.0, 1.0)
+
+
+def batch_histogram(values: np.ndarray, bins: int) -> np.ndarray:
+    """Row-wise histogram of ``[B, ...]`` values in [0, 1] into ``bins`` equal bins (fractions)."""
+    flat = values.reshape(values.shape[0], -1)
+    idx = np.minimum((flat * bins).astype(np.int64), bins - 1).clip(0)
+    idx += np.arange(flat.shape[0])[:, None] * bins
+    counts = np.bincount(idx.ravel(), minlength=flat.shape[0] * bins).reshape(flat.shape[0], bins)
+    return (counts / flat.shape[1]).astype(np.float32)
+
+
+def intensity_grid_features(images: np.ndarray, grid: int = 8, bins: int = 32) -> np.ndarray:
+    """``[B, H, W]`` in [0, 1] -> ``[B, 2 * grid**2 + bins]`` (cell means, cell stds, histogram)."""
+    b, h, w = images.shape
+    cells = images.reshape(b, grid, h // grid, grid, w // grid).transpose(0, 1, 3, 2, 4)
+    cells = cells.reshape(b, grid * grid, -1).astype(np.float64)
+    means = cells.mean(-1)
+    stds = cells.std(-1)
+    hist = batch_histogram(images, bins)
+    return np.concatenate([means, stds, hist], axis=1).astype(np.float32)
+
+
+@register_expert(
+    ExpertSpec(
+        name="image_intensity_grid",
+        kinds=("image", "slide"),
+        role="general",
+        dim=160,
+        preprocessing={"size": SIZE, "grid": 8, "bins": 32, "grey": "ITU-R 601 luma", "resize": "bilinear"},
+        offline=True,
+        description="Weight-free: 8x8 grid of cell means and stds plus a 32-bin histogram of a 64x64 greyscale image.",
+        mem_mb=500,
+    )
+)
+class ImageIntensityGrid(Extractor):
+    @property
+    def dim(self) -> int:
+        p = self.settings.preprocessing
+        return 2 * int(p["grid"]) ** 2 + int(p["bins"])
+
+    def prepare(self, value: Any) -> np.ndarray:
+        return load_grey(value, int(self.settings.preprocessing["size"]))
+
+    def embed_batch(self, batch: list[np.ndarray]) -> np.ndarray:
+        p = self.settings.preprocessing
+        return intensity_grid_features(np.stack(batch), int(p["grid"]), int(p["bins"]))

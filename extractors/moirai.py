@@ -1,0 +1,173 @@
+"""``moirai``: MOIRAI time-series encoder (MedMIX Table E1, biomedical EHR expert), own environment.
+
+``Salesforce/moirai-1.0-R-small`` (d_model 384) through uni2ts's ``MoiraiModule.from_pretrained``.
+uni2ts pins ``torch<2.5`` / ``numpy~=1.26`` and cannot be installed in the main environment, so
+this expert declares ``environment="moirai"``: its model code lives in the standalone
+:mod:`extractors.moirai_worker` script, run by the Python of the env created from
+``workflow/envs/moirai.yaml``. The three steps (the workflow wires them):
+
+1. main env: :func:`export_series` prepares the cohort's series (same reader and checks as every
+   time-series expert) into ``series.npz``;
+2. moirai env: ``python extractors/moirai_worker.py --input series.npz --output emb.npz --model ...``;
+3. main env: :func:`write_worker_features` writes the feature Parquet (absent samples included).
+
+Loaded in a Python where uni2ts is importable, the extractor also runs in-process through
+:func:`extractors.runner.run_extraction` (same worker functions). Elsewhere :meth:`Moirai.load`
+fails at once with :class:`ModelUnavailableError` explaining how to create the environment.
+
+Rule (documented preprocessing): the sample's V variables form one multivariate MOIRAI input
+(any-variate attention), patches of 8 steps (a patch size the 1.0-R models support), the last
+512 steps, NaN = missing (observed mask 0, value 0: MOIRAI's own missing-value handling);
+embedding = mean of the encoder representations over every (variate, patch) token with at
+least one observed value -> 384 dims, not normalised. Untested against real uni2ts here (it
+cannot be installed in this environment); the packing is tested in the main environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from extractors.base import ModelUnavailableError
+from extractors.hf_common import LOAD_ERRORS, HubExpert, raise_unless_missing
+from extractors.registry import ExpertSpec, register_expert
+from extractors.ts_foundation import prepare_series, right_aligned
+
+log = logging.getLogger("medmix.extract")
+
+ENV_FILE = "workflow/envs/moirai.yaml"
+ENV_HELP = (
+    "expert 'moirai' needs uni2ts, which pins torch<2.5 and cannot share the main environment. Create its "
+    f"environment with `conda env create -f {ENV_FILE}` (Snakemake does this with --use-conda for the rule "
+    "declaring that env) and run `python extractors/moirai_worker.py --input series.npz --output emb.npz "
+    "--model Salesforce/moirai-1.0-R-small` there (see extractors/moirai.py), or use the demo profile."
+)
+
+
+@register_expert(
+    ExpertSpec(
+        name="moirai",
+        kinds=("timeseries",),
+        role="biomed",
+        dim=384,
+        hub_id="Salesforce/moirai-1.0-R-small",
+        # No verifiable commit sha was found for this repository: "main" must be pinned by the user
+        # (experts.settings.moirai.revision: <40-hex commit from the hub's "Files and versions" tab>).
+        revision="main",
+        preprocessing={
+            "input": "one multivariate series per sample (variables = variates)",
+            "patch_size": 8,
+            "max_time_steps": 512,
+            "missing": "NaN -> observed_mask 0 (MOIRAI native)",
+            "pooling": "mean over (variate, patch) tokens with an observation",
+        },
+        paper_name="MOIRAI",
+        description="MOIRAI-1.0-R-small encoder representations, mean over observed tokens (own conda env).",
+        gpu=True,
+        mem_mb=3000,
+        environment="moirai",
+    )
+)
+class Moirai(HubExpert):
+    def __init__(self, settings: dict[str, Any] | None = None):
+        super().__init__(settings)
+        self._module = None
+
+    def load(self) -> None:
+        if self._module is not None:
+            return
+        try:
+            import uni2ts  # noqa: F401
+        except ImportError as err:
+            raise ModelUnavailableError(ENV_HELP) from err
+        from extractors import moirai_worker
+
+        self.pick_device()
+        try:
+            source = self.model_source()
+            revision = None if os.path.isdir(source) else self.settings.revision
+            self._module = moirai_worker.load_module(source, revision, self.offline())
+        except LOAD_ERRORS as err:
+            raise_unless_missing(err)
+            raise self.unavailable(err) from err
+
+    def prepare(self, value: Any) -> np.ndarray:
+        return prepare_series(value)
+
+    def sort_key(self, prepared: np.ndarray) -> int:
+        return int(prepared.shape[0])
+
+    def embed_batch(self, batch: list[np.ndarray]) -> np.ndarray:
+        from extractors import moirai_worker
+
+        self.load()
+        pre = self.settings.preprocessing
+        values, lengths = right_aligned(batch)
+        return moirai_worker.embed_series(
+            self._module, values, lengths, int(pre["patch_size"]), int(pre["max_time_steps"]),
+            max(1, int(self.settings.batch_size)), self.device,
+        )
+
+    def worker_args(self) -> list[str]:
+        """Command-line arguments of ``moirai_worker.py`` matching this extractor's settings."""
+        pre, source = self.settings.preprocessing, self.model_source()
+        args = ["--model", source, "--patch-size", str(pre["patch_size"]), "--max-time-steps",
+                str(pre["max_time_steps"]), "--batch-size", str(self.settings.batch_size),
+                "--device", self.settings.device]
+        if not os.path.isdir(source) and self.settings.revision:
+            args += ["--revision", self.settings.revision]
+        if self.offline():
+            args.append("--local-files-only")
+        return args
+
+
+def export_series(extractor: Moirai, sample_ids: list[str], values: list[Any], out_npz: str) -> dict[str, str]:
+    """Step 1 (main env): prepare every present input and write the worker's ``series.npz``.
+
+    Returns ``{sample_id: reason}`` of the unusable inputs (logged; they become absent rows).
+    """
+    from extractors.runner import prepare_all
+    from medmix.atomic import atomic_path
+
+    present = [i for i, v in enumerate(values) if v is not None]
+    prepared, reasons = prepare_all(extractor, [values[i] for i in present], extractor.settings.num_workers)
+    ok = [(sample_ids[i], p) for i, p in zip(present, prepared, strict=True) if p is not None]
+    failed = {sample_ids[i]: r for i, r in zip(present, reasons, strict=True) if r is not None}
+    for sid, reason in failed.items():
+        log.warning("sample %s recorded as absent: %s", sid, reason)
+    if ok:
+        arr, lengths = right_aligned([p for _, p in ok])
+    else:
+        arr, lengths = np.zeros((0, 1, 1), np.float32), np.zeros(0, np.int64)
+    with atomic_path(out_npz) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, sample_ids=np.array([s for s, _ in ok], dtype=str), values=arr, lengths=lengths)
+    return failed
+
+
+def write_worker_features(
+    extractor: Moirai, sample_ids: list[str], values: list[Any], embeddings_npz: str, out_path: str,
+    extra_metadata: dict[str, Any] | None = None,
+) -> int:
+    """Step 3 (main env): the feature Parquet from the worker's ``embeddings.npz``; returns #present."""
+    from medmix.store import hash_inputs, write_features
+
+    with np.load(embeddings_npz, allow_pickle=False) as data:
+        ids, emb = [str(s) for s in data["sample_ids"]], np.asarray(data["embeddings"], np.float32)
+    if emb.ndim != 2 or (len(ids) and emb.shape[1] != extractor.dim):
+        raise ValueError(f"{embeddings_npz}: embeddings {emb.shape}, expected [n, {extractor.dim}]")
+    unknown = set(ids) - set(sample_ids)
+    if unknown:
+        raise ValueError(f"{embeddings_npz}: sample ids not in the cohort: {sorted(unknown)[:5]}")
+    row = {sid: k for k, sid in enumerate(ids)}
+    out = np.zeros((len(sample_ids), extractor.dim), np.float32)
+    present = np.zeros(len(sample_ids), bool)
+    for i, sid in enumerate(sample_ids):
+        if sid in row:
+            out[i], present[i] = emb[row[sid]], True
+    meta = {**extractor.metadata(), **(extra_metadata or {}), "input_hash": hash_inputs(sample_ids, values)}
+    write_features(out_path, sample_ids, out, present, meta)
+    return int(present.sum())

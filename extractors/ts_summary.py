@@ -1,0 +1,107 @@
+"""``ts_summary``: a weight-free summary-statistics expert for multivariate time series.
+
+Input: a CSV/Parquet series (rows = time steps) with exactly ``preprocessing["n_variables"]``
+(default 46) numeric variable columns after :func:`~extractors.inputs.read_timeseries` drops the
+time columns. Per variable: last observed value, mean, min, max, std (population) and the
+observed fraction, in that order, variable-major -> ``6 * n_variables`` dims (276). Statistics
+of a never-observed variable are 0; its observed fraction (0) tells the model so. Values are
+in the variables' raw units.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from extractors.base import Extractor, InputError
+from extractors.inputs import read_timeseries
+from extractors.registry import ExpertSpec, register_expert
+
+N_VARIABLES = 46
+STATS = ("last", "mean", "min", "max", "std", "observed_fraction")
+
+
+def load_series(value: Any, n_variables: int) -> np.ndarray:
+    """A ``[T, n_variables]`` float32 array (NaN = unobserved) from a path, DataFrame or array."""
+    if isinstance(value, np.ndarray):
+        arr = value.astype(np.float32, copy=False)
+        if arr.ndim != 2:
+            raise InputError(f"time-series array has shape {value.shape}; expected [T, variables]")
+        if not np.isfinite(arr).any():
+            raise InputError("time series has no observed values")
+        name = "time-series array"
+    else:
+        if hasattr(value, "columns"):
+            frame = value
+            name = "time-series frame"
+        else:
+            frame = read_timeseries(str(value))
+            name = f"time series {value}"
+        arr = frame.to_numpy(dtype=np.float32, na_value=np.nan)
+    if arr.shape[1] != n_variables:
+        raise InputError(f"{name} has {arr.shape[1]} variables; this expert expects {n_variables}")
+    if arr.shape[0] < 1:
+        raise InputError(f"{name} has no time steps")
+    arr = np.where(np.isfinite(arr), arr, np.nan).astype(np.float32)
+    if np.isnan(arr).all():
+        raise InputError(f"{name} has no observed values")
+    return arr
+
+
+def pad_series(batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack ``[T_i, V]`` series into ``[B, T_max, V]`` (NaN-padded) and their lengths."""
+    lengths = np.array([s.shape[0] for s in batch])
+    out = np.full((len(batch), int(lengths.max()), batch[0].shape[1]), np.nan, np.float32)
+    for k, s in enumerate(batch):
+        out[k, : s.shape[0]] = s
+    return out, lengths
+
+
+def summary_features(batch: list[np.ndarray]) -> np.ndarray:
+    """``[B, 6 * V]`` summary statistics (see the module docstring)."""
+    x, lengths = pad_series(batch)
+    x = x.astype(np.float64)
+    b, t, v = x.shape
+    observed = ~np.isnan(x)
+    count = observed.sum(1)
+    seen = count > 0
+    safe = np.maximum(count, 1)
+    filled = np.where(observed, x, 0.0)
+    mean = filled.sum(1) / safe
+    var = (np.where(observed, (x - mean[:, None]) ** 2, 0.0)).sum(1) / safe
+    mins = np.where(observed, x, np.inf).min(1)
+    maxs = np.where(observed, x, -np.inf).max(1)
+    last_idx = t - 1 - np.argmax(observed[:, ::-1], axis=1)
+    last = np.take_along_axis(filled, last_idx[:, None, :], axis=1)[:, 0]
+    frac = count / lengths[:, None]
+    stats = np.stack([last, mean, mins, maxs, np.sqrt(var), frac], axis=2)
+    stats[:, :, :5] = np.where(seen[:, :, None], stats[:, :, :5], 0.0)
+    return stats.reshape(b, v * len(STATS)).astype(np.float32)
+
+
+@register_expert(
+    ExpertSpec(
+        name="ts_summary",
+        kinds=("timeseries",),
+        role="general",
+        dim=len(STATS) * N_VARIABLES,
+        preprocessing={"n_variables": N_VARIABLES, "stats": list(STATS)},
+        offline=True,
+        description="Weight-free per-variable last/mean/min/max/std/observed-fraction of a multivariate series.",
+        mem_mb=500,
+    )
+)
+class TimeSeriesSummary(Extractor):
+    @property
+    def dim(self) -> int:
+        return len(STATS) * int(self.settings.preprocessing["n_variables"])
+
+    def prepare(self, value: Any) -> np.ndarray:
+        return load_series(value, int(self.settings.preprocessing["n_variables"]))
+
+    def sort_key(self, prepared: np.ndarray) -> int:
+        return int(prepared.shape[0])
+
+    def embed_batch(self, batch: list[np.ndarray]) -> np.ndarray:
+        return summary_features(batch)

@@ -1,0 +1,175 @@
+"""Load, validate and resolve the pipeline configuration (config.yaml).
+
+Schema validation (with defaults) uses ``workflow/schemas/config.schema.yaml``; semantic checks
+(unknown experts, kinds an expert cannot read, dangling references) follow. Every error names
+the offending key. The resolvers here are the single place where the workflow, the scripts and
+the CLI look up committees, expert identities and output paths.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+RUNTIME_KEYS = ("local_dir", "batch_size", "device", "num_workers", "allow_remote_code")
+IDENTITY_KEYS = ("model_id", "revision", "preprocessing")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and what was expected."""
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    role: str
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    with open(path) as fh:
+        cfg = yaml.safe_load(fh) or {}
+    return validate_config(cfg)
+
+
+def _format_path(parts) -> str:
+    return ".".join(str(p) for p in parts) or "<root>"
+
+
+def validate_schema(cfg: dict[str, Any]) -> dict[str, Any]:
+    """JSON-schema validation that fills in defaults (in place) and names the offending key."""
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    base = jsonschema.Draft7Validator
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    validator_cls = jsonschema.validators.extend(base, {"properties": set_defaults})
+    errors = sorted(validator_cls(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"config key `{_format_path(e.absolute_path)}`: {e.message}" for e in errors[:10]]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    return cfg
+
+
+def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Schema + semantic validation; returns ``cfg`` with defaults filled in."""
+    validate_schema(cfg)
+    from extractors.registry import get_spec, list_experts
+
+    profiles = cfg["experts"]["profiles"]
+    if cfg["experts"]["profile"] not in profiles:
+        raise ConfigError(
+            f"config key `experts.profile`: {cfg['experts']['profile']!r} is not a profile; "
+            f"expected one of {sorted(profiles)}"
+        )
+    known = set(list_experts())
+    for name in cfg["experts"].get("settings", {}):
+        if name not in known:
+            raise ConfigError(f"config key `experts.settings.{name}`: unknown expert; known experts: {', '.join(sorted(known))}")
+    for ds_name, ds in cfg["datasets"].items():
+        for ext in ds.get("external", []):
+            if ext not in cfg["datasets"]:
+                raise ConfigError(f"config key `datasets.{ds_name}.external`: {ext!r} is not a configured dataset")
+            if cfg["datasets"][ext].get("role") != "external":
+                raise ConfigError(f"config key `datasets.{ext}.role`: must be 'external' since {ds_name} lists it")
+            if sorted(cfg["datasets"][ext].get("modalities", {})) != sorted(ds.get("modalities", {})):
+                raise ConfigError(f"config key `datasets.{ext}.modalities`: must match those of {ds_name}")
+        for mod, mcfg in ds.get("modalities", {}).items():
+            key = f"datasets.{ds_name}.modalities.{mod}"
+            members, teacher = committee(cfg, ds_name, mod)
+            for member in members + ([Member(teacher, "teacher")] if teacher else []):
+                if member.name not in known:
+                    raise ConfigError(
+                        f"config key `{key}` (profile {cfg['experts']['profile']!r}): unknown expert {member.name!r}; "
+                        f"known experts: {', '.join(sorted(known))}"
+                    )
+                if mcfg["kind"] not in get_spec(member.name).kinds:
+                    raise ConfigError(
+                        f"config key `{key}`: expert {member.name!r} reads {list(get_spec(member.name).kinds)}, "
+                        f"not {mcfg['kind']!r}"
+                    )
+            if len({m.name for m in members}) != len(members):
+                raise ConfigError(f"config key `{key}`: an expert appears twice in the committee")
+    for m in cfg.get("methods", []):
+        from medmix.methods import known_methods
+
+        if m not in known_methods():
+            raise ConfigError(f"config key `methods`: unknown method {m!r}; known: {known_methods()}")
+    return cfg
+
+
+def committee(cfg: dict[str, Any], dataset: str, modality: str) -> tuple[list[Member], str | None]:
+    """The committee and teacher of one modality: its own override, else the active profile's."""
+    mcfg = cfg["datasets"][dataset]["modalities"][modality]
+    prof = cfg["experts"]["profiles"][cfg["experts"]["profile"]].get(mcfg["kind"])
+    if "committee" in mcfg:
+        members = mcfg["committee"]
+    elif prof is not None:
+        members = prof["committee"]
+    else:
+        raise ConfigError(
+            f"config key `datasets.{dataset}.modalities.{modality}`: profile {cfg['experts']['profile']!r} has no "
+            f"committee for kind {mcfg['kind']!r}; add one under experts.profiles or a `committee:` here"
+        )
+    teacher = mcfg.get("teacher", prof.get("teacher") if prof else None)
+    return [Member(m["name"], m["role"]) for m in members], teacher
+
+
+def expert_identity(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """Output-affecting settings of an expert: model id, revision, preprocessing (spec + overrides)."""
+    from extractors.registry import get_spec
+
+    spec = get_spec(name)
+    over = cfg["experts"].get("settings", {}).get(name, {})
+    return {
+        "extractor": name,
+        "model_id": over.get("model_id", spec.hub_id),
+        "revision": over.get("revision", spec.revision),
+        "preprocessing": {**spec.preprocessing, **over.get("preprocessing", {})},
+    }
+
+
+def expert_runtime(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """Settings that do not change the embeddings (where and how fast to run)."""
+    over = cfg["experts"].get("settings", {}).get(name, {})
+    return {k: over[k] for k in RUNTIME_KEYS if k in over}
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def feature_path(dataset: str, modality: str, expert: str) -> str:
+    return f"results/{dataset}/features/{modality}/{expert}.parquet"
+
+
+def extraction_jobs(cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Every (dataset, modality, expert) feature file the configuration needs, teachers included."""
+    jobs = []
+    for ds_name, ds in cfg["datasets"].items():
+        for mod in ds.get("modalities", {}):
+            members, teacher = committee(cfg, ds_name, mod)
+            for name in [m.name for m in members] + ([teacher] if teacher else []):
+                jobs.append((ds_name, mod, name))
+    return jobs
+
+
+def development_datasets(cfg: dict[str, Any]) -> list[str]:
+    return [n for n, d in cfg["datasets"].items() if d.get("role", "development") == "development"]
+
+
+def training_params(cfg: dict[str, Any], method: str) -> dict[str, Any]:
+    return {**cfg.get("training", {}), **cfg.get("method_params", {}).get(method, {})}

@@ -1,0 +1,62 @@
+"""What a dataset will contain, known from its config alone (the workflow plans jobs before any cohort exists).
+
+Named adapters fix their modalities; a ``modalities`` block in their config (for committee
+overrides, or to keep only some modalities) must use the adapter's names and kinds, which
+:func:`selected_modalities` enforces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medmix.cohort import CohortError
+
+FIXED_MODALITIES: dict[str, dict[str, str]] = {
+    "iu_xray": {"frontal": "image", "lateral": "image", "note": "text"},
+    "mimic_iv_mm": {"frontal": "image", "lateral": "image", "note": "text", "ehr": "timeseries"},
+    "mimic_iii": {"note": "text", "ehr": "timeseries"},
+    "mmist_ccrcc": {"ct": "volume", "wsi": "slide", "note": "text"},
+}
+
+
+def declared_modalities(cfg: dict[str, Any]) -> dict[str, str]:
+    """modality -> kind of the dataset's cohort."""
+    adapter = cfg.get("adapter", "manifest")
+    if adapter in FIXED_MODALITIES:
+        return selected_modalities("?", cfg, adapter)
+    return {m: spec["kind"] for m, spec in (cfg.get("modalities") or {}).items()}
+
+
+def declared_labels(cfg: dict[str, Any]) -> list[str]:
+    """The cohort's label names (``label:<name>`` columns)."""
+    adapter = cfg.get("adapter", "manifest")
+    if adapter == "iu_xray":
+        from medmix.datasets.iu_xray import DEFAULT_FINDINGS, slug
+
+        return [slug(h) for h in (cfg.get("labels") or DEFAULT_FINDINGS)]
+    if adapter in ("mimic_iv_mm", "mimic_iii"):
+        from medmix.datasets.mimic import OUTCOMES
+
+        return list(cfg.get("labels") or OUTCOMES)
+    if adapter == "mmist_ccrcc":
+        from medmix.datasets.mmist_ccrcc import LABEL
+
+        return [LABEL]
+    if cfg.get("task") == "multiclass":
+        return [str(c) for c in cfg.get("classes") or []]
+    return list(cfg.get("labels") or [])
+
+
+def selected_modalities(name: str, cfg: dict[str, Any], adapter: str) -> dict[str, str]:
+    """The named adapter's modalities, restricted to those the config lists (all when it lists none)."""
+    fixed = FIXED_MODALITIES[adapter]
+    declared = cfg.get("modalities")
+    if not declared:
+        return dict(fixed)
+    given = {m: (spec or {}).get("kind") for m, spec in declared.items()}
+    wrong = {m: k for m, k in given.items() if fixed.get(m) != k}
+    if wrong:
+        raise CohortError(
+            f"dataset {name!r}: adapter {adapter!r} provides modalities {fixed}; config declares {wrong}"
+        )
+    return {m: k for m, k in fixed.items() if m in given}

@@ -1,0 +1,160 @@
+"""Per-dataset summary: split sizes, label prevalence, modality availability and absent files.
+
+``write_summary(cohort, json_path, md_path)`` writes the same content as JSON (for programs) and
+Markdown (for people), both atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medmix.atomic import write_text_atomic
+from medmix.cohort import INPUT_PREFIX, LABEL_PREFIX, SPLITS, Cohort
+
+NO_MODALITY = "(none)"
+MD_LISTED_FILES = 20
+GROUPS = ("all", *SPLITS)
+
+
+def summarize(cohort: Cohort) -> dict[str, Any]:
+    """The summary of a cohort as a JSON-ready dict."""
+    frame = cohort.frame
+    groups = {"all": frame, **{s: frame[frame["split"] == s] for s in SPLITS}}
+    mods = list(cohort.modalities)
+    available = pd.DataFrame({m: frame[INPUT_PREFIX + m].notna() for m in mods}, index=frame.index)
+    absent = {m: dict(v) for m, v in (cohort.extra.get("absent_files") or {}).items() if v}
+
+    splits = {g: {"samples": int(len(f)), "patients": int(f["patient_id"].nunique())} for g, f in groups.items()}
+    prevalence: dict[str, dict[str, dict[str, Any]]] = {}
+    for label in cohort.labels:
+        prevalence[label] = {}
+        for g, f in groups.items():
+            col = f[LABEL_PREFIX + label]
+            known, positive = int(col.notna().sum()), int((col == 1).sum())
+            prevalence[label][g] = {
+                "positive": positive,
+                "known": known,
+                "prevalence": round(positive / known, 4) if known else None,
+            }
+    availability: dict[str, dict[str, dict[str, Any]]] = {}
+    for m in mods:
+        availability[m] = {}
+        absent_ids = set(absent.get(m, {}))
+        for g, f in groups.items():
+            n_avail = int(available.loc[f.index, m].sum())
+            n_absent = int(f["sample_id"].isin(absent_ids).sum())
+            availability[m][g] = {
+                "available": n_avail,
+                "missing": int(len(f)) - n_avail,
+                "absent_files": n_absent,
+                "fraction": round(n_avail / len(f), 4) if len(f) else None,
+            }
+    joined = pd.Series("", index=frame.index, dtype=object)
+    for m in mods:
+        joined = joined + np.where(available[m].to_numpy(), m + "+", "")
+    pattern_of = joined.str.rstrip("+").replace("", NO_MODALITY)
+    patterns: dict[str, dict[str, int]] = {}
+    for g, f in groups.items():
+        counts = pattern_of.loc[f.index].value_counts()
+        patterns[g] = {str(k): int(v) for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
+    return {
+        "dataset": cohort.name,
+        "task": cohort.task,
+        "labels": list(cohort.labels),
+        "modalities": dict(cohort.modalities),
+        "n_samples": int(len(frame)),
+        "n_patients": int(frame["patient_id"].nunique()),
+        "splits": splits,
+        "label_prevalence": prevalence,
+        "modality_availability": availability,
+        "availability_patterns": patterns,
+        "absent_files": {
+            m: {"count": len(files), "files": [{"sample_id": s, "path": p} for s, p in files.items()]}
+            for m, files in absent.items()
+        },
+        "notes": {k: v for k, v in cohort.extra.items() if k != "absent_files"},
+    }
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The summary rendered as a Markdown report."""
+    s = summary
+    lines = [
+        f"# Dataset summary: {s['dataset']}",
+        "",
+        f"Task: {s['task']}; {s['n_samples']} samples from {s['n_patients']} patients; "
+        f"{len(s['labels'])} label(s); modalities: "
+        + ", ".join(f"{m} ({k})" for m, k in s["modalities"].items())
+        + ".",
+        "",
+        "## Samples per split",
+        "",
+        "| split | samples | patients |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {g} | {s['splits'][g]['samples']} | {s['splits'][g]['patients']} |" for g in GROUPS]
+    lines += ["", "## Label prevalence (positives / known labels)", "", _header("label"), _rule()]
+    for label, per in s["label_prevalence"].items():
+        lines.append(f"| {label} | " + " | ".join(_prevalence_cell(per[g]) for g in GROUPS) + " |")
+    lines += ["", "## Modality availability (available / samples; absent files in brackets)", "",
+              _header("modality"), _rule()]
+    for mod, per in s["modality_availability"].items():
+        lines.append(f"| {mod} | " + " | ".join(_availability_cell(per[g], s["splits"][g]["samples"]) for g in GROUPS)
+                     + " |")
+    lines += ["", "## Availability patterns (modalities present together)", "", _header("pattern"), _rule()]
+    for pattern in s["availability_patterns"]["all"]:
+        lines.append(f"| {pattern} | " + " | ".join(str(s["availability_patterns"][g].get(pattern, 0)) for g in GROUPS)
+                     + " |")
+    lines += ["", "## Absent files", ""]
+    if not s["absent_files"]:
+        lines.append("No referenced file is absent.")
+    for mod, info in s["absent_files"].items():
+        lines.append(f"- **{mod}**: {info['count']} referenced file(s) do not exist (counted as missing).")
+        for item in info["files"][:MD_LISTED_FILES]:
+            lines.append(f"  - `{item['sample_id']}`: `{item['path']}`")
+        if info["count"] > MD_LISTED_FILES:
+            lines.append(f"  - ... and {info['count'] - MD_LISTED_FILES} more (all listed in the JSON summary)")
+    notes = s.get("notes") or {}
+    if notes:
+        lines += ["", "## Notes", ""]
+        for key, value in notes.items():
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                text = "; ".join(value)
+            else:
+                text = value if isinstance(value, str) else json.dumps(value)
+            lines.append(f"- {key}: {text}")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(cohort: Cohort, json_path: str | Path, md_path: str | Path) -> dict[str, Any]:
+    """Write the cohort's summary as JSON and Markdown (atomic writes); returns the summary."""
+    summary = summarize(cohort)
+    write_text_atomic(json_path, json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(md_path, summary_markdown(summary))
+    return summary
+
+
+def _header(first: str) -> str:
+    return f"| {first} | " + " | ".join(GROUPS) + " |"
+
+
+def _rule() -> str:
+    return "| --- |" + " ---: |" * len(GROUPS)
+
+
+def _prevalence_cell(cell: dict[str, Any]) -> str:
+    if not cell["known"]:
+        return "-"
+    return f"{cell['positive']}/{cell['known']} ({100 * cell['prevalence']:.1f}%)"
+
+
+def _availability_cell(cell: dict[str, Any], n: int) -> str:
+    if not n:
+        return "-"
+    text = f"{cell['available']}/{n} ({100 * cell['fraction']:.1f}%)"
+    return text + (f" [{cell['absent_files']}]" if cell["absent_files"] else "")

@@ -1,0 +1,168 @@
+"""MedMIX as a fusion method: one :class:`MedMIXNet` per seed, trained together by the ensemble trainer.
+
+Params (the ``training`` config section merged with ``method_params.medmix``): every
+:class:`~medmix.training.trainer.TrainConfig` key plus ``hidden_dim`` (default 256) and
+``dropout`` (default 0.1). ``distill_max: 0`` (or a committee without teachers) trains without
+distillation. Teachers are only read in :meth:`MedMIX.fit`; prediction and checkpoints never
+touch them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medmix.data import TensorData
+from medmix.methods import register_method
+from medmix.methods.base import FusionMethod, Prediction
+from medmix.models.checkpoint import load_model, read_metadata, save_model
+from medmix.models.medmix import MedMIXConfig, MedMIXNet, TeacherHeads
+from medmix.protocols import Protocol
+from medmix.training.distill import distill_loss, distill_weight
+from medmix.training.losses import task_loss, to_probabilities
+from medmix.training.trainer import (
+    Batch,
+    EnsembleTrainer,
+    Member,
+    TrainConfig,
+    autocast,
+    resolve_runtime,
+    seeded_init,
+)
+
+
+class MedMIXObjective:
+    """``L = L_task + λ_D(epoch) · L_distill`` (paper eq. 4)."""
+
+    def __init__(self, task: str, config: TrainConfig):
+        self.task = task
+        self.config = config
+
+    def loss(self, member: Member, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = member.model(batch.x, batch.mask)
+        loss = task_loss(out.logits, batch.y, self.task)
+        parts = {"task_loss": loss.detach()}
+        weight = distill_weight(epoch, self.config.distill_max, self.config.distill_ramp_epochs)
+        if member.aux is not None and weight > 0:
+            projected = member.aux(batch.teacher)
+            modalities = member.model.modalities
+            available = {
+                m: out.present[:, modalities.index(m)] & batch.teacher_mask[m] for m in projected
+            }
+            distill = distill_loss(out.z, projected, batch.teacher, available, self.config.rkd_weight)
+            loss = loss + weight * distill
+            parts["distill_loss"] = distill.detach()
+        parts["distill_weight"] = torch.tensor(weight)
+        return loss, parts
+
+    def val_loss(self, model: MedMIXNet, batch: Batch) -> torch.Tensor:
+        return task_loss(model(batch.x, batch.mask).logits, batch.y, self.task)
+
+
+def model_config(data: TensorData, params: dict[str, Any]) -> MedMIXConfig:
+    return MedMIXConfig(
+        dims=data.dims(),
+        n_out=len(data.labels),
+        task=data.task,
+        hidden_dim=int(params.get("hidden_dim", 256)),
+        dropout=float(params.get("dropout", 0.1)),
+        expert_names={m: list(v) for m, v in data.expert_names.items()},
+        labels=list(data.labels),
+    )
+
+
+@register_method("medmix")
+class MedMIX(FusionMethod):
+    """MedMIX (intra-modality MoE + masked logit fusion + training-only distillation)."""
+
+    def __init__(self, params: dict[str, Any]):
+        super().__init__(params)
+        self.train_config = TrainConfig.from_params(self.params)
+        self.models: list[MedMIXNet] = []
+        self.seeds: list[int] = []
+        self._curves = pd.DataFrame(columns=["seed", "epoch", "train_loss", "val_loss"])
+
+    def fit(self, train: TensorData, val: TensorData, seeds: Sequence[int], protocol: Protocol) -> None:
+        config = model_config(train, self.params)
+        teacher_dims = {m: d for m, d in train.teacher_dims().items() if m in config.dims}
+        distill = self.train_config.distill_max > 0 and bool(teacher_dims)
+
+        def build():
+            model = MedMIXNet(config)
+            return model, (TeacherHeads(teacher_dims, config.hidden_dim) if distill else None)
+
+        members = []
+        for seed in seeds:
+            model, heads = seeded_init(int(seed), build)
+            routers = {id(p) for p in model.router_parameters()}
+            rest = [p for p in model.parameters() if id(p) not in routers]
+            if heads is not None:
+                rest += list(heads.parameters())
+            groups = [(rest, 1.0), (model.router_parameters(), self.train_config.router_lr_mult)]
+            members.append(Member(int(seed), model, heads, groups))
+        trainer = EnsembleTrainer(self.train_config, MedMIXObjective(train.task, self.train_config))
+        self._curves = trainer.fit(members, train, val, protocol, config.modalities)
+        self.models = [m.model for m in members]
+        self.seeds = [m.seed for m in members]
+
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[str | Path], params: dict[str, Any] | None = None) -> MedMIX:
+        """A predict-only instance from files written by :meth:`save` (seeds read from them)."""
+        method = cls(dict(params or {}))
+        device, _ = resolve_runtime(method.train_config)
+        method.models = [load_model(p, device) for p in paths]
+        method.seeds = [int(json.loads(read_metadata(p)["info"])["seed"]) for p in paths]
+        return method
+
+    @torch.no_grad()
+    def predict(self, data: TensorData) -> Prediction:
+        if not self.models:
+            raise RuntimeError("MedMIX.predict called before fit (or from_checkpoints)")
+        device, dtype = resolve_runtime(self.train_config)
+        config = self.models[0].config
+        chunk = self.train_config.eval_batch_size
+        probs, routers, fusions = [], {m: [] for m in config.modalities}, []
+        for model in self.models:
+            model.eval()
+            p_parts, r_parts, f_parts = [], {m: [] for m in config.modalities}, []
+            for lo in range(0, data.n, chunk):
+                hi = min(data.n, lo + chunk)
+                x = {m: [t[lo:hi].to(device, torch.float32) for t in data.x[m]] for m in config.modalities}
+                mask = {m: data.mask[m][lo:hi].to(device) for m in config.modalities}
+                with autocast(device, dtype):
+                    out = model(x, mask)
+                p_parts.append(to_probabilities(out.logits, config.task).cpu())
+                f_parts.append(out.fusion.float().cpu())
+                for m in config.modalities:
+                    r_parts[m].append(out.router[m].float().cpu())
+            probs.append(torch.cat(p_parts) if p_parts else torch.zeros(0, config.n_out))
+            fusions.append(torch.cat(f_parts) if f_parts else torch.zeros(0, len(config.modalities)))
+            for m in config.modalities:
+                routers[m].append(torch.cat(r_parts[m]) if r_parts[m] else torch.zeros(0, len(config.dims[m])))
+        extras = {f"router:{m}": torch.stack(v).numpy() for m, v in routers.items()}
+        extras["fusion"] = torch.stack(fusions).numpy()
+        columns = {
+            f"router:{m}": list(config.expert_names.get(m) or [str(k) for k in range(len(config.dims[m]))])
+            for m in config.modalities
+        }
+        columns["fusion"] = list(config.modalities)
+        return Prediction(np.ascontiguousarray(torch.stack(probs).numpy()), extras, columns)
+
+    def curves(self) -> pd.DataFrame:
+        return self._curves
+
+    def save(self, folder: Path) -> list[Path]:
+        """One ``medmix_seed<seed>.safetensors`` per seed (deployable: no teacher heads)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for seed, model in zip(self.seeds, self.models, strict=True):
+            info = {"seed": seed, "train_config": self.params}
+            files.append(save_model(model, folder / f"medmix_seed{seed}.safetensors", info))
+        return files

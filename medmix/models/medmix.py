@@ -1,0 +1,210 @@
+"""The MedMIX fusion network (paper §3.3–3.4) and its training-only teacher heads (§3.5).
+
+One :class:`MedMIXNet` is one deployable model. Per modality ``m`` and expert ``k``:
+
+- residual adapter ``ẽ = e + Up(GELU(Down(e)))`` with rank ``r = min(128, max(32, ⌊d/16⌋))``;
+- projection ``z_k = Dropout(GELU(LayerNorm(Linear(ẽ))))`` to the shared width ``hidden_dim``;
+- a missing expert's input and output are zeroed (``torch.where``, so even NaN/inf in a masked
+  slot cannot leak into the output or the gradients);
+- a per-modality router (one ``Linear(hidden_dim, 1)`` shared by the modality's experts) scores
+  every ``z_k``; absent experts get ``-1e4`` before the softmax, ``g`` is then multiplied by the
+  mask, and ``z(m) = Σ g_k z_k`` (zero when no expert of ``m`` is present).
+
+Per modality a classifier head ``Linear(hidden_dim, C)`` gives ``ℓ(m)`` and a fusion scorer
+``Linear(hidden_dim, 1)`` gives ``s(m)``; absent modalities get ``-1e4``, ``w = softmax(s̃)`` is
+multiplied by modality presence and ``ℓ_fused = Σ w(m) ℓ(m)``.
+
+Choices where the paper is silent (documented here and in the report):
+
+- ``hidden_dim`` (the paper's ``d``) defaults to 256 and dropout to 0.1;
+- the adapter's non-linearity is GELU and its up-projection starts at zero, so every adapter
+  starts as the identity map;
+- router, head and fusion scorer are single linear layers;
+- **a sample with every modality missing** has all fusion weights 0, so its fused logits are
+  exactly 0: probability 0.5 per label for sigmoid tasks, the uniform distribution for
+  multiclass. Nothing is NaN;
+- scores and softmaxes are computed in float32 even under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Score given to an absent expert or modality before a softmax (paper: -1e4).
+MASK_SCORE = -1.0e4
+
+
+def adapter_rank(dim: int) -> int:
+    """Adapter bottleneck ``r = min(128, max(32, ⌊d/16⌋))`` (paper eq. 1)."""
+    if dim < 1:
+        raise ValueError(f"embedding dimension must be positive, got {dim}")
+    return min(128, max(32, dim // 16))
+
+
+@dataclass(frozen=True)
+class MedMIXConfig:
+    """Everything needed to rebuild a :class:`MedMIXNet` (stored in every checkpoint)."""
+
+    dims: dict[str, list[int]]
+    n_out: int
+    task: str
+    hidden_dim: int = 256
+    dropout: float = 0.1
+    expert_names: dict[str, list[str]] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.dims:
+            raise ValueError("MedMIX needs at least one modality")
+        for m, ds in self.dims.items():
+            if "." in m or not m:
+                raise ValueError(f"modality name {m!r} must be non-empty and contain no '.'")
+            if not ds:
+                raise ValueError(f"modality {m!r} has no experts")
+        if self.n_out < 1 or self.hidden_dim < 1 or not 0 <= self.dropout < 1:
+            raise ValueError(f"bad MedMIX config: n_out={self.n_out}, hidden_dim={self.hidden_dim}, dropout={self.dropout}")
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.dims)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MedMIXConfig:
+        raw: dict[str, Any] = json.loads(text)
+        return cls(**raw)
+
+
+class SeededDropout(nn.Module):
+    """Dropout that draws from ``self.generator`` when one is set (per-seed reproducibility)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.generator is None:
+            return F.dropout(x, self.p, training=True)
+        keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
+        return x * keep.mul_(1.0 / (1.0 - self.p))
+
+
+class ExpertBranch(nn.Module):
+    """Residual adapter + projection of one expert to the shared space; zero where absent."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float):
+        super().__init__()
+        rank = adapter_rank(dim)
+        self.adapter_down = nn.Linear(dim, rank)
+        self.adapter_up = nn.Linear(rank, dim)
+        nn.init.zeros_(self.adapter_up.weight)
+        nn.init.zeros_(self.adapter_up.bias)
+        self.proj = nn.Linear(dim, hidden_dim)
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.drop = SeededDropout(dropout)
+
+    def forward(self, e: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        keep = present[:, None]
+        e = torch.where(keep, e, 0.0)
+        e = e + self.adapter_up(F.gelu(self.adapter_down(e)))
+        z = self.drop(F.gelu(self.norm(self.proj(e))))
+        return torch.where(keep, z, 0.0)
+
+
+class ModalityBlock(nn.Module):
+    """Intra-modality MoE (experts + shared router) plus the modality's head and fusion scorer."""
+
+    def __init__(self, dims: list[int], n_out: int, hidden_dim: int, dropout: float):
+        super().__init__()
+        self.experts = nn.ModuleList(ExpertBranch(d, hidden_dim, dropout) for d in dims)
+        self.router = nn.Linear(hidden_dim, 1)
+        self.head = nn.Linear(hidden_dim, n_out)
+        self.scorer = nn.Linear(hidden_dim, 1)
+
+    def forward(self, xs: list[torch.Tensor], mask: torch.Tensor):
+        zs = torch.stack([branch(x, mask[:, k]) for k, (branch, x) in enumerate(zip(self.experts, xs, strict=True))], 1)
+        scores = self.router(zs).squeeze(-1).float().masked_fill(~mask, MASK_SCORE)
+        gates = torch.softmax(scores, dim=-1) * mask
+        z = (gates.unsqueeze(-1) * zs.float()).sum(dim=1)
+        return z, gates, self.head(z).float(), self.scorer(z).squeeze(-1).float()
+
+
+@dataclass
+class MedMIXOutput:
+    """``logits`` [N, C]; ``router[m]`` [N, K_m]; ``fusion`` [N, M]; ``z[m]`` [N, hidden];
+    ``present`` bool [N, M] (modality has at least one expert)."""
+
+    logits: torch.Tensor
+    router: dict[str, torch.Tensor]
+    fusion: torch.Tensor
+    z: dict[str, torch.Tensor]
+    present: torch.Tensor
+
+
+class MedMIXNet(nn.Module):
+    """Deployable MedMIX model: no teacher parameters (see :class:`TeacherHeads`)."""
+
+    def __init__(self, config: MedMIXConfig):
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleDict(
+            {m: ModalityBlock(ds, config.n_out, config.hidden_dim, config.dropout) for m, ds in config.dims.items()}
+        )
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.config.modalities
+
+    def router_parameters(self) -> list[nn.Parameter]:
+        """The intra-modality router scorers (trained at ``router_lr_mult`` × the base rate)."""
+        return [p for block in self.blocks.values() for p in block.router.parameters()]
+
+    def set_dropout_generator(self, generator: torch.Generator | None) -> None:
+        for module in self.modules():
+            if isinstance(module, SeededDropout):
+                module.generator = generator
+
+    def _check(self, x: dict[str, list[torch.Tensor]], mask: dict[str, torch.Tensor]) -> None:
+        for m, dims in self.config.dims.items():
+            if m not in x or m not in mask:
+                raise KeyError(f"MedMIX input lacks modality {m!r}; model modalities: {self.modalities}")
+            got = [int(t.shape[-1]) for t in x[m]]
+            if got != dims or mask[m].shape[-1] != len(dims):
+                raise ValueError(f"modality {m!r}: expert dims {got} / mask {tuple(mask[m].shape)} != model {dims}")
+
+    def forward(self, x: dict[str, list[torch.Tensor]], mask: dict[str, torch.Tensor]) -> MedMIXOutput:
+        self._check(x, mask)
+        router, z, logits, scores, present = {}, {}, [], [], []
+        for m, block in self.blocks.items():
+            mk = mask[m].bool()
+            z[m], router[m], logit, score = block(x[m], mk)
+            logits.append(logit)
+            scores.append(score)
+            present.append(mk.any(dim=1))
+        present_t = torch.stack(present, dim=1)
+        fused_scores = torch.stack(scores, dim=1).masked_fill(~present_t, MASK_SCORE)
+        fusion = torch.softmax(fused_scores, dim=-1) * present_t
+        fused = (fusion.unsqueeze(-1) * torch.stack(logits, dim=1)).sum(dim=1)
+        return MedMIXOutput(fused, router, fusion, z, present_t)
+
+
+class TeacherHeads(nn.Module):
+    """Training-only linear heads ``d_T -> hidden_dim`` projecting frozen teacher embeddings."""
+
+    def __init__(self, teacher_dims: dict[str, int], hidden_dim: int):
+        super().__init__()
+        self.heads = nn.ModuleDict({m: nn.Linear(d, hidden_dim) for m, d in teacher_dims.items()})
+
+    def forward(self, teacher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {m: head(teacher[m]) for m, head in self.heads.items() if m in teacher}

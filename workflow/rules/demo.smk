@@ -1,0 +1,19 @@
+rule demo_cohort:
+    """Generate one deterministic synthetic demo cohort (images, notes, EHR, CT, labels)."""
+    input:
+        code=package_sources("medmix/demo/*.py"),
+    output:
+        directory("resources/demo/{cohort}"),
+    params:
+        kind=lambda wc: config["demo"]["cohorts"][wc.cohort]["kind"],
+        n_patients=lambda wc: config["demo"]["cohorts"][wc.cohort]["n_patients"],
+        seed=lambda wc: config["demo"]["cohorts"][wc.cohort]["seed"],
+        shift=lambda wc: config["demo"]["cohorts"][wc.cohort]["shift"],
+    log:
+        "logs/demo_cohort/{cohort}.log",
+    benchmark:
+        "benchmarks/demo_cohort/{cohort}.tsv"
+    resources:
+        **rule_resources("demo_cohort", mem_mb=1000),
+    script:
+        "../scripts/demo_cohort.py"

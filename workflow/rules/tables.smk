@@ -1,0 +1,18 @@
+rule tables:
+    """Metrics (thresholds tuned on validation) and the paper-style tables from cached predictions."""
+    input:
+        predictions=fit_outputs(),
+        cohorts=[cohort_path(d) for d in DATASETS],
+        code=package_sources("medmix/evaluation/*.py"),
+    output:
+        main="results/tables/main.md",
+        metrics="results/tables/metrics.csv",
+        robustness="results/tables/robustness.md",
+    params:
+        seeds=canonical_json(config["seeds"]),
+    log:
+        "logs/tables.log",
+    resources:
+        **rule_resources("tables", mem_mb=2000),
+    script:
+        "../scripts/tables.py"

@@ -1,0 +1,21 @@
+"""Thin adapter: the ``prepare_dataset`` rule -> medmix.datasets.build_cohort + summary."""
+
+import json
+import logging
+
+from medmix.cohort import write_cohort
+from medmix.datasets import build_cohort
+from medmix.datasets.summary import write_summary
+from medmix.pipeline import setup_logging
+
+setup_logging(snakemake.log[0])  # noqa: F821
+sm = snakemake  # noqa: F821
+cohort = build_cohort(sm.wildcards.dataset, json.loads(sm.params.dataset_json), ".")
+write_cohort(cohort, sm.output.cohort)
+summary = write_summary(cohort, sm.output.summary_json, sm.output.summary_md)
+log = logging.getLogger("medmix.datasets")
+log.info("dataset %s: %d samples", cohort.name, len(cohort.frame))
+for modality, info in summary["absent_files"].items():
+    log.warning("dataset %s: %d %s file(s) absent (counted as missing)", cohort.name, info["count"], modality)
+for warning in cohort.extra.get("warnings", []):
+    log.warning("dataset %s: %s", cohort.name, warning)

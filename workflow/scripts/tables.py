@@ -1,0 +1,17 @@
+"""Thin adapter: the ``tables`` rule -> medmix.evaluation.tables."""
+
+import json
+
+from medmix.atomic import atomic_path, write_text_atomic
+from medmix.evaluation.tables import collect, main_table_markdown, robustness_markdown
+from medmix.pipeline import setup_logging
+
+setup_logging(snakemake.log[0])  # noqa: F821
+sm = snakemake  # noqa: F821
+tasks = {name: ds["task"] for name, ds in sm.config["datasets"].items()}
+metrics = collect(list(sm.input.predictions), tasks)
+with atomic_path(sm.output.metrics) as tmp:
+    metrics.to_csv(tmp, index=False)
+seeds = json.loads(sm.params.seeds)
+write_text_atomic(sm.output.main, main_table_markdown(metrics, seeds))
+write_text_atomic(sm.output.robustness, robustness_markdown(metrics))
