@@ -75,11 +75,12 @@ class BiomedCLIP(ImageExpert):
     def transform(self):
         """open_clip's inference transform, built from the model folder's config (no weights needed)."""
         if self._transform is None:
+            folder = self.folder()  # sets HF_HUB_OFFLINE before open_clip imports the hub client
             from dataclasses import asdict
 
             from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
-            with open(os.path.join(self.folder(), CONFIG_FILE), encoding="utf-8") as fh:
+            with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as fh:
                 config = json.load(fh)
             cfg = merge_preprocess_dict(asdict(PreprocessCfg()), config.get("preprocess_cfg", {}))
             cfg["size"] = config["model_cfg"]["vision_cfg"].get("image_size", cfg["size"])
@@ -92,6 +93,10 @@ class BiomedCLIP(ImageExpert):
         self.offline()
         import open_clip
 
+        with open(os.path.join(self.folder(), CONFIG_FILE), encoding="utf-8") as fh:
+            embed_dim = json.load(fh)["model_cfg"].get("embed_dim")
+        if embed_dim != self.dim:
+            raise ValueError(f"expert {self.spec.name!r}: model embed_dim {embed_dim} != declared dim {self.dim}")
         self.pick_device()
         try:
             model = open_clip.create_model_from_pretrained(
@@ -100,9 +105,6 @@ class BiomedCLIP(ImageExpert):
         except LOAD_ERRORS as err:
             raise_unless_missing(err)
             raise self.unavailable(err) from err
-        out_dim = getattr(model.visual, "output_dim", None)
-        if out_dim is not None and out_dim != self.dim:
-            raise ValueError(f"expert {self.spec.name!r}: image embedding dim {out_dim} != declared dim {self.dim}")
         self._model = model.eval()
         _ = self.transform
 

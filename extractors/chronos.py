@@ -78,8 +78,12 @@ class ChronosExpert(HubExpert):
         import torch
 
         pipe = self._pipeline
-        context = pipe._prepare_and_validate_context([torch.from_numpy(s) for s in series])
-        context = context[..., -pipe.model_context_length :]
+        # Left padding with NaN aligns series of different lengths (ChronosPipeline.embed's documented input).
+        width = min(max(len(s) for s in series), int(pipe.model.config.context_length))
+        context = torch.full((len(series), width), float("nan"), dtype=torch.float32)
+        for k, s in enumerate(series):
+            tail = torch.from_numpy(s[-width:])
+            context[k, width - len(tail) :] = tail
         with torch.inference_mode(), self.autocast():
             states, _ = pipe.embed(context)
         states = states.float()[:, : context.shape[-1]]  # drop the EOS position

@@ -43,7 +43,7 @@ class HubExpert(Extractor):
     availability_note: str = ""
 
     def offline(self) -> bool:
-        """True unless ``options.offline`` is false; then ``HF_HUB_OFFLINE=1`` is set (once)."""
+        """Whether only local files may be read (``options.offline``, default true); if so, sets ``HF_HUB_OFFLINE=1``."""
         offline = bool(self.settings.options.get("offline", True))
         if offline:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")

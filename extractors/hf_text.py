@@ -65,6 +65,7 @@ class HFTextExpert(HubExpert):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
+            self.offline()  # before transformers / huggingface_hub are imported
             from transformers import AutoTokenizer
 
             tok = self.from_pretrained(AutoTokenizer)
@@ -75,6 +76,7 @@ class HFTextExpert(HubExpert):
     def load(self) -> None:
         if self._model is not None:
             return
+        self.offline()
         from transformers import AutoModel
 
         self.pick_device()

@@ -61,6 +61,7 @@ class HFViTExpert(ImageExpert):
     @property
     def processor(self):
         if self._processor is None:
+            self.offline()  # before transformers / huggingface_hub are imported
             from transformers import AutoImageProcessor
 
             self._processor = self.from_pretrained(AutoImageProcessor)
@@ -69,6 +70,7 @@ class HFViTExpert(ImageExpert):
     def load(self) -> None:
         if self._model is not None:
             return
+        self.offline()
         from transformers import AutoModel
 
         self.pick_device()

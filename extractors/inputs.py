@@ -36,10 +36,12 @@ def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def read_image(path: str):
-    """An RGB ``PIL.Image``; Pillow's decompression-bomb limit stays in force.
+def read_image(path: str, mode: str = "RGB", draft_size: tuple[int, int] | None = None):
+    """A ``PIL.Image`` in ``mode`` (RGB by default); Pillow's decompression-bomb limit stays in force.
 
-    Truncated files fail (``LOAD_TRUNCATED_IMAGES`` is never set).
+    Truncated files fail (``LOAD_TRUNCATED_IMAGES`` is never set). ``draft_size`` lets JPEG
+    files decode at a reduced scale (DCT scaling, never below ``draft_size``) when the caller
+    downsizes anyway; other formats ignore it.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -47,13 +49,15 @@ def read_image(path: str):
         raise InputError(f"image file not found: {path}")
     try:
         with Image.open(path) as im:
+            if draft_size is not None and im.format == "JPEG":
+                im.draft(mode if mode in ("L", "RGB") else None, draft_size)
             im.load()
-            rgb = im.convert("RGB")
+            out = im.convert(mode)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as err:
         raise InputError(f"unreadable image {path}: {err}") from err
-    if min(rgb.size) < 1:
-        raise InputError(f"image {path} has size {rgb.size}")
-    return rgb
+    if min(out.size) < 1:
+        raise InputError(f"image {path} has size {out.size}")
+    return out
 
 
 def read_text(text: Any) -> str:

@@ -17,10 +17,12 @@ grid of MONAI ``Spacingd``: output size ``round((n - 1) * s_in / s_out) + 1``); 
 to 224 x 224 x 160 (x, y, z); the tensor is ``[1, X, Y, Z]``. Prepared volumes are kept as float16
 (values in [0, 1], step <= 2^-11) to bound memory; the network runs in float32 (bf16 autocast on CUDA).
 
-Voxel spacing: NIfTI from its header (axes reordered to RAS); DICOM series from PixelSpacing and
-the slice positions (standard axial series only, reoriented from LPS to RAS); ``.npy``/``.npz``
-arrays carry none, so ``options.array_spacing_mm`` ([x, y, z]) is used, else the array is taken
-to be at the target spacing already (recorded in the metadata as ``array_spacing``).
+Orientation and spacing: volumes come from :func:`extractors.inputs.read_volume` (NIfTI and DICOM
+reoriented from their affine / direction cosines) and are turned to RAS; the voxel spacing comes from
+the NIfTI header (axes reordered to RAS) or the DICOM PixelSpacing / direction cosines / slice
+positions; ``.npy``/``.npz`` arrays carry none, so ``options.array_spacing_mm`` ([x, y, z]) is used,
+else the array is taken to be at the target spacing already (recorded in the metadata as
+``array_spacing``).
 """
 
 from __future__ import annotations
@@ -58,42 +60,64 @@ def nifti_spacing_ras(path: str) -> tuple[float, float, float]:
     return tuple(spacing)
 
 
-def dicom_spacing(folder: str) -> tuple[float, float, float]:
-    """(column, row, slice) spacing of a standard axial DICOM series; other orientations -> InputError."""
+def dicom_spacing_ras(folder: str) -> tuple[float, float, float]:
+    """Voxel spacing of a DICOM series along the x, y, z patient axes (headers only).
+
+    In-plane spacings follow the row / column direction cosines, the slice spacing is the median
+    gap between slice positions along the slice normal (``SliceThickness`` if there is one slice).
+    """
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
     headers = []
     for f in sorted(Path(folder).iterdir()):
-        if f.is_file():
-            try:
-                headers.append(pydicom.dcmread(str(f), stop_before_pixels=True))
-            except Exception as err:  # noqa: BLE001 - corrupt DICOM raises many kinds of errors
-                raise InputError(f"unreadable DICOM file {f}: {err}") from err
-    if not headers:
-        raise InputError(f"no DICOM files in {folder}")
+        if not f.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+        except InvalidDicomError:
+            continue
+        except Exception as err:  # noqa: BLE001 - corrupt DICOM raises many kinds of errors
+            raise InputError(f"unreadable DICOM file {f}: {err}") from err
+        if hasattr(ds, "Rows"):
+            headers.append(ds)
+    if not headers or getattr(headers[0], "PixelSpacing", None) is None:
+        raise InputError(f"DICOM series {folder} has no PixelSpacing")
     iop = np.asarray(getattr(headers[0], "ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float)
-    if not np.allclose(iop, [1, 0, 0, 0, 1, 0], atol=1e-3):
-        raise InputError(f"DICOM series {folder} is not a standard axial series (orientation {iop.tolist()}); convert it to NIfTI")
-    row_mm, col_mm = (float(v) for v in headers[0].PixelSpacing)
-    z = sorted(float(h.ImagePositionPatient[2]) for h in headers if getattr(h, "ImagePositionPatient", None) is not None)
-    gaps = np.diff(z)
-    slice_mm = float(np.median(gaps)) if len(gaps) and np.median(gaps) > 0 else float(getattr(headers[0], "SliceThickness", 1.0))
-    return col_mm, row_mm, slice_mm
+    along_row, along_col = iop[:3], iop[3:]
+    normal = np.cross(along_row, along_col)
+    between_rows, between_cols = (float(v) for v in headers[0].PixelSpacing)
+    positions = sorted(
+        float(np.dot(normal, np.asarray(h.ImagePositionPatient, float)))
+        for h in headers if getattr(h, "ImagePositionPatient", None) is not None
+    )
+    gaps = np.diff(positions)
+    slice_mm = float(np.median(gaps)) if len(gaps) and np.median(gaps) > 0 else float(getattr(headers[0], "SliceThickness", 0) or 0)
+    spacing = [0.0, 0.0, 0.0]
+    for direction, mm in ((along_row, between_cols), (along_col, between_rows), (normal, slice_mm)):
+        spacing[int(np.argmax(np.abs(direction)))] = mm
+    if min(spacing) <= 0:
+        raise InputError(f"DICOM series {folder}: cannot determine the voxel spacing (got {spacing})")
+    return tuple(spacing)
 
 
 def read_ct_ras(path: str, array_spacing: tuple[float, float, float] | None = None):
-    """``(volume [X, Y, Z] float32 HU in RAS, spacing (x, y, z) mm, spacing_source)``."""
-    zyx = read_volume(path)  # NIfTI: RAS [Z, Y, X]; DICOM: [slice, row, column] in LPS; arrays: as stored
+    """``(volume [X, Y, Z] float32 HU in RAS, spacing (x, y, z) mm, spacing_source)``.
+
+    :func:`extractors.inputs.read_volume` returns ``[D, H, W]`` pointing (S, P, L) for NIfTI and DICOM
+    (arrays are taken to follow the same convention); flipping H and W and reversing the axes gives RAS.
+    """
+    spl = read_volume(path)
     if os.path.isdir(path):
-        spacing, source = dicom_spacing(path), "dicom"
-        zyx = zyx[:, ::-1, ::-1]  # rows posterior->anterior, columns left->right (LPS -> RAS)
+        spacing, source = dicom_spacing_ras(path), "dicom"
     elif path.endswith((".nii", ".nii.gz")):
         spacing, source = nifti_spacing_ras(path), "nifti"
     elif array_spacing is not None:
         spacing, source = tuple(float(s) for s in array_spacing), "options.array_spacing_mm"
     else:
         spacing, source = TARGET_SPACING, "assumed target spacing"
-    return np.ascontiguousarray(np.transpose(zyx, (2, 1, 0)), dtype=np.float32), spacing, source
+    ras = np.transpose(spl[:, ::-1, ::-1], (2, 1, 0))
+    return np.ascontiguousarray(ras, dtype=np.float32), spacing, source
 
 
 def merlin_preprocess(

@@ -79,6 +79,7 @@ class Moirai(HubExpert):
     def load(self) -> None:
         if self._module is not None:
             return
+        offline = self.offline()  # before uni2ts imports huggingface_hub
         try:
             import uni2ts  # noqa: F401
         except ImportError as err:
@@ -89,7 +90,7 @@ class Moirai(HubExpert):
         try:
             source = self.model_source()
             revision = None if os.path.isdir(source) else self.settings.revision
-            self._module = moirai_worker.load_module(source, revision, self.offline())
+            self._module = moirai_worker.load_module(source, revision, offline)
         except LOAD_ERRORS as err:
             raise_unless_missing(err)
             raise self.unavailable(err) from err

@@ -67,8 +67,8 @@ class _RagExpert(Extractor):
             return str(opts["kind"])
         if opts.get("bridge_path"):
             return "image"
-        if isinstance(value, str) and value.lower().endswith(TIMESERIES_SUFFIXES) and os.path.isfile(value):
-            return "timeseries"
+        if isinstance(value, str) and "\n" not in value and value.strip().lower().endswith(TIMESERIES_SUFFIXES):
+            return "timeseries"  # a series file path (a missing file is then an InputError, not a note)
         return "text"
 
     def _bridged_text(self):

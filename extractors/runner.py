@@ -36,6 +36,8 @@ MISSING = "missing in cohort"
 UNEXPECTED = "unexpected"
 #: Batches per chunk of prepared inputs held in memory at once.
 CHUNK_BATCHES = 16
+#: Inputs a DataLoader worker prepares per task (fewer, larger messages between processes).
+LOADER_BATCH = 16
 
 
 class _Prepared:
@@ -67,8 +69,8 @@ def iter_prepared(extractor: Extractor, values: list[Any], num_workers: int = 0)
         from torch.utils.data import DataLoader
 
         loader = DataLoader(
-            ds, batch_size=4, num_workers=min(num_workers, len(values)), collate_fn=_collate,
-            prefetch_factor=4, persistent_workers=False,
+            ds, batch_size=LOADER_BATCH, num_workers=min(num_workers, len(values)), collate_fn=_collate,
+            prefetch_factor=2, persistent_workers=False,
         )
         for batch in loader:
             yield from batch

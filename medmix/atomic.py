@@ -18,8 +18,14 @@ def atomic_path(target: str | os.PathLike, verify: Callable[[Path], None] | None
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # One writer per target: temp files left by a killed earlier attempt are stale.
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
     tmp = Path(tmp_name)
     try:
         yield tmp

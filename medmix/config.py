@@ -18,7 +18,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-RUNTIME_KEYS = ("local_dir", "batch_size", "device", "num_workers", "allow_remote_code")
+RUNTIME_KEYS = ("local_dir", "batch_size", "device", "num_workers", "allow_remote_code", "options")
 IDENTITY_KEYS = ("model_id", "revision", "preprocessing")
 
 

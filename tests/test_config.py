@@ -20,7 +20,7 @@ def test_shipped_config_is_valid_and_gets_defaults(cfg):
     out = validate_config(cfg)
     assert out["training"]["batch_size"] == 256  # paper default filled in
     assert out["training"]["router_lr_mult"] == 0.3
-    assert out["datasets"]["demo_openi"]["split_ratios"] == [0.65, 0.15, 0.2]
+    assert out["datasets"]["demo_openi"]["role"] == "development"
 
 
 @pytest.mark.parametrize(

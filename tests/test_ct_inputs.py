@@ -166,6 +166,7 @@ def test_dicom_folder_without_images_is_input_error(tmp_path: Path) -> None:
         read_volume(str(tmp_path))
 
 
+@pytest.mark.filterwarnings("ignore:End of file reached:UserWarning")
 def test_dicom_truncated_file_is_input_error(ct: Path, tmp_path: Path) -> None:
     folder = tmp_path / "series"
     shutil.copytree(ct / "example_ct_dicom", folder)

@@ -221,7 +221,7 @@ def test_xml_layout_fixture(sample, tmp_path):
         ["Cardiomegaly/mild", "Pleural Effusion/left/small"], ["Opacity"],
         ["CXR7_7_IM-2263-1001", "CXR7_7_IM-2263-2001", "CXR7_7_IM-2263-3001"]))
     (xml_dir / "10.xml").write_text(_xml_report("10", "", "", ["No Indexing"], [], ["CXR10_10_IM-0002-2001"]))
-    (xml_dir / "8.xml").write_text(_xml_report("8", "Clear lungs.", "", ["normal"], [], []))
+    (xml_dir / "8.xml").write_text(_xml_report("8", "Clear lungs.", "", ["normal"], [], ["CXR8_8_IM-9999-1001"]))
     pd.DataFrame({
         "uid": ["7", "7", "7", "10"],
         "filename": ["7_IM-2263-2001.dcm.png", "7_IM-2263-1001.dcm.png", "7_IM-2263-3001.dcm.png",
@@ -250,6 +250,9 @@ def test_xml_layout_fixture(sample, tmp_path):
     assert cohort.extra["absent_files"]["frontal"] == {
         "CXR10": str((tmp_path / "png" / "10_IM-0002-2001.dcm.png").resolve())}
     assert cohort.extra["layout"] == "ecgen-radiology XML"
+    assert frontal["CXR8"] is None and "CXR8" not in cohort.extra["absent_files"]["frontal"]
+    assert cohort.extra["warnings"] == [
+        "1 report image(s) have no row in projections_csv and are not used: CXR8_8_IM-9999-1001"]
 
 
 def test_xml_layout_agrees_with_csv_layout_on_real_reports(sample, tmp_path):

@@ -513,3 +513,15 @@ def test_derm7pt_recipe_builds_on_a_fixture(tmp_path):
     assert cohort.label_matrix().argmax(axis=1).tolist() == [0, 2, 1, 4, 3]
     assert cohort.inputs("clinic")[0] == str((release / "images" / "A" / "c0.jpg").resolve())
     assert len(cohort.extra["absent_files"]["derm"]) == 5
+
+
+def test_mimic_iii_can_declare_the_development_modalities(tmp_path):
+    _mimic_fixture(tmp_path / "m3", n_subjects=3, with_cxr=False, id_col="icustay_id")
+    mods = {"frontal": {"kind": "image"}, "lateral": {"kind": "image"}, "note": {"kind": "text"},
+            "ehr": {"kind": "timeseries"}}
+    cfg = {"adapter": "mimic_iii", "root": "m3", "task": "multitask", "labels": ["mortality"], "modalities": mods}
+    cohort = build_cohort("mimic_iii", cfg, tmp_path)
+    assert list(cohort.modalities) == ["frontal", "lateral", "note", "ehr"]
+    assert all(v is None for v in cohort.inputs("frontal") + cohort.inputs("lateral"))
+    assert "no chest X-rays" in cohort.extra["warnings"][0]
+    assert summarize(cohort)["modality_availability"]["frontal"]["all"]["available"] == 0

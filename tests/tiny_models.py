@@ -57,11 +57,12 @@ def build_dinov3(folder: Path, hidden: int = 1024, seed: int = 0) -> Path:
     return folder
 
 
-def build_biomedclip(folder: Path, embed_dim: int = 512, image_size: int = 64, seed: int = 0) -> Path:
+def build_biomedclip(folder: Path, embed_dim: int = 512, seed: int = 0) -> Path:
     """An open_clip model with BiomedCLIP's layout: timm ViT image tower + HF BERT text tower.
 
     ``open_clip_config.json`` mirrors BiomedCLIP's (timm ViT, linear projection, HF text tower,
-    OpenAI CLIP mean/std); the text tower's ``hf_model_name`` is a local tiny BERT config.
+    OpenAI CLIP mean/std); the image tower is timm's tiny ``test_vit`` (160 px input) instead of
+    ``vit_base_patch16_224``, the text tower's ``hf_model_name`` a local tiny BERT config.
     """
     import open_clip
     from safetensors.torch import save_file
@@ -75,8 +76,8 @@ def build_biomedclip(folder: Path, embed_dim: int = 512, image_size: int = 64, s
     config = {
         "model_cfg": {
             "embed_dim": embed_dim,
-            "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
-                           "timm_pool": "", "timm_proj": "linear", "image_size": image_size},
+            "vision_cfg": {"timm_model_name": "test_vit", "timm_model_pretrained": False,
+                           "timm_pool": "", "timm_proj": "linear", "image_size": 160},
             "text_cfg": {"hf_model_name": str(bert), "hf_tokenizer_name": str(bert), "hf_proj_type": "mlp",
                          "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 32},
         },
@@ -107,8 +108,8 @@ def build_gatortron(folder: Path, hidden: int = 1024, seed: int = 0) -> Path:
     return folder
 
 
-def build_qwen2(folder: Path, hidden: int = 896, heads: int = 14, seed: int = 0) -> Path:
-    """``Qwen2ForCausalLM`` (2 layers, GQA) + a byte-level BPE tokenizer trained on a tiny corpus."""
+def build_qwen2(folder: Path, hidden: int = 896, heads: int = 14, layers: int = 2, seed: int = 0) -> Path:
+    """``Qwen2ForCausalLM`` (``layers`` layers, GQA) + a byte-level BPE tokenizer trained on a tiny corpus."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
@@ -122,7 +123,7 @@ def build_qwen2(folder: Path, hidden: int = 896, heads: int = 14, seed: int = 0)
     bpe.train_from_iterator([" ".join(WORDS)] * 4, trainer=trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     tok.save_pretrained(folder)
-    config = Qwen2Config(vocab_size=bpe.get_vocab_size(), hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
+    config = Qwen2Config(vocab_size=bpe.get_vocab_size(), hidden_size=hidden, intermediate_size=64, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=4096,
                          tie_word_embeddings=True)
     Qwen2ForCausalLM(config).save_pretrained(folder)

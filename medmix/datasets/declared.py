@@ -14,9 +14,14 @@ from medmix.cohort import CohortError
 FIXED_MODALITIES: dict[str, dict[str, str]] = {
     "iu_xray": {"frontal": "image", "lateral": "image", "note": "text"},
     "mimic_iv_mm": {"frontal": "image", "lateral": "image", "note": "text", "ehr": "timeseries"},
-    "mimic_iii": {"note": "text", "ehr": "timeseries"},
+    # MIMIC-III has no CXR: frontal/lateral exist only when the config declares them (to match the
+    # development dataset's modalities), and are then missing for every stay.
+    "mimic_iii": {"frontal": "image", "lateral": "image", "note": "text", "ehr": "timeseries"},
     "mmist_ccrcc": {"ct": "volume", "wsi": "slide", "note": "text"},
 }
+
+#: Modalities built when the config lists none (default: all of the adapter's).
+DEFAULT_SELECTION: dict[str, tuple[str, ...]] = {"mimic_iii": ("note", "ehr")}
 
 
 def declared_modalities(cfg: dict[str, Any]) -> dict[str, str]:
@@ -52,7 +57,8 @@ def selected_modalities(name: str, cfg: dict[str, Any], adapter: str) -> dict[st
     fixed = FIXED_MODALITIES[adapter]
     declared = cfg.get("modalities")
     if not declared:
-        return dict(fixed)
+        default = DEFAULT_SELECTION.get(adapter, tuple(fixed))
+        return {m: k for m, k in fixed.items() if m in default}
     given = {m: (spec or {}).get("kind") for m, spec in declared.items()}
     wrong = {m: k for m, k in given.items() if fixed.get(m) != k}
     if wrong:

@@ -137,6 +137,12 @@ def load_iu_xray(name: str, cfg: dict[str, Any], base_dir: Path) -> Cohort:
         notes.append(f"images_dir {images_dir.resolve()} does not exist: every referenced image is counted as absent")
     root = (images_dir or Path(base_dir)).resolve()
 
+    listed = {stem for entries in views.values() for stem, _ in entries}
+    unlisted = sorted(f"CXR{r['uid']}_{image_stem(i)}" for r in reports for i in r.get("images", [])
+                      if image_stem(i) not in listed)
+    if unlisted:
+        notes.append(f"{len(unlisted)} report image(s) have no row in projections_csv and are not used: "
+                     f"{', '.join(unlisted[:10])}{' ...' if len(unlisted) > 10 else ''}")
     rows = []
     for rep in reports:
         row = {"sample_id": f"CXR{rep['uid']}", "patient_id": f"CXR{rep['uid']}", "note": rep["note"]}

@@ -13,6 +13,8 @@ cohort.csv columns (``columns: {our name: your column}`` renames): ``subject_id`
 ``long_stay`` (ICU stay >= 7 days), ``readmission_30d`` (0/1, empty = unknown),
 ``cxr_frontal`` / ``cxr_lateral`` (paths; MIMIC-IV-MM), ``note_text`` or ``note_path``, and
 ``ehr_path``. Paths are relative to ``root`` and may not leave it.
+MIMIC-III builds ``note`` + ``ehr``; declaring ``frontal`` / ``lateral`` in its config (so that its
+modalities match MIMIC-IV-MM's) adds them as missing for every stay.
 
 MIMIC-IV-MM: split 0.72 / 0.13 / 0.15 by subject (``split_ratios``, ``split_seed``), or the
 user's ``split_column``. MIMIC-III: every stay is an external test sample (split ``test``,
@@ -63,6 +65,10 @@ def _load_mimic(name, cfg, base_dir, sample_column: str, with_cxr: bool, externa
     if with_cxr:
         modalities["frontal"] = {"kind": "image", "column": rename["cxr_frontal"]}
         modalities["lateral"] = {"kind": "image", "column": rename["cxr_lateral"]}
+    else:  # declared only to match the development dataset: missing for every stay
+        raw = raw.assign(_no_cxr="")
+        modalities["frontal"] = {"kind": "image", "column": "_no_cxr"}
+        modalities["lateral"] = {"kind": "image", "column": "_no_cxr"}
     modalities["note"] = {"kind": "text", "column": note_col, "file": note_col == rename["note_path"]}
     modalities["ehr"] = {"kind": "timeseries", "column": rename["ehr_path"]}
     keep = selected_modalities(name, cfg, "mimic_iii" if external else "mimic_iv_mm")
@@ -91,6 +97,9 @@ def _load_mimic(name, cfg, base_dir, sample_column: str, with_cxr: bool, externa
     extra: dict[str, Any] = {"adapter": "mimic_iii" if external else "mimic_iv_mm", "cohort_csv": str(cohort_csv)}
     if external or cfg.get("role"):
         extra["role"] = "external" if external else cfg["role"]
+    if not with_cxr and ("frontal" in keep or "lateral" in keep):
+        extra["warnings"] = ["MIMIC-III has no chest X-rays: frontal/lateral are declared to match the development "
+                             "dataset and are missing for every stay"]
     cohort = cohort_from_table(name, table, spec, root, extra=extra)
     if "ehr" in keep and cfg.get("check_ehr_columns", True):
         check_ehr_columns(cohort, list(cfg.get("ehr_variables") or EHR_VARIABLE_NAMES), where)

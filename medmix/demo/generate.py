@@ -18,6 +18,7 @@ Everything is a deterministic function of the seed. Files are written under ``ou
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
@@ -198,7 +199,9 @@ def generate_cohort(out_dir: str | Path, kind: str, n_patients: int, seed: int, 
     import nibabel as nib
     from PIL import Image
 
-    out = Path(out_dir)
+    final = Path(out_dir)
+    # Build in a sibling temp folder and rename at the end: an interrupted run leaves no half cohort.
+    out = final.parent / f".{final.name}.tmp"
     if out.exists():
         shutil.rmtree(out)
     (out / "images").mkdir(parents=True)
@@ -282,4 +285,7 @@ def generate_cohort(out_dir: str | Path, kind: str, n_patients: int, seed: int, 
         wr.writeheader()
         for row in rows:
             wr.writerow({k: row.get(k, "") for k in columns})
-    return manifest
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(out, final)
+    return final / manifest.name

@@ -32,6 +32,7 @@ from medmix.training.trainer import (
     Member,
     TrainConfig,
     autocast,
+    cpu_threads,
     resolve_runtime,
     seeded_init,
 )
@@ -120,10 +121,13 @@ class MedMIX(FusionMethod):
         method.seeds = [int(json.loads(read_metadata(p)["info"])["seed"]) for p in paths]
         return method
 
-    @torch.no_grad()
     def predict(self, data: TensorData) -> Prediction:
         if not self.models:
             raise RuntimeError("MedMIX.predict called before fit (or from_checkpoints)")
+        with cpu_threads(self.train_config.threads), torch.no_grad():
+            return self._predict(data)
+
+    def _predict(self, data: TensorData) -> Prediction:
         device, dtype = resolve_runtime(self.train_config)
         config = self.models[0].config
         chunk = self.train_config.eval_batch_size
@@ -133,7 +137,7 @@ class MedMIX(FusionMethod):
             p_parts, r_parts, f_parts = [], {m: [] for m in config.modalities}, []
             for lo in range(0, data.n, chunk):
                 hi = min(data.n, lo + chunk)
-                x = {m: [t[lo:hi].to(device, torch.float32) for t in data.x[m]] for m in config.modalities}
+                x = {m: [t[lo:hi].to(device, dtype or torch.float32) for t in data.x[m]] for m in config.modalities}
                 mask = {m: data.mask[m][lo:hi].to(device) for m in config.modalities}
                 with autocast(device, dtype):
                     out = model(x, mask)

@@ -4,8 +4,9 @@ One :class:`MedMIXNet` is one deployable model. Per modality ``m`` and expert ``
 
 - residual adapter ``ẽ = e + Up(GELU(Down(e)))`` with rank ``r = min(128, max(32, ⌊d/16⌋))``;
 - projection ``z_k = Dropout(GELU(LayerNorm(Linear(ẽ))))`` to the shared width ``hidden_dim``;
-- a missing expert's input and output are zeroed (``torch.where``, so even NaN/inf in a masked
-  slot cannot leak into the output or the gradients);
+- a missing expert's ``z_k`` is zeroed with ``torch.where`` (rows are computed independently,
+  so whatever a masked slot holds, even NaN/inf, never reaches the output; the trainer zeroes
+  absent rows of its data once, so finite zeros are all the weight gradients ever see there);
 - a per-modality router (one ``Linear(hidden_dim, 1)`` shared by the modality's experts) scores
   every ``z_k``; absent experts get ``-1e4`` before the softmax, ``g`` is then multiplied by the
   mask, and ``z(m) = Σ g_k z_k`` (zero when no expert of ``m`` is present).
@@ -96,8 +97,9 @@ class SeededDropout(nn.Module):
             return x
         if self.generator is None:
             return F.dropout(x, self.p, training=True)
-        keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
-        return x * keep.mul_(1.0 / (1.0 - self.p))
+        # 31 random bits per element (2-3x faster than bernoulli_ on CPU); P(drop) = p ± 2^-31.
+        bits = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_(generator=self.generator)
+        return x * (bits >= int(self.p * 2**31)).to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
 class ExpertBranch(nn.Module):
@@ -115,11 +117,9 @@ class ExpertBranch(nn.Module):
         self.drop = SeededDropout(dropout)
 
     def forward(self, e: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        keep = present[:, None]
-        e = torch.where(keep, e, 0.0)
         e = e + self.adapter_up(F.gelu(self.adapter_down(e)))
         z = self.drop(F.gelu(self.norm(self.proj(e))))
-        return torch.where(keep, z, 0.0)
+        return torch.where(present[:, None], z, 0.0)
 
 
 class ModalityBlock(nn.Module):

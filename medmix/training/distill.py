@@ -2,16 +2,19 @@
 
 Per modality ``m`` with a teacher: ``L(m) = L_cos(m) + λ_RKD · L_RKD(m)`` over the samples of the
 batch where the modality *and* its teacher embedding are available, and
-``L_distill = Σ_m L(m)`` (a modality with no available sample contributes nothing).
+``L_distill = Σ_m L(m)`` (a modality with no available sample contributes 0).
 
 - ``L_cos = 1 − cos(z(m), z_T(m))``, averaged over available samples; ``z_T`` is the teacher
   embedding projected to the shared width by a learned linear head.
 - ``L_RKD``: distance-wise relational KD (Park et al., CVPR 2019): pairwise Euclidean distances
-  among the available samples (pairs ``i < j``), each set divided by its own mean, compared with
-  the Huber (smooth-L1, δ = 1) loss. The teacher side uses the frozen *raw* teacher embeddings
-  (distance-wise RKD does not need equal widths, and the raw space is the teacher's own
-  relational structure); fewer than two available samples give 0.
+  among the available samples (pairs ``i < j``), each side divided by its own mean over those
+  pairs, compared with the Huber (smooth-L1, δ = 1) loss averaged over the pairs. The teacher side
+  uses the frozen *raw* teacher embeddings (distance-wise RKD does not need equal widths, and the
+  raw space is the teacher's own relational structure); fewer than two available samples give 0.
 - The weight ``λ_D(t)`` ramps linearly from 0 at epoch 0 to ``λ_D^max`` at epoch ``T_D``.
+
+Availability enters as 0/1 weights (no boolean indexing): no host synchronisation on GPUs, and
+whatever finite values unavailable rows hold cannot change the loss.
 """
 
 from __future__ import annotations
@@ -29,23 +32,45 @@ def distill_weight(epoch: int, max_weight: float, ramp_epochs: int) -> float:
     return float(max_weight) * min(1.0, epoch / ramp_epochs)
 
 
-def cosine_distill(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean of ``1 − cos`` over rows; 0 for an empty batch."""
-    if student.shape[0] == 0:
-        return student.new_zeros((), dtype=torch.float32)
-    return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1, eps=1e-8)).mean()
+def _weights(n: int, available: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    if available is None:
+        return torch.ones(n, device=device)
+    return available.to(device=device, dtype=torch.float32)
 
 
-def rkd_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Distance-wise RKD between the rows of ``student`` and ``teacher`` (widths may differ)."""
-    if student.shape[0] < 2:
-        return student.new_zeros((), dtype=torch.float32)
-    ds = torch.pdist(student.float())
-    ds = ds / ds.mean().clamp_min(_EPS)
+def cosine_distill(student: torch.Tensor, teacher: torch.Tensor, available: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``1 − cos`` over available rows; 0 when none is."""
+    a = _weights(student.shape[0], available, student.device)
+    per_row = 1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1, eps=1e-8)
+    return (per_row * a).sum() / a.sum().clamp_min(1.0)
+
+
+def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance matrix through one float32 Gram matmul (autocast off).
+
+    Squared distances are clamped at ``1e-12`` before the square root, so the diagonal (and exact
+    duplicates) have finite gradients.
+    """
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.float()
+        sq = x.pow(2).sum(dim=1)
+        d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_min(_EPS)
+    return d2.sqrt()
+
+
+def rkd_distance(student: torch.Tensor, teacher: torch.Tensor, available: torch.Tensor | None = None) -> torch.Tensor:
+    """Distance-wise RKD between the available rows of ``student`` and ``teacher`` (widths may differ)."""
+    n = student.shape[0]
+    a = _weights(n, available, student.device)
+    pairs = torch.triu(a[:, None] * a[None, :], diagonal=1)
+    n_pairs = pairs.sum()
+    ds = pairwise_distances(student)
+    ds = ds / ((ds * pairs).sum() / n_pairs.clamp_min(1.0)).clamp_min(_EPS)
     with torch.no_grad():
-        dt = torch.pdist(teacher.float())
-        dt = dt / dt.mean().clamp_min(_EPS)
-    return F.smooth_l1_loss(ds, dt, beta=1.0)
+        dt = pairwise_distances(teacher)
+        dt = dt / ((dt * pairs).sum() / n_pairs.clamp_min(1.0)).clamp_min(_EPS)
+    huber = F.smooth_l1_loss(ds, dt, beta=1.0, reduction="none")
+    return (huber * pairs).sum() / n_pairs.clamp_min(1.0)
 
 
 def distill_loss(
@@ -57,17 +82,10 @@ def distill_loss(
 ) -> torch.Tensor:
     """``Σ_m [L_cos(m) + rkd_weight · L_RKD(m)]`` over modalities with a teacher; rows where
     ``available[m]`` is False are ignored. Returns a float32 scalar (0 when nothing is available)."""
-    total = None
+    ref = next(iter(student.values()))
+    total = ref.new_zeros((), dtype=torch.float32)
     for m, projected in teacher_projected.items():
-        keep = available[m]
-        if not bool(keep.any()):
-            continue
-        z = student[m][keep]
-        term = cosine_distill(z, projected[keep])
+        total = total + cosine_distill(student[m], projected, available[m])
         if rkd_weight:
-            term = term + rkd_weight * rkd_distance(z, teacher_raw[m][keep])
-        total = term if total is None else total + term
-    if total is None:
-        ref = next(iter(student.values()))
-        return ref.new_zeros((), dtype=torch.float32)
+            total = total + rkd_weight * rkd_distance(student[m], teacher_raw[m], available[m])
     return total

@@ -18,10 +18,12 @@ seed's generator (the same per-sample drop distribution as masking batch by batc
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 import pandas as pd
 import torch
@@ -49,6 +51,7 @@ class TrainConfig:
     rkd_weight: float = 0.05
     precision: str = "auto"
     device: str = "auto"
+    threads: int = 0
     eval_batch_size: int = 8192
 
     @classmethod
@@ -61,7 +64,7 @@ class TrainConfig:
         for key in ("lr", "router_lr_mult", "weight_decay", "grad_clip", "distill_max", "rkd_weight"):
             if key in values:
                 values[key] = float(values[key])
-        for key in ("warmup_epochs", "max_epochs", "batch_size", "patience", "distill_ramp_epochs", "eval_batch_size"):
+        for key in ("warmup_epochs", "max_epochs", "batch_size", "patience", "distill_ramp_epochs", "eval_batch_size", "threads"):
             if key in values:
                 values[key] = int(values[key])
         config = cls(**values)
@@ -113,6 +116,19 @@ def resolve_runtime(config: TrainConfig) -> tuple[torch.device, torch.dtype | No
     return device, resolve_precision(config.precision, device)
 
 
+@contextlib.contextmanager
+def cpu_threads(threads: int):
+    """Run the block with ``threads`` intra-op CPU threads (0: leave torch's setting)."""
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads > 0:
+            torch.set_num_threads(before)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
@@ -161,15 +177,27 @@ def seeded_init(seed: int, build: Callable[[], Any]) -> Any:
 
 
 class _DeviceData:
-    """A dataset's tensors on the training device (masks stay on CPU for the protocols)."""
+    """A dataset's tensors on the training device (masks stay on CPU for the protocols).
 
-    def __init__(self, data: TensorData, device: torch.device, modalities: Sequence[str]):
+    Absent rows are zeroed. Embeddings are stored in the autocast dtype: the matmuls would round them to it anyway, and
+    half-width rows halve the per-batch gather traffic.
+    """
+
+    def __init__(self, data: TensorData, device: torch.device, modalities: Sequence[str], dtype: torch.dtype | None):
+        dtype = dtype or torch.float32
         self.n = data.n
         self.modalities = list(modalities)
-        self.x = {m: [t.to(device, torch.float32) for t in data.x[m]] for m in self.modalities}
         self.mask_cpu = {m: data.mask[m].bool() for m in self.modalities}
+        self.x = {
+            m: [torch.where(self.mask_cpu[m][:, k : k + 1], t, 0.0).to(device, dtype) for k, t in enumerate(data.x[m])]
+            for m in self.modalities
+        }
         self.y = data.y.to(device, torch.float32)
-        self.teacher = {m: t.to(device, torch.float32) for m, t in data.teacher.items() if m in self.modalities}
+        self.teacher = {
+            m: torch.where(data.teacher_mask[m][:, None].bool(), t, 0.0).to(device, dtype)
+            for m, t in data.teacher.items()
+            if m in self.modalities
+        }
         self.teacher_mask = {m: data.teacher_mask[m].bool().to(device) for m in self.teacher}
         self.device = device
 
@@ -227,10 +255,17 @@ class EnsembleTrainer:
         """Train every member in place (best-validation weights restored); returns the curves."""
         if train.n == 0 or val.n == 0:
             raise ValueError(f"training needs non-empty train and val splits (got {train.n} / {val.n} samples)")
+        with cpu_threads(self.config.threads):
+            return self._fit(members, train, val, protocol, modalities)
+
+    def _fit(
+        self, members: Sequence[Member], train: TensorData, val: TensorData, protocol: Protocol,
+        modalities: Sequence[str],
+    ) -> pd.DataFrame:
         c = self.config
         t0 = time.perf_counter()
-        tr = _DeviceData(train, self.device, modalities)
-        va = _DeviceData(val, self.device, modalities)
+        tr = _DeviceData(train, self.device, modalities, self.dtype)
+        va = _DeviceData(val, self.device, modalities, self.dtype)
         states = []
         for member in members:
             member.model.to(self.device)

@@ -22,6 +22,8 @@ from medmix.protocols import parse_protocols
 validate_config(config)
 validate(config, "../schemas/config.schema.yaml")
 
+
+
 DATASETS = list(config["datasets"])
 DEV_DATASETS = development_datasets(config)
 TRAIN_PROTOCOLS = [p.name for p in parse_protocols(config["protocols"].get("train"))]
@@ -52,6 +54,9 @@ def rule_resources(rule_name, **defaults):
 
 
 # ----------------------------------------------------------------------------- datasets
+DATASET_FILE_KEYS = ("manifest", "reports_csv", "projections_csv", "cohort_csv", "clinical_csv")
+
+
 def dataset_config(dataset):
     return config["datasets"][dataset]
 
@@ -62,9 +67,9 @@ def dataset_source(wildcards):
     code = {"code": package_sources("medmix/cohort.py", "medmix/datasets/*.py")}
     if ds["adapter"] == "demo":
         return {"source": f"resources/demo/{wildcards.dataset}", **code}
-    if "manifest" in ds:
-        return {"manifest": ds["manifest"], **code}
-    return code
+    # Source tables of every adapter are inputs, so editing one rebuilds the cohort.
+    files = {key: ds[key] for key in DATASET_FILE_KEYS if key in ds}
+    return {**files, **code}
 
 
 def cohort_path(dataset):

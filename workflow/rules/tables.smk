@@ -16,3 +16,9 @@ rule tables:
         **rule_resources("tables", mem_mb=2000),
     script:
         "../scripts/tables.py"
+
+
+rule features:
+    """Target: every configured feature file (extraction only)."""
+    input:
+        [feature_path(d, m, e) for d, m, e in EXTRACTION_JOBS],

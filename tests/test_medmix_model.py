@@ -1,0 +1,188 @@
+"""MedMIX network: mask semantics (property-based), adapter rank, all-missing output, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors import safe_open
+
+from medmix.models import MedMIXConfig, MedMIXNet, TeacherHeads, adapter_rank
+from medmix.models.checkpoint import load_model, save_model
+from medmix.models.medmix import ExpertBranch
+from medmix.training.losses import to_probabilities
+
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+def make_model(dims, n_out=3, task="multilabel", seed=0, dropout=0.0) -> MedMIXNet:
+    torch.manual_seed(seed)
+    model = MedMIXNet(MedMIXConfig(dims=dims, n_out=n_out, task=task, hidden_dim=16, dropout=dropout))
+    # Non-zero adapters so that every path of the network carries signal.
+    for block in model.blocks.values():
+        for branch in block.experts:
+            torch.nn.init.normal_(branch.adapter_up.weight, std=0.1)
+    return model.eval()
+
+
+def make_inputs(dims, n, gen, p_present=0.6):
+    x = {m: [torch.randn(n, d, generator=gen) for d in ds] for m, ds in dims.items()}
+    mask = {m: torch.rand(n, len(ds), generator=gen) < p_present for m, ds in dims.items()}
+    return x, mask
+
+
+def assert_outputs_equal(a, b):
+    assert torch.equal(a.logits, b.logits)
+    assert torch.equal(a.fusion, b.fusion)
+    for m in a.router:
+        assert torch.equal(a.router[m], b.router[m])
+        assert torch.equal(a.z[m], b.z[m])
+
+
+dims_strategy = st.dictionaries(
+    st.sampled_from(["img", "note", "ehr", "ct"]),
+    st.lists(st.integers(1, 40), min_size=1, max_size=3),
+    min_size=1,
+    max_size=3,
+)
+garbage = st.sampled_from([0.0, 1e6, -1e6, math.nan, math.inf, -math.inf, 3.0])
+
+
+@SETTINGS
+@given(dims=dims_strategy, n=st.integers(1, 12), seed=st.integers(0, 2**16), fill=garbage)
+def test_masked_expert_values_never_change_the_output(dims, n, seed, fill):
+    gen = torch.Generator().manual_seed(seed)
+    model = make_model(dims, seed=seed % 7)
+    x, mask = make_inputs(dims, n, gen)
+    with torch.no_grad():
+        ref = model(x, mask)
+        changed = {m: [t.clone() for t in xs] for m, xs in x.items()}
+        for m, xs in changed.items():
+            for k, t in enumerate(xs):
+                absent = ~mask[m][:, k]
+                t[absent] = fill if fill != 3.0 else torch.randn(int(absent.sum()), t.shape[1], generator=gen) * 100
+        assert_outputs_equal(ref, model(changed, mask))
+
+
+@SETTINGS
+@given(dims=dims_strategy, n=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_masked_modality_values_never_change_the_output(dims, n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    model = make_model(dims, seed=seed % 5)
+    x, mask = make_inputs(dims, n, gen)
+    dropped = sorted(dims)[seed % len(dims)]
+    mask[dropped][:] = False
+    with torch.no_grad():
+        ref = model(x, mask)
+        x[dropped] = [torch.randn(n, t.shape[1], generator=gen) * 1e3 for t in x[dropped]]
+        out = model(x, mask)
+    assert_outputs_equal(ref, out)
+    assert torch.all(out.fusion[:, model.modalities.index(dropped)] == 0)
+
+
+@SETTINGS
+@given(dims=dims_strategy, n=st.integers(1, 16), seed=st.integers(0, 2**16))
+def test_weights_renormalise_over_present_experts_and_modalities(dims, n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    model = make_model(dims, seed=seed % 3)
+    x, mask = make_inputs(dims, n, gen, p_present=0.5)
+    with torch.no_grad():
+        out = model(x, mask)
+    present = torch.stack([mask[m].any(1) for m in model.modalities], 1)
+    assert torch.equal(out.present, present)
+    assert torch.all(out.fusion[~present] == 0)
+    any_present = present.any(1)
+    sums = out.fusion.sum(1)
+    assert torch.allclose(sums[any_present], torch.ones(int(any_present.sum())), atol=1e-6)
+    assert torch.all(sums[~any_present] == 0)
+    for m in model.modalities:
+        g = out.router[m]
+        assert torch.all(g[~mask[m]] == 0)
+        rows = mask[m].any(1)
+        assert torch.allclose(g[rows].sum(1), torch.ones(int(rows.sum())), atol=1e-6)
+        assert torch.all(out.z[m][~rows] == 0)
+
+
+@given(d=st.integers(1, 10**6))
+def test_adapter_rank_formula(d):
+    r = adapter_rank(d)
+    assert r == min(128, max(32, d // 16))
+    assert 32 <= r <= 128
+
+
+@settings(max_examples=15, deadline=None)
+@given(d=st.integers(1, 3000))
+def test_adapter_module_uses_the_rank(d):
+    branch = ExpertBranch(d, 8, 0.0)
+    assert branch.adapter_down.weight.shape == (adapter_rank(d), d)
+    assert branch.adapter_up.weight.shape == (d, adapter_rank(d))
+
+
+def test_adapter_rank_rejects_non_positive():
+    with pytest.raises(ValueError):
+        adapter_rank(0)
+
+
+@pytest.mark.parametrize("task", ["multilabel", "binary", "multiclass"])
+def test_all_missing_sample_has_defined_finite_output(task):
+    dims = {"img": [12, 7], "note": [9]}
+    model = make_model(dims, n_out=4, task=task)
+    gen = torch.Generator().manual_seed(1)
+    x, mask = make_inputs(dims, 6, gen, p_present=1.0)
+    for m in mask:
+        mask[m][2] = False  # sample 2: every modality missing
+        x[m] = [t.index_fill(0, torch.tensor([2]), float("nan")) for t in x[m]]
+    with torch.no_grad():
+        out = model(x, mask)
+    assert torch.isfinite(out.logits).all()
+    assert torch.all(out.logits[2] == 0)
+    prob = to_probabilities(out.logits, task)
+    expected = 0.25 if task == "multiclass" else 0.5
+    assert torch.allclose(prob[2], torch.full((4,), expected))
+    assert torch.all(out.fusion[2] == 0)
+    # other samples are unaffected by the all-missing one
+    others = [0, 1, 3, 4, 5]
+    with torch.no_grad():
+        alone = model({m: [t[others] for t in xs] for m, xs in x.items()}, {m: v[others] for m, v in mask.items()})
+    assert torch.allclose(alone.logits, out.logits[others], atol=1e-6)
+
+
+def test_bf16_autocast_keeps_mask_semantics():
+    dims = {"img": [32, 16], "note": [24]}
+    model = make_model(dims)
+    gen = torch.Generator().manual_seed(3)
+    x, mask = make_inputs(dims, 20, gen)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = model(x, mask)
+        x["img"][0][~mask["img"][:, 0]] = 1e4
+        out = model(x, mask)
+    assert ref.logits.dtype == torch.float32
+    assert_outputs_equal(ref, out)
+
+
+def test_checkpoint_roundtrip_has_no_teacher_tensors(tmp_path):
+    dims = {"img": [12, 7], "note": [9]}
+    model = make_model(dims, seed=4)
+    heads = TeacherHeads({"img": 20}, model.config.hidden_dim)
+    assert not any(k.startswith("heads.") for k in model.state_dict())
+    path = save_model(model, tmp_path / "m.safetensors", {"seed": 4})
+    with safe_open(str(path), framework="pt") as fh:
+        keys = set(fh.keys())
+    assert keys == set(model.state_dict())
+    assert not keys & {f"heads.{k}" for k in heads.state_dict()} and not any("teacher" in k for k in keys)
+    loaded = load_model(path)
+    gen = torch.Generator().manual_seed(0)
+    x, mask = make_inputs(dims, 10, gen)
+    with torch.no_grad():
+        assert_outputs_equal(model(x, mask), loaded(x, mask))
+
+
+def test_wrong_input_dims_are_reported():
+    model = make_model({"img": [12]})
+    with pytest.raises(ValueError, match="img"):
+        model({"img": [torch.zeros(2, 13)]}, {"img": torch.ones(2, 1, dtype=torch.bool)})
+    with pytest.raises(KeyError, match="img"):
+        model({}, {})

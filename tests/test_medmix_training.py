@@ -1,0 +1,187 @@
+"""MedMIX training: distillation terms, learning on a planted task, reproducibility, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from sklearn.metrics import roc_auc_score
+
+from medmix.methods import create_method
+from medmix.methods.medmix import MedMIXObjective
+from medmix.models.checkpoint import load_model
+from medmix.protocols import Protocol
+from medmix.training.distill import cosine_distill, distill_loss, distill_weight, rkd_distance
+from medmix.training.synthetic import synthetic_data
+from medmix.training.trainer import EnsembleTrainer, TrainConfig, _DeviceData
+
+FAST = dict(lr=3e-3, warmup_epochs=2, max_epochs=30, patience=6, batch_size=64, hidden_dim=32, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """Modality ``a``: one informative and one noise expert; ``b``: a weak informative one."""
+    data = synthetic_data(
+        n=500, dims={"a": [24, 24], "b": [16]}, informative={"a": [0], "b": [0]}, n_labels=2,
+        noise=2.0, teacher_dims={"a": 40, "b": 20}, seed=7,
+    )
+    return tuple(data.split_part(s) for s in ("train", "val", "test"))
+
+
+@pytest.fixture(scope="module")
+def trained(planted):
+    train, val, _ = planted
+    method = create_method("medmix", FAST)
+    method.fit(train, val, [0, 1], Protocol("none"))
+    return method
+
+
+# --- distillation terms -----------------------------------------------------------------------
+
+
+def test_distill_weight_ramps_linearly_then_holds():
+    assert distill_weight(0, 0.3, 30) == 0.0
+    assert distill_weight(15, 0.3, 30) == pytest.approx(0.15)
+    assert distill_weight(30, 0.3, 30) == pytest.approx(0.3)
+    assert distill_weight(100, 0.3, 30) == pytest.approx(0.3)
+    assert distill_weight(0, 0.3, 0) == pytest.approx(0.3)
+    assert distill_weight(50, 0.0, 30) == 0.0
+
+
+def test_distill_loss_is_zero_without_available_teachers():
+    gen = torch.Generator().manual_seed(0)
+    z = {"a": torch.randn(8, 6, generator=gen, requires_grad=True)}
+    proj = {"a": torch.randn(8, 6, generator=gen)}
+    raw = {"a": torch.randn(8, 10, generator=gen)}
+    none = {"a": torch.zeros(8, dtype=torch.bool)}
+    assert float(distill_loss(z, proj, raw, none, 0.05)) == 0.0
+    assert float(distill_loss(z, {}, {}, {}, 0.05)) == 0.0
+    assert float(distill_loss(z, proj, raw, {"a": torch.ones(8, dtype=torch.bool)}, 0.05)) > 0
+
+
+def test_distill_loss_ignores_unavailable_rows():
+    gen = torch.Generator().manual_seed(1)
+    z = {"a": torch.randn(10, 6, generator=gen)}
+    proj = {"a": torch.randn(10, 6, generator=gen)}
+    raw = {"a": torch.randn(10, 9, generator=gen)}
+    avail = {"a": torch.arange(10) % 3 != 0}
+    ref = distill_loss(z, proj, raw, avail, 0.05)
+    for t in (z["a"], proj["a"], raw["a"]):
+        t[~avail["a"]] = 123.0
+    assert torch.equal(ref, distill_loss(z, proj, raw, avail, 0.05))
+
+
+def test_rkd_is_invariant_to_global_scale_and_zero_for_same_structure():
+    gen = torch.Generator().manual_seed(2)
+    s, t = torch.randn(12, 5, generator=gen), torch.randn(12, 7, generator=gen)
+    ref = rkd_distance(s, t)
+    assert ref > 0
+    for a, b in [(10.0, 1.0), (1.0, 0.01), (3.5, 250.0)]:
+        assert torch.allclose(rkd_distance(a * s, b * t), ref, rtol=1e-5, atol=1e-7)
+    rotation, _ = torch.linalg.qr(torch.randn(5, 5, generator=gen))
+    assert float(rkd_distance(s, 4.0 * s @ rotation)) < 1e-10
+    assert float(rkd_distance(s[:1], t[:1])) == 0.0
+
+
+def test_cosine_distill_is_zero_when_aligned():
+    gen = torch.Generator().manual_seed(3)
+    s = torch.randn(6, 4, generator=gen)
+    assert float(cosine_distill(s, 2.0 * s)) == pytest.approx(0.0, abs=1e-6)
+    assert float(cosine_distill(s, -s)) == pytest.approx(2.0, abs=1e-6)
+
+
+def test_zero_distill_weight_trains_exactly_like_no_teachers(planted):
+    train, val, test = planted
+    short = dict(FAST, max_epochs=4)
+    a = create_method("medmix", dict(short, distill_max=0.0))
+    a.fit(train, val, [5], Protocol("none"))
+    no_teacher = dataclasses.replace(train, teacher={}, teacher_mask={})
+    b = create_method("medmix", short)
+    b.fit(no_teacher, val, [5], Protocol("none"))
+    assert np.array_equal(a.predict(test).prob, b.predict(test).prob)
+    c = create_method("medmix", short)
+    c.fit(train, val, [5], Protocol("none"))
+    assert not np.array_equal(a.predict(test).prob, c.predict(test).prob), "teachers had no effect"
+    assert (c.curves()["distill_loss"] > 0).any()
+
+
+# --- learning -----------------------------------------------------------------------------------
+
+
+def test_medmix_beats_majority_and_routes_to_the_informative_expert(trained, planted):
+    _, _, test = planted
+    pred = trained.predict(test)
+    y = test.y.numpy()
+    for s in range(pred.prob.shape[0]):
+        auroc = np.mean([roc_auc_score(y[:, c], pred.prob[s, :, c]) for c in range(y.shape[1])])
+        assert auroc > 0.8, f"seed {s}: AUROC {auroc:.3f} (majority-class predictor: 0.5)"
+    both = test.mask["a"].all(dim=1).numpy()
+    gates = pred.extras["router:a"][:, both]  # [S, n, 2]
+    assert pred.extra_columns["router:a"] == ["a_expert0_informative", "a_expert1_noise"]
+    assert np.all(gates[..., 0].mean(axis=1) > 0.6), gates.mean(axis=1)
+    assert pred.extras["fusion"].shape == (2, test.n, 2)
+
+
+def test_curves_and_best_validation_checkpoint(trained, planted):
+    _, val, _ = planted
+    curves = trained.curves()
+    assert {"seed", "epoch", "train_loss", "val_loss", "task_loss", "distill_loss", "lr"} <= set(curves.columns)
+    assert curves["train_loss"].iloc[-1] < curves["train_loss"].iloc[0]
+    method = create_method("medmix", FAST)
+    trainer = EnsembleTrainer(method.train_config, MedMIXObjective(val.task, method.train_config))
+    for seed, model in zip(trained.seeds, trained.models, strict=True):
+        best = curves.loc[curves.seed == seed, "val_loss"].min()
+        assert trainer.validation_loss(model, _DeviceData(val, trainer.device, model.modalities, trainer.dtype)) == best
+
+
+# --- reproducibility --------------------------------------------------------------------------
+
+
+def test_same_seed_same_predictions_alone_or_stacked(planted):
+    train, val, test = planted
+    params = dict(FAST, max_epochs=8, patience=2, dropout=0.2)
+    protocol = Protocol("rd", "random_drop", {"p": 0.3})
+    runs = []
+    for seeds in ([11], [11], [3, 11, 4]):
+        method = create_method("medmix", params)
+        method.fit(train, val, seeds, protocol)
+        runs.append(method.predict(test).prob[seeds.index(11)])
+    assert np.array_equal(runs[0], runs[1])
+    assert np.array_equal(runs[0], runs[2])
+
+
+def test_different_seeds_differ(trained, planted):
+    prob = trained.predict(planted[2]).prob
+    assert not np.array_equal(prob[0], prob[1])
+
+
+# --- checkpoints / config -----------------------------------------------------------------------
+
+
+def test_saved_checkpoints_are_deployable_without_teachers(trained, planted, tmp_path):
+    _, _, test = planted
+    files = trained.save(tmp_path)
+    assert [f.name for f in files] == ["medmix_seed0.safetensors", "medmix_seed1.safetensors"]
+    for f in files:
+        with safe_open(str(f), framework="pt") as fh:
+            keys = list(fh.keys())
+        assert keys and not any(k.startswith("heads.") or "teacher" in k for k in keys)
+    reloaded = type(trained).from_checkpoints(files, FAST)
+    assert reloaded.seeds == [0, 1]
+    assert np.array_equal(reloaded.predict(test).prob, trained.predict(test).prob)
+    assert sum(p.numel() for p in load_model(files[0]).parameters()) == sum(
+        p.numel() for p in trained.models[0].parameters()
+    )
+
+
+def test_train_config_defaults_are_the_papers():
+    c = TrainConfig.from_params({"hidden_dim": 64, "betas": [0.8, 0.9], "unrelated": 1})
+    assert (c.lr, c.router_lr_mult, c.weight_decay, c.grad_clip) == (1e-5, 0.3, 1e-2, 1.0)
+    assert (c.warmup_epochs, c.max_epochs, c.batch_size, c.patience) == (50, 200, 256, 20)
+    assert (c.distill_max, c.distill_ramp_epochs, c.rkd_weight) == (0.3, 30, 0.05)
+    assert c.betas == (0.8, 0.9)
+    with pytest.raises(ValueError):
+        TrainConfig.from_params({"precision": "fp16"})

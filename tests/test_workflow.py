@@ -1,0 +1,156 @@
+"""End to end: the real Snakemake workflow on a tiny demo configuration.
+
+One module-scoped run is shared by the checks: tables with real numbers, a no-op rerun, what a
+config edit replans, and recovery from a run killed during extraction.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from medmix.store import read_features
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config() -> dict:
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["seeds"] = [0]
+    cfg["demo"]["cohorts"] = {
+        "demo_openi": {"kind": "cxr", "n_patients": 40, "seed": 1},
+        "demo_mimic": {"kind": "icu", "n_patients": 40, "seed": 2},
+        "demo_mimic_ext": {"kind": "icu", "n_patients": 20, "seed": 3, "shift": True},
+    }
+    cfg["training"].update({"max_epochs": 4, "warmup_epochs": 1, "patience": 2})
+    cfg["protocols"]["test"] = {"none": {"kind": "none"}, "random_drop_50": {"kind": "random_drop", "p": 0.5}}
+    return cfg
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONHASHSEED": "0"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def planned_jobs(workdir: Path, cfg: dict) -> dict[str, int]:
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(workdir, "-n", "--cores", "2", "all")
+    text = out.stdout + out.stderr
+    if "Nothing to be done" in text:
+        return {}
+    counts, in_stats = {}, False
+    for line in text.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_stats = True
+            continue
+        if in_stats:
+            parts = line.split()
+            if not parts or parts[0] == "total":
+                break
+            if len(parts) == 2 and parts[1].isdigit():
+                counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.fixture(scope="module")
+def workflow_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("wf")
+    cfg = tiny_config()
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    t0 = time.perf_counter()
+    snakemake(workdir, "--cores", "2", "all")
+    return workdir, cfg, time.perf_counter() - t0
+
+
+def test_run_writes_tables_with_real_numbers(workflow_run):
+    workdir, cfg, _ = workflow_run
+    metrics = pd.read_csv(workdir / "results/tables/metrics.csv")
+    clean = metrics[(metrics.test_protocol == "none")]
+    assert set(clean.dataset) == {"demo_openi", "demo_mimic"}
+    assert set(clean.eval_set) == {"test", "external:demo_mimic_ext"}
+    assert set(clean.method) == set(cfg["methods"])
+    for value in clean[["auroc", "auprc", "mf1", "acc"]].to_numpy().ravel():
+        assert math.isfinite(value) and 0.0 <= value <= 1.0
+    main = (workdir / "results/tables/main.md").read_text()
+    assert "demo_openi — test" in main and "external validation" in main
+    assert "random_drop_50" in (workdir / "results/tables/robustness.md").read_text()
+    summary = (workdir / "results/demo_mimic/summary.md").read_text()
+    assert "ehr" in summary and "ct" in summary
+    feats = read_features(workdir / "results/demo_mimic/features/ct/ct_intensity_profile.parquet")
+    assert 0 < feats.present.sum() < len(feats.present)  # natural missingness recorded, no sample dropped
+
+
+def test_second_run_does_nothing(workflow_run):
+    workdir, cfg, _ = workflow_run
+    assert planned_jobs(workdir, cfg) == {}
+
+
+def test_expert_edit_reruns_only_that_expert(workflow_run):
+    workdir, cfg, _ = workflow_run
+    edited = copy.deepcopy(cfg)
+    edited["experts"]["settings"] = {"image_texture": {"preprocessing": {"size": 32}}}
+    jobs = planned_jobs(workdir, edited)
+    # image_texture reads frontal+lateral (demo_openi) and frontal (demo_mimic, demo_mimic_ext).
+    assert jobs.get("extract") == 4, jobs
+    assert "demo_cohort" not in jobs and "prepare_dataset" not in jobs
+    assert jobs.get("fit") == 2 * len(cfg["methods"])  # both development datasets, every method
+
+
+def test_runtime_settings_plan_no_extraction(workflow_run):
+    workdir, cfg, _ = workflow_run
+    edited = copy.deepcopy(cfg)
+    edited["experts"]["settings"] = {"minilm_l6": {"batch_size": 7, "device": "cpu"}}
+    assert planned_jobs(workdir, edited) == {}
+    edited["training"]["batch_size"] = 64
+    jobs = planned_jobs(workdir, edited)
+    assert "extract" not in jobs and jobs.get("fit") == len(cfg["methods"]) * 2
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_kill_during_extraction_then_resume(tmp_path, sig):
+    cfg = tiny_config()
+    cfg["datasets"] = {"demo_openi": cfg["datasets"]["demo_openi"]}
+    cfg["demo"]["cohorts"] = {"demo_openi": cfg["demo"]["cohorts"]["demo_openi"]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(tmp_path / "config.yaml"), "--cores", "2", "features"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    features = tmp_path / "results"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(features.rglob("features/*/*.parquet"))) < 2:
+        assert proc.poll() is None, "snakemake ended before it could be killed"
+        time.sleep(0.1)
+    os.killpg(proc.pid, sig)
+    proc.wait(timeout=120)
+    done = list(features.rglob("features/*/*.parquet"))
+    # SIGTERM lets Snakemake delete the outputs of jobs it had not seen finish; SIGKILL cannot.
+    assert len(done) < 6, "the kill did not land during extraction"
+    for f in done:  # everything that exists is complete and readable
+        read_features(f)
+    if sig == signal.SIGKILL:
+        # A hard kill leaves Snakemake's lock and incomplete markers: the documented recovery.
+        snakemake(tmp_path, "--unlock")
+        snakemake(tmp_path, "--cores", "2", "--rerun-incomplete", "features")
+    else:
+        snakemake(tmp_path, "--cores", "2", "features")
+    final = list(features.rglob("features/*/*.parquet"))
+    assert len(final) == 6  # frontal, lateral, note x 2 experts
+    for f in final:
+        read_features(f)
+    # Temp files of killed writers are gone once their targets are written again.
+    assert not list(features.rglob("features/*/.*.tmp"))

@@ -1,0 +1,8 @@
+"""Thin adapter: the ``kb_ingest`` rule -> medmix.knowledge.jobs.kb_job."""
+
+from medmix.knowledge.jobs import kb_job
+from medmix.pipeline import setup_logging
+
+setup_logging(snakemake.log[0])  # noqa: F821
+sm = snakemake  # noqa: F821
+kb_job(sm.input.source, sm.output[0], language=sm.params.language)
