@@ -67,7 +67,7 @@ def minirocket_features(batch: list[np.ndarray], positions: list[tuple[int, int,
     """``[T_i, V]`` normalised series -> ``[B, 2 * K * len(DILATIONS) * len(BIASES)]`` PPVs."""
     lengths = np.array([s.shape[0] for s in batch])
     b, v, t = len(batch), batch[0].shape[1], int(lengths.max())
-    x = np.zeros((b, v, t), np.float64)
+    x = np.zeros((b, v, t), np.float32)
     for k, s in enumerate(batch):
         x[k, :, : s.shape[0]] = s.T
     valid = (np.arange(t)[None, :] < lengths[:, None])[:, None, :]  # [B, 1, T]

@@ -239,12 +239,11 @@ class EnsembleTrainer:
         return 1.0 if warm <= 0 else min(1.0, (step + 1) / warm)
 
     def _optimizer(self, members: Sequence[Member]) -> torch.optim.Optimizer:
-        groups = [
-            {"params": params, "lr": self.config.lr * mult, "lr_mult": mult}
-            for member in members
-            for params, mult in member.param_groups
-            if params
-        ]
+        by_mult: dict[float, list[nn.Parameter]] = {}
+        for member in members:
+            for params, mult in member.param_groups:
+                by_mult.setdefault(float(mult), []).extend(params)
+        groups = [{"params": ps, "lr": self.config.lr * mult, "lr_mult": mult} for mult, ps in by_mult.items() if ps]
         c = self.config
         return torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay, fused=True)
 

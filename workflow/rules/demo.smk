@@ -12,7 +12,7 @@ rule demo_cohort:
     log:
         "logs/demo_cohort/{cohort}.log",
     benchmark:
-        "benchmarks/demo_cohort/{cohort}.tsv"
+        "results/benchmarks/demo_cohort/{cohort}.tsv"
     resources:
         **rule_resources("demo_cohort", mem_mb=1000),
     script:

@@ -16,7 +16,7 @@ rule extract:
     log:
         "logs/extract/{dataset}/{modality}/{expert}.log",
     benchmark:
-        "benchmarks/extract/{dataset}/{modality}/{expert}.tsv"
+        "results/benchmarks/extract/{dataset}/{modality}/{expert}.tsv"
     threads: 1
     resources:
         mem_mb=lambda wc: rule_resources("extract", mem_mb=get_spec(wc.expert).mem_mb)["mem_mb"],

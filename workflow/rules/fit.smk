@@ -17,7 +17,7 @@ rule fit:
     log:
         "logs/fit/{dataset}/{method}/{protocol}.log",
     benchmark:
-        "benchmarks/fit/{dataset}/{method}/{protocol}.tsv"
+        "results/benchmarks/fit/{dataset}/{method}/{protocol}.tsv"
     threads: 2
     resources:
         **rule_resources("fit", mem_mb=4000),

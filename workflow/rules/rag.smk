@@ -93,7 +93,7 @@ rule kb_ingest:
     log:
         "logs/kb_ingest/{kb}.log",
     benchmark:
-        "benchmarks/kb_ingest/{kb}.tsv"
+        "results/benchmarks/kb_ingest/{kb}.tsv"
     resources:
         **rule_resources("kb_ingest", mem_mb=2000),
     script:
@@ -119,7 +119,7 @@ rule rag_index:
     log:
         "logs/rag_index/{kb}/{encoder}.log",
     benchmark:
-        "benchmarks/rag_index/{kb}/{encoder}.tsv"
+        "results/benchmarks/rag_index/{kb}/{encoder}.tsv"
     threads: 2
     resources:
         **rule_resources("rag_index", mem_mb=6000),
@@ -141,7 +141,7 @@ rule bridge:
     log:
         "logs/bridge/{dataset}/{modality}/{bridge_model}.log",
     benchmark:
-        "benchmarks/bridge/{dataset}/{modality}/{bridge_model}.tsv"
+        "results/benchmarks/bridge/{dataset}/{modality}/{bridge_model}.tsv"
     resources:
         **rule_resources("bridge", mem_mb=48000, gpu=1),
     script:
