@@ -124,6 +124,7 @@ def texture_features(images: np.ndarray) -> np.ndarray:
         dim=TEXTURE_DIM,
         preprocessing={
             "size": SIZE,
+            "resize": "bilinear, reducing_gap 3, JPEG draft >= 2x",
             "glcm_levels": GLCM_LEVELS,
             "glcm_step": GLCM_STEP,
             "glcm_offsets": [list(o) for o in GLCM_OFFSETS],

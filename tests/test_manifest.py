@@ -464,13 +464,13 @@ def test_mimic_variable_list():
     assert variables_markdown().count("\n") == 47
 
 
-# --------------------------------------------------------------------------- docs/datasets.md recipes
+# --------------------------------------------------------------------------- medmix/datasets/README.md recipes
 def _doc_dataset_snippets() -> dict[str, dict]:
     import re
 
     import yaml
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "medmix" / "datasets" / "README.md").read_text()
     found = {}
     for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.S):
         if block.startswith("datasets:"):

@@ -18,6 +18,15 @@ from medmix.training.losses import to_probabilities
 SETTINGS = settings(max_examples=25, deadline=None)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is fastest (and immune to a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_model(dims, n_out=3, task="multilabel", seed=0, dropout=0.0) -> MedMIXNet:
     torch.manual_seed(seed)
     model = MedMIXNet(MedMIXConfig(dims=dims, n_out=n_out, task=task, hidden_dim=16, dropout=dropout))

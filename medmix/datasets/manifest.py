@@ -1,6 +1,6 @@
 """The generic manifest adapter: one row per sample, columns named in config.
 
-Config keys (``datasets.<name>`` in config.yaml; see docs/datasets.md):
+Config keys (``datasets.<name>`` in config.yaml; see medmix/datasets/README.md):
 
 - ``manifest``: a ``.csv`` or ``.parquet`` file; relative paths in it resolve against its folder
   (or against ``data_root`` when given) and may not leave that folder.

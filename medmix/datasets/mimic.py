@@ -1,7 +1,7 @@
 """MIMIC-IV-MM and MIMIC-III (external validation): user-prepared stay folders.
 
 MIMIC data cannot be redistributed, so these adapters read a folder the user prepares from their
-own credentialed copy (layout in docs/datasets.md):
+own credentialed copy (layout in medmix/datasets/README.md):
 
     <root>/cohort.csv      one row per ICU stay
     <root>/ehr/...         one CSV/Parquet per stay: hourly rows x the 46 variables
@@ -55,7 +55,7 @@ def _load_mimic(name, cfg, base_dir, sample_column: str, with_cxr: bool, externa
     root = config_path(base_dir, cfg["root"]).resolve()
     cohort_csv = root / cfg.get("cohort_csv", "cohort.csv")
     if not cohort_csv.is_file():
-        raise CohortError(f"{where}: {cohort_csv} does not exist (see docs/datasets.md for the layout)")
+        raise CohortError(f"{where}: {cohort_csv} does not exist (see medmix/datasets/README.md for the layout)")
     rename = {"subject_id": "subject_id", "sample_id": sample_column, **{o: o for o in OUTCOMES},
               "cxr_frontal": "cxr_frontal", "cxr_lateral": "cxr_lateral", "note_text": "note_text",
               "note_path": "note_path", "ehr_path": "ehr_path", **(cfg.get("columns") or {})}

@@ -83,7 +83,7 @@ EHR_VARIABLE_NAMES: tuple[str, ...] = tuple(v.name for v in EHR_VARIABLES)
 
 
 def variables_markdown() -> str:
-    """The variable table for docs/datasets.md."""
+    """The variable table for medmix/datasets/README.md."""
     lines = ["| # | column | MIMIC table | item ids (MIMIC-IV / MetaVision) | MIMIC-III CareVue ids | unit | note |",
              "| ---: | --- | --- | --- | --- | --- | --- |"]
     for i, v in enumerate(EHR_VARIABLES, 1):

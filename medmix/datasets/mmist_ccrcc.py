@@ -2,7 +2,7 @@
 
 The task is 12-month vital status (binary; 1 = alive at 12 months, about 88% positive in the
 MedMIX paper) with the dataset's official split. Expected folder (``root``; layout in
-docs/datasets.md):
+medmix/datasets/README.md):
 
     <root>/clinical.csv    one row per patient: case_id, vital_status_12m, split, ct_path,
                            wsi_path, note_text (or note_path)
@@ -37,7 +37,7 @@ def load_mmist_ccrcc(name: str, cfg: dict[str, Any], base_dir: Path) -> Cohort:
     root = config_path(base_dir, cfg["root"]).resolve()
     clinical = root / cfg.get("clinical_csv", "clinical.csv")
     if not clinical.is_file():
-        raise CohortError(f"{where}: {clinical} does not exist (see docs/datasets.md for the layout)")
+        raise CohortError(f"{where}: {clinical} does not exist (see medmix/datasets/README.md for the layout)")
     cols = {"case_id": "case_id", LABEL: LABEL, "split": "split", "ct_path": "ct_path", "wsi_path": "wsi_path",
             "note_text": "note_text", "note_path": "note_path", **(cfg.get("columns") or {})}
     table = read_table(clinical).rename(columns={cols[LABEL]: LABEL})

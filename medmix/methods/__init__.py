@@ -14,6 +14,7 @@ from medmix.methods.base import FusionMethod, Prediction
 _MODULES = {
     "meanavg": "medmix.methods.meanavg",
     "medmix": "medmix.methods.medmix",
+    "medmix_nodistill": "medmix.methods.medmix",
 }
 _REGISTRY: dict[str, type[FusionMethod]] = {}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,27 @@ def model_config(data: TensorData, params: dict[str, Any]) -> MedMIXConfig:
     )
 
 
+def build_members(
+    config: MedMIXConfig, teacher_dims: dict[str, int], seeds: Sequence[int], router_lr_mult: float
+) -> list[Member]:
+    """One freshly initialised model (and teacher heads if ``teacher_dims``) per seed; the
+    intra-modality routers form their own parameter group at ``router_lr_mult`` × the base rate."""
+
+    def build():
+        model = MedMIXNet(config)
+        return model, (TeacherHeads(teacher_dims, config.hidden_dim) if teacher_dims else None)
+
+    members = []
+    for seed in seeds:
+        model, heads = seeded_init(int(seed), build)
+        routers = {id(p) for p in model.router_parameters()}
+        rest = [p for p in model.parameters() if id(p) not in routers]
+        if heads is not None:
+            rest += list(heads.parameters())
+        members.append(Member(int(seed), model, heads, [(rest, 1.0), (model.router_parameters(), router_lr_mult)]))
+    return members
+
+
 @register_method("medmix")
 class MedMIX(FusionMethod):
     """MedMIX (intra-modality MoE + masked logit fusion + training-only distillation)."""
@@ -93,20 +115,7 @@ class MedMIX(FusionMethod):
         config = model_config(train, self.params)
         teacher_dims = {m: d for m, d in train.teacher_dims().items() if m in config.dims}
         distill = self.train_config.distill_max > 0 and bool(teacher_dims)
-
-        def build():
-            model = MedMIXNet(config)
-            return model, (TeacherHeads(teacher_dims, config.hidden_dim) if distill else None)
-
-        members = []
-        for seed in seeds:
-            model, heads = seeded_init(int(seed), build)
-            routers = {id(p) for p in model.router_parameters()}
-            rest = [p for p in model.parameters() if id(p) not in routers]
-            if heads is not None:
-                rest += list(heads.parameters())
-            groups = [(rest, 1.0), (model.router_parameters(), self.train_config.router_lr_mult)]
-            members.append(Member(int(seed), model, heads, groups))
+        members = build_members(config, teacher_dims if distill else {}, seeds, self.train_config.router_lr_mult)
         trainer = EnsembleTrainer(self.train_config, MedMIXObjective(train.task, self.train_config))
         self._curves = trainer.fit(members, train, val, protocol, config.modalities)
         self.models = [m.model for m in members]
@@ -170,3 +179,14 @@ class MedMIX(FusionMethod):
             info = {"seed": seed, "train_config": self.params}
             files.append(save_model(model, folder / f"medmix_seed{seed}.safetensors", info))
         return files
+
+
+@register_method("medmix_nodistill")
+class MedMIXNoDistill(MedMIX):
+    """Ablation: MedMIX without teacher distillation (λ_D = 0; teachers are never read)."""
+
+    def __init__(self, params: dict[str, Any]):
+        super().__init__({**params, "distill_max": 0.0})
+
+    def fit(self, train: TensorData, val: TensorData, seeds: Sequence[int], protocol: Protocol) -> None:
+        super().fit(replace(train, teacher={}, teacher_mask={}), replace(val, teacher={}, teacher_mask={}), seeds, protocol)

@@ -98,16 +98,20 @@ def cpu_supports_bf16() -> bool:
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype, or None for plain float32.
 
-    ``auto`` is bf16 on CUDA devices that support it and on CPUs with native bf16 matmuls
-    (measured in ``benchmarks/bench_trainer.py``: ~2.5× faster steps here, same AUROC).
+    ``auto`` is bf16 on CUDA devices that support it and float32 on CPUs. bf16 on this CPU
+    (AVX512-BF16) was measured in ``benchmarks/bench_trainer.py``: same validation loss and AUROC,
+    but only ~1.15x faster with one thread and no faster with two (the non-matmul work and the
+    weight casts eat the matmul gain), so it is opt-in there (``precision: bf16``).
     """
     if precision == "fp32":
         return None
     if precision == "bf16":
+        if device.type == "cpu" and not cpu_supports_bf16():
+            raise RuntimeError("precision 'bf16' requested but this CPU has no native bf16 matmuls; use 'fp32'")
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
+    return None
 
 
 def resolve_runtime(config: TrainConfig) -> tuple[torch.device, torch.dtype | None]:
@@ -179,11 +183,14 @@ def seeded_init(seed: int, build: Callable[[], Any]) -> Any:
 class _DeviceData:
     """A dataset's tensors on the training device (masks stay on CPU for the protocols).
 
-    Absent rows are zeroed. Embeddings are stored in the autocast dtype: the matmuls would round them to it anyway, and
-    half-width rows halve the per-batch gather traffic.
+    Absent rows are zeroed. Embeddings are stored in the autocast dtype: the matmuls would round
+    them to it anyway, and half-width rows halve the per-batch gather traffic.
     """
 
-    def __init__(self, data: TensorData, device: torch.device, modalities: Sequence[str], dtype: torch.dtype | None):
+    def __init__(
+        self, data: TensorData, device: torch.device, modalities: Sequence[str], dtype: torch.dtype | None,
+        teachers: bool = True,
+    ):
         dtype = dtype or torch.float32
         self.n = data.n
         self.modalities = list(modalities)
@@ -196,7 +203,7 @@ class _DeviceData:
         self.teacher = {
             m: torch.where(data.teacher_mask[m][:, None].bool(), t, 0.0).to(device, dtype)
             for m, t in data.teacher.items()
-            if m in self.modalities
+            if teachers and m in self.modalities
         }
         self.teacher_mask = {m: data.teacher_mask[m].bool().to(device) for m in self.teacher}
         self.device = device
@@ -211,8 +218,14 @@ class _DeviceData:
         )
 
     def full_masked(self, start: int, stop: int) -> Batch:
-        idx = torch.arange(start, stop, device=self.device)
-        return self.batch(idx, {m: t[start:stop].to(self.device) for m, t in self.mask_cpu.items()})
+        """Rows ``start:stop`` as views (no copy) with their own masks."""
+        return Batch(
+            {m: [t[start:stop] for t in xs] for m, xs in self.x.items()},
+            {m: t[start:stop].to(self.device) for m, t in self.mask_cpu.items()},
+            self.y[start:stop],
+            {m: t[start:stop] for m, t in self.teacher.items()},
+            {m: t[start:stop] for m, t in self.teacher_mask.items()},
+        )
 
 
 @dataclass
@@ -263,8 +276,9 @@ class EnsembleTrainer:
     ) -> pd.DataFrame:
         c = self.config
         t0 = time.perf_counter()
-        tr = _DeviceData(train, self.device, modalities, self.dtype)
-        va = _DeviceData(val, self.device, modalities, self.dtype)
+        teachers = any(member.aux is not None for member in members)
+        tr = _DeviceData(train, self.device, modalities, self.dtype, teachers)
+        va = _DeviceData(val, self.device, modalities, self.dtype, teachers=False)
         states = []
         for member in members:
             member.model.to(self.device)

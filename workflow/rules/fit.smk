@@ -18,7 +18,7 @@ rule fit:
         "logs/fit/{dataset}/{method}/{protocol}.log",
     benchmark:
         "results/benchmarks/fit/{dataset}/{method}/{protocol}.tsv"
-    threads: 2
+    threads: 1
     resources:
         **rule_resources("fit", mem_mb=4000),
     script:

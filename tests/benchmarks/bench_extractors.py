@@ -11,7 +11,7 @@ generated PNG files), on the same inputs in one run:
 The ratio pipeline / embed-only is the fraction of the model's throughput the pipeline keeps
 (goal >= 0.8). Usage::
 
-    python benchmarks/bench_extractors.py [--n-texts 300] [--n-images 1500] [--num-workers 1]
+    python tests/benchmarks/bench_extractors.py [--n-texts 300] [--n-images 1500] [--num-workers 1]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 from extractors.registry import create_extractor
 from extractors.runner import run_extraction
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def medlineplus_texts(n: int) -> list[str]:
