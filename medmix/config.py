@@ -163,7 +163,8 @@ def extraction_jobs(cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
         for mod in ds.get("modalities", {}):
             members, teacher = committee(cfg, ds_name, mod)
             for name in [m.name for m in members] + ([teacher] if teacher else []):
-                jobs.append((ds_name, mod, name))
+                if (ds_name, mod, name) not in jobs:  # a teacher may also sit on the committee
+                    jobs.append((ds_name, mod, name))
     return jobs
 
 

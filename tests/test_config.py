@@ -65,6 +65,16 @@ def test_identity_and_committee_resolution(cfg):
     ident = expert_identity(cfg, "image_texture")
     assert ident["preprocessing"]["levels"] == 8 and "batch_size" not in ident
     members, _ = committee(cfg, "demo_openi", "note")
-    assert [m.role for m in members] == ["biomed", "general"]
+    assert [m.role for m in members] == ["biomed", "general", "rag"]
     jobs = extraction_jobs(cfg)
     assert ("demo_mimic", "ct", "ct_texture25d") in jobs and len(set(jobs)) == len(jobs)
+
+
+def test_paper_profile_is_one_setting_away(cfg):
+    cfg["experts"]["profile"] = "paper"
+    cfg = validate_config(cfg)
+    members, teacher = committee(cfg, "demo_mimic", "ehr")
+    assert [m.name for m in members] == ["moirai", "chronos_small", "rag_medcpt_qwen2"]
+    assert teacher == "chronos_large"
+    roles = {m.role for d, ds in cfg["datasets"].items() for mod in ds["modalities"] for m in committee(cfg, d, mod)[0]}
+    assert roles == {"biomed", "general", "rag"}
