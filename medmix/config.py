@@ -47,7 +47,7 @@ def validate_schema(cfg: dict[str, Any]) -> dict[str, Any]:
     import jsonschema
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    base = jsonschema.Draft7Validator
+    base = jsonschema.Draft202012Validator
 
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):

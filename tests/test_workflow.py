@@ -111,6 +111,22 @@ def test_expert_edit_reruns_only_that_expert(workflow_run):
     assert jobs.get("fit") == 2 * len(cfg["methods"])  # both development datasets, every method
 
 
+def test_editing_an_extractor_module_reruns_only_that_expert(workflow_run):
+    workdir, cfg, _ = workflow_run
+    module = REPO / "extractors" / "ct_profile.py"  # ct_intensity_profile
+    original = module.read_bytes()
+    stat = module.stat()
+    try:  # Snakemake compares checksums, so the edit must change the content
+        module.write_bytes(original + b"\n# an edit\n")
+        jobs = planned_jobs(workdir, cfg)
+    finally:
+        module.write_bytes(original)
+        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert jobs.get("extract") == 2, jobs  # demo_mimic and demo_mimic_ext CT
+    assert jobs.get("fit") == len(cfg["methods"])  # only demo_mimic's models
+    assert planned_jobs(workdir, cfg) == {}
+
+
 def test_runtime_settings_plan_no_extraction(workflow_run):
     workdir, cfg, _ = workflow_run
     edited = copy.deepcopy(cfg)

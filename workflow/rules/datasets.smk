@@ -12,5 +12,7 @@ rule prepare_dataset:
         "logs/prepare_dataset/{dataset}.log",
     resources:
         **rule_resources("prepare_dataset", mem_mb=2000),
+    conda:
+        "../envs/medmix.yaml"
     script:
         "../scripts/prepare_dataset.py"

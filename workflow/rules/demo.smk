@@ -15,5 +15,7 @@ rule demo_cohort:
         "results/benchmarks/demo_cohort/{cohort}.tsv"
     resources:
         **rule_resources("demo_cohort", mem_mb=1000),
+    conda:
+        "../envs/medmix.yaml"
     script:
         "../scripts/demo_cohort.py"

@@ -21,5 +21,7 @@ rule extract:
     resources:
         mem_mb=lambda wc: rule_resources("extract", mem_mb=get_spec(wc.expert).mem_mb)["mem_mb"],
         gpu=lambda wc: 1 if get_spec(wc.expert).gpu else 0,
+    conda:
+        "../envs/medmix.yaml"
     script:
         "../scripts/extract.py"

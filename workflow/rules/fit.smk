@@ -21,5 +21,7 @@ rule fit:
     threads: 1
     resources:
         **rule_resources("fit", mem_mb=4000),
+    conda:
+        "../envs/medmix.yaml"
     script:
         "../scripts/fit.py"

@@ -12,74 +12,13 @@
 #       maira2: {revision: <40-hex>, allow_remote_code: false, max_new_tokens: 300, local_dir: ..., device: auto}
 #       merlin: {max_new_tokens: 128, options: {cache_dir: ...}}
 #       histgen: {options: {checkpoint: ..., ann_path: ...}}
-from pathlib import Path
-
-from extractors.registry import create_extractor
-from medmix.knowledge.bridge import BRIDGE_FOR_KIND
-
-RAG_EXPERTS = ("rag_medcpt_qwen2", "rag_minilm")
-#: Experts that read image-like kinds through a generated report.
-RAG_BRIDGED_EXPERTS = ("rag_medcpt_qwen2",)
-BRIDGE_RUNTIME_KEYS = ("local_dir", "device")
+# Helpers and input functions: rag_common.smk.
 
 
 wildcard_constraints:
     kb="[A-Za-z0-9_]+",
     encoder="rag_[A-Za-z0-9_]+",
     bridge_model="|".join(BRIDGE_FOR_KIND.values()),
-
-
-def rag_config():
-    defaults = {"knowledge_base": "demo", "medlineplus_dir": "../shared/data/medlineplus", "language": "English",
-                "sources": {}, "cxr_pairs": {}, "bridges": {}}
-    return {**defaults, **config.get("rag", {})}
-
-
-def kb_source(wildcards):
-    """The knowledge base's source (+ the ingest code, so editing it rebuilds the KB)."""
-    rc = rag_config()
-    code = {"code": package_sources("medmix/knowledge/kb.py")}
-    if wildcards.kb == "demo":
-        return {"source": str(Path(workflow.basedir) / "medmix" / "data" / "demo_kb.jsonl"), **code}
-    if wildcards.kb == "medlineplus":
-        return {"source": rc["medlineplus_dir"], **code}
-    if wildcards.kb in rc["sources"]:
-        return {"source": rc["sources"][wildcards.kb], **code}
-    raise ValueError(f"config key `rag.knowledge_base`: unknown knowledge base {wildcards.kb!r}; "
-                     f"use demo, medlineplus or a key of rag.sources")
-
-
-def rag_index_specs(expert):
-    """(article encoder identity, language-model identity or None) of a RAG expert's index."""
-    identity = expert_identity(config, expert)
-    ex = create_extractor(expert, {k: identity[k] for k in ("model_id", "revision", "preprocessing")})
-    encoder, lm = ex.index_specs()
-    return encoder.identity(), (lm.identity() if lm is not None else None)
-
-
-def bridge_settings(name):
-    return dict(rag_config()["bridges"].get(name, {}))
-
-
-def bridge_identity(wildcards):
-    """Output-affecting settings of a report generator (plain JSON string)."""
-    s = {k: v for k, v in bridge_settings(wildcards.bridge_model).items() if k not in BRIDGE_RUNTIME_KEYS}
-    return canonical_json(s)
-
-
-def rag_extra_inputs(dataset, modality, expert):
-    """Extra named inputs of the extract rule for a RAG expert: its index folder and, for
-    image-like kinds, the bridged-report file. Passed to the extractor as settings.options."""
-    if expert not in RAG_EXPERTS:
-        return {}
-    inputs = {"index_dir": f"results/knowledge/{rag_config()['knowledge_base']}/{expert}"}
-    kind = modality_kind(dataset, modality)
-    if expert in RAG_BRIDGED_EXPERTS and kind in BRIDGE_FOR_KIND:
-        inputs["bridge_path"] = f"results/{dataset}/bridge/{modality}/{BRIDGE_FOR_KIND[kind]}.parquet"
-    return inputs
-
-
-EXPERT_INPUT_HOOKS.append(rag_extra_inputs)
 
 
 rule kb_ingest:
@@ -96,6 +35,8 @@ rule kb_ingest:
         "results/benchmarks/kb_ingest/{kb}.tsv"
     resources:
         **rule_resources("kb_ingest", mem_mb=2000),
+    conda:
+        "../envs/medmix.yaml"
     script:
         "../scripts/kb_ingest.py"
 
@@ -123,6 +64,8 @@ rule rag_index:
     threads: 2
     resources:
         **rule_resources("rag_index", mem_mb=6000),
+    conda:
+        "../envs/medmix.yaml"
     script:
         "../scripts/rag_index.py"
 
@@ -144,5 +87,7 @@ rule bridge:
         "results/benchmarks/bridge/{dataset}/{modality}/{bridge_model}.tsv"
     resources:
         **rule_resources("bridge", mem_mb=48000, gpu=1),
+    conda:
+        "../envs/medmix.yaml"
     script:
         "../scripts/bridge.py"

@@ -14,6 +14,8 @@ rule tables:
         "logs/tables.log",
     resources:
         **rule_resources("tables", mem_mb=2000),
+    conda:
+        "../envs/medmix.yaml"
     script:
         "../scripts/tables.py"
 
