@@ -15,6 +15,7 @@ include: "workflow/rules/datasets.smk"
 include: "workflow/rules/rag_common.smk"
 include: "workflow/rules/rag.smk"
 include: "workflow/rules/extract.smk"
+include: "workflow/rules/moirai.smk"
 include: "workflow/rules/fit.smk"
 include: "workflow/rules/tables.smk"
 

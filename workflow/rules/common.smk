@@ -98,6 +98,31 @@ def expert_param(key):
     return lookup
 
 
+def moirai_identity_args():
+    """Output-affecting command-line arguments of the MOIRAI worker (a plain string)."""
+    import shlex
+
+    from extractors.registry import create_extractor
+
+    ident = expert_identity(config, "moirai")
+    runtime = {k: v for k, v in expert_runtime(config, "moirai").items() if k in ("local_dir", "options")}
+    ex = create_extractor("moirai", {**runtime, **{k: ident[k] for k in ("model_id", "revision", "preprocessing")}})
+    args, skip = [], {"--batch-size", "--device"}
+    worker = ex.worker_args()
+    i = 0
+    while i < len(worker):
+        if worker[i] in skip:
+            i += 2
+            continue
+        args.append(worker[i])
+        i += 1
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def moirai_runtime(key, default):
+    return expert_runtime(config, "moirai").get(key, default)
+
+
 # ----------------------------------------------------------------------------- fusion
 def committee_json(dataset):
     """The committee (per modality: experts with roles, teacher) as a canonical JSON string."""
