@@ -89,6 +89,7 @@ def test_run_writes_tables_with_real_numbers(workflow_run):
     main = (workdir / "results/tables/main.md").read_text()
     assert "demo_openi — test" in main and "external validation" in main
     assert "random_drop_50" in (workdir / "results/tables/robustness.md").read_text()
+    assert "## Dataset summary: demo_mimic_ext" in (workdir / "results/tables/datasets.md").read_text()
     summary = (workdir / "results/demo_mimic/summary.md").read_text()
     assert "ehr" in summary and "ct" in summary
     feats = read_features(workdir / "results/demo_mimic/features/ct/ct_intensity_profile.parquet")

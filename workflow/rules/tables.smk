@@ -3,11 +3,13 @@ rule tables:
     input:
         predictions=fit_outputs(),
         cohorts=[cohort_path(d) for d in DATASETS],
+        summaries=[f"results/{d}/summary.md" for d in DATASETS],
         code=package_sources("medmix/evaluation/*.py"),
     output:
         main="results/tables/main.md",
         metrics="results/tables/metrics.csv",
         robustness="results/tables/robustness.md",
+        datasets="results/tables/datasets.md",
     params:
         seeds=canonical_json(config["seeds"]),
     log:

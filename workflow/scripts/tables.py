@@ -1,6 +1,7 @@
 """Thin adapter: the ``tables`` rule -> medmix.evaluation.tables."""
 
 import json
+import re
 
 from medmix.atomic import atomic_path, write_text_atomic
 from medmix.evaluation.tables import collect, main_table_markdown, robustness_markdown
@@ -15,3 +16,6 @@ with atomic_path(sm.output.metrics) as tmp:
 seeds = json.loads(sm.params.seeds)
 write_text_atomic(sm.output.main, main_table_markdown(metrics, seeds))
 write_text_atomic(sm.output.robustness, robustness_markdown(metrics))
+# Each dataset's summary (splits, prevalence, modality availability) next to the tables.
+parts = [re.sub(r"^(#+) ", r"#\1 ", open(path).read(), flags=re.M) for path in sm.input.summaries]
+write_text_atomic(sm.output.datasets, "# Datasets\n\n" + "\n\n".join(p.strip() for p in parts) + "\n")
