@@ -1,9 +1,9 @@
 """Native-3D CT experts (Merlin, RadFM): preprocessing on the real example CT, and availability errors.
 
-Neither model's code can be installed here (``merlin-vlm`` is not a dependency of this project;
-RadFM is a GitHub repository, not a package), so their networks are not run in these tests; their
-preprocessing (the part that decides what the network sees) is checked exactly on real data, and
-a missing model / package / code folder must fail at once with instructions.
+Merlin's model code comes from ``merlin-vlm`` (the ``volume3d`` / ``dev`` extras): its real path is run
+end to end on a random-weight tower. RadFM is a GitHub repository, not a package, so its network is
+not run here. Both experts' preprocessing (the part that decides what the network sees) is checked
+exactly on real data, and a missing model / package / code folder must fail at once with instructions.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from extractors.inputs import read_volume
 from extractors.merlin import merlin_preprocess, nifti_spacing_ras, read_ct_ras
 from extractors.radfm import radfm_depth, radfm_preprocess
 from extractors.registry import create_extractor
+from extractors.runner import run_extraction
+from medmix.store import read_features
 
 
 def test_merlin_preprocessing_on_real_ct(shared_data: Path) -> None:
@@ -111,3 +113,47 @@ def test_radfm_availability_messages(tmp_path: Path) -> None:
     (code / "vit_3d.py").write_text("")
     with pytest.raises(ModelUnavailableError, match="allow_remote_code"):
         create_extractor("radfm", {"local_dir": str(tmp_path), "options": {"code_dir": str(code)}}).load()
+
+
+def test_merlin_end_to_end_random_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real ``merlin`` path (checkpoint file -> I3ResNet -> runner -> Parquet) on a random-weight tower.
+
+    The tower is built with merlin-vlm's own ``ImageEncoder`` (ImageNet weights switched off: no
+    network here) and saved in the released checkpoint's layout (``encode_image.i3_resnet.*`` plus
+    non-image tensors the loader must skip). The extractor builds its own, differently initialised
+    network, so its output only matches the reference forward if the checkpoint really was loaded.
+    """
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    build = pytest.importorskip("merlin.models.build")  # merlin-vlm (the `volume3d` / `dev` extras)
+    resnet152 = torchvision.models.resnet152
+    monkeypatch.setattr(build.torchvision.models, "resnet152", lambda pretrained=False, **kw: resnet152(weights=None))
+    torch.manual_seed(0)
+    encoder = build.ImageEncoder(ImageEmbedding=True).eval()
+    monkeypatch.undo()
+    ext = create_extractor("merlin", {"local_dir": str(tmp_path), "device": "cpu"})
+    state = {f"encode_image.{k}": v for k, v in encoder.state_dict().items()}
+    state["logit_scale"] = torch.ones([])
+    state["encode_text.linear_layer.weight"] = torch.zeros(512, 768)
+    torch.save(state, tmp_path / ext.settings.preprocessing["checkpoint"])
+
+    ct = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ct" / "example_ct_sm.nii.gz")
+    ids, values = ["ct", "absent"], [ct, None]
+    run_extraction(ext, ids, values, str(tmp_path / "a.parquet"))
+    ff = read_features(tmp_path / "a.parquet")
+    assert ff.sample_ids == ids and ff.embeddings.shape == (2, ext.spec.dim) == (2, 2048)
+    assert ff.embeddings.dtype == np.float32 and np.isfinite(ff.embeddings).all()
+    assert ff.present.tolist() == [True, False] and not (ff.embeddings[1] != 0).any()
+    assert (ff.embeddings[0] != 0).any()
+
+    # Reference: merlin-vlm's ImageEmbedding output of the saved tower on the extractor's own input.
+    x = torch.from_numpy(ext.prepare(ct).astype(np.float32))[None]  # [1, 1, 224, 224, 160]
+    with torch.inference_mode():
+        ref = encoder(x)
+    assert tuple(ref.shape) == (1, 1, 2048)
+    ref = ref.reshape(-1).numpy()
+    np.testing.assert_allclose(ff.embeddings[0], ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+    # Deterministic: a fresh extractor loading the same checkpoint writes the same features.
+    run_extraction(create_extractor("merlin", {"local_dir": str(tmp_path), "device": "cpu"}), ids, values, str(tmp_path / "b.parquet"))
+    np.testing.assert_array_equal(read_features(tmp_path / "b.parquet").embeddings, ff.embeddings)
