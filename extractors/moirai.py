@@ -19,8 +19,9 @@ Rule (documented preprocessing): the sample's V variables form one multivariate 
 (any-variate attention), patches of 8 steps (a patch size the 1.0-R models support), the last
 512 steps, NaN = missing (observed mask 0, value 0: MOIRAI's own missing-value handling);
 embedding = mean of the encoder representations over every (variate, patch) token with at
-least one observed value -> 384 dims, not normalised. Untested against real uni2ts here (it
-cannot be installed in this environment); the packing is tested in the main environment.
+least one observed value -> 384 dims, not normalised. Tested end to end on a tiny random-weight
+``MoiraiModule`` (uni2ts 2.0.0's real code, installed for the tests beside the main env's torch):
+against ``MoiraiModule.forward`` on hand-packed samples, and through the three workflow rules.
 """
 
 from __future__ import annotations

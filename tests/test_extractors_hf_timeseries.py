@@ -1,19 +1,26 @@
 """Time-series foundation-model experts: Chronos on a tiny random-weight T5, MOIRAI's packing and I/O.
 
 Chronos runs end to end (tiny ``T5ForConditionalGeneration`` with Chronos's real tokenizer config,
-loaded by ``ChronosPipeline``). MOIRAI's model code (uni2ts) cannot be installed in this environment
-(it pins torch<2.5), so its encoder is not exercised here; its input packing, the main-environment
-export/import steps of the worker protocol and the "environment missing" error are.
+loaded by ``ChronosPipeline``). MOIRAI runs end to end too: uni2ts pins torch<2.5 and cannot be
+installed in the main environment, so the ``moirai_env`` fixture installs uni2ts 2.0.0 and the few
+packages its encoder imports (``--no-deps``, into the pytest cache) as the worker's separate
+environment, and the real ``extractors/moirai_worker.py`` runs there as a subprocess, exactly as the
+``moirai_embed`` rule runs it in ``workflow/envs/moirai.yaml`` (but beside this environment's torch).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from tiny_models import build_chronos
 
 from extractors import moirai_worker
@@ -91,6 +98,106 @@ def test_chronos_large_width_and_missing_model(tmp_path: Path) -> None:
 
 
 # -- MOIRAI ------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+WORKER = REPO / "extractors" / "moirai_worker.py"
+ENV_TOOLS = Path(__file__).with_name("moirai_env_tools.py")
+# uni2ts itself plus what its encoder imports (hydra for the config's distribution, jaxtyping for
+# annotations, jax for jaxtyping's PyTree), pinned, installed without dependencies so that the
+# main environment's torch and numpy are used. uni2ts's other dependencies (lightning, gluonts,
+# datasets) are only needed by its forecasting/training wrappers, which the worker never uses.
+MOIRAI_TEST_PACKAGES = (
+    "uni2ts==2.0.0", "hydra-core==1.3.2", "omegaconf==2.3.0", "antlr4-python3-runtime==4.9.3",
+    "jaxtyping==0.2.36", "jax==0.10.2", "jaxlib==0.10.2", "ml_dtypes==0.6.0", "opt_einsum==3.4.0",
+)
+# uni2ts/model/moirai/__init__.py also imports MoiraiForecast/Finetune/Pretrain (lightning, gluonts);
+# in the test environment it exports MoiraiModule only. module.py and everything it uses are untouched.
+MOIRAI_INIT = "from .module import MoiraiModule\n\n__all__ = [\"MoiraiModule\"]\n"
+
+
+@pytest.fixture(scope="session")
+def moirai_env(request) -> dict[str, str]:
+    """Environment variables of a subprocess that runs in the MOIRAI test environment."""
+    key = hashlib.sha256(("\n".join(MOIRAI_TEST_PACKAGES) + MOIRAI_INIT).encode()).hexdigest()[:12]
+    target = Path(request.config.cache.mkdir(f"moirai-env-{key}"))
+    ready = target / ".ready"
+    if not ready.exists():
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade", "--target", str(target),
+             *MOIRAI_TEST_PACKAGES], capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            pytest.fail(f"installing the MOIRAI test environment into {target} failed (needs PyPI):\n{proc.stderr[-3000:]}")
+        (target / "uni2ts" / "model" / "moirai" / "__init__.py").write_text(MOIRAI_INIT)
+        ready.write_text("\n".join(MOIRAI_TEST_PACKAGES))
+    return {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _in_moirai_env(env: dict[str, str], *args: str) -> None:
+    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stderr[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def moirai_dirs(moirai_env, tmp_path_factory) -> tuple[Path, Path]:
+    """Two tiny random-weight MOIRAI checkpoints (seeds 0 and 1) in uni2ts's save format."""
+    folder = tmp_path_factory.mktemp("moirai")
+    for seed in (0, 1):
+        _in_moirai_env(moirai_env, str(ENV_TOOLS), "build", str(folder / f"seed{seed}"), "--seed", str(seed))
+    return folder / "seed0", folder / "seed1"
+
+
+def _worker(env: dict[str, str], model: Path, series: Path, out: Path, batch_size: int) -> np.ndarray:
+    ext = create_extractor("moirai", {"local_dir": str(model), "batch_size": batch_size, "device": "cpu"})
+    _in_moirai_env(env, str(WORKER), "--input", str(series), "--output", str(out), *ext.worker_args())
+    with np.load(out) as data:
+        return np.asarray(data["embeddings"])
+
+
+def test_moirai_end_to_end_random_weights(moirai_env, moirai_dirs, tmp_path: Path) -> None:
+    """export (main env) -> real worker on a tiny MoiraiModule (own env) -> feature Parquet."""
+    model, other_model = moirai_dirs
+    rng = np.random.default_rng(5)
+    n_var, paths = 4, []
+    for k, steps in enumerate((64, 40, 64, 21)):
+        frame = pd.DataFrame(rng.normal(80, 15, size=(steps, n_var)), columns=[f"v{j}" for j in range(n_var)])
+        if k == 2:  # gaps: each variable misses a block, but every 8-step patch has some observation
+            for j in range(n_var):
+                frame.iloc[8 * j + 4 : 8 * j + 20, j] = np.nan
+            frame.iloc[:, 3] = np.nan  # and one variable is never measured
+        frame.insert(0, "hour", np.arange(steps))
+        frame.to_csv(tmp_path / f"ts{k}.csv", index=False)
+        paths.append(str(tmp_path / f"ts{k}.csv"))
+    all_nan = tmp_path / "all_nan.csv"
+    pd.DataFrame({"hour": [0, 1], **{f"v{j}": [np.nan, np.nan] for j in range(n_var)}}).to_csv(all_nan, index=False)
+    ids = ["full", "short", "gaps", "odd", "none", "all_nan"]
+    values = [*paths, None, str(all_nan)]
+    ext = create_extractor("moirai", {"local_dir": str(model)})
+    failed = export_series(ext, ids, values, str(tmp_path / "series.npz"))
+    assert list(failed) == ["all_nan"] and "no observed values" in failed["all_nan"]
+
+    emb = _worker(moirai_env, model, tmp_path / "series.npz", tmp_path / "emb8.npz", batch_size=8)
+    assert write_worker_features(ext, ids, values, str(tmp_path / "emb8.npz"), str(tmp_path / "f.parquet")) == 4
+    ff = read_features(tmp_path / "f.parquet")
+    assert ff.embeddings.shape == (6, 384) and ff.embeddings.dtype == np.float32
+    assert ff.present.tolist() == [True, True, True, True, False, False]
+    assert np.isfinite(ff.embeddings).all() and not np.allclose(ff.embeddings[0], ff.embeddings[2])
+
+    # Reference: MoiraiModule.forward itself on hand-packed single samples (full and gappy series).
+    _in_moirai_env(moirai_env, str(ENV_TOOLS), "reference", str(model), str(tmp_path / "series.npz"),
+                   str(tmp_path / "ref.npz"), "--ids", "full,gaps", "--patch-size", "8")
+    with np.load(tmp_path / "ref.npz") as data:
+        ref = dict(zip(data["sample_ids"].tolist(), data["embeddings"], strict=True))
+    for sid in ("full", "gaps"):
+        np.testing.assert_allclose(ff.embeddings[ids.index(sid)], ref[sid], atol=1e-4, rtol=1e-4)
+
+    # Batch size 1 (no left padding) == batched with longer series; deterministic; weights matter.
+    np.testing.assert_allclose(_worker(moirai_env, model, tmp_path / "series.npz", tmp_path / "b1.npz", 1), emb,
+                               atol=1e-5, rtol=1e-5)
+    assert np.array_equal(_worker(moirai_env, model, tmp_path / "series.npz", tmp_path / "again.npz", 8), emb)
+    other = _worker(moirai_env, other_model, tmp_path / "series.npz", tmp_path / "other.npz", 8)
+    assert np.abs(other - emb).max() > 1e-2
+
+
 def test_moirai_needs_its_environment() -> None:
     with pytest.raises(ModelUnavailableError, match="workflow/envs/moirai.yaml"):
         create_extractor("moirai").load()
@@ -147,3 +254,29 @@ def test_moirai_worker_protocol_roundtrip(tmp_path: Path) -> None:
     assert ff.embeddings[0, 0] == 2.0 and ff.embeddings[3, 0] == 1.0 and ff.metadata["extractor"] == "moirai"
     args = ext.worker_args()
     assert args[:2] == ["--model", "Salesforce/moirai-1.0-R-small"] and "--local-files-only" in args
+
+
+def test_moirai_rules_end_to_end(moirai_env, moirai_dirs, tmp_path: Path) -> None:
+    """The workflow's three MOIRAI rules (export -> worker -> features) on a demo ICU cohort."""
+    from test_workflow import snakemake, tiny_config
+
+    cfg = tiny_config()
+    cfg["demo"]["cohorts"] = {"demo_mimic": {"kind": "icu", "n_patients": 20, "seed": 2}}
+    cfg["datasets"] = {"demo_mimic": cfg["datasets"]["demo_mimic"]}
+    cfg["datasets"]["demo_mimic"].pop("external", None)
+    cfg["experts"]["profiles"]["demo"]["timeseries"]["committee"][0] = {"name": "moirai", "role": "biomed"}
+    cfg["experts"]["settings"] = {"moirai": {"local_dir": str(moirai_dirs[0]), "batch_size": 4, "device": "cpu"}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    # The rule's `python` is this interpreter with the MOIRAI packages on its path (the conda env's role).
+    env = {**moirai_env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    target = "results/demo_mimic/features/ehr/moirai.parquet"
+    snakemake(tmp_path, "--cores", "2", target, env=env)
+    ff = read_features(tmp_path / target)
+    cohort = pd.read_parquet(tmp_path / "results/demo_mimic/cohort.parquet")
+    assert ff.sample_ids == cohort["sample_id"].tolist() and ff.embeddings.shape[1] == 384
+    has_series = cohort["input:ehr"].notna().to_numpy()
+    assert 0 < ff.present.sum() <= has_series.sum() and not ff.present[~has_series].any()
+    assert np.isfinite(ff.embeddings[ff.present]).all() and np.abs(ff.embeddings[ff.present]).sum(1).min() > 0
+    log = (tmp_path / "logs/extract/demo_mimic/ehr/moirai.log").read_text()
+    assert f"{ff.present.sum()} present" in log
+    assert not (tmp_path / "results/demo_mimic/moirai/ehr/embeddings.npz").exists()  # temp() intermediates
