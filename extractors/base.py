@@ -68,6 +68,9 @@ class Extractor:
     """
 
     spec: ClassVar[ExpertSpec]
+    # Helper modules (file names inside ``extractors/``) whose code decides the embeddings besides
+    # the class's own module and bases: rule inputs, so editing them reruns the expert.
+    extra_sources: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: dict[str, Any] | None = None):
         self.settings = ExtractorSettings.resolve(self.spec, settings)

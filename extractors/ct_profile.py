@@ -66,6 +66,7 @@ def depth_profile(volume: np.ndarray, n: int, bands: int, bins: int, min_depth: 
     )
 )
 class CTIntensityProfile(Extractor):
+    extra_sources = ("ct_slicing.py", "image_intensity.py")
     @property
     def dim(self) -> int:
         p = self.settings.preprocessing

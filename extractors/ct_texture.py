@@ -41,6 +41,7 @@ from extractors.registry import ExpertSpec, register_expert
     )
 )
 class CTTexture25D(Extractor):
+    extra_sources = ("ct_slicing.py", "ct_profile.py", "image_texture.py")
     def prepare(self, value: Any) -> np.ndarray:
         p = self.settings.preprocessing
         volume = load_volume(value, p["layout"])

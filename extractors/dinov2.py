@@ -81,6 +81,7 @@ class DinoV2Base(HFViTExpert):
     )
 )
 class DinoV2CT25D(DinoV2Base):
+    extra_sources = ("ct_slicing.py",)  # Appendix A slicing decides what the model sees
     def prepare(self, value: Any) -> np.ndarray:
         """``[N, 3, 224, 224]`` float32 slices in [0, 1] (normalisation happens at embedding)."""
         pre = self.settings.preprocessing

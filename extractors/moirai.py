@@ -73,6 +73,7 @@ ENV_HELP = (
     )
 )
 class Moirai(HubExpert):
+    extra_sources = ("moirai_worker.py", "ts_foundation.py")
     def __init__(self, settings: dict[str, Any] | None = None):
         super().__init__(settings)
         self._module = None

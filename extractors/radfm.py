@@ -1,21 +1,19 @@
 """``radfm``: RadFM 3D vision encoder (MedMIX Table E1, CT teacher; native 3D, training only).
 
-RadFM (chaoyi-wu/RadFM) is not a pip package: its checkpoint is a zip on the hub
-(``chaoyi-wu/RadFM``) that must be decompressed to ``pytorch_model.bin`` (README, step S2) and its
-model code lives in the GitHub repository. So this expert needs
+RadFM (chaoyi-wu/RadFM) is not a pip package: its checkpoint is a zip on the hub (``chaoyi-wu/RadFM``)
+that must be decompressed to ``pytorch_model.bin`` (its README, step S2), and its model code lives in
+a GitHub repository. medmix does not import that code: :mod:`extractors.radfm_vision` re-implements
+RadFM's visual path (3D ViT + perceiver resampler, ``MyEmbedding``'s hyper-parameters) with the same
+parameter names, and the checkpoint's ``embedding_layer.vision_encoder.*`` /
+``embedding_layer.perceiver.*`` tensors are loaded into it with ``strict=True``
+(``torch.load(weights_only=True, mmap=True)``; a ``model.safetensors`` is preferred if present). The
+13B language model is never loaded and no remote code runs. So this expert needs only ``local_dir``:
+the folder holding the decompressed ``pytorch_model.bin``. An optional ``radfm_vision_config.json``
+there overrides the architecture (:class:`~extractors.radfm_vision.RadFMVisionConfig`; the tests use
+it for a tiny random-weight model).
 
-* ``local_dir``: the folder holding the decompressed ``pytorch_model.bin``;
-* ``options.code_dir``: the repository's ``Quick_demo/Model/RadFM`` folder (a checkout pinned to a
-  commit of github.com/chaoyi-wu/RadFM). Importing it runs third-party code, hence
-  ``trust_remote_code`` and ``allow_remote_code: true`` are required.
-
-Only RadFM's visual path is built, with the hyper-parameters of its ``MyEmbedding``: the 3D ViT
-(``vit_3d.ViT``: 512 x 512 x 512 volume, 32 x 32 x 4 patches, dim 768, depth 12, 8 heads, MLP 2048)
-and the perceiver resampler (``helpers.PerceiverResampler``, 32 latents); their weights are the
-``embedding_layer.vision_encoder.*`` / ``embedding_layer.perceiver.*`` tensors of the checkpoint
-(``torch.load(weights_only=True, mmap=True)``, ``strict=True``); the 13B language model is never
-loaded. Embedding = mean of the 32 perceiver latents (768 dims), the visual tokens RadFM feeds its
-language model before the final projection.
+Embedding = mean of the 32 perceiver latents (768 dims): the visual tokens RadFM feeds its language
+model, before its final projection to the LLM width.
 
 Preprocessing (RadFM's 3D input convention, ``stack_images`` in its dataset code): HU clipped to
 [-1000, 1000] and scaled to [0, 1] (the Appendix A window; RadFM's own scans were pre-normalised
@@ -27,10 +25,8 @@ as one float16 channel (replicated at embedding time).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import json
 import os
-import sys
 from typing import Any
 
 import numpy as np
@@ -43,7 +39,8 @@ from extractors.registry import ExpertSpec, register_expert
 
 HUB_ID = "chaoyi-wu/RadFM"
 WEIGHTS = "pytorch_model.bin"
-PACKAGE = "medmix_radfm_model"
+SAFE_WEIGHTS = "model.safetensors"
+ARCH_FILE = "radfm_vision_config.json"
 HU_RANGE = (-1000.0, 1000.0)
 DEPTHS = tuple(range(4, 65, 4))
 
@@ -85,7 +82,6 @@ def radfm_preprocess(volume_zyx: np.ndarray, size: int = 512, hu_range: tuple[fl
             "interpolation": "nearest",
             "embedding": "mean of the 32 perceiver latents of RadFM's 3D ViT",
         },
-        trust_remote_code=True,
         paper_name="RadFM",
         description="RadFM 3D ViT + perceiver visual tokens, mean-pooled (teacher).",
         gpu=True,
@@ -93,10 +89,12 @@ def radfm_preprocess(volume_zyx: np.ndarray, size: int = 512, hu_range: tuple[fl
     )
 )
 class RadFM(HubExpert):
+    # RadFM's visual path lives in radfm_vision.py: editing it must rerun this expert.
+    extra_sources = ("radfm_vision.py", "ct_slicing.py")
+
     def __init__(self, settings: dict[str, Any] | None = None):
         super().__init__(settings)
-        self._vit = None
-        self._perceiver = None
+        self._model = None
 
     def prepare(self, value: Any) -> np.ndarray:
         pre = self.settings.preprocessing
@@ -105,51 +103,44 @@ class RadFM(HubExpert):
     def _missing(self, what: str) -> ModelUnavailableError:
         return ModelUnavailableError(
             f"expert 'radfm' needs model {HUB_ID!r} ({what}). Download the checkpoint zip from the hub, decompress "
-            f"it and set experts.settings.radfm.local_dir to the folder holding {WEIGHTS}; clone "
-            "github.com/chaoyi-wu/RadFM (pin a commit) and set experts.settings.radfm.options.code_dir to its "
-            "Quick_demo/Model/RadFM folder; set allow_remote_code: true. Or use the demo profile."
+            f"it and set experts.settings.radfm.local_dir to the folder holding {WEIGHTS}. Or use the demo profile."
         )
 
-    def _import_code(self):
-        code_dir = self.settings.options.get("code_dir")
-        if not code_dir or not os.path.isfile(os.path.join(code_dir, "vit_3d.py")):
-            raise self._missing(f"RadFM model code: options.code_dir={code_dir!r} has no vit_3d.py")
-        self.remote_code()
-        if PACKAGE not in sys.modules:
-            spec = importlib.util.spec_from_file_location(
-                PACKAGE, os.path.join(code_dir, "__init__.py"), submodule_search_locations=[code_dir]
-            )
-            package = importlib.util.module_from_spec(spec)
-            sys.modules[PACKAGE] = package
-            spec.loader.exec_module(package)
-        vit = importlib.import_module(f"{PACKAGE}.vit_3d")
-        helpers = importlib.import_module(f"{PACKAGE}.helpers")
-        return vit.ViT, helpers.PerceiverResampler
+    def _weights(self) -> str:
+        local_dir = self.settings.local_dir
+        for name in (SAFE_WEIGHTS, WEIGHTS):
+            if local_dir and os.path.isfile(os.path.join(local_dir, name)):
+                return os.path.join(local_dir, name)
+        raise self._missing(f"weights: local_dir={local_dir!r} has no {WEIGHTS}")
 
     def load(self) -> None:
-        if self._vit is not None:
+        if self._model is not None:
             return
-        local_dir = self.settings.local_dir
-        weights = os.path.join(local_dir, WEIGHTS) if local_dir else None
-        if not weights or not os.path.isfile(weights):
-            raise self._missing(f"weights: local_dir={local_dir!r} has no {WEIGHTS}")
-        try:
-            vit_cls, perceiver_cls = self._import_code()
-        except ImportError as err:
-            raise self._missing(f"importing RadFM's code failed: {err}") from err
+        weights = self._weights()
         import torch
 
+        from extractors.radfm_vision import RadFMVision, RadFMVisionConfig
+
+        arch_path = os.path.join(os.path.dirname(weights), ARCH_FILE)
+        arch = RadFMVisionConfig()
+        if os.path.isfile(arch_path):
+            with open(arch_path) as fh:
+                arch = RadFMVisionConfig(**json.load(fh))
+        if arch.dim != self.dim:
+            raise ValueError(f"{arch_path}: dim {arch.dim} differs from the registered RadFM dim {self.dim}")
         self.pick_device()
-        vit = vit_cls(image_size=512, frames=512, image_patch_size=32, frame_patch_size=4, dim=768, depth=12,
-                      heads=8, mlp_dim=2048, dropout=0.1, emb_dropout=0.1)
-        perceiver = perceiver_cls(dim=768, num_latents=32)
-        state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
-        for module, prefix in ((vit, "embedding_layer.vision_encoder."), (perceiver, "embedding_layer.perceiver.")):
-            part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            if not part:
-                raise self._missing(f"{weights} holds no {prefix}* tensors")
-            module.load_state_dict(part, strict=True)
-        self._vit, self._perceiver = vit.to(self.device).eval(), perceiver.to(self.device).eval()
+        model = RadFMVision(arch)
+        try:
+            if weights.endswith(".safetensors"):
+                from safetensors.torch import load_file
+
+                state = load_file(weights)
+            else:
+                state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+            model.load_radfm_state(state, weights)
+        except (KeyError, RuntimeError, OSError) as err:
+            raise self._missing(f"{weights} could not be loaded as RadFM's visual encoder: {err}") from err
+        self._model = model.to(self.device).eval()
 
     def embed_batch(self, batch: list[np.ndarray]) -> np.ndarray:
         import torch
@@ -159,7 +150,6 @@ class RadFM(HubExpert):
         for k, grey in enumerate(batch):  # one volume per forward: 512 x 512 x 64 voxels, 3 channels
             x = torch.from_numpy(grey.astype(np.float32)).to(self.device).expand(3, -1, -1, -1)[None]
             with torch.inference_mode(), self.autocast():
-                tokens, _pos = self._vit(x)  # [1, n_tokens, 768]
-                latents = self._perceiver(tokens[:, None, None])  # [1, 1, 32, 768]
-            out[k] = latents.float().mean(dim=(1, 2))[0].cpu().numpy()
+                latents = self._model(x)  # [1, 32, 768]
+            out[k] = latents.float().mean(dim=1)[0].cpu().numpy()
         return out

@@ -105,7 +105,7 @@ def create_extractor(name: str, settings: dict[str, Any] | None = None) -> Extra
 
 
 def source_files(name: str) -> list[str]:
-    """Source files of the expert's class and of its bases inside ``extractors`` (rule inputs).
+    """Source files of the expert's class, its bases and their ``extra_sources`` in ``extractors`` (rule inputs).
 
     Editing any of them must rerun the expert's extraction jobs.
     """
@@ -118,4 +118,10 @@ def source_files(name: str) -> list[str]:
             continue
         if root in path.parents and str(path) not in files:
             files.append(str(path))
+        for extra in vars(klass).get("extra_sources", ()):
+            path = root / extra
+            if not path.is_file():
+                raise FileNotFoundError(f"expert {name!r}: extra source {extra!r} not found in {root}")
+            if str(path) not in files:
+                files.append(str(path))
     return files

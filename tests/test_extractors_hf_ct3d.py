@@ -1,13 +1,16 @@
 """Native-3D CT experts (Merlin, RadFM): preprocessing on the real example CT, and availability errors.
 
 Merlin's model code comes from ``merlin-vlm`` (the ``volume3d`` / ``dev`` extras): its real path is run
-end to end on a random-weight tower. RadFM is a GitHub repository, not a package, so its network is
-not run here. Both experts' preprocessing (the part that decides what the network sees) is checked
-exactly on real data, and a missing model / package / code folder must fail at once with instructions.
+end to end on a random-weight tower. RadFM's visual path is medmix's own re-implementation
+(:mod:`extractors.radfm_vision`) loading RadFM's checkpoint layout; it runs end to end on a tiny
+random-weight checkpoint saved in that layout and is compared with an independent functional forward
+written from RadFM's einops patterns. Both experts' preprocessing (the part that decides what the
+network sees) is checked exactly on real data, and a missing model must fail at once with instructions.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -19,7 +22,7 @@ from extractors.ct_slicing import window_hu
 from extractors.inputs import read_volume
 from extractors.merlin import merlin_preprocess, nifti_spacing_ras, read_ct_ras
 from extractors.radfm import radfm_depth, radfm_preprocess
-from extractors.registry import create_extractor
+from extractors.registry import create_extractor, get_spec, source_files
 from extractors.runner import run_extraction
 from medmix.store import read_features
 
@@ -105,14 +108,111 @@ def test_radfm_preprocessing_on_real_ct(shared_data: Path) -> None:
 def test_radfm_availability_messages(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailableError, match="chaoyi-wu/RadFM.*local_dir"):
         create_extractor("radfm").load()
-    (tmp_path / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(ModelUnavailableError, match="code_dir"):
+    torch = pytest.importorskip("torch")
+    torch.save({"model.embed_tokens.weight": torch.zeros(2, 2)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ModelUnavailableError, match="not a RadFM checkpoint"):
         create_extractor("radfm", {"local_dir": str(tmp_path)}).load()
-    code = tmp_path / "RadFM"
-    code.mkdir()
-    (code / "vit_3d.py").write_text("")
-    with pytest.raises(ModelUnavailableError, match="allow_remote_code"):
-        create_extractor("radfm", {"local_dir": str(tmp_path), "options": {"code_dir": str(code)}}).load()
+    assert not get_spec("radfm").trust_remote_code  # no third-party code runs
+    assert any(p.endswith("radfm_vision.py") for p in source_files("radfm"))
+
+
+TINY_RADFM = {"image_size": 64, "frames": 64, "image_patch_size": 16, "frame_patch_size": 4, "dim": 768, "depth": 2,
+              "heads": 2, "dim_head": 32, "mlp_dim": 128, "perceiver_depth": 2, "perceiver_heads": 2,
+              "perceiver_dim_head": 32, "num_latents": 4, "perceiver_ff_mult": 1}
+
+
+def _radfm_reference(state: dict, volume, cfg: dict):
+    """RadFM's visual forward written functionally from its code's einops patterns (one volume)."""
+    import torch
+    import torch.nn.functional as F
+    from einops import rearrange
+
+    def ln(x, key):
+        return F.layer_norm(x, x.shape[-1:], state[key + ".weight"], state[key + ".bias"])
+
+    def lin(x, key, bias=True):
+        return F.linear(x, state[key + ".weight"], state.get(key + ".bias") if bias else None)
+
+    v = "embedding_layer.vision_encoder."
+    p, pf = cfg["image_patch_size"], cfg["frame_patch_size"]
+    x = rearrange(volume, "b c (h p1) (w p2) (f pf) -> b (h w f) (p1 p2 pf c)", p1=p, p2=p, pf=pf)
+    x = ln(lin(ln(x, v + "to_patch_embedding.1"), v + "to_patch_embedding.2"), v + "to_patch_embedding.3")
+    h, w, d = volume.shape[2] // p, volume.shape[3] // p, volume.shape[4] // pf
+    nh, nw, nd = cfg["image_size"] // p, cfg["image_size"] // p, cfg["frames"] // pf
+    pos = torch.zeros(h, w, d, cfg["dim"])
+    for a in range(h):
+        for b in range(w):
+            for c in range(d):
+                pos[a, b, c] = torch.cat([state[v + "pos_embedding.row_embed.weight"][(a + 1) * (nh // h) - 1],
+                                          state[v + "pos_embedding.col_embed.weight"][(b + 1) * (nw // w) - 1],
+                                          state[v + "pos_embedding.dep_embed.weight"][(c + 1) * (nd // d) - 1]])
+    x = x + rearrange(pos, "h w d c -> 1 (h w d) c")
+    for i in range(cfg["depth"]):
+        layer = f"{v}transformer.layers.{i}."
+        q, k, val = lin(ln(x, layer + "0.norm"), layer + "0.fn.to_qkv", bias=False).chunk(3, dim=-1)
+        q, k, val = (rearrange(t, "b n (h d) -> b h n d", h=cfg["heads"]) for t in (q, k, val))
+        attn = (torch.matmul(q, k.transpose(-1, -2)) * cfg["dim_head"] ** -0.5).softmax(dim=-1)
+        x = lin(rearrange(torch.matmul(attn, val), "b h n d -> b n (h d)"), layer + "0.fn.to_out.0") + x
+        hidden = F.gelu(lin(ln(x, layer + "1.norm"), layer + "1.fn.net.0"))
+        x = lin(hidden, layer + "1.fn.net.3") + x
+    media = rearrange(x, "b v d -> b 1 v d")  # (b T (F v) d) with T = F = 1
+    r = "embedding_layer.perceiver."
+    latents = state[r + "latents"][None, None]
+    for i in range(cfg["perceiver_depth"]):
+        layer = f"{r}layers.{i}."
+        xm, lat = ln(media, layer + "0.norm_media"), ln(latents, layer + "0.norm_latents")
+        q = lin(lat, layer + "0.to_q", bias=False)
+        k, val = lin(torch.cat((xm, lat), dim=-2), layer + "0.to_kv", bias=False).chunk(2, dim=-1)
+        q, k, val = (rearrange(t, "b t n (h d) -> b h t n d", h=cfg["perceiver_heads"]) for t in (q, k, val))
+        sim = torch.einsum("... i d, ... j d -> ... i j", q * cfg["perceiver_dim_head"] ** -0.5, k)
+        out = torch.einsum("... i j, ... j d -> ... i d", (sim - sim.amax(-1, keepdim=True)).softmax(-1), val)
+        latents = lin(rearrange(out, "b h t n d -> b t n (h d)"), layer + "0.to_out", bias=False) + latents
+        ff = lin(F.gelu(lin(ln(latents, layer + "1.0"), layer + "1.1", bias=False)), layer + "1.3", bias=False)
+        latents = ff + latents
+    return ln(latents, r + "norm")[0, 0].mean(0)  # mean of the latents
+
+
+def test_radfm_end_to_end_random_weights(shared_data: Path, tmp_path: Path) -> None:
+    """Checkpoint in RadFM's layout -> our visual path -> runner -> Parquet, on the real example CT."""
+    torch = pytest.importorskip("torch")
+    from extractors.radfm_vision import RadFMVision, RadFMVisionConfig
+
+    torch.manual_seed(0)
+    source = RadFMVision(RadFMVisionConfig(**TINY_RADFM))
+    state = {f"embedding_layer.vision_encoder.{k}": t for k, t in source.vision_encoder.state_dict().items()}
+    state.update({f"embedding_layer.perceiver.{k}": t for k, t in source.perceiver.state_dict().items()})
+    for key in ("embedding_layer.weight", "embedding_layer.fc.weight", "lang_model.model.embed_tokens.weight"):
+        state[key] = torch.randn(8, 8)  # the rest of RadFM's checkpoint: must be skipped
+    model_dir = tmp_path / "radfm"
+    model_dir.mkdir()
+    torch.save(state, model_dir / "pytorch_model.bin")
+    (model_dir / "radfm_vision_config.json").write_text(json.dumps(TINY_RADFM))
+
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes((shared_data / "ct" / "example_ct_sm.nii.gz").read_bytes()[:5000])
+    values = [str(shared_data / "ct" / "example_ct_sm.nii.gz"), None, str(truncated),
+              str(shared_data / "ct" / "example_ct.nii.gz")]
+    ids = ["small", "none", "truncated", "full"]
+    settings = {"local_dir": str(model_dir), "preprocessing": {"size": 64}, "device": "cpu"}
+    summary = run_extraction(create_extractor("radfm", {**settings, "batch_size": 2}), ids, values,
+                             str(tmp_path / "a.parquet"))
+    ff = read_features(tmp_path / "a.parquet")
+    assert ff.embeddings.shape == (4, 768) and ff.embeddings.dtype == np.float32
+    assert ff.present.tolist() == [True, False, False, True] and summary["failed"] == 1
+    assert np.isfinite(ff.embeddings).all() and not np.allclose(ff.embeddings[0], ff.embeddings[3])
+
+    # Independent functional forward from the saved tensors (the extractor builds its own network).
+    for k, path in ((0, values[0]), (3, values[3])):
+        grey = radfm_preprocess(read_volume(path), size=64)
+        assert grey.shape[-1] == (28 if k == 0 else 64)
+        volume = torch.from_numpy(grey.astype(np.float16).astype(np.float32)).expand(3, -1, -1, -1)[None]
+        with torch.no_grad():
+            ref = _radfm_reference(state, volume, TINY_RADFM).numpy()
+        np.testing.assert_allclose(ff.embeddings[k], ref, atol=2e-4, rtol=1e-4)
+
+    # Batch size 1 == 2; deterministic.
+    run_extraction(create_extractor("radfm", {**settings, "batch_size": 1}), ids, values, str(tmp_path / "b.parquet"))
+    assert np.array_equal(read_features(tmp_path / "b.parquet").embeddings, ff.embeddings)
 
 
 def test_merlin_end_to_end_random_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
