@@ -10,10 +10,14 @@ imported and only the local Hugging Face cache is read. Any failure to find the 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 from typing import Any
 
 from extractors.base import Extractor, ModelUnavailableError, resolve_device
+
+log = logging.getLogger("medmix.extract")
 
 #: Exceptions the hub / transformers / open_clip raise when weights or configs are missing.
 LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, ImportError)
@@ -65,11 +69,22 @@ class HubExpert(Extractor):
             )
         return True
 
+    def hub_revision(self, source: str) -> str | None:
+        """The revision to read from the hub (None for a local folder); warns when it is not a commit sha."""
+        if os.path.isdir(source):
+            return None
+        revision = self.settings.revision
+        if not (revision and re.fullmatch(r"[0-9a-f]{40}", revision)):
+            log.warning("expert %s: revision %r of %s is not a pinned commit; set experts.settings.%s.revision to "
+                        "the 40-hex commit you downloaded so that the run is reproducible",
+                        self.spec.name, revision, source, self.spec.name)
+        return revision
+
     def hub_kwargs(self) -> dict[str, Any]:
         """``revision`` / ``local_files_only`` / ``trust_remote_code`` for ``from_pretrained``."""
         source = self.model_source()
         return {
-            "revision": None if os.path.isdir(source) else self.settings.revision,
+            "revision": self.hub_revision(source),
             "local_files_only": self.offline(),
             "trust_remote_code": self.remote_code(),
         }
@@ -94,7 +109,7 @@ class HubExpert(Extractor):
         try:
             from huggingface_hub import snapshot_download
 
-            return snapshot_download(repo_id=source, revision=self.settings.revision, local_files_only=offline)
+            return snapshot_download(repo_id=source, revision=self.hub_revision(source), local_files_only=offline)
         except LOAD_ERRORS as err:
             raise self.unavailable(err) from err
 

@@ -205,7 +205,7 @@ class Merlin(HubExpert):
         try:
             from huggingface_hub import hf_hub_download
 
-            return hf_hub_download(source, name, revision=self.settings.revision, local_files_only=offline)
+            return hf_hub_download(source, name, revision=self.hub_revision(source), local_files_only=offline)
         except LOAD_ERRORS as err:
             raise_unless_missing(err)
             raise self.unavailable(err) from err

@@ -91,7 +91,7 @@ class Moirai(HubExpert):
         self.pick_device()
         try:
             source = self.model_source()
-            revision = None if os.path.isdir(source) else self.settings.revision
+            revision = self.hub_revision(source)
             self._module = moirai_worker.load_module(source, revision, offline)
         except LOAD_ERRORS as err:
             raise_unless_missing(err)

@@ -319,3 +319,16 @@ def test_qwen2_7b_teacher_width(qwen_dir: Path, tmp_path: Path) -> None:
     assert ext.model_dtype() is None  # float32 on CPU; bf16 weights only on CUDA
     with pytest.raises(ValueError, match="hidden size"):
         create_extractor("qwen2_7b", {"local_dir": str(qwen_dir)}).load()
+
+
+def test_unpinned_revision_warns(caplog: pytest.LogCaptureFixture, tmp_path) -> None:
+    ext = create_extractor("chronos_large")  # revision "main": no verifiable sha offline
+    with caplog.at_level("WARNING", logger="medmix.extract"):
+        assert ext.hub_revision("amazon/chronos-t5-large") == "main"
+    assert "not a pinned commit" in caplog.text and "experts.settings.chronos_large.revision" in caplog.text
+    caplog.clear()
+    pinned = create_extractor("chronos_large", {"revision": "a" * 40})
+    with caplog.at_level("WARNING", logger="medmix.extract"):
+        assert pinned.hub_revision("amazon/chronos-t5-large") == "a" * 40
+        assert pinned.hub_revision(str(tmp_path)) is None  # a local folder has no revision
+    assert "not a pinned commit" not in caplog.text
