@@ -62,15 +62,22 @@ def _collate(items):
     return items
 
 
-def iter_prepared(extractor: Extractor, values: list[Any], num_workers: int = 0) -> Iterator[tuple[int, Any, str | None]]:
-    """``(index, prepared or None, reason or None)`` for every value, in input order."""
+def iter_prepared(
+    extractor: Extractor, values: list[Any], num_workers: int = 0, prefetch: int = 2 * LOADER_BATCH
+) -> Iterator[tuple[int, Any, str | None]]:
+    """``(index, prepared or None, reason or None)`` for every value, in input order.
+
+    With workers, up to about ``prefetch`` inputs are prepared ahead: the runner sets it to one
+    chunk, so the workers keep preparing the next chunk while the model embeds the current one.
+    """
     ds = _Prepared(extractor, values)
     if num_workers > 0 and len(values) > 1:
         from torch.utils.data import DataLoader
 
+        workers = min(num_workers, len(values))
         loader = DataLoader(
-            ds, batch_size=LOADER_BATCH, num_workers=min(num_workers, len(values)), collate_fn=_collate,
-            prefetch_factor=2, persistent_workers=False,
+            ds, batch_size=LOADER_BATCH, num_workers=workers, collate_fn=_collate,
+            prefetch_factor=max(2, -(-prefetch // (LOADER_BATCH * workers))), persistent_workers=False,
         )
         for batch in loader:
             yield from batch
@@ -209,7 +216,7 @@ def run_extraction(
 
     with _progress(len(present_idx), name) as bar:
         sub_values = [values[i] for i in present_idx]
-        for j, item, reason in iter_prepared(extractor, sub_values, int(s.num_workers)):
+        for j, item, reason in iter_prepared(extractor, sub_values, int(s.num_workers), prefetch=chunk_size):
             i = present_idx[j]
             if item is None:
                 reasons[i] = reason

@@ -107,7 +107,11 @@ ENV_TOOLS = Path(__file__).with_name("moirai_env_tools.py")
 # datasets) are only needed by its forecasting/training wrappers, which the worker never uses.
 MOIRAI_TEST_PACKAGES = (
     "uni2ts==2.0.0", "hydra-core==1.3.2", "omegaconf==2.3.0", "antlr4-python3-runtime==4.9.3",
-    "jaxtyping==0.2.36", "jax==0.10.2", "jaxlib==0.10.2", "ml_dtypes==0.6.0", "opt_einsum==3.4.0",
+    "jaxtyping==0.2.36", "opt_einsum==3.4.0",
+    "jax==0.10.2; python_version >= '3.11'", "jaxlib==0.10.2; python_version >= '3.11'",
+    "ml_dtypes==0.6.0; python_version >= '3.11'",
+    "jax==0.6.2; python_version < '3.11'", "jaxlib==0.6.2; python_version < '3.11'",  # last for Python 3.10
+    "ml_dtypes==0.5.1; python_version < '3.11'",
 )
 # uni2ts/model/moirai/__init__.py also imports MoiraiForecast/Finetune/Pretrain (lightning, gluonts);
 # in the test environment it exports MoiraiModule only. module.py and everything it uses are untouched.
