@@ -1,6 +1,7 @@
 """``moirai``: MOIRAI time-series encoder (MedMIX Table E1, biomedical EHR expert), own environment.
 
-``Salesforce/moirai-1.0-R-small`` (d_model 384) through uni2ts's ``MoiraiModule.from_pretrained``.
+``Salesforce/moirai-1.0-R-small`` (d_model 384) through uni2ts's ``MoiraiModule.from_pretrained``, from
+``model.safetensors`` only (never unpickled: the env has torch<2.5) and with every tensor required.
 uni2ts pins ``torch<2.5`` / ``numpy~=1.26`` and cannot be installed in the main environment, so
 this expert declares ``environment="moirai"``: its model code lives in the standalone
 :mod:`extractors.moirai_worker` script, run by the Python of the env created from

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 MAX_PATCH_DEFAULT = 128
+SAFETENSORS = "model.safetensors"
 
 
 def pack_series(values: np.ndarray, lengths: np.ndarray, patch_size: int, max_patch_size: int) -> dict[str, Any]:
@@ -93,14 +94,31 @@ def pool_tokens(reprs, packed: dict[str, Any]) -> np.ndarray:
     return (summed / keep.sum(1).clamp(min=1)).cpu().numpy().astype(np.float32)
 
 
+def model_folder(source: str, revision: str | None, local_files_only: bool) -> str:
+    """The folder holding ``config.json`` + ``model.safetensors`` (a local folder or the hub snapshot).
+
+    Weights are read from safetensors only: this environment has torch<2.5, whose ``torch.load``
+    must not unpickle downloaded files, so a repository with only ``pytorch_model.bin`` is refused.
+    """
+    folder = source
+    if not os.path.isdir(source):
+        from huggingface_hub import hf_hub_download
+
+        kwargs = {"revision": revision, "local_files_only": local_files_only}
+        folder = os.path.dirname(hf_hub_download(source, "config.json", **kwargs))
+        hf_hub_download(source, SAFETENSORS, **kwargs)
+    if not os.path.isfile(os.path.join(folder, SAFETENSORS)):
+        raise FileNotFoundError(f"{folder} has no {SAFETENSORS}: MOIRAI weights are read from safetensors only "
+                                "(never unpickled in this torch<2.5 environment)")
+    return folder
+
+
 def load_module(source: str, revision: str | None, local_files_only: bool):
-    """``MoiraiModule.from_pretrained`` (uni2ts) from a hub id or a local folder."""
+    """``MoiraiModule.from_pretrained`` (uni2ts) on the safetensors folder, every tensor required."""
     from uni2ts.model.moirai import MoiraiModule
 
-    kwargs: dict[str, Any] = {"local_files_only": local_files_only}
-    if not os.path.isdir(source) and revision:
-        kwargs["revision"] = revision
-    return MoiraiModule.from_pretrained(source, **kwargs).eval()
+    folder = model_folder(source, revision, local_files_only)
+    return MoiraiModule.from_pretrained(folder, strict=True).eval()
 
 
 def encode(module, packed: dict[str, Any]):

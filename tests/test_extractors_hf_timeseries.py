@@ -284,3 +284,27 @@ def test_moirai_rules_end_to_end(moirai_env, moirai_dirs, tmp_path: Path) -> Non
     log = (tmp_path / "logs/extract/demo_mimic/ehr/moirai.log").read_text()
     assert f"{ff.present.sum()} present" in log
     assert not (tmp_path / "results/demo_mimic/moirai/ehr/embeddings.npz").exists()  # temp() intermediates
+
+
+def test_moirai_worker_loads_safetensors_strictly(moirai_env, moirai_dirs, tmp_path: Path) -> None:
+    """No unpickling in the torch<2.5 env, and a checkpoint missing a tensor is refused."""
+    from safetensors.numpy import load_file, save_file
+
+    series = tmp_path / "series.npz"
+    np.savez(series, sample_ids=np.array(["a"]), values=np.ones((1, 16, 2), np.float32), lengths=np.array([16]))
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((moirai_dirs[0] / "config.json").read_text())
+    torch.save({}, pickled / "pytorch_model.bin")
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    (incomplete / "config.json").write_text((moirai_dirs[0] / "config.json").read_text())
+    tensors = load_file(moirai_dirs[0] / "model.safetensors")
+    tensors.pop(sorted(tensors)[0])
+    save_file(tensors, incomplete / "model.safetensors")
+    for folder, message in ((pickled, "no model.safetensors"), (incomplete, "Missing key")):
+        proc = subprocess.run([sys.executable, str(WORKER), "--input", str(series), "--output", str(tmp_path / "o.npz"),
+                               "--model", str(folder), "--local-files-only"], env=moirai_env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+        assert not (tmp_path / "o.npz").exists()
