@@ -19,6 +19,10 @@ from extractors.base import Extractor, ModelUnavailableError, resolve_device
 
 log = logging.getLogger("medmix.extract")
 
+#: Parameters a checkpoint may lack without changing the embeddings: the BERT pooler (outputs
+#: not used: CLS / mean of the last hidden states are) and ViT mask tokens (masked pre-training only).
+TOLERATED_MISSING = ("pooler.", "mask_token")
+
 #: Exceptions the hub / transformers / open_clip raise when weights or configs are missing.
 LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, ImportError)
 
@@ -99,6 +103,27 @@ class HubExpert(Extractor):
         except LOAD_ERRORS as err:
             raise_unless_missing(err)
             raise self.unavailable(err) from err
+
+    def load_weights(self, loader: Any, **kwargs: Any) -> Any:
+        """A ``transformers`` model whose every parameter came from the checkpoint.
+
+        ``from_pretrained`` silently initialises tensors a checkpoint lacks (a wrong or partial
+        download, another architecture): the expert would then embed with random weights. Missing
+        tensors fail the job; only a few that no embedding here uses (``TOLERATED_MISSING``) are
+        logged instead.
+        """
+        model, info = self.from_pretrained(loader, output_loading_info=True, **kwargs)
+        missing = sorted(info.get("missing_keys") or [])
+        fatal = [k for k in missing if not any(t in k for t in TOLERATED_MISSING)]
+        if fatal:
+            raise ModelUnavailableError(
+                f"expert {self.spec.name!r}: the checkpoint at {self.model_source()!r} lacks {len(fatal)} of the "
+                f"model's tensors (e.g. {fatal[:3]}); it is not a {self.settings.model_id} checkpoint or is incomplete"
+            )
+        if missing:
+            log.warning("expert %s: tensors not in the checkpoint (unused here, left initialised): %s",
+                        self.spec.name, missing)
+        return model
 
     def snapshot_dir(self) -> str:
         """A local folder holding the model repository (``local_dir`` or the pinned hub snapshot)."""

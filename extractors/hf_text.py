@@ -80,7 +80,7 @@ class HFTextExpert(HubExpert):
         from transformers import AutoModel
 
         self.pick_device()
-        model = self.from_pretrained(AutoModel, **dtype_kwargs(self.model_dtype()))
+        model = self.load_weights(AutoModel, **dtype_kwargs(self.model_dtype()))
         hidden = getattr(model.config, "hidden_size", None)
         if hidden != self.dim:
             raise ValueError(f"expert {self.spec.name!r}: model hidden size {hidden} != declared dim {self.dim}")

@@ -74,7 +74,7 @@ class HFViTExpert(ImageExpert):
         from transformers import AutoModel
 
         self.pick_device()
-        model = self.from_pretrained(AutoModel)
+        model = self.load_weights(AutoModel)
         hidden = getattr(model.config, "hidden_size", None)
         if hidden != self.dim:
             raise ValueError(f"expert {self.spec.name!r}: model hidden size {hidden} != declared dim {self.dim}")

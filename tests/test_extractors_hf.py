@@ -332,3 +332,15 @@ def test_unpinned_revision_warns(caplog: pytest.LogCaptureFixture, tmp_path) -> 
         assert pinned.hub_revision("amazon/chronos-t5-large") == "a" * 40
         assert pinned.hub_revision(str(tmp_path)) is None  # a local folder has no revision
     assert "not a pinned commit" not in caplog.text
+
+
+def test_incomplete_checkpoint_is_refused(tmp_path) -> None:
+    """A checkpoint missing encoder tensors must not run with randomly initialised weights."""
+    from safetensors.torch import load_file, save_file
+
+    folder = build_dinov2(tmp_path / "dinov2")
+    tensors = load_file(folder / "model.safetensors")
+    dropped = [k for k in tensors if "encoder.layer.1." in k]
+    save_file({k: v for k, v in tensors.items() if k not in dropped}, folder / "model.safetensors")
+    with pytest.raises(ModelUnavailableError, match=rf"lacks {len(dropped)} of the model's tensors"):
+        create_extractor("dinov2_base", {"local_dir": str(folder)}).load()
