@@ -136,7 +136,12 @@ class RadFM(HubExpert):
 
                 state = load_file(weights)
             else:
-                state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+                try:  # mmap: only the visual tensors of the ~30 GB checkpoint are read into memory
+                    state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as err:
+                    if "mmap" not in str(err):
+                        raise
+                    state = torch.load(weights, map_location="cpu", weights_only=True)  # legacy format
             model.load_radfm_state(state, weights)
         except (KeyError, RuntimeError, OSError) as err:
             raise self._missing(f"{weights} could not be loaded as RadFM's visual encoder: {err}") from err

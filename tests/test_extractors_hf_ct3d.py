@@ -214,6 +214,14 @@ def test_radfm_end_to_end_random_weights(shared_data: Path, tmp_path: Path) -> N
     run_extraction(create_extractor("radfm", {**settings, "batch_size": 1}), ids, values, str(tmp_path / "b.parquet"))
     assert np.array_equal(read_features(tmp_path / "b.parquet").embeddings, ff.embeddings)
 
+    # A checkpoint in torch's legacy (non-zip) format cannot be memory-mapped: read whole instead.
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    torch.save(state, legacy / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    (legacy / "radfm_vision_config.json").write_text(json.dumps(TINY_RADFM))
+    ext = create_extractor("radfm", {**settings, "local_dir": str(legacy)})
+    np.testing.assert_array_equal(ext.embed_batch([ext.prepare(values[0])])[0], ff.embeddings[0])
+
 
 def test_merlin_end_to_end_random_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real ``merlin`` path (checkpoint file -> I3ResNet -> runner -> Parquet) on a random-weight tower.
