@@ -308,3 +308,27 @@ def test_moirai_worker_loads_safetensors_strictly(moirai_env, moirai_dirs, tmp_p
                               text=True, timeout=300)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
         assert not (tmp_path / "o.npz").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MEDMIX_MOIRAI_PYTHON"),
+                    reason="opt-in: set MEDMIX_MOIRAI_PYTHON to the python of an env with uni2ts 2.0.0 "
+                           "(conda env create -f workflow/envs/moirai.yaml, or a venv with pip install uni2ts==2.0.0; ~6 GB)")
+def test_moirai_worker_same_in_production_env(moirai_env, moirai_dirs, tmp_path: Path) -> None:
+    """The worker in the real MOIRAI env (torch<2.5, numpy 1.26, all of uni2ts) == the test env."""
+    prod_python = os.environ["MEDMIX_MOIRAI_PYTHON"]
+    versions = subprocess.run([prod_python, "-c", "import torch, numpy, uni2ts; print(torch.__version__, "
+                               "numpy.__version__, uni2ts.__version__)"], capture_output=True, text=True, check=True)
+    assert versions.stdout.split()[2] == "2.0.0", versions.stdout
+    paths = _series(tmp_path, lengths=(64, 40, 200), n_var=46)
+    ids = ["a", "b", "c"]
+    export_series(create_extractor("moirai", {"local_dir": str(moirai_dirs[0])}), ids, paths,
+                  str(tmp_path / "series.npz"))
+    args = ["--input", str(tmp_path / "series.npz"), "--model", str(moirai_dirs[0]), "--local-files-only",
+            "--device", "cpu"]
+    test_env = _worker(moirai_env, moirai_dirs[0], tmp_path / "series.npz", tmp_path / "t.npz", 16)
+    proc = subprocess.run([prod_python, str(WORKER), *args, "--output", str(tmp_path / "p.npz")],
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with np.load(tmp_path / "p.npz") as data:
+        np.testing.assert_allclose(data["embeddings"], test_env, atol=1e-5, rtol=1e-5)
