@@ -114,6 +114,8 @@ def read_volume(path: str, layout: str = "DHW") -> np.ndarray:
             with np.load(p, allow_pickle=False) as z:
                 if not z.files:
                     raise InputError(f"empty npz {path}")
+                shape, itemsize = _npz_member_header(z, z.files[0])
+                _check_size(shape, itemsize, path)  # before the member is decompressed
                 vol = _orient_array(z[z.files[0]], layout, path)
         else:
             raise InputError(f"unsupported volume format: {path}")
@@ -126,6 +128,15 @@ def read_volume(path: str, layout: str = "DHW") -> np.ndarray:
     if not np.isfinite(vol).any():
         raise InputError(f"volume {path} has no finite voxels")
     return vol
+
+
+def _npz_member_header(npz, name: str) -> tuple[tuple[int, ...], int]:
+    """Shape and item size of one ``.npz`` member, read from its ``.npy`` header only."""
+    with npz.zip.open(f"{name}.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _fortran, dtype = read(fh)
+    return tuple(shape), dtype.itemsize
 
 
 def _check_size(shape: tuple[int, ...], itemsize: int, path: str) -> None:

@@ -101,13 +101,14 @@ def dicom_spacing_ras(folder: str) -> tuple[float, float, float]:
     return tuple(spacing)
 
 
-def read_ct_ras(path: str, array_spacing: tuple[float, float, float] | None = None):
+def read_ct_ras(path: str, array_spacing: tuple[float, float, float] | None = None, layout: str = "DHW"):
     """``(volume [X, Y, Z] float32 HU in RAS, spacing (x, y, z) mm, spacing_source)``.
 
     :func:`extractors.inputs.read_volume` returns ``[D, H, W]`` pointing (S, P, L) for NIfTI and DICOM
-    (arrays are taken to follow the same convention); flipping H and W and reversing the axes gives RAS.
+    (``.npy``/``.npz`` arrays, read in ``layout``, are taken to follow the same convention); flipping H
+    and W and reversing the axes gives RAS.
     """
-    spl = read_volume(path)
+    spl = read_volume(path, layout)
     if os.path.isdir(path):
         spacing, source = dicom_spacing_ras(path), "dicom"
     elif path.endswith((".nii", ".nii.gz")):
@@ -161,6 +162,7 @@ def merlin_preprocess(
         preprocessing={
             "checkpoint": CHECKPOINT,
             "orientation": "RAS",
+            "volume_layout": "DHW",  # axis order of .npy/.npz inputs (NIfTI/DICOM orient from their headers)
             "spacing_mm": list(TARGET_SPACING),
             "resample": "trilinear (MONAI Spacingd voxel-centre grid)",
             "hu_range": list(HU_RANGE),
@@ -187,7 +189,8 @@ class Merlin(HubExpert):
 
     def prepare(self, value: Any) -> np.ndarray:
         pre = self.settings.preprocessing
-        vol, spacing, _ = read_ct_ras(str(value), self.settings.options.get("array_spacing_mm"))
+        vol, spacing, _ = read_ct_ras(str(value), self.settings.options.get("array_spacing_mm"),
+                                      self.settings.preprocessing.get("volume_layout", "DHW"))
         if min(spacing) <= 0:
             raise InputError(f"volume {value} has non-positive voxel spacing {spacing}")
         out = merlin_preprocess(vol, spacing, tuple(pre["spacing_mm"]), tuple(pre["pad_crop"]), tuple(pre["hu_range"]))

@@ -74,6 +74,7 @@ def radfm_preprocess(volume_zyx: np.ndarray, size: int = 512, hu_range: tuple[fl
         # user downloaded and must be replaced by the 40-hex commit they fetched (hub "Files and versions").
         revision="main",
         preprocessing={
+            "volume_layout": "DHW",  # axis order of .npy/.npz inputs (NIfTI/DICOM orient from their headers)
             "hu_range": list(HU_RANGE),
             "channels": 3,
             "layout": "[3, H, W, D]",
@@ -98,7 +99,8 @@ class RadFM(HubExpert):
 
     def prepare(self, value: Any) -> np.ndarray:
         pre = self.settings.preprocessing
-        return radfm_preprocess(read_volume(value), int(pre["size"]), tuple(pre["hu_range"])).astype(np.float16)
+        volume = read_volume(value, pre.get("volume_layout", "DHW"))
+        return radfm_preprocess(volume, int(pre["size"]), tuple(pre["hu_range"])).astype(np.float16)
 
     def _missing(self, what: str) -> ModelUnavailableError:
         return ModelUnavailableError(

@@ -231,3 +231,17 @@ def test_volume_to_slices_takes_the_eq5_slices_in_order(nifti_volume) -> None:
     np.testing.assert_array_equal(slices[:, 0], slices[:, 2])
     with pytest.raises(InputError, match="at least 200"):
         volume_to_slices(nifti_volume, min_depth=200)
+
+
+def test_oversized_npz_refused_from_its_header(tmp_path: Path) -> None:
+    """A small .npz whose member declares a huge array is refused before anything is decompressed."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (768, 1024, 1024)})  # 3 GiB
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("volume.npy", header.getvalue() + b"\0" * 64)
+    with pytest.raises(InputError, match=r"would need 3\.0 GiB \(limit 2\)"):
+        read_volume(str(path))

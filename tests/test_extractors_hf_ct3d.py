@@ -265,3 +265,17 @@ def test_merlin_end_to_end_random_weights(tmp_path: Path, monkeypatch: pytest.Mo
     # Deterministic: a fresh extractor loading the same checkpoint writes the same features.
     run_extraction(create_extractor("merlin", {"local_dir": str(tmp_path), "device": "cpu"}), ids, values, str(tmp_path / "b.parquet"))
     np.testing.assert_array_equal(read_features(tmp_path / "b.parquet").embeddings, ff.embeddings)
+
+
+def test_native_3d_experts_read_array_layouts(shared_data: Path, tmp_path: Path) -> None:
+    """``preprocessing.volume_layout`` lets [H, W, D] arrays give the same volume as the NIfTI."""
+    ct = str(shared_data / "ct" / "example_ct_sm.nii.gz")
+    dhw = read_volume(ct)
+    np.save(tmp_path / "hwd.npy", np.transpose(dhw, (1, 2, 0)))
+    ras, _, _ = read_ct_ras(ct)
+    ras_from_array, _, source = read_ct_ras(str(tmp_path / "hwd.npy"), layout="HWD")
+    np.testing.assert_array_equal(ras_from_array, ras)
+    assert source == "assumed target spacing"
+    radfm = create_extractor("radfm", {"preprocessing": {"size": 64, "volume_layout": "HWD"}})
+    reference = create_extractor("radfm", {"preprocessing": {"size": 64}})
+    np.testing.assert_array_equal(radfm.prepare(str(tmp_path / "hwd.npy")), reference.prepare(ct))
