@@ -78,7 +78,8 @@ class HubExpert(Extractor):
         if os.path.isdir(source):
             return None
         revision = self.settings.revision
-        if not (revision and re.fullmatch(r"[0-9a-f]{40}", revision)):
+        if not (revision and re.fullmatch(r"[0-9a-f]{40}", revision)) and not getattr(self, "_warned_revision", False):
+            self._warned_revision = True  # once per expert, not per file it reads
             log.warning("expert %s: revision %r of %s is not a pinned commit; set experts.settings.%s.revision to "
                         "the 40-hex commit you downloaded so that the run is reproducible",
                         self.spec.name, revision, source, self.spec.name)

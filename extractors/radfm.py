@@ -33,7 +33,7 @@ import numpy as np
 
 from extractors.base import InputError, ModelUnavailableError
 from extractors.ct_slicing import window_hu
-from extractors.hf_common import HubExpert
+from extractors.hf_common import HubExpert, raise_unless_missing
 from extractors.inputs import read_volume
 from extractors.registry import ExpertSpec, register_expert
 
@@ -146,6 +146,7 @@ class RadFM(HubExpert):
                     state = torch.load(weights, map_location="cpu", weights_only=True)  # legacy format
             model.load_radfm_state(state, weights)
         except (KeyError, RuntimeError, OSError) as err:
+            raise_unless_missing(err)  # out of memory / CUDA errors are not about the checkpoint
             raise self._missing(f"{weights} could not be loaded as RadFM's visual encoder: {err}") from err
         self._model = model.to(self.device).eval()
 

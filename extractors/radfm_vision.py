@@ -17,7 +17,7 @@ Shapes: the ViT takes ``[B, 3, H, W, D]`` (D = axial slices, a multiple of 4) an
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +43,6 @@ class RadFMVisionConfig:
     perceiver_dim_head: int = 64
     num_latents: int = 32
     perceiver_ff_mult: int = 4
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 class PatchRearrange(nn.Module):

@@ -327,6 +327,9 @@ def test_unpinned_revision_warns(caplog: pytest.LogCaptureFixture, tmp_path) -> 
         assert ext.hub_revision("amazon/chronos-t5-large") == "main"
     assert "not a pinned commit" in caplog.text and "experts.settings.chronos_large.revision" in caplog.text
     caplog.clear()
+    with caplog.at_level("WARNING", logger="medmix.extract"):
+        ext.hub_revision("amazon/chronos-t5-large")  # e.g. the processor, then the model: warned once
+    assert "not a pinned commit" not in caplog.text
     pinned = create_extractor("chronos_large", {"revision": "a" * 40})
     with caplog.at_level("WARNING", logger="medmix.extract"):
         assert pinned.hub_revision("amazon/chronos-t5-large") == "a" * 40
