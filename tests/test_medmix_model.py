@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 
 from medmix.models import MedMIXConfig, MedMIXNet, TeacherHeads, adapter_rank
-from medmix.models.checkpoint import load_model, save_model
 from medmix.models.medmix import ExpertBranch
 from medmix.training.losses import to_probabilities
 
@@ -170,23 +169,6 @@ def test_bf16_autocast_keeps_mask_semantics():
         out = model(x, mask)
     assert ref.logits.dtype == torch.float32
     assert_outputs_equal(ref, out)
-
-
-def test_checkpoint_roundtrip_has_no_teacher_tensors(tmp_path):
-    dims = {"img": [12, 7], "note": [9]}
-    model = make_model(dims, seed=4)
-    heads = TeacherHeads({"img": 20}, model.config.hidden_dim)
-    assert not any(k.startswith("heads.") for k in model.state_dict())
-    path = save_model(model, tmp_path / "m.safetensors", {"seed": 4})
-    with safe_open(str(path), framework="pt") as fh:
-        keys = set(fh.keys())
-    assert keys == set(model.state_dict())
-    assert not keys & {f"heads.{k}" for k in heads.state_dict()} and not any("teacher" in k for k in keys)
-    loaded = load_model(path)
-    gen = torch.Generator().manual_seed(0)
-    x, mask = make_inputs(dims, 10, gen)
-    with torch.no_grad():
-        assert_outputs_equal(model(x, mask), loaded(x, mask))
 
 
 def test_wrong_input_dims_are_reported():

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from medmix.methods import create_method
 from medmix.methods.medmix import MedMIXObjective, build_members
 from medmix.models import MedMIXConfig
-from medmix.models.checkpoint import load_model
+from medmix.methods.base import load_method
 from medmix.protocols import Protocol
 from medmix.training.distill import cosine_distill, distill_loss, distill_weight, rkd_distance
 from medmix.training.synthetic import synthetic_data
@@ -172,15 +172,15 @@ def test_different_seeds_differ(trained, planted):
 def test_saved_checkpoints_are_deployable_without_teachers(trained, planted, tmp_path):
     _, _, test = planted
     files = trained.save(tmp_path)
-    assert [f.name for f in files] == ["medmix_seed0.safetensors", "medmix_seed1.safetensors"]
-    for f in files:
+    assert [f.name for f in files] == ["method.json", "seed0.safetensors", "seed1.safetensors"]
+    for f in files[1:]:
         with safe_open(str(f), framework="pt") as fh:
             keys = list(fh.keys())
         assert keys and not any(k.startswith("heads.") or "teacher" in k for k in keys)
-    reloaded = type(trained).from_checkpoints(files, FAST)
-    assert reloaded.seeds == [0, 1]
+    reloaded = load_method(tmp_path)
+    assert type(reloaded) is type(trained) and reloaded.seeds == [0, 1]
     assert np.array_equal(reloaded.predict(test).prob, trained.predict(test).prob)
-    assert sum(p.numel() for p in load_model(files[0]).parameters()) == sum(
+    assert sum(p.numel() for p in reloaded.models[0].parameters()) == sum(
         p.numel() for p in trained.models[0].parameters()
     )
 

@@ -1,7 +1,18 @@
-"""The interface every fusion method (MedMIX, baselines, CP-IMoE) implements."""
+"""The interface every fusion method (MedMIX, baselines, CP-IMoE) implements.
+
+The contract:
+
+- ``fit(train, val, seeds, protocol)`` trains one model per seed (validation only for early
+  stopping / model selection; the test split never reaches a method's fit);
+- ``predict(data)`` returns every seed's probabilities ``[S, N, C]``;
+- ``export()`` / ``restore()`` give the trained state as plain JSON settings plus one tensor map
+  per seed; :meth:`FusionMethod.save` writes them as ``method.json`` + ``seed<k>.safetensors``
+  and :func:`load_method` rebuilds a predict-only instance, so evaluation runs apart from fit.
+"""
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -10,9 +21,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import torch
 
 from medmix.data import TensorData
 from medmix.protocols import Protocol
+
+#: Version of the on-disk method format (``method.json`` + one safetensors file per seed).
+METHOD_FORMAT = "medmix-method/1"
 
 
 @dataclass
@@ -31,14 +46,16 @@ class Prediction:
 class FusionMethod(ABC):
     """Trains one model per seed on cached embeddings and predicts from them.
 
-    ``params`` are the method's own settings from config (``methods.<name>``) merged over the
-    ``training`` section.
+    ``params`` are the method's own settings from config (``method_params.<name>``) merged over
+    the ``training`` section. ``seeds`` lists the trained seeds, in the order of ``predict``'s
+    first axis.
     """
 
     name: ClassVar[str]
 
     def __init__(self, params: dict[str, Any]):
         self.params = dict(params)
+        self.seeds: list[int] = []
 
     @abstractmethod
     def fit(self, train: TensorData, val: TensorData, seeds: Sequence[int], protocol: Protocol) -> None:
@@ -48,10 +65,70 @@ class FusionMethod(ABC):
     def predict(self, data: TensorData) -> Prediction:
         """Predict with every trained seed's model (inference never uses teachers)."""
 
+    @abstractmethod
+    def export(self) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]]:
+        """The trained state: JSON-able settings shared by the seeds, one tensor map per seed."""
+
+    @abstractmethod
+    def restore(self, settings: dict[str, Any], states: list[dict[str, torch.Tensor]]) -> None:
+        """Inverse of :meth:`export` on a fresh instance (``self.seeds`` is already set)."""
+
     def curves(self) -> pd.DataFrame:
         """Training curves: one row per (seed, epoch)."""
         return pd.DataFrame(columns=["seed", "epoch", "train_loss", "val_loss"])
 
-    def save(self, folder: Path) -> list[Path]:
-        """Write deployable checkpoints (safetensors) into ``folder``; returns the files."""
-        return []
+    def save(self, folder: str | Path) -> list[Path]:
+        """Write ``method.json`` and ``seed<k>.safetensors`` (atomically) into ``folder``."""
+        from safetensors.torch import save_file
+
+        from medmix.atomic import atomic_path, write_text_atomic
+
+        if not self.seeds:
+            raise RuntimeError(f"{self.name}: save called before fit")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        settings, states = self.export()
+        if len(states) != len(self.seeds):
+            raise RuntimeError(f"{self.name}: export gave {len(states)} states for {len(self.seeds)} seeds")
+        files = []
+        for seed, state in zip(self.seeds, states, strict=True):
+            path = folder / f"seed{seed}.safetensors"
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+            with atomic_path(path) as tmp:
+                save_file(tensors, str(tmp), metadata={"format": METHOD_FORMAT, "method": self.name, "seed": str(seed)})
+            files.append(path)
+        info = {"format": METHOD_FORMAT, "method": self.name, "seeds": self.seeds, "params": self.params, "settings": settings}
+        meta = folder / "method.json"
+        write_text_atomic(meta, json.dumps(info, indent=2, sort_keys=True, default=_json_default))
+        return [meta, *files]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON-serialisable in a method's settings: {type(value).__name__}")
+
+
+def load_method(folder: str | Path) -> FusionMethod:
+    """A predict-only method rebuilt from a folder written by :meth:`FusionMethod.save`."""
+    from safetensors.torch import load_file
+
+    from medmix.methods import get_method_class
+
+    folder = Path(folder)
+    meta_path = folder / "method.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{folder}: no method.json (not a saved fusion method; rerun its fit job)")
+    info = json.loads(meta_path.read_text())
+    if info.get("format") != METHOD_FORMAT:
+        raise ValueError(f"{meta_path}: format {info.get('format')!r}, expected {METHOD_FORMAT!r}")
+    method = get_method_class(info["method"])(info["params"])
+    method.seeds = [int(s) for s in info["seeds"]]
+    states = []
+    for seed in method.seeds:
+        path = folder / f"seed{seed}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint of seed {seed} listed in {meta_path} is missing")
+        states.append(load_file(str(path)))
+    method.restore(info["settings"], states)
+    return method

@@ -82,6 +82,7 @@ class MeanAvg(FusionMethod):
         trainer = EnsembleTrainer(self.train_config, _MeanObjective(train.task))
         self._curves = trainer.fit(members, train, val, protocol, train.modalities)
         self.models = [m.model for m in members]
+        self.seeds = [m.seed for m in members]
 
     def predict(self, data: TensorData) -> Prediction:
         device, dtype = resolve_runtime(self.train_config)
@@ -96,3 +97,23 @@ class MeanAvg(FusionMethod):
 
     def curves(self) -> pd.DataFrame:
         return self._curves
+
+    def _settings(self, dims: dict[str, list[int]], n_out: int) -> dict[str, Any]:
+        p = self.params
+        return {"dims": dims, "n_out": n_out, "hidden": int(p.get("hidden_dim", 256)), "dropout": float(p.get("dropout", 0.1))}
+
+    def export(self) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]]:
+        net = self.models[0]
+        dims: dict[str, list[int]] = {}
+        for proj, (m, _) in zip(net.proj, net.keys, strict=True):
+            dims.setdefault(m, []).append(int(proj.in_features))
+        settings = self._settings(dims, int(net.head[-1].out_features))
+        return settings, [{k: v.detach().cpu() for k, v in n.state_dict().items()} for n in self.models]
+
+    def restore(self, settings: dict[str, Any], states: list[dict[str, torch.Tensor]]) -> None:
+        device, _ = resolve_runtime(self.train_config)
+        self.models = []
+        for state in states:
+            net = MeanFusionNet(settings["dims"], settings["n_out"], settings["hidden"], settings["dropout"])
+            net.load_state_dict(state)
+            self.models.append(net.to(device).eval())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,6 @@ import torch
 from medmix.data import TensorData
 from medmix.methods import register_method
 from medmix.methods.base import FusionMethod, Prediction
-from medmix.models.checkpoint import load_model, read_metadata, save_model
 from medmix.models.medmix import MedMIXConfig, MedMIXNet, TeacherHeads
 from medmix.protocols import Protocol
 from medmix.training.distill import distill_loss, distill_weight
@@ -108,7 +106,6 @@ class MedMIX(FusionMethod):
         super().__init__(params)
         self.train_config = TrainConfig.from_params(self.params)
         self.models: list[MedMIXNet] = []
-        self.seeds: list[int] = []
         self._curves = pd.DataFrame(columns=["seed", "epoch", "train_loss", "val_loss"])
 
     def fit(self, train: TensorData, val: TensorData, seeds: Sequence[int], protocol: Protocol) -> None:
@@ -121,18 +118,9 @@ class MedMIX(FusionMethod):
         self.models = [m.model for m in members]
         self.seeds = [m.seed for m in members]
 
-    @classmethod
-    def from_checkpoints(cls, paths: Sequence[str | Path], params: dict[str, Any] | None = None) -> MedMIX:
-        """A predict-only instance from files written by :meth:`save` (seeds read from them)."""
-        method = cls(dict(params or {}))
-        device, _ = resolve_runtime(method.train_config)
-        method.models = [load_model(p, device) for p in paths]
-        method.seeds = [int(json.loads(read_metadata(p)["info"])["seed"]) for p in paths]
-        return method
-
     def predict(self, data: TensorData) -> Prediction:
         if not self.models:
-            raise RuntimeError("MedMIX.predict called before fit (or from_checkpoints)")
+            raise RuntimeError("MedMIX.predict called before fit (or load_method)")
         with cpu_threads(self.train_config.threads), torch.no_grad():
             return self._predict(data)
 
@@ -170,15 +158,21 @@ class MedMIX(FusionMethod):
     def curves(self) -> pd.DataFrame:
         return self._curves
 
-    def save(self, folder: Path) -> list[Path]:
-        """One ``medmix_seed<seed>.safetensors`` per seed (deployable: no teacher heads)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        files = []
-        for seed, model in zip(self.seeds, self.models, strict=True):
-            info = {"seed": seed, "train_config": self.params}
-            files.append(save_model(model, folder / f"medmix_seed{seed}.safetensors", info))
-        return files
+    def export(self) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]]:
+        """The deployable networks only: teacher heads are training-time and never saved."""
+        if not self.models:
+            raise RuntimeError("MedMIX.export called before fit")
+        states = [{k: v.detach().to("cpu", torch.float32) for k, v in m.state_dict().items()} for m in self.models]
+        return {"config": json.loads(self.models[0].config.to_json())}, states
+
+    def restore(self, settings: dict[str, Any], states: list[dict[str, torch.Tensor]]) -> None:
+        device, _ = resolve_runtime(self.train_config)
+        config = MedMIXConfig.from_json(json.dumps(settings["config"]))
+        self.models = []
+        for state in states:
+            model = MedMIXNet(config)
+            model.load_state_dict(state)
+            self.models.append(model.to(device).eval())
 
 
 @register_method("medmix_nodistill")
