@@ -68,8 +68,9 @@ class Extractor:
     """
 
     spec: ClassVar[ExpertSpec]
-    # Helper modules (file names inside ``extractors/``) whose code decides the embeddings besides
-    # the class's own module and bases: rule inputs, so editing them reruns the expert.
+    # Files inside ``extractors/`` that decide the embeddings but are never imported (e.g. a worker
+    # script run in its own environment). Imported modules need no listing: the workflow follows
+    # the closure of the expert module's imports (medmix.code_closure).
     extra_sources: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: dict[str, Any] | None = None):

@@ -21,6 +21,7 @@ import numpy as np
 from extractors.hf_common import LOAD_ERRORS, raise_unless_missing
 from extractors.hf_vision import ImageExpert
 from extractors.registry import ExpertSpec, register_expert
+from extractors.slide_tiling import SlideExpert, slide_spec
 
 HUB_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 #: Hub commit of the BiomedCLIP repository (widely pinned; see its hub commit history).
@@ -113,3 +114,8 @@ class BiomedCLIP(ImageExpert):
 
     def forward_pixels(self, pixels):
         return self._model.encode_image(pixels)
+
+
+@register_expert(slide_spec("biomedclip_slide", BiomedCLIP, "biomed", "BiomedCLIP", 6000))
+class BiomedCLIPSlide(SlideExpert, BiomedCLIP):
+    pass

@@ -15,24 +15,12 @@ from typing import Any
 import numpy as np
 
 from extractors.base import Extractor, InputError
-from extractors.ct_slicing import HU_RANGE, N_SLICES, sample_slice_indices, window_hu
-from extractors.image_intensity import batch_histogram
-from extractors.inputs import read_volume
+from extractors.ct_slicing import HU_RANGE, N_SLICES, load_volume, sample_slice_indices, window_hu
+from extractors.image_grey import batch_histogram
 from extractors.registry import ExpertSpec, register_expert
 
 N_BANDS = 8
 N_BINS = 16
-
-
-def load_volume(value: Any, layout: str = "DHW") -> np.ndarray:
-    """A ``[D, H, W]`` float32 HU volume from a path (see :func:`read_volume`) or an array."""
-    if isinstance(value, np.ndarray):
-        if value.ndim != 3:
-            raise InputError(f"volume array has shape {value.shape}; expected 3 dimensions")
-        if not np.isfinite(value).any():
-            raise InputError("volume array has no finite voxels")
-        return value.astype(np.float32, copy=False)
-    return read_volume(str(value), layout)
 
 
 def depth_profile(volume: np.ndarray, n: int, bands: int, bins: int, min_depth: int) -> np.ndarray:
@@ -66,7 +54,6 @@ def depth_profile(volume: np.ndarray, n: int, bands: int, bins: int, min_depth: 
     )
 )
 class CTIntensityProfile(Extractor):
-    extra_sources = ("ct_slicing.py", "image_intensity.py")
     @property
     def dim(self) -> int:
         p = self.settings.preprocessing

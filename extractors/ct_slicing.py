@@ -6,9 +6,12 @@ scaled to [0, 1], grey replicated to three channels, bicubic resize to 224x224.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from extractors.base import InputError
+from extractors.inputs import read_volume
 
 N_SLICES = 48
 HU_RANGE = (-1000.0, 1000.0)
@@ -49,3 +52,14 @@ def volume_to_slices(
     grey = torch.from_numpy(window_hu(volume[idx], hu_range))[:, None]
     resized = F.interpolate(grey, size=(size, size), mode="bicubic", align_corners=False).clamp_(0.0, 1.0)
     return resized.expand(-1, 3, -1, -1).contiguous().numpy()
+
+
+def load_volume(value: Any, layout: str = "DHW") -> np.ndarray:
+    """A ``[D, H, W]`` float32 HU volume from a path (see :func:`read_volume`) or an array."""
+    if isinstance(value, np.ndarray):
+        if value.ndim != 3:
+            raise InputError(f"volume array has shape {value.shape}; expected 3 dimensions")
+        if not np.isfinite(value).any():
+            raise InputError("volume array has no finite voxels")
+        return value.astype(np.float32, copy=False)
+    return read_volume(str(value), layout)

@@ -2,7 +2,7 @@
 
 N = 48 uniformly spaced axial slices (Eq. 5), HU clipped to [-1000, 1000] and scaled to [0, 1],
 bicubic resize (to 64x64 here instead of 224x224, to stay fast: ``preprocessing["size"]``),
-:func:`extractors.image_texture.texture_features` on each slice (grey channel), mean over the
+:func:`extractors.texture_features.texture_features` on each slice (grey channel), mean over the
 slices -> 74 dims. ``preprocessing["min_depth"]`` (default 1) is the minimum number of slices a
 volume needs; shallower volumes are recorded as absent.
 """
@@ -14,10 +14,9 @@ from typing import Any
 import numpy as np
 
 from extractors.base import Extractor
-from extractors.ct_profile import load_volume
-from extractors.ct_slicing import HU_RANGE, N_SLICES, volume_to_slices
-from extractors.image_texture import TEXTURE_DIM, texture_features
+from extractors.ct_slicing import HU_RANGE, N_SLICES, load_volume, volume_to_slices
 from extractors.registry import ExpertSpec, register_expert
+from extractors.texture_features import TEXTURE_DIM, texture_features
 
 
 @register_expert(
@@ -41,7 +40,6 @@ from extractors.registry import ExpertSpec, register_expert
     )
 )
 class CTTexture25D(Extractor):
-    extra_sources = ("ct_slicing.py", "ct_profile.py", "image_texture.py")
     def prepare(self, value: Any) -> np.ndarray:
         p = self.settings.preprocessing
         volume = load_volume(value, p["layout"])

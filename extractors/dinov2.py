@@ -22,6 +22,7 @@ from extractors.ct_slicing import HU_RANGE, N_SLICES, volume_to_slices
 from extractors.hf_vision import HFViTExpert
 from extractors.inputs import read_volume
 from extractors.registry import ExpertSpec, register_expert
+from extractors.slide_tiling import SlideExpert, slide_spec
 
 HUB_ID = "facebook/dinov2-base"
 #: Hub commit of facebook/dinov2-base (as pinned in MTEB's model registry and other projects).
@@ -81,7 +82,6 @@ class DinoV2Base(HFViTExpert):
     )
 )
 class DinoV2CT25D(DinoV2Base):
-    extra_sources = ("ct_slicing.py",)  # Appendix A slicing decides what the model sees
     def prepare(self, value: Any) -> np.ndarray:
         """``[N, 3, 224, 224]`` float32 slices in [0, 1] (normalisation happens at embedding)."""
         pre = self.settings.preprocessing
@@ -96,3 +96,8 @@ class DinoV2CT25D(DinoV2Base):
         pixels = ((slices - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
         emb = self.encode_pixels(pixels.reshape(-1, *pixels.shape[2:]))
         return emb.reshape(len(batch), slices.shape[1], self.dim).mean(axis=1)
+
+
+@register_expert(slide_spec("dinov2_slide", DinoV2Base, "general", "DINOv2-B", 6000))
+class DinoV2Slide(SlideExpert, DinoV2Base):
+    pass

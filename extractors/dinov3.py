@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from extractors.hf_vision import HFViTExpert
 from extractors.registry import ExpertSpec, register_expert
+from extractors.slide_tiling import SlideExpert, slide_spec
 
 HUB_ID = "facebook/dinov3-vitl16-pretrain-lvd1689m"
 #: Hub commit seen as the cached snapshot of this repository in several public projects.
@@ -43,3 +44,8 @@ class DinoV3ViTL(HFViTExpert):
         "facebook/dinov3-vitl16-pretrain-lvd1689m is a gated model: accept its licence on the hub page and "
         "log in (`hf auth login`) before pre-downloading it; it needs transformers >= 4.56 (DINOv3ViTModel)."
     )
+
+
+@register_expert(slide_spec("dinov3_slide", DinoV3ViTL, "teacher", "DINOv3 ViT-L", 8000))
+class DinoV3Slide(SlideExpert, DinoV3ViTL):
+    pass

@@ -74,7 +74,7 @@ ENV_HELP = (
     )
 )
 class Moirai(HubExpert):
-    extra_sources = ("moirai_worker.py", "ts_foundation.py")
+    extra_sources = ("moirai_worker.py",)  # run as a script in its own environment, never imported
     def __init__(self, settings: dict[str, Any] | None = None):
         super().__init__(settings)
         self._module = None
@@ -134,7 +134,7 @@ def export_series(extractor: Moirai, sample_ids: list[str], values: list[Any], o
     Returns ``{sample_id: reason}`` of the unusable inputs (logged; they become absent rows).
     """
     from extractors.runner import prepare_all
-    from medmix.atomic import atomic_path
+    from medmix.store.atomic import atomic_path
 
     present = [i for i, v in enumerate(values) if v is not None]
     prepared, reasons = prepare_all(extractor, [values[i] for i in present], extractor.settings.num_workers)

@@ -91,7 +91,6 @@ def radfm_preprocess(volume_zyx: np.ndarray, size: int = 512, hu_range: tuple[fl
 )
 class RadFM(HubExpert):
     # RadFM's visual path lives in radfm_vision.py: editing it must rerun this expert.
-    extra_sources = ("radfm_vision.py", "ct_slicing.py")
 
     def __init__(self, settings: dict[str, Any] | None = None):
         super().__init__(settings)

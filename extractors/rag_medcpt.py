@@ -2,7 +2,7 @@
 
 Stage 1 (``prepare``): the input becomes text. A note passes through unchanged; an EHR series
 is serialised as ``name: value; ...`` (last observed value per variable, ``name: missing`` if
-never observed; see :func:`medmix.knowledge.bridge.serialise_ehr`); an image/volume/slide is
+never observed; see :func:`extractors.knowledge.bridge.serialise_ehr`); an image/volume/slide is
 replaced by its cached generated report (``settings.options["bridge_path"]``, written by the
 ``bridge`` rule with MAIRA-2 / Merlin / HistGen).
 
@@ -31,8 +31,7 @@ import numpy as np
 
 from extractors.base import Extractor, InputError, ModelUnavailableError, resolve_device
 from extractors.inputs import read_text
-from extractors.registry import ExpertSpec, register_expert
-from medmix.knowledge.encoders import (
+from extractors.knowledge.encoders import (
     MEDCPT_ARTICLE,
     MEDCPT_ARTICLE_REVISION,
     MEDCPT_QUERY,
@@ -40,6 +39,7 @@ from medmix.knowledge.encoders import (
     MINILM,
     MINILM_REVISION,
 )
+from extractors.registry import ExpertSpec, register_expert
 
 TOP_K = 5
 TIMESERIES_SUFFIXES = (".csv", ".parquet")
@@ -73,7 +73,7 @@ class _RagExpert(Extractor):
 
     def _bridged_text(self):
         if self._bridged is None:
-            from medmix.knowledge.bridge import BridgedText
+            from extractors.knowledge.bridge import BridgedText
 
             path = self.settings.options.get("bridge_path")
             if not path:
@@ -91,7 +91,7 @@ class _RagExpert(Extractor):
         if kind == "text":
             return read_text(value)
         if kind == "timeseries":
-            from medmix.knowledge.bridge import read_series_table, serialise_ehr
+            from extractors.knowledge.bridge import read_series_table, serialise_ehr
 
             variables = self.settings.preprocessing.get("ehr_variables")
             return serialise_ehr(read_series_table(str(value)), list(variables) if variables else None)
@@ -108,7 +108,7 @@ class _RagExpert(Extractor):
         return int(self.settings.preprocessing.get("top_k", TOP_K))
 
     def _load_index(self):
-        from medmix.knowledge.index import KnowledgeIndex
+        from extractors.knowledge.index import KnowledgeIndex
 
         folder = self.settings.options.get("index_dir")
         if not folder:
@@ -160,7 +160,7 @@ class _RagExpert(Extractor):
 )
 class RagMiniLM(_RagExpert):
     def encoder_spec(self, source: str | None = None):
-        from medmix.knowledge.encoders import EncoderSpec
+        from extractors.knowledge.encoders import EncoderSpec
 
         s = self.settings
         return EncoderSpec("minilm", str(s.model_id), s.revision, source=source,
@@ -174,7 +174,7 @@ class RagMiniLM(_RagExpert):
         if self._query_encoder is not None:
             return
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from medmix.knowledge.encoders import EncoderUnavailableError, MiniLMEncoder
+        from extractors.knowledge.encoders import EncoderUnavailableError, MiniLMEncoder
 
         self._index = self._load_index()
         spec, _ = self.index_specs()
@@ -237,14 +237,14 @@ class RagMedCPTQwen2(_RagExpert):
         return path
 
     def article_encoder_spec(self):
-        from medmix.knowledge.encoders import EncoderSpec
+        from extractors.knowledge.encoders import EncoderSpec
 
         p = self.settings.preprocessing
         return EncoderSpec("medcpt", p["article_encoder"], p["article_encoder_revision"],
                            source=self._local("article_encoder"), max_length=int(p["article_max_length"]))
 
     def lm_spec(self):
-        from medmix.knowledge.index import LanguageModelSpec
+        from extractors.knowledge.index import LanguageModelSpec
 
         s, p = self.settings, self.settings.preprocessing
         return LanguageModelSpec(str(s.model_id), s.revision, source=self._local("lm"),
@@ -262,7 +262,7 @@ class RagMedCPTQwen2(_RagExpert):
         import torch
         from transformers import AutoModel
 
-        from medmix.knowledge.encoders import EncoderSpec, EncoderUnavailableError, MedCPTEncoder
+        from extractors.knowledge.encoders import EncoderSpec, EncoderUnavailableError, MedCPTEncoder
 
         p = self.settings.preprocessing
         self._index = self._load_index()

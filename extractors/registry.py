@@ -74,7 +74,7 @@ def _discover() -> None:
 
     for info in pkgutil.walk_packages(extractors.__path__, prefix="extractors."):
         leaf = info.name.rsplit(".", 1)[-1]
-        if leaf.startswith("_") or leaf in {"registry", "base", "runner", "inputs", "cli"}:
+        if leaf.startswith("_") or leaf in {"registry", "base", "runner", "inputs", "job"} or ".knowledge" in info.name:
             continue
         importlib.import_module(info.name)
     _DISCOVERED = True
@@ -104,20 +104,11 @@ def create_extractor(name: str, settings: dict[str, Any] | None = None) -> Extra
     return get_expert_class(name)(settings or {})
 
 
-def source_files(name: str) -> list[str]:
-    """Source files of the expert's class, its bases and their ``extra_sources`` in ``extractors`` (rule inputs).
-
-    Editing any of them must rerun the expert's extraction jobs.
-    """
+def extra_source_files(name: str) -> list[str]:
+    """Absolute paths of the ``extra_sources`` the expert's class (or a base) declares."""
     root = Path(__file__).resolve().parent
     files: list[str] = []
     for klass in inspect.getmro(get_expert_class(name)):
-        try:
-            path = Path(inspect.getsourcefile(klass)).resolve()
-        except (TypeError, OSError):
-            continue
-        if root in path.parents and str(path) not in files:
-            files.append(str(path))
         for extra in vars(klass).get("extra_sources", ()):
             path = root / extra
             if not path.is_file():
@@ -125,3 +116,8 @@ def source_files(name: str) -> list[str]:
             if str(path) not in files:
                 files.append(str(path))
     return files
+
+
+def expert_module(name: str) -> str:
+    """The module that registers expert ``name`` (the root of its code closure)."""
+    return get_expert_class(name).__module__

@@ -31,7 +31,7 @@ import numpy as np
 
 from extractors.base import Extractor
 from extractors.registry import ExpertSpec, register_expert
-from extractors.ts_summary import N_VARIABLES, load_series
+from extractors.series import N_VARIABLES, load_series
 
 KERNEL_LENGTH = 9
 N_KERNELS = 32

@@ -14,39 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import Extractor, InputError
-from extractors.inputs import read_timeseries
+from extractors.base import Extractor
 from extractors.registry import ExpertSpec, register_expert
+from extractors.series import N_VARIABLES, load_series
 
-N_VARIABLES = 46
 STATS = ("last", "mean", "min", "max", "std", "observed_fraction")
-
-
-def load_series(value: Any, n_variables: int) -> np.ndarray:
-    """A ``[T, n_variables]`` float32 array (NaN = unobserved) from a path, DataFrame or array."""
-    if isinstance(value, np.ndarray):
-        arr = value.astype(np.float32, copy=False)
-        if arr.ndim != 2:
-            raise InputError(f"time-series array has shape {value.shape}; expected [T, variables]")
-        if not np.isfinite(arr).any():
-            raise InputError("time series has no observed values")
-        name = "time-series array"
-    else:
-        if hasattr(value, "columns"):
-            frame = value
-            name = "time-series frame"
-        else:
-            frame = read_timeseries(str(value))
-            name = f"time series {value}"
-        arr = frame.to_numpy(dtype=np.float32, na_value=np.nan)
-    if arr.shape[1] != n_variables:
-        raise InputError(f"{name} has {arr.shape[1]} variables; this expert expects {n_variables}")
-    if arr.shape[0] < 1:
-        raise InputError(f"{name} has no time steps")
-    arr = np.where(np.isfinite(arr), arr, np.nan).astype(np.float32)
-    if np.isnan(arr).all():
-        raise InputError(f"{name} has no observed values")
-    return arr
 
 
 def pad_series(batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medmix.atomic import atomic_path
+from medmix.store.atomic import atomic_path
+from medmix.store.inputs import InputView
 
 META_KEY = b"medmix_cohort"
 SPLITS = ("train", "val", "test")
@@ -54,6 +55,11 @@ class Cohort:
         """Per-sample input cells of ``modality`` in cohort order (``None`` = missing)."""
         col = self.frame[INPUT_PREFIX + modality]
         return [None if (v is None or (isinstance(v, float) and v != v)) else v for v in col.tolist()]
+
+    def input_view(self) -> InputView:
+        """The labels-free view stage 1 reads: sample ids and inputs (as strings), no labels or splits."""
+        values = {m: [None if v is None else str(v) for v in self.inputs(m)] for m in self.modalities}
+        return InputView(self.name, self.sample_ids, dict(self.modalities), values)
 
     def validate(self) -> None:
         f = self.frame

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -124,6 +125,30 @@ class Standardizer:
             for m, xs in data.x.items()
         }
         return replace(data, x=x)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the scaling as safetensors (atomically); :meth:`load` reads it back."""
+        from safetensors.torch import save_file
+
+        from medmix.store.atomic import atomic_path
+
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            save_file(self.tensors(), str(tmp), metadata={"format": "medmix-standardizer/1"})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Standardizer:
+        from safetensors.torch import load_file
+
+        mean: dict[str, dict[int, torch.Tensor]] = {}
+        std: dict[str, dict[int, torch.Tensor]] = {}
+        for key, tensor in load_file(str(path)).items():
+            which, rest = key.split(".", 1)
+            modality, k = rest.rsplit(".", 1)
+            (mean if which == "mean" else std).setdefault(modality, {})[int(k)] = tensor
+        order = lambda d: {m: [v[k] for k in sorted(v)] for m, v in d.items()}  # noqa: E731
+        return cls(order(mean), order(std))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Flat name -> tensor map for safetensors (``mean.<modality>.<k>``, ``std.<modality>.<k>``)."""

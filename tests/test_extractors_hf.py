@@ -24,7 +24,7 @@ from extractors.ct_slicing import volume_to_slices
 from extractors.inputs import read_volume
 from extractors.registry import create_extractor, get_spec, list_experts, source_files
 from extractors.runner import run_extraction
-from extractors.slides import select_tiles
+from extractors.slide_tiling import select_tiles
 from medmix.store import read_features
 
 REPO = Path(__file__).resolve().parents[1]

@@ -250,7 +250,7 @@ def test_ct_profile_sees_a_bright_lesion_and_its_depth(tmp_path: Path) -> None:
 
 def test_ct_texture_is_mean_of_per_slice_image_texture(tmp_path: Path) -> None:
     from extractors.ct_slicing import volume_to_slices
-    from extractors.image_texture import texture_features
+    from extractors.texture_features import texture_features
 
     vol = np.random.default_rng(7).normal(0, 300, size=(60, 50, 50)).astype(np.float32)
     np.save(tmp_path / "v.npy", vol)

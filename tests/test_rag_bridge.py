@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 
 from extractors.base import InputError, ModelUnavailableError
-from extractors.registry import create_extractor
-from medmix.knowledge.bridge import (
+from extractors.knowledge.bridge import (
     BridgedText,
     Maira2Bridge,
     ReportBridge,
@@ -17,6 +16,7 @@ from medmix.knowledge.bridge import (
     serialise_ehr,
     write_bridge,
 )
+from extractors.registry import create_extractor
 
 
 def test_serialiser_field_order_last_value_and_missing():

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from extractors.knowledge.index import KnowledgeIndex, RetrievalIndexError, build_index
+from extractors.knowledge.kb import ingest
+from extractors.knowledge.projection import fit_ridge
 from extractors.registry import create_extractor
-from medmix.knowledge.index import KnowledgeIndex, RetrievalIndexError, build_index
-from medmix.knowledge.kb import ingest
-from medmix.knowledge.projection import fit_ridge
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from medmix.knowledge.kb import (
+from extractors.knowledge.kb import (
     KnowledgeBaseError,
     demo_kb_path,
     html_to_text,

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from extractors.knowledge.index import KnowledgeIndex, build_index
+from extractors.knowledge.kb import ingest, read_kb
 from extractors.registry import create_extractor
 from extractors.runner import run_extraction
-from medmix.knowledge.index import KnowledgeIndex, build_index
-from medmix.knowledge.kb import ingest, read_kb
 from medmix.store import read_features
 
 pytestmark = pytest.mark.slow

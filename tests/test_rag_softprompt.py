@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from extractors.knowledge.bridge import write_bridge
+from extractors.knowledge.index import KnowledgeIndex, build_index
+from extractors.knowledge.kb import ingest, read_kb
 from extractors.registry import create_extractor
 from extractors.runner import run_extraction
 from medmix.cohort import Cohort, write_cohort
-from medmix.knowledge.bridge import write_bridge
-from medmix.knowledge.index import KnowledgeIndex, build_index
-from medmix.knowledge.kb import ingest, read_kb
 from medmix.store import read_features
 
 torch = pytest.importorskip("torch")
@@ -185,8 +185,8 @@ def test_soft_prompt_is_one_token_of_qwen2_width(setup, monkeypatch):
 
 def test_leakage_guard_labels_and_splits_do_not_change_embeddings(setup, tmp_path):
     """Two cohorts with the same inputs but different labels and splits give identical RAG features."""
+    from extractors.job import extract_job
     from extractors.registry import get_spec
-    from medmix.pipeline.extract import extract_job
 
     spec = get_spec("rag_medcpt_qwen2")
     series = tmp_path / "ehr.csv"

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from medmix.atomic import atomic_path
 from medmix.features import assemble
 from medmix.store import FeatureStoreError, check_identity, read_features, read_metadata, write_features
+from medmix.store.atomic import atomic_path
 
 
 def _write(path, ids, dim=4, present=None, seed=0, **meta):

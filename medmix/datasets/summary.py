@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medmix.atomic import write_text_atomic
 from medmix.cohort import INPUT_PREFIX, LABEL_PREFIX, SPLITS, Cohort
+from medmix.store.atomic import write_text_atomic
 
 NO_MODALITY = "(none)"
 MD_LISTED_FILES = 20

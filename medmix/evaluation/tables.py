@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from medmix.evaluation.metrics import METRICS, compute_metrics, tune_thresholds
 
+#: The columns that identify one run's predictions (every prediction file carries them).
+RUN_KEYS = ["dataset", "method", "train_protocol"]
+
 
 def run_metrics(predictions: pd.DataFrame, task: str) -> pd.DataFrame:
-    """One row per (seed, eval_set, test_protocol); thresholds from the seed's clean val rows."""
+    """One row per (seed, eval_set, test_protocol) of one run; thresholds from the seed's clean val rows."""
     labels = [c[len("prob:") :] for c in predictions.columns if c.startswith("prob:")]
     pcols, ycols = [f"prob:{x}" for x in labels], [f"label:{x}" for x in labels]
     rows = []
@@ -29,17 +30,26 @@ def run_metrics(predictions: pd.DataFrame, task: str) -> pd.DataFrame:
 
 
 def collect(prediction_files: list[str], tasks: dict[str, str]) -> pd.DataFrame:
-    """Metrics of every run; the path gives dataset, method and train protocol."""
-    frames = []
-    for f in prediction_files:
-        parts = Path(f).parts
-        dataset, method, protocol = parts[-5], parts[-3], parts[-2]
-        m = run_metrics(pd.read_parquet(f), tasks[dataset])
-        m.insert(0, "train_protocol", protocol)
-        m.insert(0, "method", method)
-        m.insert(0, "dataset", dataset)
-        frames.append(m)
-    return pd.concat(frames, ignore_index=True)
+    """Metrics of every run, identified by the prediction files' own columns (never their paths).
+
+    A run's files (its development cohort and any external cohorts) are read together, so the
+    external rows use the thresholds tuned on the development cohort's validation split.
+    """
+    frames = [pd.read_parquet(f) for f in prediction_files]
+    missing = [f for f, fr in zip(prediction_files, frames, strict=True) if not set(RUN_KEYS) <= set(fr.columns)]
+    if missing:
+        raise ValueError(f"prediction files without the run columns {RUN_KEYS}: {missing[:3]}; rerun their evaluate jobs")
+    runs: dict[tuple, list[pd.DataFrame]] = {}
+    for frame in frames:
+        for keys, part in frame.groupby(RUN_KEYS, sort=False):
+            runs.setdefault(keys, []).append(part)
+    out = []
+    for keys, parts in runs.items():
+        m = run_metrics(pd.concat(parts, ignore_index=True), tasks[keys[0]])
+        for name, value in reversed(list(zip(RUN_KEYS, keys, strict=True))):
+            m.insert(0, name, value)
+        out.append(m)
+    return pd.concat(out, ignore_index=True)
 
 
 def _fmt(values: pd.Series) -> str:

@@ -81,7 +81,7 @@ class FusionMethod(ABC):
         """Write ``method.json`` and ``seed<k>.safetensors`` (atomically) into ``folder``."""
         from safetensors.torch import save_file
 
-        from medmix.atomic import atomic_path, write_text_atomic
+        from medmix.store.atomic import atomic_path, write_text_atomic
 
         if not self.seeds:
             raise RuntimeError(f"{self.name}: save called before fit")

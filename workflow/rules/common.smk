@@ -1,9 +1,10 @@
-import json
+import logging
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from extractors.registry import get_spec, source_files
+from extractors.registry import expert_module, extra_source_files, get_spec
+from medmix.code_closure import closure_files
 from medmix.config import (
     canonical_json,
     committee,
@@ -17,17 +18,16 @@ from medmix.config import (
 )
 from medmix.methods import get_method_class
 from medmix.protocols import parse_protocols
+from medmix.store.inputs import folder_fingerprint, read_input_view
 
 # Semantic validation names the offending key; the schema pass fills in its defaults.
 validate_config(config)
 validate(config, "../schemas/config.schema.yaml")
 
 
-
 DATASETS = list(config["datasets"])
 DEV_DATASETS = development_datasets(config)
 TRAIN_PROTOCOLS = [p.name for p in parse_protocols(config["protocols"].get("train"))]
-TEST_PROTOCOLS = parse_protocols(config["protocols"].get("test"))
 EXTRACTION_JOBS = extraction_jobs(config)
 #: Hooks returning extra named inputs of an extraction job (e.g. a retrieval index); see rag.smk.
 EXPERT_INPUT_HOOKS = []
@@ -43,9 +43,14 @@ wildcard_constraints:
 
 
 def package_sources(*patterns):
-    """Package modules a rule's output depends on: inputs, so that editing them reruns the rule."""
+    """Files of the repository matching glob patterns (rule inputs: editing them reruns the rule)."""
     root = Path(workflow.basedir)
     return sorted(str(p) for pattern in patterns for p in root.glob(pattern))
+
+
+def code_inputs(*modules):
+    """The closure of the modules' imports inside the repository (medmix.code_closure)."""
+    return closure_files(*modules)
 
 
 def rule_resources(rule_name, **defaults):
@@ -64,7 +69,7 @@ def dataset_config(dataset):
 def dataset_source(wildcards):
     """What the cohort table is built from: the demo folder for generated cohorts."""
     ds = dataset_config(wildcards.dataset)
-    code = {"code": package_sources("medmix/cohort.py", "medmix/datasets/*.py")}
+    code = {"code": code_inputs("medmix.datasets", *ADAPTER_MODULES)}
     if ds["adapter"] == "demo":
         return {"source": f"resources/demo/{wildcards.dataset}", **code}
     # Source tables of every adapter are inputs, so editing one rebuilds the cohort.
@@ -72,8 +77,18 @@ def dataset_source(wildcards):
     return {**files, **code}
 
 
+ADAPTER_MODULES = sorted(
+    f"medmix.datasets.{p.stem}" for p in (Path(workflow.basedir) / "medmix" / "datasets").glob("*.py") if p.stem != "__init__"
+)
+
+
 def cohort_path(dataset):
     return f"results/{dataset}/cohort.parquet"
+
+
+def inputs_path(dataset):
+    """The labels-free input view (ids + inputs) extraction reads."""
+    return f"results/{dataset}/inputs.parquet"
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -81,8 +96,60 @@ def modality_kind(dataset, modality):
     return config["datasets"][dataset]["modalities"][modality]["kind"]
 
 
+_SOURCE_VIEWS = {}
+
+
+def source_view(dataset):
+    """The input view built from the dataset's own source at planning time, or None.
+
+    Datasets whose source the workflow generates (the demo) and sources that do not build yet
+    return None: their extraction jobs wait for the prepare_dataset checkpoint instead.
+    """
+    if dataset in _SOURCE_VIEWS:
+        return _SOURCE_VIEWS[dataset]
+    ds = dataset_config(dataset)
+    view = None
+    if ds["adapter"] != "demo":
+        from medmix.datasets import build_cohort
+
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            view = build_cohort(dataset, ds, ".").input_view()
+        except Exception:  # noqa: BLE001 - prepare_dataset reports the error in its own log
+            view = None
+        finally:
+            logging.disable(previous)
+    if view is not None:
+        _SOURCE_VIEWS[dataset] = view
+    return view
+
+
+def current_view(dataset):
+    """The input view extraction will read: from the source, else from the checkpoint's output."""
+    view = source_view(dataset)
+    if view is None:
+        checkpoints.prepare_dataset.get(dataset=dataset)  # raises until prepare_dataset is done
+        view = read_input_view(inputs_path(dataset))
+    return view
+
+
+def input_fingerprint_param(wildcards):
+    """Fingerprint of what the job reads (inputs + file names/sizes/mtimes); a plain string."""
+    from medmix.store.inputs import input_fingerprint
+
+    view = current_view(wildcards.dataset)
+    return input_fingerprint(view.sample_ids, view.inputs(wildcards.modality), view.kinds[wildcards.modality])
+
+
+def expert_code(expert):
+    """Code inputs of an expert: the closure of its module's imports plus declared non-imported files."""
+    return sorted({*code_inputs(expert_module(expert)), *extra_source_files(expert)})
+
+
 def extract_inputs(wildcards):
-    inputs = {"cohort": cohort_path(wildcards.dataset), "code": source_files(wildcards.expert)}
+    current_view(wildcards.dataset)  # waits for the checkpoint where the view cannot be built here
+    inputs = {"inputs": ancient(inputs_path(wildcards.dataset)), "code": expert_code(wildcards.expert)}
     for hook in EXPERT_INPUT_HOOKS:
         inputs.update(hook(wildcards.dataset, wildcards.modality, wildcards.expert))
     return inputs
@@ -92,10 +159,19 @@ def expert_param(key):
     """A plain, output-affecting value of the wildcard's expert (rerun when it changes)."""
 
     def lookup(wildcards):
-        value = expert_identity(config, wildcards.expert)[key]
-        return canonical_json(value) if key == "preprocessing" else str(value)
+        return canonical_json(expert_identity(config, wildcards.expert)[key])
 
     return lookup
+
+
+def weights_fingerprint(wildcards):
+    """Names, sizes and mtimes of the files in the expert's `local_dir` (empty: hub cache at the revision)."""
+    return folder_fingerprint(expert_runtime(config, wildcards.expert).get("local_dir"))
+
+
+def expert_runtime_json(wildcards):
+    """Runtime settings (batch size, device, workers, local_dir): passed as a resource, rerun nothing."""
+    return canonical_json(expert_runtime(config, wildcards.expert))
 
 
 def moirai_identity_args():
@@ -124,52 +200,54 @@ def moirai_runtime(key, default):
 
 
 # ----------------------------------------------------------------------------- fusion
-def committee_json(dataset):
-    """The committee (per modality: experts with roles, teacher) as a canonical JSON string."""
+def committee_spec(dataset):
+    """Per modality: the committee's [name, role] pairs and the teacher (or None)."""
     out = {}
     for mod in config["datasets"][dataset]["modalities"]:
         members, teacher = committee(config, dataset, mod)
         out[mod] = {"committee": [[m.name, m.role] for m in members], "teacher": teacher}
-    return canonical_json(out)
+    return out
+
+
+def feature_keys(dataset):
+    """``<modality>/<expert>`` of every feature file the dataset's fusion reads, in a fixed order."""
+    keys = []
+    for mod, spec in committee_spec(dataset).items():
+        for name in [n for n, _ in spec["committee"]] + ([spec["teacher"]] if spec["teacher"] else []):
+            if f"{mod}/{name}" not in keys:
+                keys.append(f"{mod}/{name}")
+    return keys
 
 
 def dataset_features(dataset):
-    return [feature_path(d, m, e) for d, m, e in EXTRACTION_JOBS if d == dataset]
+    return [feature_path(dataset, *key.split("/")) for key in feature_keys(dataset)]
 
 
-def fit_inputs(wildcards):
-    ds = dataset_config(wildcards.dataset)
-    inputs = {
-        "cohort": cohort_path(wildcards.dataset),
-        "features": dataset_features(wildcards.dataset),
-        "code": method_sources(wildcards.method),
-    }
-    for ext in ds.get("external", []):
-        inputs[f"external_cohort_{ext}"] = cohort_path(ext)
-        inputs[f"external_features_{ext}"] = dataset_features(ext)
-    return inputs
+def identities_json(dataset):
+    names = {key.split("/")[1] for key in feature_keys(dataset)}
+    return canonical_json({n: expert_identity(config, n) for n in sorted(names)})
 
 
-def method_sources(method):
-    """The method's own module plus the shared fit path (data, training, pipeline)."""
-    import inspect
-
-    own = inspect.getsourcefile(get_method_class(method))
-    shared = package_sources("medmix/data.py", "medmix/features.py", "medmix/protocols.py",
-                             "medmix/pipeline/fit.py", "medmix/training/*.py", "medmix/models/*.py")
-    return sorted({own, *shared})
+def method_code(method, job_module):
+    """Code inputs of a fit / evaluate job: the closure of the method's module and the job body's."""
+    return code_inputs(get_method_class(method).__module__, job_module)
 
 
 def run_dir(dataset, method, protocol):
     return f"results/{dataset}/runs/{method}/{protocol}"
 
 
-def fit_outputs():
+def evaluation_cohorts(dataset):
+    return [dataset, *dataset_config(dataset).get("external", [])]
+
+
+def prediction_files():
     return [
-        f"{run_dir(d, m, p)}/predictions.parquet"
+        f"{run_dir(d, m, p)}/predictions/{c}.parquet"
         for d in DEV_DATASETS
         for m in config["methods"]
         for p in TRAIN_PROTOCOLS
+        for c in evaluation_cohorts(d)
     ]
 
 
@@ -177,6 +255,6 @@ def all_targets():
     return [
         *[f"results/{d}/summary.json" for d in DATASETS],
         *[feature_path(d, m, e) for d, m, e in EXTRACTION_JOBS],
-        *fit_outputs(),
+        *prediction_files(),
         "results/tables/main.md",
     ]

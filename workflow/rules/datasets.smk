@@ -1,15 +1,23 @@
-rule prepare_dataset:
-    """Normalise a dataset (any adapter) into the cohort table and write its summary."""
+checkpoint prepare_dataset:
+    """Normalise a dataset (any adapter) into the cohort table, its labels-free input view and a summary.
+
+    A checkpoint: extraction of a dataset whose view cannot be built at planning time (the
+    generated demo) is planned once the view exists, from its fingerprint, so editing labels or
+    splits never reruns extraction.
+    """
     input:
         unpack(dataset_source),
     output:
         cohort="results/{dataset}/cohort.parquet",
+        inputs="results/{dataset}/inputs.parquet",
         summary_json="results/{dataset}/summary.json",
         summary_md="results/{dataset}/summary.md",
     params:
         dataset_json=lambda wc: canonical_json(dataset_config(wc.dataset)),
     log:
         "logs/prepare_dataset/{dataset}.log",
+    benchmark:
+        "results/benchmarks/prepare_dataset/{dataset}.tsv"
     resources:
         **rule_resources("prepare_dataset", mem_mb=2000),
     conda:

@@ -1,7 +1,7 @@
 rule demo_cohort:
     """Generate one deterministic synthetic demo cohort (images, notes, EHR, CT, labels)."""
     input:
-        code=package_sources("medmix/demo/*.py"),
+        code=code_inputs("medmix.demo.generate"),
     output:
         directory("resources/demo/{cohort}"),
     params:

@@ -1,19 +1,20 @@
 rule fit:
-    """Train one method under one train protocol for every seed; evaluate every test protocol."""
+    """Train one method under one train-time protocol for every seed; save the trained method."""
     input:
-        unpack(fit_inputs),
+        cohort=lambda wc: cohort_path(wc.dataset),
+        features=lambda wc: dataset_features(wc.dataset),
+        code=lambda wc: method_code(wc.method, "medmix.pipeline.fit"),
     output:
-        predictions="results/{dataset}/runs/{method}/{protocol}/predictions.parquet",
+        model=directory("results/{dataset}/runs/{method}/{protocol}/model"),
         curves="results/{dataset}/runs/{method}/{protocol}/curves.csv",
-        checkpoints=directory("results/{dataset}/runs/{method}/{protocol}/checkpoints"),
-        info="results/{dataset}/runs/{method}/{protocol}/run.json",
+        info="results/{dataset}/runs/{method}/{protocol}/fit.json",
     params:
-        committee=lambda wc: committee_json(wc.dataset),
+        committee=lambda wc: canonical_json(committee_spec(wc.dataset)),
+        feature_keys=lambda wc: canonical_json(feature_keys(wc.dataset)),
+        identities=lambda wc: identities_json(wc.dataset),
         training=lambda wc: canonical_json(training_params(config, wc.method)),
-        seeds=lambda wc: canonical_json(config["seeds"]),
-        train_protocol=lambda wc: canonical_json(config["protocols"]["train"][wc.protocol]),
-        test_protocols=lambda wc: canonical_json(config["protocols"]["test"]),
-        external=lambda wc: canonical_json(dataset_config(wc.dataset).get("external", [])),
+        seeds=canonical_json(config["seeds"]),
+        train_protocol=lambda wc: canonical_json(config["protocols"].get("train", {}).get(wc.protocol, {"kind": "none"})),
     log:
         "logs/fit/{dataset}/{method}/{protocol}.log",
     benchmark:
@@ -25,3 +26,31 @@ rule fit:
         "../envs/medmix.yaml"
     script:
         "../scripts/fit.py"
+
+
+rule evaluate:
+    """Predictions of a fitted method on one cohort: the development dataset's validation split
+    (clean) and test split under every test-time protocol, or an external cohort. Never trains."""
+    input:
+        model="results/{dataset}/runs/{method}/{protocol}/model",
+        cohort=lambda wc: cohort_path(wc.cohort),
+        features=lambda wc: dataset_features(wc.cohort),
+        code=lambda wc: method_code(wc.method, "medmix.pipeline.fit"),
+    output:
+        predictions="results/{dataset}/runs/{method}/{protocol}/predictions/{cohort}.parquet",
+    params:
+        committee=lambda wc: canonical_json(committee_spec(wc.cohort)),
+        feature_keys=lambda wc: canonical_json(feature_keys(wc.cohort)),
+        identities=lambda wc: identities_json(wc.cohort),
+        test_protocols=canonical_json(config["protocols"]["test"]),
+    log:
+        "logs/evaluate/{dataset}/{method}/{protocol}/{cohort}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{dataset}/{method}/{protocol}/{cohort}.tsv"
+    threads: 1
+    resources:
+        **rule_resources("evaluate", mem_mb=4000),
+    conda:
+        "../envs/medmix.yaml"
+    script:
+        "../scripts/evaluate.py"

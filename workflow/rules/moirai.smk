@@ -3,21 +3,31 @@
 # feature file (main env). Needs `snakemake --sdm conda`; the default demo never uses MOIRAI.
 
 
+from types import SimpleNamespace as Namespace
+
+
 ruleorder: moirai_features > extract
 
 
 rule moirai_export:
     """Prepare every present series of one modality for the MOIRAI worker."""
     input:
-        cohort="results/{dataset}/cohort.parquet",
-        code=source_files("moirai"),
+        inputs=lambda wc: extract_inputs(Namespace(dataset=wc.dataset, modality=wc.modality, expert="moirai"))["inputs"],
+        code=expert_code("moirai"),
     output:
         series=temp("results/{dataset}/moirai/{modality}/series.npz"),
         failures="results/{dataset}/moirai/{modality}/failures.json",
     params:
+        model_id=canonical_json(expert_identity(config, "moirai")["model_id"]),
+        revision=canonical_json(expert_identity(config, "moirai")["revision"]),
         preprocessing=canonical_json(expert_identity(config, "moirai")["preprocessing"]),
+        inputs=lambda wc: input_fingerprint_param(Namespace(dataset=wc.dataset, modality=wc.modality)),
+    resources:
+        expert_runtime=canonical_json(expert_runtime(config, "moirai")),
     log:
         "logs/moirai_export/{dataset}/{modality}.log",
+    benchmark:
+        "results/benchmarks/moirai_export/{dataset}/{modality}.tsv"
     conda:
         "../envs/medmix.yaml"
     script:
@@ -53,13 +63,19 @@ rule moirai_embed:
 rule moirai_features:
     """The MOIRAI feature file from the worker's embeddings (absent rows where inputs failed)."""
     input:
-        cohort="results/{dataset}/cohort.parquet",
+        inputs=lambda wc: inputs_path(wc.dataset),
         embeddings="results/{dataset}/moirai/{modality}/embeddings.npz",
         failures="results/{dataset}/moirai/{modality}/failures.json",
     output:
         features="results/{dataset}/features/{modality}/moirai.parquet",
+    params:
+        model_id=canonical_json(expert_identity(config, "moirai")["model_id"]),
+        revision=canonical_json(expert_identity(config, "moirai")["revision"]),
+        preprocessing=canonical_json(expert_identity(config, "moirai")["preprocessing"]),
     log:
         "logs/extract/{dataset}/{modality}/moirai.log",
+    benchmark:
+        "results/benchmarks/moirai_features/{dataset}/{modality}.tsv"
     conda:
         "../envs/medmix.yaml"
     script:

@@ -3,7 +3,7 @@
 #   -> report bridging for image-like modalities (bridge) -> the `extract` rule.
 # Config (all optional; defaults below):
 #   rag:
-#     knowledge_base: demo            # demo (shipped, medmix/data/demo_kb.jsonl) | medlineplus | a key of `sources`
+#     knowledge_base: demo            # demo (shipped, extractors/knowledge/data/demo_kb.jsonl) | medlineplus | a key of `sources`
 #     medlineplus_dir: ../shared/data/medlineplus   # folder of per-topic XML, or NLM's bulk health-topics XML file
 #     language: English               # topics kept from the bulk XML
 #     sources: {}                     # extra knowledge bases: {name: path to XML folder/file or .jsonl}
@@ -47,8 +47,7 @@ rule rag_index:
     Reruns only when the knowledge base, the encoder/LM identity or the index code changes."""
     input:
         kb="results/knowledge/{kb}/kb.parquet",
-        code=lambda wc: sorted({*source_files(wc.encoder), *package_sources(
-            "medmix/knowledge/index.py", "medmix/knowledge/encoders.py", "medmix/knowledge/projection.py")}),
+        code=lambda wc: sorted({*expert_code(wc.encoder), *code_inputs("extractors.knowledge.index")}),
     output:
         directory("results/knowledge/{kb}/{encoder}"),
     params:
@@ -57,6 +56,8 @@ rule rag_index:
         lm_id=lambda wc: str((rag_index_specs(wc.encoder)[1] or {}).get("model_id", "")),
         lm_revision=lambda wc: str((rag_index_specs(wc.encoder)[1] or {}).get("revision", "")),
         identity=lambda wc: canonical_json(rag_index_specs(wc.encoder)),
+        expert_identity=lambda wc: canonical_json(
+            {k: expert_identity(config, wc.encoder)[k] for k in ("model_id", "revision", "preprocessing")}),
     log:
         "logs/rag_index/{kb}/{encoder}.log",
     benchmark:
@@ -64,6 +65,7 @@ rule rag_index:
     threads: 2
     resources:
         **rule_resources("rag_index", mem_mb=6000),
+        expert_runtime=lambda wc: canonical_json(expert_runtime(config, wc.encoder)),
     conda:
         "../envs/medmix.yaml"
     script:
@@ -74,8 +76,8 @@ rule bridge:
     """Stage 1 for image-like modalities: one generated report per sample (MAIRA-2 for CXR,
     Merlin for CT, HistGen for slides), cached so reruns never regenerate them."""
     input:
-        cohort=lambda wc: cohort_path(wc.dataset),
-        code=package_sources("medmix/knowledge/bridge.py"),
+        inputs=lambda wc: inputs_path(wc.dataset),
+        code=code_inputs("extractors.knowledge.jobs"),
     output:
         "results/{dataset}/bridge/{modality}/{bridge_model}.parquet",
     params:
@@ -87,6 +89,8 @@ rule bridge:
         "results/benchmarks/bridge/{dataset}/{modality}/{bridge_model}.tsv"
     resources:
         **rule_resources("bridge", mem_mb=48000, gpu=1),
+        bridge_runtime=lambda wc: canonical_json(
+            {k: v for k, v in bridge_settings(wc.bridge_model).items() if k in BRIDGE_RUNTIME_KEYS}),
     conda:
         "../envs/medmix.yaml"
     script:

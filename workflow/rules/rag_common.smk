@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from extractors.registry import create_extractor
-from medmix.knowledge.bridge import BRIDGE_FOR_KIND
+from extractors.knowledge.bridge import BRIDGE_FOR_KIND
 
 RAG_EXPERTS = ("rag_medcpt_qwen2", "rag_minilm")
 #: Experts that read image-like kinds through a generated report.
@@ -19,9 +19,9 @@ def rag_config():
 def kb_source(wildcards):
     """The knowledge base's source (+ the ingest code, so editing it rebuilds the KB)."""
     rc = rag_config()
-    code = {"code": package_sources("medmix/knowledge/kb.py")}
+    code = {"code": code_inputs("extractors.knowledge.kb")}
     if wildcards.kb == "demo":
-        return {"source": str(Path(workflow.basedir) / "medmix" / "data" / "demo_kb.jsonl"), **code}
+        return {"source": str(Path(workflow.basedir) / "extractors" / "knowledge" / "data" / "demo_kb.jsonl"), **code}
     if wildcards.kb == "medlineplus":
         return {"source": rc["medlineplus_dir"], **code}
     if wildcards.kb in rc["sources"]:

@@ -1,20 +1,21 @@
-"""Thin adapter: the ``extract`` rule -> medmix.pipeline.extract.extract_job."""
+"""Thin adapter: the ``extract`` rule -> extractors.job.extract_job."""
 
-from medmix.config import expert_identity, expert_runtime
+import json
+
+from extractors.job import extract_job
 from medmix.pipeline import set_threads, setup_logging
-from medmix.pipeline.extract import extract_job
 
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
 set_threads(sm.threads)
-expert = sm.wildcards.expert
-options = {k: v for k, v in sm.input.items() if k not in ("cohort", "code")}
+options = {k: v for k, v in sm.input.items() if k not in ("inputs", "code")}
 extract_job(
-    cohort_path=sm.input.cohort,
+    inputs_path=sm.input.inputs,
     modality=sm.wildcards.modality,
-    expert=expert,
+    expert=sm.wildcards.expert,
     out_path=sm.output.features,
-    identity=expert_identity(sm.config, expert),
-    runtime=expert_runtime(sm.config, expert),
+    identity={key: json.loads(sm.params[key]) for key in ("model_id", "revision", "preprocessing")},
+    runtime=json.loads(sm.resources.expert_runtime),
     options=options,
+    max_failed_fraction=float(sm.params.max_failed_fraction),
 )

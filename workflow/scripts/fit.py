@@ -2,7 +2,6 @@
 
 import json
 
-from medmix.config import expert_identity, training_params
 from medmix.pipeline import set_threads, setup_logging
 from medmix.pipeline.fit import fit_job
 from medmix.protocols import Protocol
@@ -10,22 +9,17 @@ from medmix.protocols import Protocol
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
 set_threads(sm.threads)
-committee = json.loads(sm.params.committee)
-names = {n for spec in committee.values() for n, _ in spec["committee"]}
-names |= {spec["teacher"] for spec in committee.values() if spec.get("teacher")}
 train_spec = dict(json.loads(sm.params.train_protocol))
 fit_job(
     method=sm.wildcards.method,
     cohort_path=sm.input.cohort,
-    committee=committee,
-    identities={n: expert_identity(sm.config, n) for n in names},
-    params=training_params(sm.config, sm.wildcards.method),
+    committee=json.loads(sm.params.committee),
+    features=dict(zip(json.loads(sm.params.feature_keys), sm.input.features, strict=True)),
+    identities=json.loads(sm.params.identities),
+    params=json.loads(sm.params.training),
     seeds=json.loads(sm.params.seeds),
     train_protocol=Protocol(sm.wildcards.protocol, train_spec.pop("kind"), train_spec),
-    test_protocols=json.loads(sm.params.test_protocols),
-    externals={e: sm.input[f"external_cohort_{e}"] for e in json.loads(sm.params.external)},
-    out_predictions=sm.output.predictions,
+    out_model=sm.output.model,
     out_curves=sm.output.curves,
-    out_checkpoints=sm.output.checkpoints,
     out_info=sm.output.info,
 )

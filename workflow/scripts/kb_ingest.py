@@ -1,6 +1,6 @@
-"""Thin adapter: the ``kb_ingest`` rule -> medmix.knowledge.jobs.kb_job."""
+"""Thin adapter: the ``kb_ingest`` rule -> extractors.knowledge.jobs.kb_job."""
 
-from medmix.knowledge.jobs import kb_job
+from extractors.knowledge.jobs import kb_job
 from medmix.pipeline import setup_logging
 
 setup_logging(snakemake.log[0])  # noqa: F821

@@ -1,4 +1,4 @@
-"""Thin adapter: the ``prepare_dataset`` rule -> medmix.datasets.build_cohort + summary."""
+"""Thin adapter: the ``prepare_dataset`` rule -> medmix.datasets.build_cohort, input view + summary."""
 
 import json
 import logging
@@ -7,11 +7,13 @@ from medmix.cohort import write_cohort
 from medmix.datasets import build_cohort
 from medmix.datasets.summary import write_summary
 from medmix.pipeline import setup_logging
+from medmix.store.inputs import write_input_view
 
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
 cohort = build_cohort(sm.wildcards.dataset, json.loads(sm.params.dataset_json), ".")
 write_cohort(cohort, sm.output.cohort)
+write_input_view(sm.output.inputs, cohort.input_view())
 summary = write_summary(cohort, sm.output.summary_json, sm.output.summary_md)
 log = logging.getLogger("medmix.datasets")
 log.info("dataset %s: %d samples", cohort.name, len(cohort.frame))

@@ -3,14 +3,13 @@
 import json
 import re
 
-from medmix.atomic import atomic_path, write_text_atomic
 from medmix.evaluation.tables import collect, main_table_markdown, robustness_markdown
 from medmix.pipeline import setup_logging
+from medmix.store.atomic import atomic_path, write_text_atomic
 
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
-tasks = {name: ds["task"] for name, ds in sm.config["datasets"].items()}
-metrics = collect(list(sm.input.predictions), tasks)
+metrics = collect(list(sm.input.predictions), json.loads(sm.params.tasks))
 with atomic_path(sm.output.metrics) as tmp:
     metrics.to_csv(tmp, index=False)
 seeds = json.loads(sm.params.seeds)

@@ -7,11 +7,11 @@ from dataclasses import fields
 from typing import Any
 
 from extractors.base import resolve_device
+from extractors.knowledge.bridge import BridgeSettings, create_bridge, run_bridge
+from extractors.knowledge.index import build_index
+from extractors.knowledge.kb import ingest
 from extractors.registry import create_extractor
-from medmix.cohort import read_cohort
-from medmix.knowledge.bridge import BridgeSettings, create_bridge, run_bridge
-from medmix.knowledge.index import build_index
-from medmix.knowledge.kb import ingest
+from medmix.store.inputs import read_input_view
 
 log = logging.getLogger("medmix.rag")
 
@@ -34,9 +34,9 @@ def index_job(expert: str, kb_path: str, out_dir: str, identity: dict[str, Any],
     return manifest
 
 
-def bridge_job(cohort_path: str, modality: str, bridge_name: str, out_path: str, settings: dict[str, Any],
+def bridge_job(inputs_path: str, modality: str, bridge_name: str, out_path: str, settings: dict[str, Any],
                paired_frontal: str | None = None) -> dict[str, Any]:
-    """Generate and cache one report per sample of ``modality`` (see :mod:`medmix.knowledge.bridge`).
+    """Generate and cache one report per sample of ``modality`` (see :mod:`extractors.knowledge.bridge`).
 
     For MAIRA-2, ``paired_frontal`` names the frontal CXR modality a lateral modality is paired
     with (MAIRA-2 needs the current frontal view); without it the modality is read as frontal.
@@ -45,19 +45,17 @@ def bridge_job(cohort_path: str, modality: str, bridge_name: str, out_path: str,
     unknown = sorted(set(settings) - known)
     if unknown:
         raise ValueError(f"config key `rag.bridges.{bridge_name}`: unknown setting(s) {unknown}; known: {sorted(known)}")
-    cohort = read_cohort(cohort_path)
-    if modality not in cohort.modalities:
-        raise KeyError(f"{cohort_path}: dataset {cohort.name!r} has no modality {modality!r}")
+    cohort = read_input_view(inputs_path)
     values = cohort.inputs(modality)
     gen_values: list[Any] = values
     if bridge_name == "maira2":
         if paired_frontal:
-            if paired_frontal not in cohort.modalities:
-                raise KeyError(f"config key `rag.cxr_pairs.{modality}`: dataset {cohort.name!r} has no modality {paired_frontal!r}")
+            if paired_frontal not in cohort.kinds:
+                raise KeyError(f"config key `rag.cxr_pairs.{modality}`: dataset {cohort.dataset!r} has no modality {paired_frontal!r}")
             frontal = cohort.inputs(paired_frontal)
             gen_values = [None if v is None else {"frontal": f, "lateral": v} for v, f in zip(values, frontal, strict=True)]
         else:
             gen_values = [None if v is None else {"frontal": v, "lateral": None} for v in values]
     summary = run_bridge(create_bridge(bridge_name, settings), cohort.sample_ids, gen_values, out_path, keys=values)
-    log.info("bridge %s for %s/%s: %s", bridge_name, cohort.name, modality, summary)
+    log.info("bridge %s for %s/%s: %s", bridge_name, cohort.dataset, modality, summary)
     return summary

@@ -9,7 +9,7 @@ rebuild from the same inputs is byte-identical; no timestamps or machine paths a
 - ``ids.json``: ``{"ids": [...], "titles": [...]}`` in index order;
 - ``projection_weight.npy`` / ``projection_bias.npy``: the label-free projection into a
   language model's input-embedding space (MedCPT + Qwen2 path only; see
-  :mod:`medmix.knowledge.projection`);
+  :mod:`extractors.knowledge.projection`);
 - ``manifest.json``: encoder id/revision/max length, KB hash, dims, projection settings and the
   SHA-256 of every other file.
 """
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from medmix.knowledge.encoders import EncoderSpec, build_encoder, l2_normalise
-from medmix.knowledge.kb import kb_hash, read_kb
-from medmix.knowledge.projection import (
+from extractors.knowledge.encoders import EncoderSpec, build_encoder, l2_normalise
+from extractors.knowledge.kb import kb_hash, read_kb
+from extractors.knowledge.projection import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_RIDGE_LAMBDA,
     Projection,

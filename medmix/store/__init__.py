@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medmix.atomic import atomic_path
+from medmix.store.atomic import atomic_path
 
 META_KEY = b"medmix"
 #: Metadata fields that must match the configured expert for a cache to be valid.

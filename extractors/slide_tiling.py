@@ -1,7 +1,8 @@
-"""Whole-slide experts: tile the slide, encode tiles with an image expert's code, mean-pool.
+"""Whole-slide tiling shared by the slide experts (a helper, not an expert): tile, encode, mean-pool.
 
-``biomedclip_slide`` / ``dinov2_slide`` / ``dinov3_slide`` reuse the ``biomedclip`` /
-``dinov2_base`` / ``dinov3_vitl`` classes (same weights, same per-image preprocessing and
+``biomedclip_slide`` / ``dinov2_slide`` / ``dinov3_slide`` (registered next to their image
+experts in ``biomedclip.py`` / ``dinov2.py`` / ``dinov3.py``) mix :class:`SlideExpert` into the
+``biomedclip`` / ``dinov2_base`` / ``dinov3_vitl`` classes (same weights, same per-image preprocessing and
 forward); only the tiling differs. Documented preprocessing (the ``preprocessing`` settings):
 
 * the slide is the RGB image :func:`extractors.inputs.read_slide` returns (a pyramid reader that
@@ -30,11 +31,8 @@ from typing import Any
 import numpy as np
 
 from extractors.base import InputError
-from extractors.biomedclip import BiomedCLIP
-from extractors.dinov2 import DinoV2Base
-from extractors.dinov3 import DinoV3ViTL
 from extractors.inputs import read_slide
-from extractors.registry import ExpertSpec, register_expert
+from extractors.registry import ExpertSpec
 
 TILING = {
     "tile_size": 224,
@@ -116,7 +114,7 @@ class SlideExpert:
         return out
 
 
-def _slide_spec(name: str, base: type, role: str, paper_name: str, mem_mb: int) -> ExpertSpec:
+def slide_spec(name: str, base: type, role: str, paper_name: str, mem_mb: int) -> ExpertSpec:
     spec = base.spec
     return ExpertSpec(
         name=name,
@@ -133,16 +131,3 @@ def _slide_spec(name: str, base: type, role: str, paper_name: str, mem_mb: int) 
     )
 
 
-@register_expert(_slide_spec("biomedclip_slide", BiomedCLIP, "biomed", "BiomedCLIP", 6000))
-class BiomedCLIPSlide(SlideExpert, BiomedCLIP):
-    pass
-
-
-@register_expert(_slide_spec("dinov2_slide", DinoV2Base, "general", "DINOv2-B", 6000))
-class DinoV2Slide(SlideExpert, DinoV2Base):
-    pass
-
-
-@register_expert(_slide_spec("dinov3_slide", DinoV3ViTL, "teacher", "DINOv3 ViT-L", 8000))
-class DinoV3Slide(SlideExpert, DinoV3ViTL):
-    pass

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from extractors.base import InputError, ModelUnavailableError, resolve_device
-from medmix.atomic import atomic_path
+from medmix.store.atomic import atomic_path
 
 log = logging.getLogger("medmix.bridge")
 

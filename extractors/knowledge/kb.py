@@ -12,7 +12,7 @@ Accepted sources (:func:`load_topics`):
 - the per-topic QA XML of MedQuAD's MedlinePlus subset (``<Document id= url=><Focus>`` with
   ``<Synonym>`` entries; the text is the document's answers joined);
 - a folder of such XML files (every ``*.xml``, in name order);
-- a JSON-lines file in the table's own schema (the shipped demo KB, ``medmix/data/demo_kb.jsonl``).
+- a JSON-lines file in the table's own schema (the shipped demo KB, ``extractors/knowledge/data/demo_kb.jsonl``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from medmix.atomic import atomic_path
+from medmix.store.atomic import atomic_path
 
 KB_COLUMNS = ("id", "title", "synonyms", "url", "text")
 META_KEY = b"medmix_kb"
@@ -174,7 +174,7 @@ def read_jsonl(path: str | Path) -> list[Topic]:
 
 def demo_kb_path() -> Path:
     """The demo knowledge base shipped with the package (short entries written for this project)."""
-    return Path(str(resources.files("medmix") / "data" / DEMO_KB))
+    return Path(str(resources.files("extractors.knowledge") / "data" / DEMO_KB))
 
 
 def load_topics(source: str | Path, language: str = "English") -> list[Topic]:

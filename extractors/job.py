@@ -1,0 +1,52 @@
+"""Job body of the ``extract`` rule: one expert over one modality of a dataset's input view."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from extractors.registry import create_extractor
+from extractors.runner import run_extraction
+from medmix.store.inputs import folder_fingerprint, input_fingerprint, read_input_view
+
+log = logging.getLogger("medmix.extract")
+
+
+def extract_job(
+    inputs_path: str,
+    modality: str,
+    expert: str,
+    out_path: str,
+    identity: dict[str, Any],
+    runtime: dict[str, Any],
+    options: dict[str, Any] | None = None,
+    max_failed_fraction: float = 0.5,
+) -> dict[str, Any]:
+    """Embed ``modality`` of the input view with ``expert`` into ``out_path`` (atomic).
+
+    The view holds sample ids and inputs only (no labels, no splits). The fingerprint of what
+    was read (inputs and, for files, their names, sizes and mtimes) goes into the file's metadata.
+    """
+    view = read_input_view(inputs_path, [modality])
+    settings = {
+        **runtime,
+        "model_id": identity.get("model_id"),
+        "revision": identity.get("revision"),
+        "preprocessing": identity.get("preprocessing", {}),
+        "options": dict(options or {}),
+    }
+    extractor = create_extractor(expert, settings)
+    kind = view.kinds[modality]
+    if kind not in extractor.spec.kinds:
+        raise ValueError(f"expert {expert!r} reads {extractor.spec.kinds}, but modality {modality!r} is {kind!r}")
+    values = view.inputs(modality)
+    log.info("dataset %s, modality %s (%s), expert %s, %d samples", view.dataset, modality, kind, expert, len(values))
+    fingerprint = input_fingerprint(view.sample_ids, values, kind)
+    return run_extraction(
+        extractor,
+        view.sample_ids,
+        values,
+        out_path,
+        extra_metadata={"dataset": view.dataset, "modality": modality, "kind": kind, "input_fingerprint": fingerprint,
+                        "weights_fingerprint": folder_fingerprint(runtime.get("local_dir"))},
+    )
