@@ -6,11 +6,18 @@ import ast
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
+
 from extractors.registry import expert_module, list_experts
-from medmix.code_closure import NOT_OUTPUT_AFFECTING, _imported_names, _module_file, closure_files, module_closure
+from medmix.code_closure import (
+    NOT_OUTPUT_AFFECTING,
+    _imported_names,
+    _module_file,
+    closure_files,
+    module_closure,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 #: medmix modules that may know both stages (the workflow layer) and the shared door.

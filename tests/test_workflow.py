@@ -15,9 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from medmix.config import extraction_jobs, validate_config
 from medmix.store import read_features
@@ -112,23 +114,85 @@ def test_expert_edit_reruns_only_that_expert(workflow_run):
     assert jobs.get("extract") == 4, jobs
     assert "demo_cohort" not in jobs and "prepare_dataset" not in jobs
     assert jobs.get("fit") == 2 * len(cfg["methods"])  # both development datasets, every method
+    # demo_openi (itself) + demo_mimic (itself and its external cohort), every method
+    assert jobs.get("evaluate") == 3 * len(cfg["methods"])
 
 
-def test_editing_an_extractor_module_reruns_only_that_expert(workflow_run):
-    workdir, cfg, _ = workflow_run
-    # ct_intensity_profile's module; ct_texture25d reads volumes through it (its extra_sources)
-    module = REPO / "extractors" / "ct_profile.py"
+def _planned_after_edit(workdir, cfg, module: Path) -> dict[str, int]:
     original = module.read_bytes()
     stat = module.stat()
     try:  # Snakemake compares checksums, so the edit must change the content
         module.write_bytes(original + b"\n# an edit\n")
-        jobs = planned_jobs(workdir, cfg)
+        return planned_jobs(workdir, cfg)
     finally:
         module.write_bytes(original)
         os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert jobs.get("extract") == 4, jobs  # 2 CT experts x (demo_mimic, demo_mimic_ext)
+
+
+def test_editing_an_extractor_module_reruns_only_the_experts_that_import_it(workflow_run):
+    workdir, cfg, _ = workflow_run
+    # ct_intensity_profile's own module: nothing else imports it
+    jobs = _planned_after_edit(workdir, cfg, REPO / "extractors" / "ct_profile.py")
+    assert jobs.get("extract") == 2, jobs  # demo_mimic, demo_mimic_ext
     assert jobs.get("fit") == len(cfg["methods"])  # only demo_mimic's models
+    assert jobs.get("evaluate") == 2 * len(cfg["methods"])  # demo_mimic and its external cohort
+    # the texture helper: image_texture (openi frontal + lateral, mimic + ext frontal) and ct_texture25d (2)
+    assert _planned_after_edit(workdir, cfg, REPO / "extractors" / "texture_features.py").get("extract") == 6
     assert planned_jobs(workdir, cfg) == {}
+
+
+def test_editing_the_input_reader_reruns_every_expert_reading_through_it(workflow_run):
+    workdir, cfg, _ = workflow_run
+    jobs = _planned_after_edit(workdir, cfg, REPO / "extractors" / "inputs.py")
+    assert jobs.get("extract") == len(extraction_jobs(validate_config(copy.deepcopy(cfg)))), jobs
+    assert "prepare_dataset" not in jobs and "demo_cohort" not in jobs
+    # the runner is declared plumbing (medmix.code_closure.NOT_OUTPUT_AFFECTING): its edit reruns nothing
+    assert _planned_after_edit(workdir, cfg, REPO / "extractors" / "runner.py") == {}
+
+
+def test_adding_a_test_protocol_or_external_cohort_plans_no_fit(workflow_run):
+    workdir, cfg, _ = workflow_run
+    edited = copy.deepcopy(cfg)
+    edited["protocols"]["test"]["random_drop_30"] = {"kind": "random_drop", "p": 0.3}
+    jobs = planned_jobs(workdir, edited)
+    assert "fit" not in jobs and "extract" not in jobs, jobs
+    assert jobs.get("evaluate") == 3 * len(cfg["methods"])
+    edited = copy.deepcopy(cfg)
+    edited["demo"]["cohorts"]["demo_openi_ext"] = {"kind": "cxr", "n_patients": 20, "seed": 5, "shift": True}
+    edited["datasets"]["demo_openi_ext"] = {**cfg["datasets"]["demo_openi"], "role": "external",
+                                            "manifest": "resources/demo/demo_openi_ext/manifest.csv"}
+    edited["datasets"]["demo_openi"]["external"] = ["demo_openi_ext"]
+    jobs = planned_jobs(workdir, edited)
+    assert "fit" not in jobs, jobs
+    assert jobs.get("evaluate") == len(cfg["methods"])  # only the new cohort's predictions
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_replacing_an_input_file_in_place_reruns_its_extraction(workflow_run):
+    workdir, cfg, _ = workflow_run
+    image = sorted((workdir / "resources/demo/demo_openi/images").glob("*_frontal.png"))[0]
+    original, stat = image.read_bytes(), image.stat()
+    try:
+        Image.fromarray(np.full((64, 64), 7, np.uint8)).save(image)
+        jobs = planned_jobs(workdir, cfg)
+    finally:
+        image.write_bytes(original)
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert jobs.get("extract") == 2, jobs  # demo_openi frontal x 2 image experts
+    assert jobs.get("fit") == len(cfg["methods"]) and "prepare_dataset" not in jobs
+    assert planned_jobs(workdir, cfg) == {}
+
+
+def test_predictions_carry_their_run_and_evaluation_is_reproducible(workflow_run):
+    workdir, cfg, _ = workflow_run
+    run = workdir / "results/demo_mimic/runs/medmix/none"
+    ext = pd.read_parquet(run / "predictions/demo_mimic_ext.parquet")
+    assert {"dataset", "method", "train_protocol", "test_protocol", "cohort", "eval_set", "seed"} <= set(ext.columns)
+    assert set(ext.cohort) == {"demo_mimic_ext"} and set(ext.dataset) == {"demo_mimic"}
+    assert set(ext.eval_set) == {"external:demo_mimic_ext"}
+    own = pd.read_parquet(run / "predictions/demo_mimic.parquet")
+    assert set(own.eval_set) == {"val", "test"} and set(own[own.eval_set == "val"].test_protocol) == {"none"}
+    assert sorted(p.name for p in (run / "model").iterdir()) == ["method.json", "seed0.safetensors", "standardizer.safetensors"]
 
 
 def test_runtime_settings_plan_no_extraction(workflow_run):
@@ -139,6 +203,7 @@ def test_runtime_settings_plan_no_extraction(workflow_run):
     edited["training"]["batch_size"] = 64
     jobs = planned_jobs(workdir, edited)
     assert "extract" not in jobs and jobs.get("fit") == len(cfg["methods"]) * 2
+    assert jobs.get("evaluate") == len(cfg["methods"]) * 3
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import yaml
 from PIL import Image
 from test_workflow import REPO, planned_jobs, snakemake
@@ -80,3 +81,56 @@ def test_paper_profile_plans_every_expert(tmp_path):
     # Image-like modalities need reports (MAIRA-2 for CXR, Merlin for CT): openi 2, mimic 2, ext 2.
     assert jobs["bridge"] == 6
     assert jobs["rag_index"] == 1 and jobs["kb_ingest"] == 1
+
+
+def _manifest_config(tmp_path) -> dict:
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["seeds"] = [0]
+    cfg["demo"] = {"cohorts": {}}
+    cfg["methods"] = ["meanavg"]
+    cfg["training"].update({"max_epochs": 2, "warmup_epochs": 1, "patience": 1})
+    cfg["protocols"] = {"train": {"none": {"kind": "none"}}, "test": {"none": {"kind": "none"}}}
+    cfg["experts"]["profiles"]["demo"]["text"] = {"committee": [{"name": "text_keywords", "role": "biomed"}]}
+    cfg["datasets"] = {"mycohort": {
+        "adapter": "manifest", "manifest": "cohort/manifest.csv", "id_column": "sid", "patient_column": "pid",
+        "split_ratios": [0.6, 0.2, 0.2], "task": "binary", "labels": ["outcome"],
+        "modalities": {"xray": {"kind": "image", "column": "image"}, "note": {"kind": "text", "column": "note"}},
+    }}
+    return cfg
+
+
+def test_labels_rerun_fusion_only_and_inputs_rerun_their_extraction(tmp_path):
+    """Reruns follow the data, not the labels: the plan of each edit, then a real run of the label edit."""
+    _write_cohort(tmp_path / "cohort", n=30)
+    cfg = _manifest_config(tmp_path)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(tmp_path, "--cores", "2", "all")
+    assert planned_jobs(tmp_path, cfg) == {}
+    feature = tmp_path / "results/mycohort/features/xray/image_texture.parquet"
+    meta = json.loads(pq.read_schema(feature).metadata[b"medmix"])
+    assert len(meta["input_fingerprint"]) == 64
+
+    manifest = tmp_path / "cohort/manifest.csv"
+    table = pd.read_csv(manifest, keep_default_na=False)
+    table.loc[3, "outcome"] = 1 - int(table.loc[3, "outcome"])  # one label edited
+    table.to_csv(manifest, index=False)
+    jobs = planned_jobs(tmp_path, cfg)
+    assert "extract" not in jobs, jobs
+    assert jobs.get("prepare_dataset") == 1 and jobs.get("fit") == 1 and jobs.get("evaluate") == 1
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "results/mycohort/features").rglob("*.parquet")}
+    snakemake(tmp_path, "--cores", "2", "all")
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # no feature file was rewritten
+    assert planned_jobs(tmp_path, cfg) == {}
+
+    # one input file replaced in place (same path): only that modality's extraction reruns
+    Image.fromarray(np.full((32, 32), 9, np.uint8), mode="L").save(tmp_path / "cohort/img/1.png")
+    jobs = planned_jobs(tmp_path, cfg)
+    assert jobs.get("extract") == 2 and "prepare_dataset" not in jobs, jobs  # xray x 2 image experts
+
+    # a note edited in the manifest: the cohort and the note's extraction rerun, the images' do not
+    snakemake(tmp_path, "--cores", "2", "all")
+    table = pd.read_csv(manifest, keep_default_na=False)
+    table.loc[1, "note"] = "a new note"
+    table.to_csv(manifest, index=False)
+    jobs = planned_jobs(tmp_path, cfg)
+    assert jobs.get("extract") == 1 and jobs.get("prepare_dataset") == 1, jobs

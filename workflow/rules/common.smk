@@ -18,7 +18,8 @@ from medmix.config import (
 )
 from medmix.methods import get_method_class
 from medmix.protocols import parse_protocols
-from medmix.store.inputs import folder_fingerprint, read_input_view
+from medmix.store import FeatureStoreError, read_metadata
+from medmix.store.inputs import folder_fingerprint, input_fingerprint, read_input_view
 
 # Semantic validation names the offending key; the schema pass fills in its defaults.
 validate_config(config)
@@ -134,12 +135,22 @@ def current_view(dataset):
     return view
 
 
-def input_fingerprint_param(wildcards):
-    """Fingerprint of what the job reads (inputs + file names/sizes/mtimes); a plain string."""
-    from medmix.store.inputs import input_fingerprint
+def view_fingerprint(dataset, modality):
+    """Fingerprint of what an extraction of the modality reads (inputs + file names/sizes/mtimes)."""
+    view = current_view(dataset)
+    return input_fingerprint(view.sample_ids, view.inputs(modality), view.kinds[modality])
 
-    view = current_view(wildcards.dataset)
-    return input_fingerprint(view.sample_ids, view.inputs(wildcards.modality), view.kinds[wildcards.modality])
+
+def input_fingerprint_param(wildcards):
+    return view_fingerprint(wildcards.dataset, wildcards.modality)
+
+
+def recorded_fingerprint(path):
+    """The input fingerprint a feature file recorded when it was written (None if absent)."""
+    try:
+        return read_metadata(path).get("input_fingerprint")
+    except FeatureStoreError:  # absent or unreadable: the job runs anyway
+        return None
 
 
 def expert_code(expert):
@@ -147,9 +158,18 @@ def expert_code(expert):
     return sorted({*code_inputs(expert_module(expert)), *extra_source_files(expert)})
 
 
+def view_input(dataset, modality, output):
+    """The input view as a rule input: `ancient` while the inputs it holds for the modality are
+    those the output was computed from, so a rewrite with the same inputs (a label or split edit)
+    reruns nothing; otherwise a plain input, so the job runs after and because of its rewrite."""
+    fingerprint = view_fingerprint(dataset, modality)  # waits for the checkpoint where needed
+    path = inputs_path(dataset)
+    return ancient(path) if recorded_fingerprint(output) == fingerprint else path
+
+
 def extract_inputs(wildcards):
-    current_view(wildcards.dataset)  # waits for the checkpoint where the view cannot be built here
-    inputs = {"inputs": ancient(inputs_path(wildcards.dataset)), "code": expert_code(wildcards.expert)}
+    output = feature_path(wildcards.dataset, wildcards.modality, wildcards.expert)
+    inputs = {"inputs": view_input(wildcards.dataset, wildcards.modality, output), "code": expert_code(wildcards.expert)}
     for hook in EXPERT_INPUT_HOOKS:
         inputs.update(hook(wildcards.dataset, wildcards.modality, wildcards.expert))
     return inputs

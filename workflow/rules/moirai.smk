@@ -3,16 +3,13 @@
 # feature file (main env). Needs `snakemake --sdm conda`; the default demo never uses MOIRAI.
 
 
-from types import SimpleNamespace as Namespace
-
-
 ruleorder: moirai_features > extract
 
 
 rule moirai_export:
     """Prepare every present series of one modality for the MOIRAI worker."""
     input:
-        inputs=lambda wc: extract_inputs(Namespace(dataset=wc.dataset, modality=wc.modality, expert="moirai"))["inputs"],
+        inputs=lambda wc: view_input(wc.dataset, wc.modality, feature_path(wc.dataset, wc.modality, "moirai")),
         code=expert_code("moirai"),
     output:
         series=temp("results/{dataset}/moirai/{modality}/series.npz"),
@@ -21,7 +18,7 @@ rule moirai_export:
         model_id=canonical_json(expert_identity(config, "moirai")["model_id"]),
         revision=canonical_json(expert_identity(config, "moirai")["revision"]),
         preprocessing=canonical_json(expert_identity(config, "moirai")["preprocessing"]),
-        inputs=lambda wc: input_fingerprint_param(Namespace(dataset=wc.dataset, modality=wc.modality)),
+        inputs=input_fingerprint_param,
     resources:
         expert_runtime=canonical_json(expert_runtime(config, "moirai")),
     log:
