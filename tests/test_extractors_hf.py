@@ -22,9 +22,10 @@ from tiny_models import build_biomedclip, build_dinov2, build_dinov3, build_gato
 from extractors.base import ModelUnavailableError
 from extractors.ct_slicing import volume_to_slices
 from extractors.inputs import read_volume
-from extractors.registry import create_extractor, get_spec, list_experts, source_files
+from extractors.registry import create_extractor, expert_module, get_spec, list_experts
 from extractors.runner import run_extraction
 from extractors.slide_tiling import select_tiles
+from medmix.code_closure import closure_files
 from medmix.store import read_features
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def test_table_e1_experts_registered_with_real_ids() -> None:
     assert get_spec("moirai").environment == "moirai"
     assert not any(get_spec(n).trust_remote_code for n in TABLE_E1)  # MAIRA-2 (a RAG bridge) is the only one
     # The slide experts reuse the image experts' classes (their sources are rule inputs).
-    assert str(REPO / "extractors" / "dinov2.py") in source_files("dinov2_slide")
+    assert str(REPO / "extractors" / "dinov2.py") in closure_files(expert_module("dinov2_slide"))
 
 
 def test_expert_modules_import_no_heavy_library() -> None:

@@ -22,8 +22,9 @@ from extractors.ct_slicing import window_hu
 from extractors.inputs import read_volume
 from extractors.merlin import merlin_preprocess, nifti_spacing_ras, read_ct_ras
 from extractors.radfm import radfm_depth, radfm_preprocess
-from extractors.registry import create_extractor, get_spec, source_files
+from extractors.registry import create_extractor, expert_module, get_spec
 from extractors.runner import run_extraction
+from medmix.code_closure import closure_files
 from medmix.store import read_features
 
 
@@ -113,7 +114,7 @@ def test_radfm_availability_messages(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailableError, match="not a RadFM checkpoint"):
         create_extractor("radfm", {"local_dir": str(tmp_path)}).load()
     assert not get_spec("radfm").trust_remote_code  # no third-party code runs
-    assert any(p.endswith("radfm_vision.py") for p in source_files("radfm"))
+    assert any(p.endswith("radfm_vision.py") for p in closure_files(expert_module("radfm")))
 
 
 TINY_RADFM = {"image_size": 64, "frames": 64, "image_patch_size": 16, "frame_patch_size": 4, "dim": 768, "depth": 2,

@@ -43,12 +43,6 @@ wildcard_constraints:
     cohort="[A-Za-z0-9_]+",
 
 
-def package_sources(*patterns):
-    """Files of the repository matching glob patterns (rule inputs: editing them reruns the rule)."""
-    root = Path(workflow.basedir)
-    return sorted(str(p) for pattern in patterns for p in root.glob(pattern))
-
-
 def code_inputs(*modules):
     """The closure of the modules' imports inside the repository (medmix.code_closure)."""
     return closure_files(*modules)
@@ -159,7 +153,7 @@ def expert_code(expert):
 
 
 def view_input(dataset, modality, output):
-    """The input view as a rule input: `ancient` while the inputs it holds for the modality are
+    """The input view, as an `ancient` input while the inputs it holds for the modality are
     those the output was computed from, so a rewrite with the same inputs (a label or split edit)
     reruns nothing; otherwise a plain input, so the job runs after and because of its rewrite."""
     fingerprint = view_fingerprint(dataset, modality)  # waits for the checkpoint where needed
