@@ -61,6 +61,21 @@ def dataset_config(dataset):
     return config["datasets"][dataset]
 
 
+#: Dataset keys that relate datasets or pick experts; they never change the cohort table.
+NOT_COHORT_KEYS = ("external",)
+NOT_COHORT_MODALITY_KEYS = ("committee", "teacher")
+
+
+def cohort_settings(dataset):
+    """The dataset's settings that decide its cohort table (a plain JSON string)."""
+    ds = {k: v for k, v in dataset_config(dataset).items() if k not in NOT_COHORT_KEYS}
+    if "modalities" in ds:
+        ds["modalities"] = {
+            m: {k: v for k, v in spec.items() if k not in NOT_COHORT_MODALITY_KEYS} for m, spec in ds["modalities"].items()
+        }
+    return canonical_json(ds)
+
+
 def dataset_source(wildcards):
     """What the cohort table is built from: the demo folder for generated cohorts."""
     ds = dataset_config(wildcards.dataset)

@@ -13,7 +13,7 @@ checkpoint prepare_dataset:
         summary_json="results/{dataset}/summary.json",
         summary_md="results/{dataset}/summary.md",
     params:
-        dataset_json=lambda wc: canonical_json(dataset_config(wc.dataset)),
+        dataset_json=lambda wc: cohort_settings(wc.dataset),
     log:
         "logs/prepare_dataset/{dataset}.log",
     benchmark:
