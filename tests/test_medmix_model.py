@@ -8,9 +8,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors import safe_open
 
-from medmix.models import MedMIXConfig, MedMIXNet, TeacherHeads, adapter_rank
+from medmix.models import MedMIXConfig, MedMIXNet, adapter_rank
 from medmix.models.medmix import ExpertBranch
 from medmix.training.losses import to_probabilities
 

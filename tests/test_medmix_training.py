@@ -11,9 +11,9 @@ from safetensors import safe_open
 from sklearn.metrics import roc_auc_score
 
 from medmix.methods import create_method
+from medmix.methods.base import load_method
 from medmix.methods.medmix import MedMIXObjective, build_members
 from medmix.models import MedMIXConfig
-from medmix.methods.base import load_method
 from medmix.protocols import Protocol
 from medmix.training.distill import cosine_distill, distill_loss, distill_weight, rkd_distance
 from medmix.training.synthetic import synthetic_data
