@@ -64,6 +64,47 @@ class MedMIXObjective:
     def val_loss(self, model: MedMIXNet, batch: Batch) -> torch.Tensor:
         return task_loss(model(batch.x, batch.mask).logits, batch.y, self.task)
 
+    def diagnostics(self, model: MedMIXNet, batch: Batch) -> dict[str, float]:
+        """Per-epoch routing statistics on the validation split (columns of :meth:`MedMIX.curves`)."""
+        return routing_diagnostics(model, model(batch.x, batch.mask), batch.mask)
+
+
+def _normalised_entropy(weights: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Per row ``H(w) / ln(#present)`` (1 = uniform over the present entries, 0 = one entry); NaN
+    for rows with fewer than two present entries."""
+    w = weights.float().clamp_min(1e-12)
+    h = -(weights.float() * w.log()).sum(-1)
+    k = present.float().sum(-1)
+    return torch.where(k >= 2, h / k.clamp_min(2).log(), torch.nan)
+
+
+def routing_diagnostics(model: MedMIXNet, out, mask: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Router and fusion statistics over a batch (normally the whole validation split).
+
+    - ``router_entropy:<m>``: mean normalised entropy of the expert gates of modality ``m`` over
+      samples with at least two of its experts present (1 = uniform, 0 = collapsed on one expert);
+    - ``gate:<m>:<expert>``: mean gate of each expert over samples where ``m`` is present;
+    - ``fusion_entropy``: the same normalised entropy for the modality (fusion) weights over
+      samples with at least two modalities present;
+    - ``fusion:<m>``: mean fusion weight of ``m`` over samples where ``m`` is present.
+    """
+    stats: dict[str, float] = {}
+    config = model.config
+    for m in config.modalities:
+        mk = mask[m].bool()
+        gates = out.router[m].float()
+        stats[f"router_entropy:{m}"] = float(torch.nanmean(_normalised_entropy(gates, mk)))
+        rows = mk.any(1)
+        names = config.expert_names.get(m) or [str(k) for k in range(gates.shape[1])]
+        for k, name in enumerate(names):
+            stats[f"gate:{m}:{name}"] = float(gates[rows, k].mean()) if rows.any() else float("nan")
+    fusion = out.fusion.float()
+    stats["fusion_entropy"] = float(torch.nanmean(_normalised_entropy(fusion, out.present)))
+    for j, m in enumerate(config.modalities):
+        rows = out.present[:, j]
+        stats[f"fusion:{m}"] = float(fusion[rows, j].mean()) if rows.any() else float("nan")
+    return stats
+
 
 def model_config(data: TensorData, params: dict[str, Any]) -> MedMIXConfig:
     return MedMIXConfig(

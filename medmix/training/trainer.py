@@ -172,6 +172,9 @@ class Objective(TypingProtocol):
 
     def val_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
 
+    # Optional: ``diagnostics(model, batch) -> dict[str, float]`` on the whole validation split in
+    # eval mode, once per epoch; the values become columns of the curves (e.g. router entropy).
+
 
 def seeded_init(seed: int, build: Callable[[], Any]) -> Any:
     """Run ``build`` (module construction) with the global RNG seeded by ``seed``, then restore it."""
@@ -342,6 +345,7 @@ class EnsembleTrainer:
                 rows.append({
                     "seed": s.member.seed, "epoch": epoch, **{k: float(v) for k, v in acc.items()},
                     "val_loss": val_loss, "lr": c.lr * factor, "improved": improved,
+                    **self.diagnostics(s.member.model, va),
                     "seconds": round(time.perf_counter() - t0, 3),
                 })
         for s in states:
@@ -351,6 +355,16 @@ class EnsembleTrainer:
             if hasattr(s.member.model, "set_dropout_generator"):
                 s.member.model.set_dropout_generator(None)
         return pd.DataFrame(rows)
+
+    @torch.no_grad()
+    def diagnostics(self, model: nn.Module, data: _DeviceData) -> dict[str, float]:
+        """The objective's per-epoch diagnostics on the validation split (empty if it has none)."""
+        fn = getattr(self.objective, "diagnostics", None)
+        if fn is None:
+            return {}
+        model.eval()
+        with autocast(self.device, self.dtype):
+            return {k: float(v) for k, v in fn(model, data.full_masked(0, data.n)).items()}
 
     @torch.no_grad()
     def validation_loss(self, model: nn.Module, data: _DeviceData) -> float:
