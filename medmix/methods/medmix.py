@@ -24,7 +24,7 @@ from medmix.methods.base import FusionMethod, Prediction
 from medmix.models.medmix import MedMIXConfig, MedMIXNet, TeacherHeads
 from medmix.protocols import Protocol
 from medmix.training.distill import distill_loss, distill_weight
-from medmix.training.losses import task_loss, to_probabilities
+from medmix.training.losses import modality_task_loss, task_loss, to_probabilities
 from medmix.training.trainer import (
     Batch,
     EnsembleTrainer,
@@ -38,7 +38,13 @@ from medmix.training.trainer import (
 
 
 class MedMIXObjective:
-    """``L = L_task + λ_D(epoch) · L_distill`` (paper eq. 4)."""
+    """``L = L_task + λ_M · L_modality + λ_D(epoch) · L_distill`` (paper eq. 4 plus ``λ_M · L_modality``).
+
+    ``L_modality`` (:func:`~medmix.training.losses.modality_task_loss`) is the mean over modalities
+    of each modality head's own task loss on the samples where the modality is present;
+    ``λ_M = modality_loss_weight`` (default 1.0; 0 is the paper's objective). See the module
+    docstring for why it exists.
+    """
 
     def __init__(self, task: str, config: TrainConfig):
         self.task = task
@@ -48,6 +54,10 @@ class MedMIXObjective:
         out = member.model(batch.x, batch.mask)
         loss = task_loss(out.logits, batch.y, self.task)
         parts = {"task_loss": loss.detach()}
+        if self.config.modality_loss_weight > 0:
+            modality = modality_task_loss(out.modality_logits, batch.y, out.present, self.task)
+            loss = loss + self.config.modality_loss_weight * modality
+            parts["modality_loss"] = modality.detach()
         weight = distill_weight(epoch, self.config.distill_max, self.config.distill_ramp_epochs)
         if member.aux is not None and weight > 0:
             projected = member.aux(batch.teacher)

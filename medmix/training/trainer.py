@@ -49,6 +49,8 @@ class TrainConfig:
     distill_max: float = 0.3
     distill_ramp_epochs: int = 30
     rkd_weight: float = 0.05
+    #: MedMIX only, NOT in the paper: weight of the per-modality head loss (see medmix.methods.medmix).
+    modality_loss_weight: float = 1.0
     precision: str = "auto"
     device: str = "auto"
     threads: int = 0
@@ -61,7 +63,8 @@ class TrainConfig:
         values = {k: v for k, v in params.items() if k in known}
         if "betas" in values:
             values["betas"] = tuple(float(b) for b in values["betas"])
-        for key in ("lr", "router_lr_mult", "weight_decay", "grad_clip", "distill_max", "rkd_weight"):
+        for key in ("lr", "router_lr_mult", "weight_decay", "grad_clip", "distill_max", "rkd_weight",
+                    "modality_loss_weight"):
             if key in values:
                 values[key] = float(values[key])
         for key in ("warmup_epochs", "max_epochs", "batch_size", "patience", "distill_ramp_epochs", "eval_batch_size", "threads"):
@@ -74,6 +77,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.modality_loss_weight < 0:
+            raise ValueError(f"modality_loss_weight must be >= 0, got {self.modality_loss_weight}")
         if len(self.betas) != 2 or self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
             raise ValueError(f"invalid training settings: {self}")
 
