@@ -244,6 +244,7 @@ def test_train_config_defaults_are_the_papers():
     assert (c.lr, c.router_lr_mult, c.weight_decay, c.grad_clip) == (1e-5, 0.3, 1e-2, 1.0)
     assert (c.warmup_epochs, c.max_epochs, c.batch_size, c.patience) == (50, 200, 256, 20)
     assert (c.distill_max, c.distill_ramp_epochs, c.rkd_weight) == (0.3, 30, 0.05)
+    assert c.modality_loss_weight == 1.0  # our departure from the paper; 0 restores its objective
     assert c.betas == (0.8, 0.9)
     with pytest.raises(ValueError):
         TrainConfig.from_params({"precision": "fp16"})

@@ -35,7 +35,8 @@ from medmix.protocols import Protocol
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings; defaults are the paper's (Appendix C)."""
+    """Optimisation settings; defaults are the paper's (Appendix C), except
+    ``modality_loss_weight`` (not in the paper; 0 gives the paper's objective)."""
 
     lr: float = 1e-5
     router_lr_mult: float = 0.3
