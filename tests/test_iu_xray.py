@@ -293,3 +293,59 @@ def test_xml_refuses_entities_and_malformed_files(tmp_path):
 def test_summary_json_is_serialisable_with_real_notes(cohort, tmp_path):
     summary = write_summary(cohort, tmp_path / "a.json", tmp_path / "a.md")
     assert json.loads((tmp_path / "a.json").read_text())["n_samples"] == summary["n_samples"] == 120
+
+
+# --------------------------------------------------------------------------- note_sections: separate
+def test_sections_as_separate_text_modalities(sample):
+    cohort = build_cohort("iu_sections", _csv_cfg(sample, note_sections="separate"), ".")
+    assert cohort.modalities == {"frontal": "image", "lateral": "image", "indication": "text", "findings": "text",
+                                 "impression": "text"}
+    raw = pd.read_csv(sample / "indiana_reports.csv", dtype=str, keep_default_na=False)
+    raw["sample_id"] = "CXR" + raw["uid"]
+    raw = raw.set_index("sample_id").loc[cohort.sample_ids]
+    for section in ("indication", "findings", "impression"):
+        got = cohort.inputs(section)
+        want = [t.strip() or None for t in raw[section]]
+        assert got == want, section
+    # Natural missingness: some findings sections are empty in the real sample.
+    assert any(v is None for v in cohort.inputs("findings"))
+    # Same samples, labels and split as the joined note.
+    joined = build_cohort("iu_sections", _csv_cfg(sample), ".")
+    assert joined.frame["split"].tolist() == cohort.frame["split"].tolist()
+    np.testing.assert_array_equal(joined.label_matrix(), cohort.label_matrix())
+
+
+def test_sections_subset_and_default_modalities(sample):
+    from medmix.datasets.declared import declared_modalities, default_modalities
+
+    cfg = _csv_cfg(sample, note_sections="separate")
+    assert default_modalities(cfg) == {
+        "frontal": {"kind": "image", "column": "frontal"}, "lateral": {"kind": "image", "column": "lateral"},
+        "indication": {"kind": "text", "column": "indication"}, "findings": {"kind": "text", "column": "findings"},
+        "impression": {"kind": "text", "column": "impression"}}
+    assert default_modalities(_csv_cfg(sample)) == {
+        "frontal": {"kind": "image", "column": "frontal"}, "lateral": {"kind": "image", "column": "lateral"},
+        "note": {"kind": "text", "column": "note"}}
+    only = {**cfg, "modalities": {"findings": {"kind": "text"}, "impression": {"kind": "text"}}}
+    assert declared_modalities(only) == {"findings": "text", "impression": "text"}
+    assert list(default_modalities(only)) == ["findings", "impression"]
+    assert build_cohort("x", only, ".").modalities == {"findings": "text", "impression": "text"}
+    with pytest.raises(CohortError, match="note_sections"):
+        build_cohort("x", _csv_cfg(sample, note_sections="split"), ".")
+    with pytest.raises(CohortError, match="provides modalities"):
+        build_cohort("x", {**cfg, "modalities": {"note": {"kind": "text"}}}, ".")
+    with pytest.raises(CohortError, match="no default modalities"):
+        default_modalities({"adapter": "manifest"})
+
+
+def test_xml_sections(tmp_path):
+    xml_dir = tmp_path / "x"
+    xml_dir.mkdir()
+    (xml_dir / "7.xml").write_text(_xml_report("7", "Heart is enlarged.", "", ["Cardiomegaly"], [], []))
+    (tmp_path / "p.csv").write_text("uid,filename,projection\n")
+    cfg = {"adapter": "iu_xray", "reports_xml_dir": str(xml_dir), "projections_csv": str(tmp_path / "p.csv"),
+           "note_sections": "separate", "split_ratios": [1, 0, 0]}
+    cohort = build_cohort("x", cfg, ".")
+    assert cohort.inputs("indication") == ["cough"]
+    assert cohort.inputs("findings") == ["Heart is enlarged."]
+    assert cohort.inputs("impression") == [None]

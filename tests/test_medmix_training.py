@@ -142,6 +142,26 @@ def test_curves_and_best_validation_checkpoint(trained, planted):
         assert trainer.validation_loss(model, _DeviceData(val, trainer.device, model.modalities, trainer.dtype)) == best
 
 
+def test_curves_record_router_and_fusion_statistics(trained, planted):
+    _, val, _ = planted
+    curves = trained.curves()
+    gates = ["gate:a:a_expert0_informative", "gate:a:a_expert1_noise"]
+    assert {"router_entropy:a", "fusion_entropy", "fusion:a", "fusion:b", *gates} <= set(curves.columns)
+    np.testing.assert_allclose(curves[gates].sum(axis=1), 1.0, atol=1e-5)
+    assert curves["router_entropy:a"].between(0, 1).all() and curves["fusion_entropy"].between(0, 1).all()
+    # The last row of each seed's curves was measured on the weights of that epoch; the restored
+    # best checkpoint's statistics equal those of the best epoch.
+    for seed, model in zip(trained.seeds, trained.models, strict=True):
+        rows = curves[curves.seed == seed]
+        best = rows.loc[rows["val_loss"].idxmin()]
+        with torch.no_grad():
+            out = model(val.x, val.mask)
+        both = val.mask["a"].all(1)
+        gates_best = out.router["a"][val.mask["a"].any(1)].mean(0).numpy()
+        np.testing.assert_allclose(gates_best, best[gates].to_numpy(float), atol=1e-5)
+        assert both.any()
+
+
 # --- reproducibility --------------------------------------------------------------------------
 
 
@@ -224,6 +244,7 @@ def test_train_config_defaults_are_the_papers():
     assert (c.lr, c.router_lr_mult, c.weight_decay, c.grad_clip) == (1e-5, 0.3, 1e-2, 1.0)
     assert (c.warmup_epochs, c.max_epochs, c.batch_size, c.patience) == (50, 200, 256, 20)
     assert (c.distill_max, c.distill_ramp_epochs, c.rkd_weight) == (0.3, 30, 0.05)
+    assert c.modality_loss_weight == 1.0  # our departure from the paper; 0 restores its objective
     assert c.betas == (0.8, 0.9)
     with pytest.raises(ValueError):
         TrainConfig.from_params({"precision": "fp16"})

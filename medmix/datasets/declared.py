@@ -20,8 +20,48 @@ FIXED_MODALITIES: dict[str, dict[str, str]] = {
     "mmist_ccrcc": {"ct": "volume", "wsi": "slide", "note": "text"},
 }
 
+#: IU X-ray with ``note_sections: separate``: the report's sections are three text modalities.
+IU_XRAY_SECTIONS: tuple[str, ...] = ("indication", "findings", "impression")
+#: Values of the IU X-ray ``note_sections`` option (``joined``: one ``note`` modality, the default).
+NOTE_SECTIONS = ("joined", "separate")
+
 #: Modalities built when the config lists none (default: all of the adapter's).
 DEFAULT_SELECTION: dict[str, tuple[str, ...]] = {"mimic_iii": ("note", "ehr")}
+
+
+def adapter_modalities(adapter: str, cfg: dict[str, Any] | None = None) -> dict[str, str]:
+    """modality -> kind that the named ``adapter`` can provide under ``cfg``'s options."""
+    fixed = dict(FIXED_MODALITIES[adapter])
+    if adapter == "iu_xray":
+        sections = (cfg or {}).get("note_sections", "joined")
+        if sections not in NOTE_SECTIONS:
+            raise CohortError(f"iu_xray: note_sections must be one of {NOTE_SECTIONS}, got {sections!r}")
+        if sections == "separate":
+            fixed.pop("note")
+            fixed.update({s: "text" for s in IU_XRAY_SECTIONS})
+    return fixed
+
+
+def default_modalities(cfg: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The ``modalities:`` block a dataset config gets when it declares none.
+
+    For a named adapter (``iu_xray``, ``mimic_iv_mm``, ``mimic_iii``, ``mmist_ccrcc``) it is the
+    adapter's default selection under the config's options, each as ``{kind, column}``, e.g.
+    ``iu_xray`` with ``note_sections: separate`` -> ``frontal``, ``lateral`` (image) and
+    ``indication``, ``findings``, ``impression`` (text). A config that declares modalities gets
+    them back unchanged (validated against the adapter). The workflow fills
+    ``config["datasets"][name]["modalities"]`` with this before planning jobs.
+    """
+    adapter = cfg.get("adapter", "manifest")
+    declared = cfg.get("modalities")
+    if adapter not in FIXED_MODALITIES:
+        if not declared:
+            raise CohortError(f"adapter {adapter!r} has no default modalities: declare a `modalities:` block")
+        return {m: dict(spec) for m, spec in declared.items()}
+    keep = selected_modalities("?", cfg, adapter)
+    if declared:
+        return {m: dict(declared[m]) for m in keep}
+    return {m: {"kind": k, "column": m} for m, k in keep.items()}
 
 
 def declared_modalities(cfg: dict[str, Any]) -> dict[str, str]:
@@ -54,7 +94,7 @@ def declared_labels(cfg: dict[str, Any]) -> list[str]:
 
 def selected_modalities(name: str, cfg: dict[str, Any], adapter: str) -> dict[str, str]:
     """The named adapter's modalities, restricted to those the config lists (all when it lists none)."""
-    fixed = FIXED_MODALITIES[adapter]
+    fixed = adapter_modalities(adapter, cfg)
     declared = cfg.get("modalities")
     if not declared:
         default = DEFAULT_SELECTION.get(adapter, tuple(fixed))

@@ -16,8 +16,13 @@ exist is a missing modality, counted in the summary, never an error.
 
 Samples: one per report (``sample_id = patient_id = "CXR<uid>"``; the collection has one study per
 patient, so the report id is the patient id). Frontal / lateral: the first image of each
-projection in the projections table. Note: ``FINDINGS: ...`` and ``IMPRESSION: ...`` joined by a
-newline (empty sections left out; both empty = missing note).
+projection in the projections table. Note (``note_sections: joined``, the default):
+``FINDINGS: ...`` and ``IMPRESSION: ...`` joined by a newline (empty sections left out; both
+empty = missing note). With ``note_sections: separate`` the report gives three text modalities
+instead of ``note``: ``indication``, ``findings`` and ``impression`` (each the section's raw
+text; an empty section is that modality missing, so the natural missingness of the sections is
+kept). :func:`medmix.datasets.declared.default_modalities` gives the modality block of a config
+that declares none.
 
 Labels: 15 binary findings from the MeSH field. A report is positive for a finding when one of its
 MeSH terms has that top-level heading (the text before the first ``/``, case-insensitive); reports
@@ -39,7 +44,7 @@ from typing import Any
 import pandas as pd
 
 from medmix.cohort import Cohort, CohortError
-from medmix.datasets.declared import selected_modalities
+from medmix.datasets.declared import IU_XRAY_SECTIONS, selected_modalities
 from medmix.datasets.manifest import cohort_from_table, read_table
 from medmix.datasets.paths import config_path, resolve_inside
 
@@ -145,13 +150,15 @@ def load_iu_xray(name: str, cfg: dict[str, Any], base_dir: Path) -> Cohort:
                      f"{', '.join(unlisted[:10])}{' ...' if len(unlisted) > 10 else ''}")
     rows = []
     for rep in reports:
-        row = {"sample_id": f"CXR{rep['uid']}", "patient_id": f"CXR{rep['uid']}", "note": rep["note"]}
+        row = {"sample_id": f"CXR{rep['uid']}", "patient_id": f"CXR{rep['uid']}", "note": rep["note"],
+               **{sec: rep["sections"].get(sec, "") for sec in IU_XRAY_SECTIONS}}
         for view, projection in VIEWS.items():
             stem = _first_view(rep, views, projection)
             row[view] = "" if stem is None or images_dir is None else _image_cell(root, stem, where, rep["uid"])
         row.update({f: _label_cell(v) for f, v in finding_labels(rep["mesh"], findings).items()})
         rows.append(row)
-    table = pd.DataFrame(rows, columns=["sample_id", "patient_id", "frontal", "lateral", "note", *findings])
+    table = pd.DataFrame(rows, columns=["sample_id", "patient_id", "frontal", "lateral", "note", *IU_XRAY_SECTIONS,
+                                        *findings])
     spec = {
         "task": "multilabel",
         "labels": findings,
@@ -164,6 +171,7 @@ def load_iu_xray(name: str, cfg: dict[str, Any], base_dir: Path) -> Cohort:
     extra: dict[str, Any] = {
         "adapter": "iu_xray",
         "layout": layout,
+        "note_sections": cfg.get("note_sections", "joined"),
         "label_rule": "1 if a MeSH term's top-level heading (before the first '/') equals the finding; "
         "all unknown for 'No Indexing'",
         "label_headings": list(cfg.get("labels") or DEFAULT_FINDINGS),
@@ -187,7 +195,8 @@ def read_csv_reports(path: Path, where: str) -> list[dict[str, Any]]:
         raise CohortError(f"{where}: {path} lacks column(s) {need}; it has {list(table.columns)}")
     mesh_col = "MeSH" if "MeSH" in table.columns else "Problems"
     return [
-        {"uid": r["uid"], "mesh": split_mesh(r[mesh_col]), "note": join_note(r["findings"], r["impression"])}
+        {"uid": r["uid"], "mesh": split_mesh(r[mesh_col]), "note": join_note(r["findings"], r["impression"]),
+         "sections": {sec: clean_section(r.get(sec, "")) for sec in IU_XRAY_SECTIONS}}
         for r in table.to_dict("records")
     ]
 
@@ -223,6 +232,7 @@ def parse_xml_report(path: Path, where: str) -> dict[str, Any]:
         "uid": uid,
         "mesh": [m for m in mesh if m],
         "note": join_note(sections.get("FINDINGS", ""), sections.get("IMPRESSION", "")),
+        "sections": {sec: clean_section(sections.get(sec.upper(), "")) for sec in IU_XRAY_SECTIONS},
         "images": images,
     }
 
@@ -246,6 +256,11 @@ def image_stem(name: str) -> str:
     ``'1_IM-0001-4001'``."""
     stem = re.sub(r"(\.dcm)?\.(png|jpg|jpeg)$", "", name.strip(), flags=re.IGNORECASE)
     return re.sub(r"^CXR\d+_", "", stem, flags=re.IGNORECASE)
+
+
+def clean_section(text: str) -> str:
+    """A section's text, stripped ('' = the section is missing)."""
+    return str(text or "").strip()
 
 
 def join_note(findings: str, impression: str) -> str:

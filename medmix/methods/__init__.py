@@ -12,6 +12,7 @@ from medmix.methods.base import FusionMethod, Prediction
 
 #: registry name -> module that defines it (imported on first use).
 _MODULES = {
+    "linear_probe": "medmix.methods.linear_probe",
     "meanavg": "medmix.methods.meanavg",
     "medmix": "medmix.methods.medmix",
     "medmix_nodistill": "medmix.methods.medmix",

@@ -143,13 +143,15 @@ class ModalityBlock(nn.Module):
 @dataclass
 class MedMIXOutput:
     """``logits`` [N, C]; ``router[m]`` [N, K_m]; ``fusion`` [N, M]; ``z[m]`` [N, hidden];
-    ``present`` bool [N, M] (modality has at least one expert)."""
+    ``present`` bool [N, M] (modality has at least one expert); ``modality_logits`` [N, M, C],
+    every modality head's own logits ``ℓ(m)`` (meaningless where the modality is absent)."""
 
     logits: torch.Tensor
     router: dict[str, torch.Tensor]
     fusion: torch.Tensor
     z: dict[str, torch.Tensor]
     present: torch.Tensor
+    modality_logits: torch.Tensor | None = None
 
 
 class MedMIXNet(nn.Module):
@@ -195,8 +197,9 @@ class MedMIXNet(nn.Module):
         present_t = torch.stack(present, dim=1)
         fused_scores = torch.stack(scores, dim=1).masked_fill(~present_t, MASK_SCORE)
         fusion = torch.softmax(fused_scores, dim=-1) * present_t
-        fused = (fusion.unsqueeze(-1) * torch.stack(logits, dim=1)).sum(dim=1)
-        return MedMIXOutput(fused, router, fusion, z, present_t)
+        per_modality = torch.stack(logits, dim=1)
+        fused = (fusion.unsqueeze(-1) * per_modality).sum(dim=1)
+        return MedMIXOutput(fused, router, fusion, z, present_t, per_modality)
 
 
 class TeacherHeads(nn.Module):

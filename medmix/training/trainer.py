@@ -35,7 +35,8 @@ from medmix.protocols import Protocol
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings; defaults are the paper's (Appendix C)."""
+    """Optimisation settings; defaults are the paper's (Appendix C), except
+    ``modality_loss_weight`` (not in the paper; 0 gives the paper's objective)."""
 
     lr: float = 1e-5
     router_lr_mult: float = 0.3
@@ -49,6 +50,8 @@ class TrainConfig:
     distill_max: float = 0.3
     distill_ramp_epochs: int = 30
     rkd_weight: float = 0.05
+    #: MedMIX only, NOT in the paper: weight of the per-modality head loss (see medmix.methods.medmix).
+    modality_loss_weight: float = 1.0
     precision: str = "auto"
     device: str = "auto"
     threads: int = 0
@@ -61,7 +64,8 @@ class TrainConfig:
         values = {k: v for k, v in params.items() if k in known}
         if "betas" in values:
             values["betas"] = tuple(float(b) for b in values["betas"])
-        for key in ("lr", "router_lr_mult", "weight_decay", "grad_clip", "distill_max", "rkd_weight"):
+        for key in ("lr", "router_lr_mult", "weight_decay", "grad_clip", "distill_max", "rkd_weight",
+                    "modality_loss_weight"):
             if key in values:
                 values[key] = float(values[key])
         for key in ("warmup_epochs", "max_epochs", "batch_size", "patience", "distill_ramp_epochs", "eval_batch_size", "threads"):
@@ -74,6 +78,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.modality_loss_weight < 0:
+            raise ValueError(f"modality_loss_weight must be >= 0, got {self.modality_loss_weight}")
         if len(self.betas) != 2 or self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
             raise ValueError(f"invalid training settings: {self}")
 
@@ -171,6 +177,9 @@ class Objective(TypingProtocol):
     def loss(self, member: Member, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
     def val_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+
+    # Optional: ``diagnostics(model, batch) -> dict[str, float]`` on the whole validation split in
+    # eval mode, once per epoch; the values become columns of the curves (e.g. router entropy).
 
 
 def seeded_init(seed: int, build: Callable[[], Any]) -> Any:
@@ -342,6 +351,7 @@ class EnsembleTrainer:
                 rows.append({
                     "seed": s.member.seed, "epoch": epoch, **{k: float(v) for k, v in acc.items()},
                     "val_loss": val_loss, "lr": c.lr * factor, "improved": improved,
+                    **self.diagnostics(s.member.model, va),
                     "seconds": round(time.perf_counter() - t0, 3),
                 })
         for s in states:
@@ -351,6 +361,16 @@ class EnsembleTrainer:
             if hasattr(s.member.model, "set_dropout_generator"):
                 s.member.model.set_dropout_generator(None)
         return pd.DataFrame(rows)
+
+    @torch.no_grad()
+    def diagnostics(self, model: nn.Module, data: _DeviceData) -> dict[str, float]:
+        """The objective's per-epoch diagnostics on the validation split (empty if it has none)."""
+        fn = getattr(self.objective, "diagnostics", None)
+        if fn is None:
+            return {}
+        model.eval()
+        with autocast(self.device, self.dtype):
+            return {k: float(v) for k, v in fn(model, data.full_masked(0, data.n)).items()}
 
     @torch.no_grad()
     def validation_loss(self, model: nn.Module, data: _DeviceData) -> float:

@@ -1,0 +1,243 @@
+"""End-to-end benchmark on the IU X-ray dev cohort (real reports, no images), through the Python API.
+
+1. Cohort: :func:`medmix.datasets.build_cohort` with the ``iu_xray`` adapter and
+   ``note_sections: separate`` -> three text modalities ``indication``, ``findings``,
+   ``impression`` (empty section = missing), the 15 default MeSH findings, the adapter's
+   0.65 / 0.15 / 0.20 patient split.
+2. Stage 1: every expert of the text committee (and the teacher) of the config's expert profile
+   (default: ``config.yaml``, profile ``demo``) is run per section with
+   :func:`extractors.runner.run_extraction` into ``<cache>/features/<modality>/<expert>-<key>.parquet``,
+   where ``key`` hashes the expert's source files and settings, so an edited expert is
+   re-extracted and an unchanged one never is. ``rag_minilm`` gets the demo knowledge base and
+   its index under ``<cache>/rag``. Stage 1 never sees labels or splits.
+3. Stage 2: the features are standardised on the training split
+   (:class:`medmix.data.Standardizer`, as the fit job does) and every method is fitted with the
+   config's ``training`` section (plus ``method_params.<method>``), seeds 0-4 by default.
+4. Metrics: :func:`medmix.evaluation.metrics.compute_metrics` on the test split with per-label
+   thresholds tuned on the validation split only (:func:`tune_thresholds`); the table gives
+   test macro AUROC / AUPRC per seed and mean ± std, and the wall time of each method.
+
+Per-(method, seed, epoch) curves go to ``<cache>/curves/<tag>-<method>.csv``.
+
+Usage::
+
+    PYTHONPATH=. python tests/benchmarks/bench_iu_dev.py --cache /tmp/iu_cache \\
+        [--data ../shared/data/iu_xray_dev] [--config config.yaml] [--seeds 0 1 2 3 4] \\
+        [--methods medmix meanavg linear_probe] [--committee text_keywords minilm_l6 ...] \\
+        [--set medmix.router_warmup_epochs=0 ...] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SECTIONS = ("indication", "findings", "impression")
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def build_iu_cohort(data_dir: Path):
+    from medmix.datasets import build_cohort
+
+    cfg = {
+        "adapter": "iu_xray", "task": "multilabel",
+        "reports_csv": str(data_dir / "indiana_reports.csv"),
+        "projections_csv": str(data_dir / "indiana_projections.csv"),
+        "note_sections": "separate",
+        "modalities": {s: {"kind": "text"} for s in SECTIONS},
+    }
+    return build_cohort("iu_xray_dev", cfg, ".")
+
+
+def text_committee(config: dict[str, Any]) -> tuple[list[dict[str, str]], str | None]:
+    profile = config["experts"]["profiles"][config["experts"].get("profile", "demo")]
+    text = profile["text"]
+    return [dict(m) for m in text["committee"]], text.get("teacher")
+
+
+def _expert_key(name: str, settings: dict[str, Any]) -> str:
+    from extractors.registry import get_spec, source_files
+
+    h = hashlib.sha256()
+    for f in source_files(name):
+        h.update(Path(f).read_bytes())
+    spec = get_spec(name)
+    h.update(json.dumps({"pre": spec.preprocessing, "dim": spec.dim, "settings": settings}, sort_keys=True,
+                        default=str).encode())
+    return h.hexdigest()[:10]
+
+
+def _rag_settings(cache: Path, name: str) -> dict[str, Any]:
+    from extractors.registry import create_extractor
+    from medmix.knowledge.index import build_index
+    from medmix.knowledge.kb import ingest
+
+    rag = cache / "rag"
+    kb, index = rag / "kb.parquet", rag / f"index-{name}"
+    if not kb.is_file():
+        rag.mkdir(parents=True, exist_ok=True)
+        ingest("demo", kb)
+    settings = {"options": {"index_dir": str(index)}}
+    if not (index / "manifest.json").is_file():
+        encoder, lm = create_extractor(name, settings).index_specs()
+        build_index(kb, index, encoder, lm)
+    return settings
+
+
+def extract(cohort, cache: Path, experts: list[str], expert_settings: dict[str, dict[str, Any]] | None = None
+            ) -> dict[tuple[str, str], Path]:
+    """Feature file per (section, expert), extracted once and reused from ``cache``."""
+    from extractors.registry import create_extractor, get_spec
+    from extractors.runner import run_extraction
+
+    out: dict[tuple[str, str], Path] = {}
+    for name in dict.fromkeys(experts):
+        settings = dict((expert_settings or {}).get(name, {}))
+        if get_spec(name).role == "rag":
+            settings = {**settings, **_rag_settings(cache, name)}
+        key = _expert_key(name, {k: v for k, v in settings.items() if k != "options"})
+        extractor = None
+        for m in SECTIONS:
+            path = cache / "features" / m / f"{name}-{key}.parquet"
+            if not path.is_file():
+                extractor = extractor or create_extractor(name, settings)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                t = time.perf_counter()
+                run_extraction(extractor, cohort.sample_ids, cohort.inputs(m), str(path))
+                print(f"  extracted {name} on {m} in {time.perf_counter() - t:.1f}s", flush=True)
+            out[(m, name)] = path
+    return out
+
+
+def load_data(cohort, files: dict[tuple[str, str], Path], committee: list[dict[str, str]], teacher: str | None):
+    from medmix.data import Standardizer, from_bundle
+    from medmix.features import assemble
+
+    members = {m: [{"path": files[(m, e["name"])], "role": e.get("role", "general")} for e in committee] for m in SECTIONS}
+    teachers = {m: {"path": files[(m, teacher)]} for m in SECTIONS} if teacher else None
+    data = from_bundle(cohort, assemble(cohort.sample_ids, members, teachers))
+    return Standardizer.fit(data.split_part("train")).apply(data)
+
+
+def method_params(config: dict[str, Any], method: str, overrides: dict[str, Any], threads: int) -> dict[str, Any]:
+    params = {**(config.get("training") or {}), **((config.get("method_params") or {}).get(method) or {})}
+    params.update({k.split(".", 1)[1]: v for k, v in overrides.items() if k.split(".", 1)[0] in (method, "all")})
+    params["threads"] = threads
+    return params
+
+
+def evaluate(method, val, test) -> list[dict[str, float]]:
+    from medmix.evaluation.metrics import compute_metrics, tune_thresholds
+
+    pv, pt = method.predict(val).prob, method.predict(test).prob
+    yv, yt = val.y.numpy(), test.y.numpy()
+    rows = []
+    for s, seed in enumerate(method.seeds):
+        thr = tune_thresholds(pv[s], yv)
+        rows.append({"seed": seed, **compute_metrics(pt[s], yt, test.task, thr)})
+    return rows
+
+
+def run_method(name: str, params: dict[str, Any], data, seeds: list[int]):
+    from medmix.methods import create_method
+    from medmix.protocols import Protocol
+
+    train, val, test = (data.split_part(s) for s in ("train", "val", "test"))
+    t0 = time.perf_counter()
+    method = create_method(name, params)
+    method.fit(train, val, seeds, Protocol("none"))
+    seconds = time.perf_counter() - t0
+    return method, evaluate(method, val, test), seconds
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def table(results: dict[str, tuple[list[dict[str, float]], float]], seeds: list[int]) -> str:
+    lines = ["| method | metric | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std | fit s |",
+             "|---|---|" + "---|" * len(seeds) + "---|---|"]
+    for name, (rows, seconds) in results.items():
+        for metric in ("auroc", "auprc"):
+            vals = np.array([r[metric] for r in rows])
+            lines.append(f"| {name} | {metric} | " + " | ".join(f"{v:.4f}" for v in vals)
+                         + f" | {vals.mean():.4f} ± {vals.std(ddof=1) if len(vals) > 1 else 0.0:.4f} | {seconds:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", type=Path, required=True, help="folder for the embedding cache and curves")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "iu_xray_dev")
+    parser.add_argument("--config", type=Path, default=ROOT / "config.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--methods", nargs="+", default=["medmix", "meanavg", "linear_probe"])
+    parser.add_argument("--committee", nargs="+", help="text experts (default: the config profile's text committee)")
+    parser.add_argument("--teacher", help="text teacher (default: the profile's; 'none' for none)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="METHOD.KEY=VALUE",
+                        help="parameter overrides, e.g. medmix.lr=3e-4 (METHOD 'all' for every method)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tag", default="run", help="prefix of the curve files")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    t_start = time.perf_counter()
+    config = load_config(args.config)
+    committee, teacher = text_committee(config)
+    if args.committee:
+        committee = [{"name": n, "role": "general"} for n in args.committee]
+    if args.teacher:
+        teacher = None if args.teacher == "none" else args.teacher
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    overrides = {k: _parse_value(v) for k, v in overrides.items()}
+
+    cohort = build_iu_cohort(args.data)
+    expert_settings = (config.get("experts") or {}).get("settings") or {}
+    files = extract(cohort, args.cache, [e["name"] for e in committee] + ([teacher] if teacher else []), expert_settings)
+    t_extract = time.perf_counter() - t_start
+    data = load_data(cohort, files, committee, teacher)
+    n = {s: int((data.split == s).sum()) for s in ("train", "val", "test")}
+    print(f"cohort: {n}; committee {[e['name'] for e in committee]}, teacher {teacher}; extraction/cache "
+          f"{t_extract:.1f}s", flush=True)
+
+    results: dict[str, tuple[list[dict[str, float]], float]] = {}
+    (args.cache / "curves").mkdir(parents=True, exist_ok=True)
+    for name in args.methods:
+        params = method_params(config, name, overrides, args.threads)
+        method, rows, seconds = run_method(name, params, data, args.seeds)
+        results[name] = (rows, seconds)
+        method.curves().to_csv(args.cache / "curves" / f"{args.tag}-{name}.csv", index=False)
+        summary = ", ".join(f"s{r['seed']}: {r['auroc']:.4f}/{r['auprc']:.4f}" for r in rows)
+        print(f"{name} ({seconds:.1f}s) AUROC/AUPRC {summary}", flush=True)
+    print()
+    print(table(results, args.seeds))
+    wall = time.perf_counter() - t_start
+    print(f"\nwall time {wall:.1f}s (extraction or cache read {t_extract:.1f}s)")
+    return {"results": results, "wall_s": wall}
+
+
+if __name__ == "__main__":
+    main()
