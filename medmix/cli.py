@@ -7,6 +7,7 @@ import json
 import sys
 
 from medmix.config import ConfigError, committee, expert_identity, load_config
+from medmix.datasets.declared import declared_labels
 
 
 def _info(args) -> int:
@@ -22,7 +23,7 @@ def _info(args) -> int:
     for name, ds in cfg["datasets"].items():
         ext = f", external validation on {', '.join(ds['external'])}" if ds.get("external") else ""
         print(f"\ndataset {name}: adapter {ds['adapter']}, task {ds['task']}, role {ds.get('role')}{ext}")
-        print(f"  labels: {', '.join(ds['labels'])}")
+        print(f"  labels: {', '.join(declared_labels(ds))}")
         for mod, mcfg in ds.get("modalities", {}).items():
             members, teacher = committee(cfg, name, mod)
             used |= {m.name for m in members} | ({teacher} if teacher else set())

@@ -68,6 +68,17 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """Schema + semantic validation; returns ``cfg`` with defaults filled in."""
     validate_schema(cfg)
     from extractors.registry import get_spec, list_experts
+    from medmix.cohort import CohortError
+    from medmix.datasets.declared import FIXED_MODALITIES, default_modalities
+
+    for ds_name, ds in cfg["datasets"].items():
+        if not ds.get("labels") and ds["adapter"] not in FIXED_MODALITIES and ds["task"] != "multiclass":
+            raise ConfigError(f"config key `datasets.{ds_name}.labels`: required for adapter {ds['adapter']!r}")
+        if not ds.get("modalities"):  # named adapters know their own modalities
+            try:
+                ds["modalities"] = default_modalities(ds)
+            except CohortError as err:
+                raise ConfigError(f"config key `datasets.{ds_name}.modalities`: {err}") from err
 
     profiles = cfg["experts"]["profiles"]
     if cfg["experts"]["profile"] not in profiles:

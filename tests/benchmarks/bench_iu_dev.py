@@ -85,9 +85,10 @@ def _expert_key(name: str, settings: dict[str, Any]) -> str:
 
 
 def _rag_settings(cache: Path, name: str) -> dict[str, Any]:
-    from extractors.registry import create_extractor
     from medmix.knowledge.index import build_index
     from medmix.knowledge.kb import ingest
+
+    from extractors.registry import create_extractor
 
     rag = cache / "rag"
     kb, index = rag / "kb.parquet", rag / f"index-{name}"
