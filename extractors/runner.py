@@ -143,16 +143,6 @@ def embed_items(
                 yield i, row, reason
 
 
-def embed_all(extractor: Extractor, prepared: list[Any], batch_size: int) -> np.ndarray:
-    """Embed the non-``None`` prepared inputs in length-sorted batches; returns ``[N, dim]``."""
-    out = np.zeros((len(prepared), extractor.dim), np.float32)
-    items = [(i, p) for i, p in enumerate(prepared) if p is not None]
-    for i, row, _ in embed_items(extractor, items, batch_size):
-        if row is not None:
-            out[i] = row
-    return out
-
-
 def reason_category(reason: str) -> str:
     """A reason without its sample-specific parts (paths, numbers), for counting."""
     text = re.sub(r"\S*[/\\]\S*", "<path>", reason)
