@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from extractors.registry import create_extractor
-from extractors.runner import run_extraction
+from extractors.runner import MAX_FAILED_FRACTION, run_extraction
 from medmix.cohort import read_cohort
 
 log = logging.getLogger("medmix.extract")
@@ -20,8 +20,13 @@ def extract_job(
     identity: dict[str, Any],
     runtime: dict[str, Any],
     options: dict[str, Any] | None = None,
+    max_failed_fraction: float = MAX_FAILED_FRACTION,
 ) -> dict[str, Any]:
-    """Embed ``modality`` of the cohort with ``expert`` into ``out_path`` (atomic)."""
+    """Embed ``modality`` of the cohort with ``expert`` into ``out_path`` (atomic).
+
+    ``max_failed_fraction`` is ``extraction.max_failed_fraction`` of config.yaml: the job fails,
+    writing nothing, when more of the present inputs than that cannot be used.
+    """
     cohort = read_cohort(cohort_path)
     if modality not in cohort.modalities:
         raise KeyError(f"{cohort_path}: dataset {cohort.name!r} has no modality {modality!r}")
@@ -43,4 +48,5 @@ def extract_job(
         cohort.inputs(modality),
         out_path,
         extra_metadata={"dataset": cohort.name, "modality": modality, "kind": kind},
+        max_failed_fraction=max_failed_fraction,
     )
