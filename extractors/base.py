@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -17,6 +20,44 @@ class InputError(ValueError):
 
 class ModelUnavailableError(RuntimeError):
     """The model's weights cannot be found locally and the hub cannot be reached."""
+
+
+class ExtractionFailedError(RuntimeError):
+    """Too many of a job's inputs failed: no feature file is written (see ``run_extraction``)."""
+
+
+#: RuntimeError messages of the accelerator stack or the memory allocator (torch's CPU allocator
+#: says "can't allocate memory"): they concern the machine, never one input.
+_FATAL_MESSAGE = re.compile(
+    r"\bcu(da|dnn|blas)|out of memory|(can't|cannot) allocate memory|not enough memory", re.IGNORECASE
+)
+
+
+def is_fatal(err: BaseException | None) -> bool:
+    """Whether ``err`` must fail the whole job instead of making one sample absent.
+
+    Fatal: anything that is not an ``Exception`` (``KeyboardInterrupt``, ``SystemExit``), out of
+    memory (``MemoryError``, ``torch.OutOfMemoryError``, an ``OSError`` with ``ENOMEM``), CUDA /
+    cuDNN / cuBLAS and allocator failures (a ``RuntimeError`` whose message names them), missing
+    weights (:class:`ModelUnavailableError`), and any error raised *from* one of these (``raise
+    InputError(...) from err`` around an out-of-memory error is still fatal). Everything else is
+    about one input and is isolated by the runner.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if not isinstance(err, Exception) or isinstance(err, (MemoryError, ModelUnavailableError)):
+            return True
+        if isinstance(err, OSError) and err.errno == errno.ENOMEM:
+            return True
+        torch = sys.modules.get("torch")  # not imported -> no torch error can exist
+        oom = getattr(torch, "OutOfMemoryError", None) or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+        if isinstance(oom, type) and isinstance(err, oom):
+            return True
+        if isinstance(err, RuntimeError) and _FATAL_MESSAGE.search(str(err)):
+            return True
+        err = err.__cause__
+    return False
 
 
 @dataclass

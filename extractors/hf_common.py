@@ -15,7 +15,7 @@ import os
 import re
 from typing import Any
 
-from extractors.base import Extractor, ModelUnavailableError, resolve_device
+from extractors.base import Extractor, ModelUnavailableError, is_fatal, resolve_device
 
 log = logging.getLogger("medmix.extract")
 
@@ -28,8 +28,8 @@ LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, ImportError)
 
 
 def raise_unless_missing(err: Exception) -> None:
-    """Re-raise errors that are not about missing weights (out of memory, CUDA failures)."""
-    if isinstance(err, ModelUnavailableError) or "out of memory" in str(err).lower() or "CUDA" in str(err):
+    """Re-raise errors that are not about missing weights (out of memory, CUDA failures: :func:`is_fatal`)."""
+    if is_fatal(err):
         raise err
 
 

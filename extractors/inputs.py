@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import InputError
+from extractors.base import InputError, is_fatal
 
 MAX_VOLUME_BYTES = 2 * 1024**3
 MAX_TIMESERIES_CELLS = 50_000_000
@@ -81,6 +81,8 @@ def read_timeseries(path: str):
     try:
         frame = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
     except Exception as err:  # noqa: BLE001 - any parser failure means unusable input
+        if is_fatal(err):  # out of memory is not a property of the input
+            raise
         raise InputError(f"unreadable time series {path}: {type(err).__name__}: {err}") from err
     if frame.size > MAX_TIMESERIES_CELLS:
         raise InputError(f"time series {path} has {frame.size} cells (limit {MAX_TIMESERIES_CELLS})")
@@ -122,6 +124,8 @@ def read_volume(path: str, layout: str = "DHW") -> np.ndarray:
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - corrupt/truncated files raise many kinds of errors
+        if is_fatal(err):  # out of memory is not a property of the input
+            raise
         raise InputError(f"unreadable volume {path}: {type(err).__name__}: {err}") from err
     if min(vol.shape) < 1:
         raise InputError(f"volume {path} has shape {vol.shape}")
@@ -197,6 +201,8 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
         except InvalidDicomError:
             continue
         except Exception as err:  # noqa: BLE001 - truncated/corrupt headers
+            if is_fatal(err):  # out of memory is not a property of the input
+                raise
             raise InputError(f"unreadable DICOM file {f}: {type(err).__name__}: {err}") from err
         if "PixelData" in ds or hasattr(ds, "Rows"):
             headers.append((f, ds))
@@ -228,6 +234,8 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
             ds = pydicom.dcmread(str(f))
             arr = ds.pixel_array.astype(np.float32)
         except Exception as err:  # noqa: BLE001 - truncated pixel data, unsupported compression
+            if is_fatal(err):  # out of memory is not a property of the input
+                raise
             raise InputError(f"unreadable DICOM pixel data in {f}: {type(err).__name__}: {err}") from err
         if arr.ndim != 2:
             raise InputError(f"DICOM file {f} has pixel shape {arr.shape}; expected one 2D slice")

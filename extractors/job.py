@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from extractors.registry import create_extractor
-from extractors.runner import run_extraction
+from extractors.runner import MAX_FAILED_FRACTION, run_extraction
 from medmix.store.inputs import folder_fingerprint, input_fingerprint, read_input_view
 
 log = logging.getLogger("medmix.extract")
@@ -20,12 +20,14 @@ def extract_job(
     identity: dict[str, Any],
     runtime: dict[str, Any],
     options: dict[str, Any] | None = None,
-    max_failed_fraction: float = 0.5,
+    max_failed_fraction: float = MAX_FAILED_FRACTION,
 ) -> dict[str, Any]:
     """Embed ``modality`` of the input view with ``expert`` into ``out_path`` (atomic).
 
     The view holds sample ids and inputs only (no labels, no splits). The fingerprint of what
     was read (inputs and, for files, their names, sizes and mtimes) goes into the file's metadata.
+    ``max_failed_fraction`` is ``extraction.max_failed_fraction`` of config.yaml: the job fails,
+    writing nothing, when more of the present inputs than that cannot be used.
     """
     view = read_input_view(inputs_path, [modality])
     settings = {
@@ -49,4 +51,5 @@ def extract_job(
         out_path,
         extra_metadata={"dataset": view.dataset, "modality": modality, "kind": kind, "input_fingerprint": fingerprint,
                         "weights_fingerprint": folder_fingerprint(runtime.get("local_dir"))},
+        max_failed_fraction=max_failed_fraction,
     )

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import InputError, ModelUnavailableError
+from extractors.base import InputError, ModelUnavailableError, is_fatal
 from extractors.hf_common import LOAD_ERRORS, HubExpert, raise_unless_missing
 from extractors.inputs import read_volume
 from extractors.registry import ExpertSpec, register_expert
@@ -78,6 +78,8 @@ def dicom_spacing_ras(folder: str) -> tuple[float, float, float]:
         except InvalidDicomError:
             continue
         except Exception as err:  # noqa: BLE001 - corrupt DICOM raises many kinds of errors
+            if is_fatal(err):  # out of memory is not a property of the input
+                raise
             raise InputError(f"unreadable DICOM file {f}: {err}") from err
         if hasattr(ds, "Rows"):
             headers.append(ds)

@@ -6,12 +6,17 @@ chunk of ``CHUNK_BATCHES`` batches, batches are formed in ``sort_key`` order (e.
 length) to limit padding, so memory stays bounded by one chunk of prepared inputs. Embeddings
 do not depend on the batch composition (each expert guarantees it), so chunking changes nothing.
 
-Bad input never stops the job and never drops a sample: an :class:`InputError` from ``prepare``
-(or any other exception from it, counted as "unexpected"), a batch whose ``embed_batch`` fails
-for one sample, or non-finite embeddings make that sample absent (``present = false``) with the
-reason logged and counted in the per-expert summary line and the file's metadata. Only errors
-that concern the whole expert (its weights cannot be loaded, every input failing unexpectedly,
-wrong output shapes) raise.
+Bad input never stops the job by itself and never drops a sample: an :class:`InputError` from
+``prepare`` (or any other ordinary exception from it, counted as "unexpected"), a batch whose
+``embed_batch`` fails for one sample, or non-finite embeddings make that sample absent
+(``present = false``) with the reason logged and counted in the per-expert summary line and the
+file's metadata. But if more than ``max_failed_fraction`` of the inputs present in the cohort
+fail, the job raises :class:`ExtractionFailedError` and writes nothing: a cohort the expert
+cannot read (e.g. 48 instead of 46 series variables) must not become a modality silently
+recorded as absent. Errors that concern the machine or the whole expert are never recorded as
+missing data and always fail the job (:func:`~extractors.base.is_fatal`: out of memory,
+CUDA/cuDNN/cuBLAS errors, interrupts, missing weights; also wrong output shapes), from ``prepare``
+(DataLoader workers send them back and the main process re-raises them) and from ``embed_batch``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import Extractor, InputError, ModelUnavailableError
+from extractors.base import ExtractionFailedError, Extractor, InputError, ModelUnavailableError, is_fatal
 from extractors.inputs import is_missing
 from medmix.store import hash_inputs, write_features
 
@@ -38,10 +43,26 @@ UNEXPECTED = "unexpected"
 CHUNK_BATCHES = 16
 #: Inputs a DataLoader worker prepares per task (fewer, larger messages between processes).
 LOADER_BATCH = 16
+#: Default of ``extraction.max_failed_fraction`` (config.yaml).
+MAX_FAILED_FRACTION = 0.5
+#: Example sample ids named in an :class:`ExtractionFailedError`.
+N_EXAMPLES = 5
+
+
+class WorkerAbortError(RuntimeError):
+    """A ``KeyboardInterrupt``/``SystemExit`` in a DataLoader worker, sent back to the main process.
+
+    (A DataLoader worker sends exceptions back and the main process re-raises them with their type;
+    an interrupt or exit would instead end the worker, with a less informative error.)
+    """
 
 
 class _Prepared:
-    """Map-style dataset that prepares inputs (in DataLoader workers); failures become reasons."""
+    """Map-style dataset that prepares inputs (in DataLoader workers); input failures become reasons.
+
+    Fatal errors (:func:`is_fatal`) propagate: in a DataLoader worker, the DataLoader sends them to
+    the main process, which re-raises them from ``iter_prepared``.
+    """
 
     def __init__(self, extractor: Extractor, values: list[Any]):
         self.extractor, self.values = extractor, values
@@ -52,10 +73,17 @@ class _Prepared:
     def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
         try:
             return i, self.extractor.prepare(self.values[i]), None
-        except InputError as err:
-            return i, None, str(err)
         except Exception as err:  # noqa: BLE001 - one odd input must not stop the whole job
+            if is_fatal(err):
+                raise
+            if isinstance(err, InputError):
+                return i, None, str(err)
             return i, None, f"{UNEXPECTED} {type(err).__name__} in prepare: {err}"
+        except BaseException as err:  # KeyboardInterrupt, SystemExit: always fatal
+            data = sys.modules.get("torch.utils.data")  # imported wherever a DataLoader runs
+            if data is None or data.get_worker_info() is None:
+                raise
+            raise WorkerAbortError(f"{type(err).__name__} in prepare in a DataLoader worker: {err!r}") from err
 
 
 def _collate(items):
@@ -130,6 +158,8 @@ def embed_items(
         except (ModelUnavailableError, _ShapeError):
             raise
         except Exception as err:  # noqa: BLE001 - isolate the sample(s) that break the batch
+            if is_fatal(err):  # out of memory, CUDA: never missing data
+                raise
             if len(chunk) == 1:
                 results = [(chunk[0][0], None, _embed_failure(err))]
             else:
@@ -143,21 +173,41 @@ def embed_items(
                 yield i, row, reason
 
 
-def embed_all(extractor: Extractor, prepared: list[Any], batch_size: int) -> np.ndarray:
-    """Embed the non-``None`` prepared inputs in length-sorted batches; returns ``[N, dim]``."""
-    out = np.zeros((len(prepared), extractor.dim), np.float32)
-    items = [(i, p) for i, p in enumerate(prepared) if p is not None]
-    for i, row, _ in embed_items(extractor, items, batch_size):
-        if row is not None:
-            out[i] = row
-    return out
-
-
 def reason_category(reason: str) -> str:
     """A reason without its sample-specific parts (paths, numbers), for counting."""
     text = re.sub(r"\S*[/\\]\S*", "<path>", reason)
     text = re.sub(r"\d+(\.\d+)?", "#", text)
     return text[:160]
+
+
+def _failure_error(
+    name: str, meta: dict[str, Any], failed: list[tuple[str, str]], n_present: int,
+    max_failed_fraction: float, out_path: str, all_unexpected: bool,
+) -> ExtractionFailedError:
+    """The one error of a job whose inputs mostly failed: what, how many, why, which, what to do."""
+    where = ", ".join(f"{key} {meta[key]!r}" for key in ("dataset", "modality") if meta.get(key))
+    categories = Counter(reason_category(r) for _, r in failed)
+    top, n_top = categories.most_common(1)[0]
+    example_reason = next(r for _, r in failed if reason_category(r) == top)
+    examples = [sid for sid, r in failed if reason_category(r) == top][:N_EXAMPLES]
+    others = "; ".join(f"{count}x {cat}" for cat, count in categories.most_common(4)[1:])
+    if all_unexpected:
+        verdict = "every input failed with an unexpected error (likely a bug in the expert, not bad input)"
+        advice = "Fix the expert or its input."
+    else:
+        verdict = f"more than extraction.max_failed_fraction = {max_failed_fraction:g} allows"
+        advice = (
+            "Fix the input (does this modality match what the expert reads, e.g. its preprocessing?), or, "
+            "to record these samples as absent and continue, raise extraction.max_failed_fraction in config.yaml."
+        )
+    return ExtractionFailedError(
+        f"expert {name!r}" + (f" on {where}" if where else "") + f": {len(failed)} of {n_present} inputs "
+        f"present in the cohort failed ({len(failed) / n_present:.0%}), {verdict}. "
+        f"Commonest reason ({n_top} of {len(failed)}): {example_reason}"
+        + (f" (other reasons: {others})" if others else "") + ". "
+        f"Example samples: {', '.join(map(str, examples))}. "
+        f"Nothing was written to {out_path}. {advice}"
+    )
 
 
 def _progress(total: int, name: str):
@@ -176,14 +226,19 @@ def run_extraction(
     values: list[Any],
     out_path: str,
     extra_metadata: dict[str, Any] | None = None,
+    max_failed_fraction: float = MAX_FAILED_FRACTION,
 ) -> dict[str, Any]:
     """Extract embeddings for ``values`` (``None``/NaN = modality absent) and write ``out_path``.
 
-    Unusable inputs are recorded as absent with their reason logged; no sample is dropped.
+    Unusable inputs are recorded as absent with their reason logged; no sample is dropped. If more
+    than ``max_failed_fraction`` of the inputs present in the cohort failed (or every one failed
+    with an unexpected error), :class:`ExtractionFailedError` is raised and nothing is written.
     Returns a summary dict (counts, reason categories, timings, throughput).
     """
     if len(sample_ids) != len(values):
         raise ValueError(f"{len(sample_ids)} sample ids but {len(values)} values")
+    if not 0.0 <= float(max_failed_fraction) <= 1.0:
+        raise ValueError(f"max_failed_fraction must be in [0, 1], got {max_failed_fraction!r}")
     t0 = time.perf_counter()
     s = extractor.settings
     name = extractor.spec.name
@@ -230,14 +285,13 @@ def run_extraction(
     t_done = time.perf_counter()
 
     failed = [(sample_ids[i], r) for i, r in enumerate(reasons) if r is not None and r != MISSING]
+    if failed:
+        all_unexpected = all(r.startswith(UNEXPECTED) for _, r in failed) and len(failed) == len(present_idx)
+        if all_unexpected or len(failed) / len(present_idx) > max_failed_fraction:
+            raise _failure_error(name, extra_metadata or {}, failed, len(present_idx), max_failed_fraction,
+                                 out_path, all_unexpected)
     for sid, reason in failed:
         log.warning("expert %s: sample %s recorded as absent: %s", name, sid, reason)
-    n_unexpected = sum(r.startswith(UNEXPECTED) for _, r in failed)
-    if present_idx and n_unexpected == len(present_idx):
-        raise RuntimeError(
-            f"expert {name!r}: every input failed with an unexpected error (likely a bug, not bad input); "
-            f"first: {failed[0][1]}"
-        )
     categories = Counter(reason_category(r) for _, r in failed)
     meta = {
         **extractor.metadata(),

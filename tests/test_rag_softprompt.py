@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from extractors.knowledge.bridge import write_bridge
@@ -20,8 +21,9 @@ from extractors.knowledge.index import KnowledgeIndex, build_index
 from extractors.knowledge.kb import ingest, read_kb
 from extractors.registry import create_extractor
 from extractors.runner import run_extraction
-from medmix.cohort import Cohort, write_cohort
+from medmix.cohort import Cohort, read_cohort, write_cohort
 from medmix.store import read_features
+from medmix.store.inputs import write_input_view
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -124,24 +126,43 @@ def test_soft_prompt_path_end_to_end_into_parquet(setup, tmp_path):
     assert feats.metadata["extractor"] == "rag_medcpt_qwen2"
     assert feats.metadata["knowledge_base"]["kb_hash"] == setup["manifest"]["kb_hash"]
 
-    # Recompute Eq. 6 by hand for the note: MedCPT query [CLS] -> top-5 -> mean article emb -> W,b -> Qwen2.
+    # Recompute Eq. 6 by hand for both present samples: MedCPT query [CLS] -> top-5 -> mean article
+    # emb -> W,b -> Qwen2, batched exactly as the runner does it (batch_size 2: the note and the
+    # serialised series form one batch, in length order, padded to the longer one; then one
+    # [2, 1, 896] Qwen2 forward with an all-ones mask). Other shapes (a batch of one, no padding)
+    # take other float32 kernels and summation orders, whose results differ by ~1e-4 on some CPUs.
     from transformers import AutoModel, AutoTokenizer
 
+    ehr_text = "heart_rate: 97; lactate: missing"
+    assert ex.prepare(str(series)) == ehr_text
+    batch = sorted([NOTES[0], ehr_text], key=len)  # the runner's (and the query encoder's) order
     models = Path(setup["settings"]["local_dir"])
     tok = AutoTokenizer.from_pretrained(models / "query_encoder")
     qenc = AutoModel.from_pretrained(models / "query_encoder").eval()
     with torch.no_grad():
-        enc = tok([NOTES[0]], truncation=True, padding=True, max_length=64, return_tensors="pt")
+        enc = tok(batch, truncation=True, padding=True, max_length=64, return_tensors="pt")
+        assert (enc["attention_mask"] == 0).any()  # padded together, as in the runner
         q = qenc(**enc).last_hidden_state[:, 0, :].numpy()
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     index = KnowledgeIndex(setup["root"] / "index")
-    top5 = np.argsort(-(index.embeddings @ q[0]))[:5]
-    pooled = index.embeddings[top5].mean(0)
+    # The tiny random encoders put many articles within float32 rounding of each other (cosines
+    # 1e-8 apart), so which of two tied articles comes 5th depends on the summation order: take the
+    # top 5 from the index's exact search, as the code does (same q, same ties), and check by hand
+    # in float64 that they are a true top 5 up to that rounding.
+    _, top5 = index.search(q, 5)
+    scores = q.astype(np.float64) @ index.embeddings.T.astype(np.float64)
+    fifth_best = np.sort(scores, axis=1)[:, -5]
+    assert (np.take_along_axis(scores, top5, axis=1) >= fifth_best[:, None] - 1e-6).all()
+    pooled = index.embeddings[top5].mean(1)
     soft = pooled @ index.projection.weight + index.projection.bias
     lm = AutoModel.from_pretrained(models / "lm").eval()
     with torch.no_grad():
-        hidden = lm(inputs_embeds=torch.tensor(soft, dtype=torch.float32).view(1, 1, 896)).last_hidden_state
-    assert np.allclose(feats.embeddings[0], hidden[0, -1].numpy(), atol=1e-4)
+        hidden = lm(inputs_embeds=torch.tensor(soft, dtype=torch.float32).view(2, 1, 896),
+                    attention_mask=torch.ones((2, 1), dtype=torch.long)).last_hidden_state
+    expected = dict(zip(batch, hidden[:, -1].numpy(), strict=True))
+    # Same operations on the same shapes: only rounding may differ (last hidden state values are O(1)).
+    np.testing.assert_allclose(feats.embeddings[0], expected[NOTES[0]], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(feats.embeddings[2], expected[ehr_text], rtol=0, atol=1e-5)
 
     # Image kind: the cached bridged report is what gets retrieved from.
     ex_img = create_extractor("rag_medcpt_qwen2", {**setup["settings"], "options": {
@@ -200,11 +221,15 @@ def test_leakage_guard_labels_and_splits_do_not_change_embeddings(setup, tmp_pat
     outputs = []
     for k, (splits, labels) in enumerate(variants):
         frame = pd.DataFrame({**base, "split": splits, "label:mortality": labels})
+        cohort = Cohort("leak", "binary", ["mortality"], {"note": "text", "ehr": "timeseries"}, frame)
         cohort_path = tmp_path / f"cohort{k}.parquet"
-        write_cohort(Cohort("leak", "binary", ["mortality"], {"note": "text", "ehr": "timeseries"}, frame), cohort_path)
+        write_cohort(cohort, cohort_path)
+        view_path = tmp_path / f"inputs{k}.parquet"  # what the workflow's prepare_dataset writes
+        write_input_view(view_path, read_cohort(cohort_path).input_view())
+        assert not {"split", "label:mortality"} & set(pq.read_schema(view_path).names)
         for mod in ("note", "ehr"):
             out = tmp_path / f"{mod}{k}.parquet"
-            extract_job(str(cohort_path), mod, "rag_medcpt_qwen2", str(out),
+            extract_job(str(view_path), mod, "rag_medcpt_qwen2", str(out),
                         identity={"model_id": spec.hub_id, "revision": spec.revision, "preprocessing": spec.preprocessing},
                         runtime={"local_dir": setup["settings"]["local_dir"]},
                         options=setup["settings"]["options"])
