@@ -192,7 +192,8 @@ def test_predictions_carry_their_run_and_evaluation_is_reproducible(workflow_run
     assert set(ext.eval_set) == {"external:demo_mimic_ext"}
     own = pd.read_parquet(run / "predictions/demo_mimic.parquet")
     assert set(own.eval_set) == {"val", "test"} and set(own[own.eval_set == "val"].test_protocol) == {"none"}
-    assert sorted(p.name for p in (run / "model").iterdir()) == ["method.json", "seed0.safetensors", "standardizer.safetensors"]
+    saved = sorted(p.name for p in (run / "model").iterdir() if not p.name.startswith("."))
+    assert saved == ["method.json", "seed0.safetensors", "standardizer.safetensors"]
 
 
 def test_runtime_settings_plan_no_extraction(workflow_run):
