@@ -46,7 +46,7 @@ TABLE_E1 = {  # name: (kinds, role, dim, paper name)
     "merlin": (("volume",), "biomed", 2048, "Merlin"),
     "radfm": (("volume",), "teacher", 768, "RadFM"),
 }
-MY_MODULES = ["biomedclip", "dinov2", "dinov3", "slides", "gatortron", "qwen2", "chronos", "moirai", "moirai_worker",
+MY_MODULES = ["biomedclip", "dinov2", "dinov3", "slide_tiling", "gatortron", "qwen2", "chronos", "moirai", "moirai_worker",
               "merlin", "radfm", "hf_common", "hf_vision", "hf_text", "ts_foundation"]
 NOTES = [
     "The patient has no acute cardiopulmonary process.",

@@ -9,9 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from extractors.registry import create_extractor, get_spec, source_files
+from extractors.registry import create_extractor, expert_module, get_spec
 from extractors.runner import run_extraction
 from extractors.text_hashing import char_ngrams, word_ngrams
+from medmix.code_closure import closure_files
 from medmix.store import read_features
 
 NOTES = ["Calcified granuloma in the right upper lobe. No pleural effusion.",
@@ -30,7 +31,7 @@ def _reference(grams: dict[str, int], dim: int, salt: str) -> np.ndarray:
 def test_dims_determinism_and_absent(name, tmp_path):
     ex = create_extractor(name)
     assert get_spec(name).offline and ex.dim == 2048
-    assert any(f.endswith("text_hashing.py") for f in source_files(name))
+    assert any(f.endswith("text_hashing.py") for f in closure_files(expert_module(name)))
     ids = [f"s{i}" for i in range(len(NOTES))]
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
     run_extraction(ex, ids, NOTES, str(a))

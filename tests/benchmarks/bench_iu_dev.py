@@ -73,10 +73,11 @@ def text_committee(config: dict[str, Any]) -> tuple[list[dict[str, str]], str | 
 
 
 def _expert_key(name: str, settings: dict[str, Any]) -> str:
-    from extractors.registry import get_spec, source_files
+    from extractors.registry import expert_module, extra_source_files, get_spec
+    from medmix.code_closure import closure_files
 
     h = hashlib.sha256()
-    for f in source_files(name):
+    for f in [*closure_files(expert_module(name)), *extra_source_files(name)]:
         h.update(Path(f).read_bytes())
     spec = get_spec(name)
     h.update(json.dumps({"pre": spec.preprocessing, "dim": spec.dim, "settings": settings}, sort_keys=True,
