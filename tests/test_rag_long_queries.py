@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from long_queries import hit_rates, load_queries
 
 from extractors.knowledge.index import build_index
 from extractors.knowledge.kb import ingest
 from extractors.registry import create_extractor
-from long_queries import hit_rates, load_queries
 
 pytestmark = pytest.mark.slow
 
