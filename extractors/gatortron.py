@@ -3,6 +3,13 @@
 ``UFNLP/gatortron-base`` is a Megatron-BERT encoder (``MegatronBertModel``, native in
 transformers, no remote code) with a 512-position limit and a BERT WordPiece tokenizer.
 
+Casing (issue 18): the checkpoint is **cased** (its ``config.json`` says
+``"tokenizer_type": "BertWordPieceCase"``, Megatron-LM's cased WordPiece), but the repository
+ships only ``vocab.txt``, so ``AutoTokenizer`` alone falls back to ``BertTokenizer``'s
+``do_lower_case=True`` and the model would see lower-cased text. The casing is read from the
+config (preprocessing ``lowercase: from_config``, see :mod:`extractors.hf_text`), so text keeps
+its case; the loaded tokenizer is checked to really keep it.
+
 Pooling: mean of the last hidden states over all tokens of a window ([CLS] and [SEP] included,
 padding excluded), not the [CLS] vector: GatorTron was pretrained with masked language modelling,
 which trains no sentence-level summary into [CLS], and mean pooling is the usual choice for frozen
@@ -34,6 +41,7 @@ REVISION = "78b867169b09bc34972c2c497aa323e94deb79d3"
         revision=REVISION,
         preprocessing={
             "tokenizer": "AutoTokenizer (BERT WordPiece)",
+            "lowercase": "from_config",  # config.json tokenizer_type BertWordPieceCase -> cased
             "window_tokens": 510,
             "special_tokens": "[CLS] window [SEP]",
             "stride": 384,

@@ -9,6 +9,15 @@ every window, i.e. the token-count-weighted mean of the window means (tokens in 
 once per window). If a note needs more than ``max_windows`` windows, an evenly spaced subset of
 them is used (deterministic; the number dropped is part of the documented rule, not an error).
 
+Casing (issue 18): taken from the model's config, never from the tokenizer's fallback. A
+repository that ships only ``vocab.txt`` (GatorTron) gets ``BertTokenizer``'s default
+``do_lower_case=True`` from ``AutoTokenizer``, even when the checkpoint is cased. The preprocessing
+setting ``lowercase`` is ``"from_config"`` (read Megatron's ``tokenizer_type`` from
+``config.json``: ``BertWordPieceCase`` -> cased, ``BertWordPieceLowerCase`` -> lower-cased;
+:func:`config_lowercase`), or an explicit ``true``/``false``; the resolved value is passed to the
+tokenizer as ``do_lower_case`` and checked on the loaded tokenizer (a tokenizer that still changes
+case fails the job). A config that states nothing leaves the tokenizer as shipped (Qwen2).
+
 Batching: notes are sorted by token count (``sort_key``), windows are padded on the right to the
 longest window of their sub-batch of ``batch_size`` windows, and padding is masked out of both
 attention and pooling, so a note's embedding does not depend on what it is batched with (up to
@@ -21,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import InputError
+from extractors.base import InputError, ModelUnavailableError
 from extractors.hf_common import HubExpert, dtype_kwargs
 from extractors.inputs import read_text
 
@@ -44,6 +53,31 @@ def limit_windows(starts: list[int], max_windows: int) -> list[int]:
     return [starts[k] for k in picks]
 
 
+#: Megatron-LM ``tokenizer_type`` values (as recorded in converted checkpoints' configs) -> lower-casing.
+MEGATRON_TOKENIZER_CASING = {"BertWordPieceCase": False, "BertWordPieceLowerCase": True}
+
+
+def config_lowercase(config: Any) -> bool | None:
+    """Whether the checkpoint's config says its text was lower-cased (``None``: it does not say)."""
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    kind = get("tokenizer_type", None)
+    if kind in MEGATRON_TOKENIZER_CASING:
+        return MEGATRON_TOKENIZER_CASING[kind]
+    if kind is not None:
+        raise ValueError(f"unknown tokenizer_type {kind!r} in the model config (known: {sorted(MEGATRON_TOKENIZER_CASING)})")
+    lower = get("do_lower_case", None)
+    return None if lower is None else bool(lower)
+
+
+def tokenizer_lowercases(tok: Any) -> bool:
+    """Whether a loaded tokenizer lower-cases its input (checked by tokenising, not by attributes)."""
+    probe = "Aa"
+    norm = getattr(getattr(tok, "backend_tokenizer", None), "normalizer", None)
+    if norm is not None:
+        return norm.normalize_str(probe) != probe
+    return bool(getattr(tok, "do_lower_case", False))
+
+
 class HFTextExpert(HubExpert):
     """Mean-pooled last hidden states of a Hugging Face encoder or decoder over token windows."""
 
@@ -62,13 +96,32 @@ class HFTextExpert(HubExpert):
         return None
 
     # -- model ----------------------------------------------------------------------------
+    def lowercase(self) -> bool | None:
+        """The casing to tokenise with: the ``lowercase`` setting, or the model config's (see the module docstring)."""
+        setting = self.settings.preprocessing.get("lowercase", "from_config")
+        if isinstance(setting, bool):
+            return setting
+        if setting != "from_config":
+            raise ValueError(f"expert {self.spec.name!r}: lowercase must be true, false or 'from_config', got {setting!r}")
+        from transformers import AutoConfig
+
+        try:
+            return config_lowercase(self.from_pretrained(AutoConfig))
+        except ModelUnavailableError:
+            return None  # no config: the weights are missing too, and load() says so
+
     @property
     def tokenizer(self):
         if self._tokenizer is None:
             self.offline()  # before transformers / huggingface_hub are imported
             from transformers import AutoTokenizer
 
-            tok = self.from_pretrained(AutoTokenizer)
+            lower = self.lowercase()
+            tok = self.from_pretrained(AutoTokenizer, **({} if lower is None else {"do_lower_case": lower}))
+            if lower is not None and tokenizer_lowercases(tok) != lower:
+                raise ModelUnavailableError(
+                    f"expert {self.spec.name!r}: the model config says lower-casing={lower}, but the tokenizer at "
+                    f"{self.model_source()!r} {'does not lower-case' if lower else 'lower-cases'} its input")
             tok.padding_side = "right"
             self._tokenizer = tok
         return self._tokenizer

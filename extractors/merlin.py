@@ -20,9 +20,17 @@ to 224 x 224 x 160 (x, y, z); the tensor is ``[1, X, Y, Z]``. Prepared volumes a
 Orientation and spacing: volumes come from :func:`extractors.inputs.read_volume` (NIfTI and DICOM
 reoriented from their affine / direction cosines) and are turned to RAS; the voxel spacing comes from
 the NIfTI header (axes reordered to RAS) or the DICOM PixelSpacing / direction cosines / slice
-positions; ``.npy``/``.npz`` arrays carry none, so ``options.array_spacing_mm`` ([x, y, z]) is used,
-else the array is taken to be at the target spacing already (recorded in the metadata as
-``array_spacing``).
+positions. ``.npy``/``.npz`` arrays carry none (issue 18: it used to be silently assumed to be the
+target spacing, which skips the resampling and gives the wrong field of view). An array's spacing
+must be declared, in mm, in the array's axis order ``[z, y, x]`` (= ``[D, H, W]`` after
+``volume_layout``), either
+
+- per sample: a sidecar JSON next to the array, ``<file>.json`` (``ct/case1.npy`` ->
+  ``ct/case1.npy.json``) holding ``{"spacing_mm": [z, y, x]}`` (it wins over the dataset setting), or
+- per dataset: the preprocessing setting ``array_spacing_mm: [z, y, x]`` (recorded in the metadata).
+
+An array with neither is an :class:`~extractors.base.InputError`: the sample is recorded as absent
+with that reason, never treated as isotropic or as already resampled.
 """
 
 from __future__ import annotations
@@ -47,6 +55,33 @@ HU_RANGE = (-1000.0, 1000.0)
 
 
 # -- geometry -------------------------------------------------------------------------------
+def _spacing_triple(value: Any, where: str) -> tuple[float, float, float]:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{where}: spacing must be three numbers [z, y, x] in mm, got {value!r}") from err
+    if len(out) != 3 or not all(np.isfinite(v) and v > 0 for v in out):
+        raise InputError(f"{where}: spacing must be three positive numbers [z, y, x] in mm, got {value!r}")
+    return out
+
+
+def array_spacing_sidecar(path: str) -> tuple[float, float, float] | None:
+    """``[z, y, x]`` mm from the sidecar ``<path>.json`` (``{"spacing_mm": [z, y, x]}``), or ``None`` if absent."""
+    import json
+
+    sidecar = f"{path}.json"
+    if not os.path.isfile(sidecar):
+        return None
+    try:
+        with open(sidecar, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise InputError(f"unreadable spacing sidecar {sidecar}: {err}") from err
+    if not isinstance(meta, dict) or "spacing_mm" not in meta:
+        raise InputError(f"spacing sidecar {sidecar} has no 'spacing_mm' [z, y, x]")
+    return _spacing_triple(meta["spacing_mm"], sidecar)
+
+
 def nifti_spacing_ras(path: str) -> tuple[float, float, float]:
     """Voxel spacing of a NIfTI file along the R, A, S axes (header only, no voxel data read)."""
     import nibabel as nib
@@ -108,17 +143,25 @@ def read_ct_ras(path: str, array_spacing: tuple[float, float, float] | None = No
 
     :func:`extractors.inputs.read_volume` returns ``[D, H, W]`` pointing (S, P, L) for NIfTI and DICOM
     (``.npy``/``.npz`` arrays, read in ``layout``, are taken to follow the same convention); flipping H
-    and W and reversing the axes gives RAS.
+    and W and reversing the axes gives RAS. ``array_spacing`` is the dataset's ``[z, y, x]`` spacing of
+    arrays; a sidecar ``<file>.json`` wins; an array with neither raises :class:`InputError`.
     """
     spl = read_volume(path, layout)
     if os.path.isdir(path):
         spacing, source = dicom_spacing_ras(path), "dicom"
     elif path.endswith((".nii", ".nii.gz")):
         spacing, source = nifti_spacing_ras(path), "nifti"
-    elif array_spacing is not None:
-        spacing, source = tuple(float(s) for s in array_spacing), "options.array_spacing_mm"
     else:
-        spacing, source = TARGET_SPACING, "assumed target spacing"
+        zyx = array_spacing_sidecar(path)
+        source = "sidecar"
+        if zyx is None and array_spacing is not None:
+            zyx, source = _spacing_triple(array_spacing, "preprocessing.array_spacing_mm"), "preprocessing.array_spacing_mm"
+        if zyx is None:
+            raise InputError(
+                f"volume {path} is an array without a declared voxel spacing: add {path}.json with "
+                '{"spacing_mm": [z, y, x]} or set the preprocessing setting array_spacing_mm: [z, y, x] '
+                "(see medmix/datasets/README.md)")
+        spacing = tuple(reversed(zyx))  # [z, y, x] of the (S, P, L) array -> (x, y, z) in RAS
     ras = np.transpose(spl[:, ::-1, ::-1], (2, 1, 0))
     return np.ascontiguousarray(ras, dtype=np.float32), spacing, source
 
@@ -165,6 +208,9 @@ def merlin_preprocess(
             "checkpoint": CHECKPOINT,
             "orientation": "RAS",
             "volume_layout": "DHW",  # axis order of .npy/.npz inputs (NIfTI/DICOM orient from their headers)
+            # [z, y, x] mm of .npy/.npz arrays for the whole dataset; a sidecar <file>.json wins; with
+            # neither, an array is an InputError (absent sample), never assumed to be at spacing_mm.
+            "array_spacing_mm": None,
             "spacing_mm": list(TARGET_SPACING),
             "resample": "trilinear (MONAI Spacingd voxel-centre grid)",
             "hu_range": list(HU_RANGE),
@@ -186,13 +232,15 @@ class Merlin(HubExpert):
         self._model = None
 
     def metadata(self) -> dict[str, Any]:
-        spacing = self.settings.options.get("array_spacing_mm")
-        return {**super().metadata(), "array_spacing": spacing if spacing is not None else "target spacing"}
+        return {**super().metadata(), "array_spacing": "sidecar <file>.json, else preprocessing.array_spacing_mm, "
+                                                       "else InputError"}
 
     def prepare(self, value: Any) -> np.ndarray:
         pre = self.settings.preprocessing
-        vol, spacing, _ = read_ct_ras(str(value), self.settings.options.get("array_spacing_mm"),
-                                      self.settings.preprocessing.get("volume_layout", "DHW"))
+        if self.settings.options.get("array_spacing_mm") is not None:
+            raise ValueError("expert 'merlin': options.array_spacing_mm is replaced by the preprocessing setting "
+                             "array_spacing_mm, in the array's axis order [z, y, x] (it changes the embeddings)")
+        vol, spacing, _ = read_ct_ras(str(value), pre.get("array_spacing_mm"), pre.get("volume_layout", "DHW"))
         if min(spacing) <= 0:
             raise InputError(f"volume {value} has non-positive voxel spacing {spacing}")
         out = merlin_preprocess(vol, spacing, tuple(pre["spacing_mm"]), tuple(pre["pad_crop"]), tuple(pre["hu_range"]))

@@ -17,12 +17,24 @@ Loaded in a Python where uni2ts is importable, the extractor also runs in-proces
 fails at once with :class:`ModelUnavailableError` explaining how to create the environment.
 
 Rule (documented preprocessing): the sample's V variables form one multivariate MOIRAI input
-(any-variate attention), patches of 8 steps (a patch size the 1.0-R models support), the last
-512 steps, NaN = missing (observed mask 0, value 0: MOIRAI's own missing-value handling);
+(any-variate attention), patches of ``patch_size`` steps chosen from the series' sampling
+frequency (below), the last 512 steps, NaN = missing (observed mask 0, value 0: MOIRAI's own missing-value handling);
 embedding = mean of the encoder representations over every (variate, patch) token with at
 least one observed value -> 384 dims, not normalised. Tested end to end on a tiny random-weight
 ``MoiraiModule`` (uni2ts 2.0.0's real code, installed for the tests beside the main env's torch):
 against ``MoiraiModule.forward`` on hand-packed samples, and through the three workflow rules.
+
+Patch size (issue 18): MOIRAI was pretrained with a patch size drawn per series from a range
+that depends on the series' frequency (uni2ts 2.0.0 ``uni2ts/transform/patch.py``,
+``DefaultPatchSizeConstraints.DEFAULT_RANGES``, copied in :data:`PATCH_SIZE_RANGES`: hourly 32-64,
+minutely 32-128, daily/weekly 16-32, monthly 8-32, ...); patch 8 was only ever used for monthly or
+slower data. Preprocessing ``frequency`` (pandas alias, default ``"H"``: the EHR tables are hourly)
+and ``patch_size`` (``"auto"`` by default, or an explicit size) give the patch size by
+:func:`resolve_patch_size`: ``auto`` = the smallest of the model's patch sizes (8, 16, 32, 64, 128)
+inside the frequency's range (hourly -> 32: the finest time resolution the model saw for hourly
+data); an explicit size outside the range is refused unless ``patch_size_check: false``. The
+resolved size is recorded in the feature metadata (``patch_size_resolved``) and passed to the
+worker.
 """
 
 from __future__ import annotations
@@ -39,6 +51,48 @@ from extractors.registry import ExpertSpec, register_expert
 from extractors.ts_foundation import prepare_series, right_aligned
 
 log = logging.getLogger("medmix.extract")
+
+#: uni2ts 2.0.0 ``DefaultPatchSizeConstraints.DEFAULT_RANGES`` (inclusive) per normalised frequency.
+PATCH_SIZE_RANGES = {
+    "S": (64, 128), "T": (32, 128), "H": (32, 64), "D": (16, 32), "B": (16, 32), "W": (16, 32),
+    "M": (8, 32), "Q": (1, 8), "Y": (1, 8), "A": (1, 8),
+}
+#: Patch sizes of the MOIRAI 1.0-R checkpoints (``MoiraiModule.patch_sizes``).
+MODEL_PATCH_SIZES = (8, 16, 32, 64, 128)
+_FREQ_ALIASES = {"min": "T", "ME": "M", "MS": "M", "QE": "Q", "QS": "Q", "YE": "Y", "YS": "Y", "AS": "A",
+                 "BME": "M", "BMS": "M", "h": "H", "s": "S", "d": "D", "w": "W", "t": "T"}
+
+
+def normalise_frequency(freq: str) -> str:
+    """A pandas offset alias (``"H"``, ``"1h"``, ``"15min"``, ``"W-SUN"``) -> uni2ts's key (``H``, ``T``, ``W``)."""
+    import re
+
+    m = re.fullmatch(r"\s*\d*\s*([A-Za-z]+)(?:-[A-Za-z]+)?\s*", str(freq))
+    if not m:
+        raise ValueError(f"unrecognised frequency {freq!r} (a pandas offset alias such as 'H', '15min', 'D')")
+    name = m.group(1)
+    key = _FREQ_ALIASES.get(name, name.upper() if name.upper() in PATCH_SIZE_RANGES else name)
+    if key not in PATCH_SIZE_RANGES:
+        raise ValueError(f"frequency {freq!r}: no MOIRAI patch-size range for {key!r} (known: {sorted(PATCH_SIZE_RANGES)})")
+    return key
+
+
+def resolve_patch_size(pre: dict[str, Any], model_patch_sizes: tuple[int, ...] = MODEL_PATCH_SIZES) -> int:
+    """The patch size for the preprocessing settings (see the module docstring)."""
+    lo, hi = PATCH_SIZE_RANGES[normalise_frequency(pre.get("frequency", "H"))]
+    allowed = [p for p in model_patch_sizes if lo <= p <= hi]
+    setting = pre.get("patch_size", "auto")
+    if setting == "auto":
+        if not allowed:
+            raise ValueError(f"no model patch size {model_patch_sizes} within {lo}-{hi} for frequency {pre.get('frequency')!r}")
+        return min(allowed)
+    size = int(setting)
+    if pre.get("patch_size_check", True) and not lo <= size <= hi:
+        raise ValueError(f"patch_size {size} is outside MOIRAI's pretraining range {lo}-{hi} for frequency "
+                         f"{pre.get('frequency', 'H')!r} (uni2ts DefaultPatchSizeConstraints); use 'auto' or set "
+                         "patch_size_check: false")
+    return size
+
 
 ENV_FILE = "workflow/envs/moirai.yaml"
 ENV_HELP = (
@@ -61,7 +115,8 @@ ENV_HELP = (
         revision="main",
         preprocessing={
             "input": "one multivariate series per sample (variables = variates)",
-            "patch_size": 8,
+            "frequency": "H",  # hourly EHR rows
+            "patch_size": "auto",  # uni2ts DefaultPatchSizeConstraints: hourly -> 32..64; auto = 32
             "max_time_steps": 512,
             "missing": "NaN -> observed_mask 0 (MOIRAI native)",
             "pooling": "mean over (variate, patch) tokens with an observation",
@@ -78,6 +133,13 @@ class Moirai(HubExpert):
     def __init__(self, settings: dict[str, Any] | None = None):
         super().__init__(settings)
         self._module = None
+
+    def patch_size(self) -> int:
+        """The resolved patch size (frequency-constrained, see the module docstring)."""
+        return resolve_patch_size(self.settings.preprocessing)
+
+    def metadata(self) -> dict[str, Any]:
+        return {**super().metadata(), "patch_size_resolved": self.patch_size()}
 
     def load(self) -> None:
         if self._module is not None:
@@ -111,14 +173,14 @@ class Moirai(HubExpert):
         pre = self.settings.preprocessing
         values, lengths = right_aligned(batch)
         return moirai_worker.embed_series(
-            self._module, values, lengths, int(pre["patch_size"]), int(pre["max_time_steps"]),
+            self._module, values, lengths, self.patch_size(), int(pre["max_time_steps"]),
             max(1, int(self.settings.batch_size)), self.device,
         )
 
     def worker_args(self) -> list[str]:
         """Command-line arguments of ``moirai_worker.py`` matching this extractor's settings."""
         pre, source = self.settings.preprocessing, self.model_source()
-        args = ["--model", source, "--patch-size", str(pre["patch_size"]), "--max-time-steps",
+        args = ["--model", source, "--patch-size", str(self.patch_size()), "--max-time-steps",
                 str(pre["max_time_steps"]), "--batch-size", str(self.settings.batch_size),
                 "--device", self.settings.device]
         if not os.path.isdir(source) and self.settings.revision:

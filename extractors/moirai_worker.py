@@ -7,7 +7,7 @@ uni2ts (never ``medmix``), so it runs there as a plain script::
 
     python extractors/moirai_worker.py --input series.npz --output embeddings.npz \\
         --model Salesforce/moirai-1.0-R-small --revision main [--local-files-only] \\
-        [--patch-size 8] [--max-time-steps 512] [--batch-size 16] [--device auto]
+        [--patch-size 32] [--max-time-steps 512] [--batch-size 16] [--device auto]
 
 Input (written by :func:`extractors.moirai.export_series` in the main environment): an ``.npz`` with
 ``sample_ids`` (str ``[N]``), ``values`` (float32 ``[N, T, V]``, NaN = missing or left padding) and
@@ -143,7 +143,7 @@ def embed_series(
     module,
     values: np.ndarray,
     lengths: np.ndarray,
-    patch_size: int = 8,
+    patch_size: int = 32,
     max_time_steps: int = 512,
     batch_size: int = 16,
     device: str = "cpu",
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="hub id or local folder of a MOIRAI 1.x checkpoint")
     parser.add_argument("--revision", default=None)
     parser.add_argument("--local-files-only", action="store_true")
-    parser.add_argument("--patch-size", type=int, default=8)
+    parser.add_argument("--patch-size", type=int, default=32, help="hourly data: 32 (uni2ts constraints; see moirai.py)")
     parser.add_argument("--max-time-steps", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto")

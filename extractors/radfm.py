@@ -15,12 +15,25 @@ it for a tiny random-weight model).
 Embedding = mean of the 32 perceiver latents (768 dims): the visual tokens RadFM feeds its language
 model, before its final projection to the LLM width.
 
-Preprocessing (RadFM's 3D input convention, ``stack_images`` in its dataset code): HU clipped to
-[-1000, 1000] and scaled to [0, 1] (the Appendix A window; RadFM's own scans were pre-normalised
-images), grey replicated to 3 channels, laid out ``[3, H, W, D]`` with D the axial slices, resized
+Preprocessing (RadFM's 3D input convention, ``stack_images`` in its dataset code): intensity as
+below, grey replicated to 3 channels, laid out ``[3, H, W, D]`` with D the axial slices, resized
 to 512 x 512 x D with D the multiple of 4 in [4, 64] nearest to the slice count, nearest-neighbour
 interpolation as RadFM's ``torch.nn.functional.interpolate`` default. Prepared volumes are stored
 as one float16 channel (replicated at embedding time).
+
+Intensity (issue 18; preprocessing ``intensity``). What was established, and how: RadFM's 3D
+training volumes (Radiopaedia, RadFM repository ``src/Dataset/dataset/jpg2nii_data_convert.py`` and
+``nii2npy_for_radiopaedio.py``) were built from the case pages' **display images**: 8-bit JPEG slices
+(``cv2.imread(..., 0)``, already windowed by whoever uploaded them), resized to 512 x 512 and
+stacked; its loaders (``src/Dataset/dataset/radiopaedia.py``: ``RadioVQA_Dataset``,
+``RadioCaption_Dataset``, ``Radio_Modality_Dataset``) then normalise **each volume by its own
+min and max**: ``(image - image.min()) / (image.max() - image.min())``. RadFM never saw Hounsfield
+units, and a linear +-1000 HU map squeezes soft tissue (about -100..+100 HU) into ~10 % of the range.
+Which display window each uploader used is not recorded; abdominal/chest CT cases are most often
+shown in a soft-tissue window, so the default is ``intensity: display_window_minmax``: HU clipped to
+``display_window_hu`` = [-160, 240] (window width 400, level 40, the standard soft-tissue window),
+then per-volume min-max to [0, 1] (a constant volume gives zeros). ``intensity: linear_hu`` keeps
+the former rule (``hu_range`` clipped and scaled linearly, no per-volume normalisation).
 """
 
 from __future__ import annotations
@@ -42,6 +55,9 @@ WEIGHTS = "pytorch_model.bin"
 SAFE_WEIGHTS = "model.safetensors"
 ARCH_FILE = "radfm_vision_config.json"
 HU_RANGE = (-1000.0, 1000.0)
+#: Soft-tissue display window (width 400 HU, level 40 HU).
+DISPLAY_WINDOW_HU = (-160.0, 240.0)
+INTENSITY_RULES = ("display_window_minmax", "linear_hu")
 DEPTHS = tuple(range(4, 65, 4))
 
 
@@ -50,14 +66,32 @@ def radfm_depth(n_slices: int) -> int:
     return min(DEPTHS, key=lambda d: (abs(d - n_slices), d))
 
 
-def radfm_preprocess(volume_zyx: np.ndarray, size: int = 512, hu_range: tuple[float, float] = HU_RANGE) -> np.ndarray:
+def radfm_intensity(volume: np.ndarray, intensity: str = "display_window_minmax",
+                    window: tuple[float, float] = DISPLAY_WINDOW_HU,
+                    hu_range: tuple[float, float] = HU_RANGE) -> np.ndarray:
+    """HU -> [0, 1] grey as RadFM's training volumes (see the module docstring); float32."""
+    if intensity == "linear_hu":
+        return window_hu(volume, hu_range)
+    if intensity != "display_window_minmax":
+        raise ValueError(f"unknown RadFM intensity rule {intensity!r} (one of {INTENSITY_RULES})")
+    lo, hi = window
+    shown = np.clip(np.nan_to_num(volume.astype(np.float32), nan=lo), lo, hi)
+    vmin, vmax = float(shown.min()), float(shown.max())
+    if vmax <= vmin:
+        return np.zeros(shown.shape, np.float32)
+    return ((shown - vmin) / (vmax - vmin)).astype(np.float32)
+
+
+def radfm_preprocess(volume_zyx: np.ndarray, size: int = 512, hu_range: tuple[float, float] = HU_RANGE,
+                     intensity: str = "display_window_minmax",
+                     window: tuple[float, float] = DISPLAY_WINDOW_HU) -> np.ndarray:
     """``[D, H, W]`` HU volume -> float32 ``[1, size, size, D']`` in [0, 1] (one channel)."""
     import torch
     import torch.nn.functional as F
 
     if volume_zyx.ndim != 3 or volume_zyx.shape[0] < 1:
         raise InputError(f"volume has shape {volume_zyx.shape}; expected [D, H, W]")
-    grey = torch.from_numpy(window_hu(volume_zyx, hu_range)).permute(1, 2, 0)  # [H, W, D]
+    grey = torch.from_numpy(radfm_intensity(volume_zyx, intensity, window, hu_range)).permute(1, 2, 0)  # [H, W, D]
     depth = radfm_depth(volume_zyx.shape[0])
     out = F.interpolate(grey[None, None], size=(size, size, depth))  # nearest, RadFM's default
     return out[0].contiguous().numpy()
@@ -75,7 +109,9 @@ def radfm_preprocess(volume_zyx: np.ndarray, size: int = 512, hu_range: tuple[fl
         revision="main",
         preprocessing={
             "volume_layout": "DHW",  # axis order of .npy/.npz inputs (NIfTI/DICOM orient from their headers)
-            "hu_range": list(HU_RANGE),
+            "intensity": "display_window_minmax",  # RadFM trained on display-windowed, per-volume min-max images
+            "display_window_hu": list(DISPLAY_WINDOW_HU),  # soft tissue W400/L40
+            "hu_range": list(HU_RANGE),  # used only by intensity: linear_hu
             "channels": 3,
             "layout": "[3, H, W, D]",
             "size": 512,
@@ -99,7 +135,9 @@ class RadFM(HubExpert):
     def prepare(self, value: Any) -> np.ndarray:
         pre = self.settings.preprocessing
         volume = read_volume(value, pre.get("volume_layout", "DHW"))
-        return radfm_preprocess(volume, int(pre["size"]), tuple(pre["hu_range"])).astype(np.float16)
+        return radfm_preprocess(volume, int(pre["size"]), tuple(pre["hu_range"]),
+                                str(pre.get("intensity", "linear_hu")),
+                                tuple(pre.get("display_window_hu", DISPLAY_WINDOW_HU))).astype(np.float16)
 
     def _missing(self, what: str) -> ModelUnavailableError:
         return ModelUnavailableError(

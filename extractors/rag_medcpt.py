@@ -32,6 +32,8 @@ import numpy as np
 from extractors.base import Extractor, InputError, ModelUnavailableError, resolve_device
 from extractors.inputs import read_text
 from extractors.knowledge.encoders import (
+    DEFAULT_LONG_QUERY,
+    DEFAULT_MAX_QUERY_CHUNKS,
     MEDCPT_ARTICLE,
     MEDCPT_ARTICLE_REVISION,
     MEDCPT_QUERY,
@@ -119,6 +121,8 @@ class _RagExpert(Extractor):
     def retrieve(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Top-K cosine scores and KB row indices per text (``[B, K]`` each)."""
         self.load()
+        if self._query_encoder.spec.long_query == "chunk_max":
+            return self._index.search_chunks(self._query_encoder.encode_query_chunks(list(texts)), self.top_k)
         queries = self._query_encoder.encode_queries(list(texts))
         return self._index.search(queries, self.top_k)
 
@@ -146,6 +150,8 @@ class _RagExpert(Extractor):
         preprocessing={
             "top_k": TOP_K,
             "max_seq_length": 256,
+            "long_query": DEFAULT_LONG_QUERY,
+            "max_query_chunks": DEFAULT_MAX_QUERY_CHUNKS,
             "similarity": "cosine",
             "embedding": "mean of the top-k article embeddings (no language model)",
             "article_text": "{title}. {text}",
@@ -163,8 +169,11 @@ class RagMiniLM(_RagExpert):
         from extractors.knowledge.encoders import EncoderSpec
 
         s = self.settings
+        p = s.preprocessing
         return EncoderSpec("minilm", str(s.model_id), s.revision, source=source,
-                           max_length=int(s.preprocessing.get("max_seq_length", 256)))
+                           max_length=int(p.get("max_seq_length", 256)),
+                           long_query=str(p.get("long_query", "truncate")),
+                           max_query_chunks=int(p.get("max_query_chunks", DEFAULT_MAX_QUERY_CHUNKS)))
 
     def index_specs(self):
         """(article encoder, language model) the ``rag_index`` rule builds this expert's index with."""
@@ -201,6 +210,8 @@ class RagMiniLM(_RagExpert):
             "query_encoder": MEDCPT_QUERY,
             "query_encoder_revision": MEDCPT_QUERY_REVISION,
             "query_max_length": 64,
+            "long_query": DEFAULT_LONG_QUERY,
+            "max_query_chunks": DEFAULT_MAX_QUERY_CHUNKS,
             "article_encoder": MEDCPT_ARTICLE,
             "article_encoder_revision": MEDCPT_ARTICLE_REVISION,
             "article_max_length": 512,
@@ -272,7 +283,9 @@ class RagMedCPTQwen2(_RagExpert):
             raise ModelUnavailableError(f"{self._index.folder}: index has no projection; build it with a language model")
         self.device = resolve_device(self.settings.device)
         qspec = EncoderSpec("medcpt", p["query_encoder"], p["query_encoder_revision"],
-                            source=self._local("query_encoder"), max_length=int(p["query_max_length"]))
+                            source=self._local("query_encoder"), max_length=int(p["query_max_length"]),
+                            long_query=str(p.get("long_query", "truncate")),
+                            max_query_chunks=int(p.get("max_query_chunks", DEFAULT_MAX_QUERY_CHUNKS)))
         source = lm.source or lm.model_id
         try:
             self._query_encoder = MedCPTEncoder(qspec, self.device, self.settings.batch_size)

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from extractors.base import ModelUnavailableError
+from extractors.base import InputError, ModelUnavailableError
 from extractors.ct_slicing import window_hu
 from extractors.inputs import read_volume
 from extractors.merlin import merlin_preprocess, nifti_spacing_ras, read_ct_ras
@@ -86,11 +86,11 @@ def test_merlin_expert_prepare_and_availability(shared_data: Path, tmp_path: Pat
 def test_merlin_array_spacing_option(tmp_path: Path) -> None:
     path = tmp_path / "v.npy"
     np.save(path, np.full((20, 30, 40), 40.0, np.float32))  # [D, H, W]
-    default = create_extractor("merlin").prepare(str(path))
-    assert default.shape == (1, 224, 224, 160)
-    assert create_extractor("merlin").metadata()["array_spacing"] == "target spacing"
+    # Issue 18: an array without a declared spacing is an input error, never assumed isotropic.
+    with pytest.raises(InputError, match="declared voxel spacing"):
+        create_extractor("merlin").prepare(str(path))
     # At 3 mm in-plane the 40 x 30 in-plane voxels become 79 x 59 at 1.5 mm.
-    coarse = create_extractor("merlin", {"options": {"array_spacing_mm": [3.0, 3.0, 3.0]}}).prepare(str(path))
+    coarse = create_extractor("merlin", {"preprocessing": {"array_spacing_mm": [3.0, 3.0, 3.0]}}).prepare(str(path))
     inside = (coarse[0, :, :, 80] > 0).sum(axis=0)
     assert inside.max() == 79 and (coarse[0, :, :, 80] > 0).sum(axis=1).max() == 59
 
@@ -100,8 +100,10 @@ def test_radfm_preprocessing_on_real_ct(shared_data: Path) -> None:
     vol = read_volume(str(shared_data / "ct" / "example_ct_sm.nii.gz"))  # 30 axial slices
     out = radfm_preprocess(vol)
     assert out.shape == (1, 512, 512, 28) and 0.0 <= out.min() and out.max() <= 1.0
-    # Nearest-neighbour: every output voxel is one of the windowed input voxels.
-    win = window_hu(vol)
+    # Nearest-neighbour: every output voxel is one of the windowed input voxels. Intensity as RadFM's
+    # training volumes (issue 18): soft-tissue display window W400/L40, then per-volume min-max.
+    shown = np.clip(vol, -160.0, 240.0)
+    win = (shown - shown.min()) / (shown.max() - shown.min())
     assert np.isin(np.unique(out[0, ::37, ::41, :]), np.unique(win)).all()
     assert out[0, 0, 0, 0] == win[0, 0, 0]
 
@@ -274,9 +276,9 @@ def test_native_3d_experts_read_array_layouts(shared_data: Path, tmp_path: Path)
     dhw = read_volume(ct)
     np.save(tmp_path / "hwd.npy", np.transpose(dhw, (1, 2, 0)))
     ras, _, _ = read_ct_ras(ct)
-    ras_from_array, _, source = read_ct_ras(str(tmp_path / "hwd.npy"), layout="HWD")
+    ras_from_array, _, source = read_ct_ras(str(tmp_path / "hwd.npy"), (3.0, 1.0, 1.0), layout="HWD")
     np.testing.assert_array_equal(ras_from_array, ras)
-    assert source == "assumed target spacing"
+    assert source == "preprocessing.array_spacing_mm"  # an array needs a declared spacing (issue 18)
     radfm = create_extractor("radfm", {"preprocessing": {"size": 64, "volume_layout": "HWD"}})
     reference = create_extractor("radfm", {"preprocessing": {"size": 64}})
     np.testing.assert_array_equal(radfm.prepare(str(tmp_path / "hwd.npy")), reference.prepare(ct))

@@ -164,7 +164,7 @@ def test_moirai_end_to_end_random_weights(moirai_env, moirai_dirs, tmp_path: Pat
     n_var, paths = 4, []
     for k, steps in enumerate((64, 40, 64, 21)):
         frame = pd.DataFrame(rng.normal(80, 15, size=(steps, n_var)), columns=[f"v{j}" for j in range(n_var)])
-        if k == 2:  # gaps: each variable misses a block, but every 8-step patch has some observation
+        if k == 2:  # gaps: each variable misses a block, but every 32-step patch has some observation
             for j in range(n_var):
                 frame.iloc[8 * j + 4 : 8 * j + 20, j] = np.nan
             frame.iloc[:, 3] = np.nan  # and one variable is never measured
@@ -176,6 +176,7 @@ def test_moirai_end_to_end_random_weights(moirai_env, moirai_dirs, tmp_path: Pat
     ids = ["full", "short", "gaps", "odd", "none", "all_nan"]
     values = [*paths, None, str(all_nan)]
     ext = create_extractor("moirai", {"local_dir": str(model)})
+    assert ext.patch_size() == 32 and ext.metadata()["patch_size_resolved"] == 32  # hourly (uni2ts constraints)
     failed = export_series(ext, ids, values, str(tmp_path / "series.npz"))
     assert list(failed) == ["all_nan"] and "no observed values" in failed["all_nan"]
 
@@ -188,7 +189,7 @@ def test_moirai_end_to_end_random_weights(moirai_env, moirai_dirs, tmp_path: Pat
 
     # Reference: MoiraiModule.forward itself on hand-packed single samples (full and gappy series).
     _in_moirai_env(moirai_env, str(ENV_TOOLS), "reference", str(model), str(tmp_path / "series.npz"),
-                   str(tmp_path / "ref.npz"), "--ids", "full,gaps", "--patch-size", "8")
+                   str(tmp_path / "ref.npz"), "--ids", "full,gaps", "--patch-size", "32")
     with np.load(tmp_path / "ref.npz") as data:
         ref = dict(zip(data["sample_ids"].tolist(), data["embeddings"], strict=True))
     for sid in ("full", "gaps"):

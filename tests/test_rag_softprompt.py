@@ -239,3 +239,69 @@ def test_leakage_guard_labels_and_splits_do_not_change_embeddings(setup, tmp_pat
         assert first.present.tolist() == second.present.tolist()
         assert int(first.present.sum()) == n_present
         assert np.array_equal(first.embeddings, second.embeddings)
+
+
+def _cls_unit(model, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        v = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    v = v.last_hidden_state[0, 0].numpy()
+    return v / np.linalg.norm(v)
+
+
+def test_medcpt_long_query_rule_against_reference(setup, tmp_path):
+    """Issue 18: a query longer than 64 word pieces is encoded in 62-piece chunks ([CLS] chunk [SEP]).
+
+    Reference by hand with transformers: chunk vectors = unit [CLS] of each chunk; ``chunk_mean`` =
+    their renormalised mean; ``chunk_max`` scores each KB entry by its best chunk cosine. A short
+    query gives exactly the model card's truncated vector.
+    """
+    import shutil
+
+    from transformers import AutoModel, BertTokenizer
+
+    # The fixture's tokenizer files map every word to [UNK] under transformers 5 (BertTokenizerFast
+    # ignores vocab_file there); this test needs real word pieces, so its query tower's tokenizer is
+    # rebuilt from vocab.txt alone (as MedCPT's and GatorTron's repositories are read).
+    shared = Path(setup["settings"]["local_dir"])
+    models = tmp_path / "models"
+    models.mkdir()
+    for part in ("article_encoder", "lm"):
+        (models / part).symlink_to(shared / part)
+    (models / "query_encoder").mkdir()
+    for name in ("config.json", "model.safetensors", "vocab.txt"):
+        shutil.copy(shared / "query_encoder" / name, models / "query_encoder" / name)
+    BertTokenizer.from_pretrained(models / "query_encoder", do_lower_case=True).save_pretrained(models / "query_encoder")
+    settings = {**setup["settings"], "local_dir": str(models)}
+    tok = BertTokenizer.from_pretrained(models / "query_encoder")
+    qenc = AutoModel.from_pretrained(models / "query_encoder").eval()
+    long_note = " ".join(NOTES * 4) + " " + NOTES[2]  # decisive content repeated past the first 64 pieces
+    ids = tok(long_note, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 2 * 62 and tok.unk_token_id not in ids
+    chunks = [[tok.cls_token_id, *ids[s : s + 62], tok.sep_token_id] for s in range(0, len(ids), 62)]
+    ref_chunks = np.stack([_cls_unit(qenc, c) for c in chunks])
+
+    ex = create_extractor("rag_medcpt_qwen2", settings)
+    assert ex.settings.preprocessing["long_query"] == "chunk_max"
+    assert ex.metadata()["preprocessing"]["max_query_chunks"] == 16
+    ex.load()
+    got = ex._query_encoder.encode_query_chunks([long_note, NOTES[0]])
+    np.testing.assert_allclose(got[0], ref_chunks, atol=1e-5)
+    short_ref = _cls_unit(qenc, tok(NOTES[0])["input_ids"])  # fits in one chunk: the card's computation
+    np.testing.assert_allclose(got[1][0], short_ref, atol=1e-5)
+
+    # chunk_max retrieval: best chunk cosine per KB entry, top-5.
+    index = KnowledgeIndex(setup["root"] / "index")
+    best = (ref_chunks @ index.embeddings.T).max(axis=0)
+    scores, idx = ex.retrieve([long_note])
+    np.testing.assert_allclose(scores[0], np.sort(best)[::-1][:5], atol=1e-5)
+    assert set(idx[0].tolist()) == set(np.argsort(-best)[:5].tolist())
+
+    # chunk_mean and truncate (the card's rule) through the same settings.
+    mean_ex = create_extractor("rag_medcpt_qwen2", {**settings, "preprocessing": {"long_query": "chunk_mean"}})
+    mean_ex.load()
+    mean_ref = ref_chunks.mean(0) / np.linalg.norm(ref_chunks.mean(0))
+    np.testing.assert_allclose(mean_ex._query_encoder.encode_queries([long_note])[0], mean_ref, atol=1e-5)
+    trunc = create_extractor("rag_medcpt_qwen2", {**settings, "preprocessing": {"long_query": "truncate"}})
+    trunc.load()
+    np.testing.assert_allclose(trunc._query_encoder.encode_queries([long_note])[0], ref_chunks[0], atol=1e-5)
+    assert np.abs(mean_ref - ref_chunks[0]).max() > 1e-4  # the later chunks count (random tiny model: small)

@@ -184,6 +184,24 @@ class KnowledgeIndex:
         scores, idx = self.index.search(q, k)
         return scores, idx
 
+    def search_chunks(self, chunks: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``chunk_max`` retrieval: each entry scored by its best cosine over a query's chunk vectors.
+
+        ``chunks[b]`` is ``[n_b, d]`` (unit rows); returns top-``k`` scores and row indices, best
+        first (ties: lower row first), ``[B, k]`` each.
+        """
+        k = min(int(k), len(self.ids))
+        scores = np.zeros((len(chunks), k), np.float32)
+        idx = np.zeros((len(chunks), k), np.int64)
+        for b, c in enumerate(chunks):
+            c = l2_normalise(np.atleast_2d(np.asarray(c, np.float32)))
+            if c.shape[1] != self.dim:
+                raise RetrievalIndexError(f"{self.folder}: query dim {c.shape[1]} != index dim {self.dim}")
+            best = (c @ self.embeddings.T).max(axis=0)
+            top = np.lexsort((np.arange(len(best)), -best))[:k]
+            scores[b], idx[b] = best[top], top
+        return scores, idx
+
     def pooled(self, idx: np.ndarray) -> np.ndarray:
         """Mean of the retrieved article embeddings per query row (Eq. 6's inner average); [B, d]."""
         return self.embeddings[np.asarray(idx)].mean(axis=1).astype(np.float32)
