@@ -17,3 +17,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"real test data not found at {SHARED_DATA}: these tests need ../shared/data beside the repository")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def medlineplus_minilm(tmp_path_factory, shared_data):
+    """The real MedlinePlus KB ingested and indexed once per session with rag_minilm's article encoder."""
+    from extractors.knowledge.index import build_index
+    from extractors.knowledge.kb import ingest
+    from extractors.registry import create_extractor
+
+    root = tmp_path_factory.mktemp("medlineplus")
+    meta = ingest(shared_data / "medlineplus", root / "kb.parquet")
+    settings = {"options": {"index_dir": str(root / "index")}, "batch_size": 32}
+    encoder, lm = create_extractor("rag_minilm", settings).index_specs()
+    assert lm is None
+    build_index(root / "kb.parquet", root / "index", encoder, batch_size=32)
+    return {"root": root, "meta": meta, "settings": settings}

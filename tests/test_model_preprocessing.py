@@ -118,7 +118,7 @@ def test_merlin_array_without_spacing_is_absent_with_reason(tmp_path: Path) -> N
     ex = create_extractor("merlin")
     ex.load = lambda: None  # no weights needed: prepare decides
     ex.embed_batch = lambda batch: np.zeros((len(batch), 2048), np.float32)
-    run_extraction(ex, ["a"], [str(path)], str(out))
+    run_extraction(ex, ["a"], [str(path)], str(out), max_failed_fraction=1.0)  # record it, do not fail the job
     feats = read_features(out)
     assert feats.present.tolist() == [False]
     with pytest.raises(InputError, match=r"v\.npy\.json.*spacing_mm.*array_spacing_mm"):

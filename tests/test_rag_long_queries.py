@@ -9,30 +9,18 @@ hence ``slow``. Measured (tests/benchmarks/bench_rag_long_queries.py): truncatio
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from long_queries import hit_rates, load_queries
 
-from extractors.knowledge.index import build_index
-from extractors.knowledge.kb import ingest
 from extractors.registry import create_extractor
 
 pytestmark = pytest.mark.slow
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "medlineplus"
 
 
 @pytest.fixture(scope="module")
-def index_settings(tmp_path_factory):
-    if not DATA.is_dir():
-        pytest.fail(f"real MedlinePlus documents not found at {DATA}")
-    root = tmp_path_factory.mktemp("medlineplus_long")
-    ingest(DATA, root / "kb.parquet")
-    settings = {"options": {"index_dir": str(root / "index")}, "batch_size": 32}
-    encoder, _ = create_extractor("rag_minilm", settings).index_specs()
-    build_index(root / "kb.parquet", root / "index", encoder, batch_size=32)
-    return settings
+def index_settings(medlineplus_minilm):
+    return medlineplus_minilm["settings"]
 
 
 def _rates(settings: dict, rule: str, queries: list[dict]) -> dict:

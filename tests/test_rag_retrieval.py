@@ -8,20 +8,17 @@ encodes all 981 documents (about 50 s on 2 idle CPU cores), hence the ``slow`` m
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from extractors.knowledge.index import KnowledgeIndex, build_index
-from extractors.knowledge.kb import ingest, read_kb
+from extractors.knowledge.index import KnowledgeIndex
+from extractors.knowledge.kb import read_kb
 from extractors.registry import create_extractor
 from extractors.runner import run_extraction
 from medmix.store import read_features
 
 pytestmark = pytest.mark.slow
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "medlineplus"
 
 QUERIES = {
     "Chest radiograph: blunting of the right costophrenic angle with a meniscus, consistent with a moderate "
@@ -37,16 +34,8 @@ QUERIES = {
 
 
 @pytest.fixture(scope="module")
-def medlineplus(tmp_path_factory):
-    if not DATA.is_dir():
-        pytest.fail(f"real MedlinePlus documents not found at {DATA} (the tests need ../shared/data beside the repo)")
-    root = tmp_path_factory.mktemp("medlineplus")
-    meta = ingest(DATA, root / "kb.parquet")
-    settings = {"options": {"index_dir": str(root / "index")}, "batch_size": 32}
-    encoder, lm = create_extractor("rag_minilm", settings).index_specs()
-    assert lm is None
-    build_index(root / "kb.parquet", root / "index", encoder, batch_size=32)
-    return {"root": root, "meta": meta, "settings": settings}
+def medlineplus(medlineplus_minilm):
+    return medlineplus_minilm
 
 
 def test_real_kb_has_the_expected_topics(medlineplus):

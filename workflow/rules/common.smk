@@ -176,9 +176,14 @@ def view_input(dataset, modality, output):
     return ancient(path) if recorded_fingerprint(output) == fingerprint else path
 
 
-def extract_inputs(wildcards):
-    output = feature_path(wildcards.dataset, wildcards.modality, wildcards.expert)
-    inputs = {"inputs": view_input(wildcards.dataset, wildcards.modality, output), "code": expert_code(wildcards.expert)}
+def extract_view_input(wildcards):
+    return view_input(wildcards.dataset, wildcards.modality, feature_path(wildcards.dataset, wildcards.modality, wildcards.expert))
+
+
+def extract_hook_inputs(wildcards):
+    """Extra named inputs of an extraction job (e.g. a retrieval index). A separate input function
+    from the view's, so they are planned even while the view waits for its checkpoint."""
+    inputs = {}
     for hook in EXPERT_INPUT_HOOKS:
         inputs.update(hook(wildcards.dataset, wildcards.modality, wildcards.expert))
     return inputs

@@ -9,7 +9,9 @@ rule extract:
     resource and rerun nothing.
     """
     input:
-        unpack(extract_inputs),
+        unpack(extract_hook_inputs),
+        inputs=extract_view_input,
+        code=lambda wc: expert_code(wc.expert),
     output:
         features="results/{dataset}/features/{modality}/{expert}.parquet",
     params:
