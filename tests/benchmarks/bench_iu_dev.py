@@ -21,9 +21,9 @@ Per-(method, seed, epoch) curves go to ``<cache>/curves/<tag>-<method>.csv``.
 
 Usage::
 
-    PYTHONPATH=. python tests/benchmarks/bench_iu_dev.py --cache /tmp/iu_cache \\
+    python tests/benchmarks/bench_iu_dev.py --cache /tmp/iu_cache \\
         [--data ../shared/data/iu_xray_dev] [--config config.yaml] [--seeds 0 1 2 3 4] \\
-        [--methods medmix meanavg linear_probe] [--committee text_keywords minilm_l6 ...] \\
+        [--methods medmix meanavg linear_probe tfidf_lr] [--committee text_keywords minilm_l6 ...] \\
         [--set medmix.router_warmup_epochs=0 ...] [--threads 2]
 """
 
@@ -33,7 +33,6 @@ import argparse
 import hashlib
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,8 +40,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 SECTIONS = ("indication", "findings", "impression")
 
@@ -73,10 +70,13 @@ def text_committee(config: dict[str, Any]) -> tuple[list[dict[str, str]], str | 
 
 
 def _expert_key(name: str, settings: dict[str, Any]) -> str:
-    from extractors.registry import get_spec, source_files
+    import importlib
+
+    from extractors.registry import expert_module, extra_source_files, get_spec
 
     h = hashlib.sha256()
-    for f in source_files(name):
+    module_file = importlib.import_module(expert_module(name)).__file__
+    for f in [module_file, *extra_source_files(name)]:
         h.update(Path(f).read_bytes())
     spec = get_spec(name)
     h.update(json.dumps({"pre": spec.preprocessing, "dim": spec.dim, "settings": settings}, sort_keys=True,
@@ -85,9 +85,8 @@ def _expert_key(name: str, settings: dict[str, Any]) -> str:
 
 
 def _rag_settings(cache: Path, name: str) -> dict[str, Any]:
-    from medmix.knowledge.index import build_index
-    from medmix.knowledge.kb import ingest
-
+    from extractors.knowledge.index import build_index
+    from extractors.knowledge.kb import ingest
     from extractors.registry import create_extractor
 
     rag = cache / "rag"
@@ -156,13 +155,49 @@ def evaluate(method, val, test) -> list[dict[str, float]]:
     return rows
 
 
+def tfidf_data(cohort, data):
+    """The raw-text reference's features in place of the cached embeddings.
+
+    Per section, a scikit-learn ``TfidfVectorizer(ngram_range=(1, 2))`` (otherwise its defaults)
+    is fitted on that section's texts **in the training split only** and transforms every
+    sample; a missing section is absent (zero row plus a 0 presence flag in ``linear_probe``).
+    Fitted on labels never; the split only to keep validation and test text out of the
+    vocabulary and idf.
+    """
+    from dataclasses import replace
+
+    import torch
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    train = data.split == "train"
+    x, mask, names = {}, {}, {}
+    for m in SECTIONS:
+        texts = cohort.inputs(m)
+        order = {sid: i for i, sid in enumerate(cohort.sample_ids)}
+        texts = [texts[order[sid]] for sid in data.sample_ids]
+        present = np.array([isinstance(t, str) and bool(t.strip()) for t in texts])
+        vec = TfidfVectorizer(ngram_range=(1, 2))
+        vec.fit([t for t, p, tr in zip(texts, present, train, strict=True) if p and tr])
+        mat = vec.transform([t if p else "" for t, p in zip(texts, present, strict=True)]).toarray()
+        x[m] = [torch.from_numpy(mat.astype(np.float32))]
+        mask[m] = torch.from_numpy(present)[:, None]
+        names[m] = ["tfidf_1_2"]
+    return replace(data, x=x, mask=mask, expert_names=names, expert_roles={m: ["general"] for m in SECTIONS},
+                   teacher={}, teacher_mask={})
+
+
+#: Pseudo-method of the benchmark: ``linear_probe`` (same C grid and validation criterion) on
+#: TF-IDF 1-2-grams of the raw section text instead of the cached embeddings.
+TFIDF = "tfidf_lr"
+
+
 def run_method(name: str, params: dict[str, Any], data, seeds: list[int]):
     from medmix.methods import create_method
     from medmix.protocols import Protocol
 
     train, val, test = (data.split_part(s) for s in ("train", "val", "test"))
     t0 = time.perf_counter()
-    method = create_method(name, params)
+    method = create_method("linear_probe" if name == TFIDF else name, params)
     method.fit(train, val, seeds, Protocol("none"))
     seconds = time.perf_counter() - t0
     return method, evaluate(method, val, test), seconds
@@ -192,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "iu_xray_dev")
     parser.add_argument("--config", type=Path, default=ROOT / "config.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--methods", nargs="+", default=["medmix", "meanavg", "linear_probe"])
+    parser.add_argument("--methods", nargs="+", default=["medmix", "meanavg", "linear_probe", TFIDF],
+                        help=f"fusion methods; {TFIDF!r} is linear_probe on TF-IDF 1-2-grams of the raw text")
     parser.add_argument("--committee", nargs="+", help="text experts (default: the config profile's text committee)")
     parser.add_argument("--teacher", help="text teacher (default: the profile's; 'none' for none)")
     parser.add_argument("--set", nargs="*", default=[], metavar="METHOD.KEY=VALUE",
@@ -227,8 +263,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, tuple[list[dict[str, float]], float]] = {}
     (args.cache / "curves").mkdir(parents=True, exist_ok=True)
     for name in args.methods:
-        params = method_params(config, name, overrides, args.threads)
-        method, rows, seconds = run_method(name, params, data, args.seeds)
+        params = method_params(config, "linear_probe" if name == TFIDF else name, overrides, args.threads)
+        t = time.perf_counter()
+        inputs = tfidf_data(cohort, data) if name == TFIDF else data
+        method, rows, seconds = run_method(name, params, inputs, args.seeds)
+        if name == TFIDF:
+            seconds = time.perf_counter() - t  # with the vectorising
         results[name] = (rows, seconds)
         method.curves().to_csv(args.cache / "curves" / f"{args.tag}-{name}.csv", index=False)
         summary = ", ".join(f"s{r['seed']}: {r['auroc']:.4f}/{r['auprc']:.4f}" for r in rows)
