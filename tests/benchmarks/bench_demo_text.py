@@ -24,10 +24,8 @@ from typing import Any
 
 import numpy as np
 
-try:  # run as a script (tests/benchmarks on sys.path) or as a module
-    from bench_iu_dev import _rag_settings, evaluate, load_config, method_params, text_committee
-except ImportError:  # pragma: no cover
-    from tests.benchmarks.bench_iu_dev import _rag_settings, evaluate, load_config, method_params, text_committee
+# Run as a script: its own folder (tests/benchmarks) is on sys.path.
+from bench_iu_dev import _rag_settings, evaluate, load_config, method_params, text_committee
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = {"cxr": ["effusion", "opacity", "interstitial", "cardiomegaly"], "icu": ["mortality", "long_stay", "readmission"]}
