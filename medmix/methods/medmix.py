@@ -96,7 +96,10 @@ class MedMIXObjective:
         return loss, parts
 
     def val_loss(self, model: MedMIXNet, batch: Batch) -> torch.Tensor:
-        return task_loss(model(batch.x, batch.mask).logits, batch.y, self.task)
+        return task_loss(self.val_logits(model, batch), batch.y, self.task)
+
+    def val_logits(self, model: MedMIXNet, batch: Batch) -> torch.Tensor:
+        return model(batch.x, batch.mask).logits
 
     def diagnostics(self, model: MedMIXNet, batch: Batch) -> dict[str, float]:
         """Per-epoch routing statistics on the validation split (columns of :meth:`MedMIX.curves`)."""
