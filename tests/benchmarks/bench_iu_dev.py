@@ -13,9 +13,13 @@
 3. Stage 2: the features are standardised on the training split
    (:class:`medmix.data.Standardizer`, as the fit job does) and every method is fitted with the
    config's ``training`` section (plus ``method_params.<method>``), seeds 0-4 by default.
-4. Metrics: :func:`medmix.evaluation.metrics.compute_metrics` on the test split with per-label
+4. Raw-text reference ``tfidf_lr`` (:class:`TfidfLR`): TF-IDF 1-2-grams of each section, fitted
+   on the training split's text only, + the linear probe's logistic regression (same ``C``
+   grid, same validation criterion) -- what the cached text committee is measured against.
+5. Metrics: :func:`medmix.evaluation.metrics.compute_metrics` on the test split with per-label
    thresholds tuned on the validation split only (:func:`tune_thresholds`); the table gives
-   test macro AUROC / AUPRC per seed and mean ± std, and the wall time of each method.
+   test macro AUROC / AUPRC per seed and mean ± std, and the wall time of each method. The
+   validation macro AUROC / AUPRC per seed are printed too (for choices made on validation).
 
 Per-(method, seed, epoch) curves go to ``<cache>/curves/<tag>-<method>.csv``.
 
