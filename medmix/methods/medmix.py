@@ -42,10 +42,13 @@ paper objective (λ_M = 0)              .956/.667 .966/.719 .790/.421           
                                        .960/.690 .956/.672                     0.6784 ± 0.0161
 λ_M = 1, early_stopping val_auprc      .955/.660 .958/.686 .962/.712           0.9588 ± 0.0025 /
                                        .960/.695 .959/.688                     0.6882 ± 0.0185
+λ_M = 1, val_auprc, dropout 0.3        .958/.681 .961/.696 .964/.710           0.9618 ± 0.0026 /
+                                       .963/.718 .964/.707                     0.7022 ± 0.0141
 =====================================  ======================================  ==================
 
 The deterministic ``linear_probe`` on the same features gets 0.9627 / 0.7454: MedMIX is still
-below it on IU X-ray dev (AUROC -0.004, AUPRC -0.057 with val_auprc stopping).
+below it on IU X-ray dev (best: AUROC -0.001, AUPRC -0.043 with val_auprc stopping and dropout
+0.3; on validation 0.9703 / 0.7548 vs the probe's 0.9695 / 0.7783).
 
 **Early-stopping criterion (``early_stopping``, a :class:`TrainConfig` key shared by every
 neural method; default ``val_loss``, the paper's).** ``val_auroc`` / ``val_auprc`` stop and
