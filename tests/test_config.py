@@ -65,7 +65,7 @@ def test_identity_and_committee_resolution(cfg):
     ident = expert_identity(cfg, "image_texture")
     assert ident["preprocessing"]["levels"] == 8 and "batch_size" not in ident
     members, _ = committee(cfg, "demo_openi", "note")
-    assert [m.role for m in members] == ["biomed", "general", "rag"]
+    assert [m.role for m in members] == ["biomed", "general", "rag", "biomed", "general"]
     jobs = extraction_jobs(cfg)
     assert ("demo_mimic", "ct", "ct_texture25d") in jobs and len(set(jobs)) == len(jobs)
 

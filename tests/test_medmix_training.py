@@ -248,3 +248,28 @@ def test_train_config_defaults_are_the_papers():
     assert c.betas == (0.8, 0.9)
     with pytest.raises(ValueError):
         TrainConfig.from_params({"precision": "fp16"})
+
+
+@pytest.mark.parametrize("criterion", ["val_auprc", "val_auroc"])
+def test_metric_early_stopping_restores_the_best_metric_epoch(planted, criterion):
+    from medmix.evaluation.metrics import compute_metrics
+
+    train, val, _ = planted
+    params = dict(FAST, max_epochs=12, early_stopping=criterion)
+    for name in ("medmix", "meanavg"):
+        method = create_method(name, params)
+        method.fit(train, val, [0], Protocol("none"))
+        curves = method.curves()
+        assert criterion in curves.columns
+        best = curves[criterion].max()
+        # The restored checkpoint is the first epoch with the best validation metric.
+        first = curves.loc[curves[criterion] == best, "epoch"].min()
+        assert curves.loc[curves.improved, "epoch"].max() == first
+        got = compute_metrics(method.predict(val).prob[0], val.y.numpy(), val.task)[criterion.removeprefix("val_")]
+        assert got == pytest.approx(best, abs=1e-6)
+
+
+def test_early_stopping_criterion_is_validated():
+    assert TrainConfig().early_stopping == "val_loss"  # the paper's criterion is the default
+    with pytest.raises(ValueError, match="early_stopping"):
+        TrainConfig.from_params({"early_stopping": "val_f1"})

@@ -62,6 +62,9 @@ class _MeanObjective:
     def val_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return task_loss(model(batch.x, batch.mask), batch.y, self.task)
 
+    def val_logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return model(batch.x, batch.mask)
+
 
 @register_method("meanavg")
 class MeanAvg(FusionMethod):

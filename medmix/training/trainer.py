@@ -9,8 +9,10 @@ gives bit-identical results on CPU whether it is trained alone or together with 
 Schedule (MedMIX Appendix C, all from :class:`TrainConfig`): AdamW (decoupled weight decay on
 every parameter), grad-norm clip per seed, base rate ``lr`` with routers at ``router_lr_mult`` ×,
 linear warm-up per step over the first ``warmup_epochs`` epochs then constant, early stop after
-``patience`` epochs without a lower validation loss (the task loss on the untouched validation
-split; distillation is not part of it), best-validation checkpoint restored at the end.
+``patience`` epochs without a better validation criterion, best-validation checkpoint restored
+at the end. The criterion (``early_stopping``) is the paper's validation loss (the task loss on
+the untouched validation split; distillation is not part of it) by default, or a validation
+macro ranking metric (``val_auroc`` / ``val_auprc``, see :data:`EARLY_STOPPING`).
 
 Train-time protocols mask modalities once per epoch on the epoch's shuffled training set with the
 seed's generator (the same per-sample drop distribution as masking batch by batch).
@@ -32,6 +34,11 @@ from torch import nn
 from medmix.data import TensorData
 from medmix.protocols import Protocol
 
+#: Early-stopping / checkpoint criteria: the validation task loss (the paper's), or the
+#: validation macro AUROC / AUPRC over labels with both classes present (higher is better; ties
+#: keep the earlier epoch). The metrics need the objective's ``val_logits``.
+EARLY_STOPPING = ("val_loss", "val_auroc", "val_auprc")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -52,6 +59,8 @@ class TrainConfig:
     rkd_weight: float = 0.05
     #: MedMIX only, NOT in the paper: weight of the per-modality head loss (see medmix.methods.medmix).
     modality_loss_weight: float = 1.0
+    #: Early-stopping and checkpoint criterion, one of :data:`EARLY_STOPPING` (paper: val_loss).
+    early_stopping: str = "val_loss"
     precision: str = "auto"
     device: str = "auto"
     threads: int = 0
@@ -78,6 +87,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.early_stopping not in EARLY_STOPPING:
+            raise ValueError(f"early_stopping must be one of {EARLY_STOPPING}, got {self.early_stopping!r}")
         if self.modality_loss_weight < 0:
             raise ValueError(f"modality_loss_weight must be >= 0, got {self.modality_loss_weight}")
         if len(self.betas) != 2 or self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
@@ -178,6 +189,8 @@ class Objective(TypingProtocol):
 
     def val_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
 
+    # Optional: ``val_logits(model, batch) -> logits [N, C]`` (needed by the metric early-stopping
+    # criteria ``val_auroc`` / ``val_auprc``).
     # Optional: ``diagnostics(model, batch) -> dict[str, float]`` on the whole validation split in
     # eval mode, once per epoch; the values become columns of the curves (e.g. router entropy).
 
@@ -241,7 +254,7 @@ class _DeviceData:
 class _State:
     member: Member
     data_gen: torch.Generator
-    best_val: float = float("inf")
+    best_val: float = float("inf")  # best criterion value (lower is better)
     best_state: dict[str, torch.Tensor] | None = None
     best_epoch: int = -1
     bad_epochs: int = 0
@@ -340,9 +353,11 @@ class EnsembleTrainer:
                         f"seed {s.member.seed}: validation loss is {val_loss} at epoch {epoch}; "
                         f"training diverged (lower lr={c.lr} or use precision='fp32')"
                     )
-                improved = val_loss < s.best_val
+                metric = self.validation_metric(s.member.model, va, val) if c.early_stopping != "val_loss" else None
+                criterion = val_loss if metric is None else -metric
+                improved = criterion < s.best_val
                 if improved:
-                    s.best_val, s.best_epoch, s.bad_epochs = val_loss, epoch, 0
+                    s.best_val, s.best_epoch, s.bad_epochs = criterion, epoch, 0
                     s.best_state = {k: v.detach().clone() for k, v in s.member.model.state_dict().items()}
                 else:
                     s.bad_epochs += 1
@@ -350,7 +365,8 @@ class EnsembleTrainer:
                         s.active = False
                 rows.append({
                     "seed": s.member.seed, "epoch": epoch, **{k: float(v) for k, v in acc.items()},
-                    "val_loss": val_loss, "lr": c.lr * factor, "improved": improved,
+                    "val_loss": val_loss, **({c.early_stopping: metric} if metric is not None else {}),
+                    "lr": c.lr * factor, "improved": improved,
                     **self.diagnostics(s.member.model, va),
                     "seconds": round(time.perf_counter() - t0, 3),
                 })
@@ -371,6 +387,26 @@ class EnsembleTrainer:
         model.eval()
         with autocast(self.device, self.dtype):
             return {k: float(v) for k, v in fn(model, data.full_masked(0, data.n)).items()}
+
+    @torch.no_grad()
+    def validation_metric(self, model: nn.Module, data: _DeviceData, val: TensorData) -> float:
+        """Validation macro AUROC or AUPRC (``early_stopping``) of ``model``'s probabilities."""
+        from medmix.evaluation.metrics import compute_metrics
+        from medmix.training.losses import to_probabilities
+
+        fn = getattr(self.objective, "val_logits", None)
+        if fn is None:
+            raise TypeError(f"early_stopping={self.config.early_stopping!r} needs an objective with val_logits")
+        model.eval()
+        chunk = self.config.eval_batch_size
+        probs = []
+        for lo in range(0, data.n, chunk):
+            hi = min(data.n, lo + chunk)
+            with autocast(self.device, self.dtype):
+                probs.append(to_probabilities(fn(model, data.full_masked(lo, hi)).float(), val.task).cpu())
+        prob = torch.cat(probs).numpy()
+        value = compute_metrics(prob, val.y.numpy(), val.task)[self.config.early_stopping.removeprefix("val_")]
+        return float(value) if value == value else 0.0
 
     @torch.no_grad()
     def validation_loss(self, model: nn.Module, data: _DeviceData) -> float:

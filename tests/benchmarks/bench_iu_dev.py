@@ -13,17 +13,21 @@
 3. Stage 2: the features are standardised on the training split
    (:class:`medmix.data.Standardizer`, as the fit job does) and every method is fitted with the
    config's ``training`` section (plus ``method_params.<method>``), seeds 0-4 by default.
-4. Metrics: :func:`medmix.evaluation.metrics.compute_metrics` on the test split with per-label
+4. Raw-text reference ``tfidf_lr`` (:class:`TfidfLR`): TF-IDF 1-2-grams of each section, fitted
+   on the training split's text only, + the linear probe's logistic regression (same ``C``
+   grid, same validation criterion) -- what the cached text committee is measured against.
+5. Metrics: :func:`medmix.evaluation.metrics.compute_metrics` on the test split with per-label
    thresholds tuned on the validation split only (:func:`tune_thresholds`); the table gives
-   test macro AUROC / AUPRC per seed and mean ± std, and the wall time of each method.
+   test macro AUROC / AUPRC per seed and mean ± std, and the wall time of each method. The
+   validation macro AUROC / AUPRC per seed are printed too (for choices made on validation).
 
 Per-(method, seed, epoch) curves go to ``<cache>/curves/<tag>-<method>.csv``.
 
 Usage::
 
-    PYTHONPATH=. python tests/benchmarks/bench_iu_dev.py --cache /tmp/iu_cache \\
+    python tests/benchmarks/bench_iu_dev.py --cache /tmp/iu_cache \\
         [--data ../shared/data/iu_xray_dev] [--config config.yaml] [--seeds 0 1 2 3 4] \\
-        [--methods medmix meanavg linear_probe] [--committee text_keywords minilm_l6 ...] \\
+        [--methods medmix meanavg linear_probe tfidf_lr] [--committee text_keywords minilm_l6 ...] \\
         [--set medmix.router_warmup_epochs=0 ...] [--threads 2]
 """
 
@@ -33,7 +37,6 @@ import argparse
 import hashlib
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,8 +44,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 SECTIONS = ("indication", "findings", "impression")
 
@@ -86,9 +87,8 @@ def _expert_key(name: str, settings: dict[str, Any]) -> str:
 
 
 def _rag_settings(cache: Path, name: str) -> dict[str, Any]:
-    from medmix.knowledge.index import build_index
-    from medmix.knowledge.kb import ingest
-
+    from extractors.knowledge.index import build_index
+    from extractors.knowledge.kb import ingest
     from extractors.registry import create_extractor
 
     rag = cache / "rag"
@@ -153,8 +153,109 @@ def evaluate(method, val, test) -> list[dict[str, float]]:
     rows = []
     for s, seed in enumerate(method.seeds):
         thr = tune_thresholds(pv[s], yv)
-        rows.append({"seed": seed, **compute_metrics(pt[s], yt, test.task, thr)})
+        on_val = compute_metrics(pv[s], yv, val.task, thr)
+        rows.append({"seed": seed, **compute_metrics(pt[s], yt, test.task, thr),
+                     "val_auroc": on_val["auroc"], "val_auprc": on_val["auprc"]})
     return rows
+
+
+def tfidf_features(cohort, data):
+    """Sparse ``[N, V]`` TF-IDF features of the raw section text plus one presence flag per section.
+
+    Per section, a scikit-learn ``TfidfVectorizer(ngram_range=(1, 2))`` (otherwise its defaults)
+    is fitted on that section's texts **in the training split only** and transforms every
+    sample; a missing section gives a zero row and a 0 flag. Labels are never used; the split
+    only keeps validation and test text out of the vocabulary and idf.
+    """
+    import scipy.sparse as sp
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    train = data.split == "train"
+    order = {sid: i for i, sid in enumerate(cohort.sample_ids)}
+    blocks, flags = [], []
+    for m in SECTIONS:
+        raw = cohort.inputs(m)
+        texts = [raw[order[sid]] for sid in data.sample_ids]
+        present = np.array([isinstance(t, str) and bool(t.strip()) for t in texts])
+        vec = TfidfVectorizer(ngram_range=(1, 2))
+        vec.fit([t for t, p, tr in zip(texts, present, train, strict=True) if p and tr])
+        blocks.append(vec.transform([t if p else "" for t, p in zip(texts, present, strict=True)]))
+        flags.append(present.astype(np.float64)[:, None])
+    return sp.hstack(blocks + [sp.csr_matrix(np.hstack(flags))], format="csr")
+
+
+class TfidfLR:
+    """TF-IDF (1-2-grams) + logistic regression on the raw section text: the text reference.
+
+    The estimator and the choice of ``C`` are :mod:`medmix.methods.linear_probe`'s (per-label L2
+    ``lbfgs`` logistic regression, unknown labels skipped; one ``C`` from the same declared grid
+    with the lowest mean validation log-loss), on sparse TF-IDF features instead of the cached
+    embeddings. Deterministic: every seed gets the same model.
+    """
+
+    def __init__(self, cohort, params: dict[str, Any]):
+        from medmix.methods.linear_probe import C_GRID
+
+        self.cohort = cohort
+        self.c_grid = tuple(float(c) for c in params.get("lp_c_grid", C_GRID))
+        self.seeds: list[int] = []
+
+    def fit_predict(self, data, seeds: list[int]):
+        import warnings
+
+        from sklearn.linear_model import LogisticRegression
+
+        from medmix.methods.linear_probe import _log_loss, _sigmoid
+
+        x = tfidf_features(self.cohort, data)
+        y = data.y.numpy().astype(np.float64)
+        parts = {s: np.flatnonzero(data.split == s) for s in ("train", "val", "test")}
+        best = None
+        for c in self.c_grid:
+            logits = np.zeros((data.n, y.shape[1]))
+            losses = []
+            for j in range(y.shape[1]):
+                tr = parts["train"][~np.isnan(y[parts["train"], j])]
+                if np.unique(y[tr, j]).size < 2:
+                    prev = float(np.clip(y[tr, j].mean() if tr.size else 0.5, 1e-4, 1 - 1e-4))
+                    logits[:, j] = np.log(prev / (1 - prev))
+                else:
+                    model = LogisticRegression(C=c, solver="lbfgs", max_iter=5000)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        model.fit(x[tr], y[tr, j])
+                    logits[:, j] = model.decision_function(x)
+                va = parts["val"][~np.isnan(y[parts["val"], j])]
+                if va.size:
+                    losses.append(_log_loss(y[va, j], _sigmoid(logits[va, j])))
+            loss = float(np.mean(losses))
+            if best is None or loss < best[0] - 1e-12:
+                best = (loss, c, _sigmoid(logits))
+        assert best is not None
+        self.c, self.seeds = best[1], [int(s) for s in seeds]
+        prob = best[2].astype(np.float32)
+        return {s: np.stack([prob[idx]] * len(self.seeds)) for s, idx in parts.items()}
+
+
+def run_tfidf(cohort, params: dict[str, Any], data, seeds: list[int]):
+    from medmix.evaluation.metrics import compute_metrics, tune_thresholds
+
+    t0 = time.perf_counter()
+    ref = TfidfLR(cohort, params)
+    probs = ref.fit_predict(data, seeds)
+    seconds = time.perf_counter() - t0
+    yv, yt = data.split_part("val").y.numpy(), data.split_part("test").y.numpy()
+    rows = []
+    for k, seed in enumerate(ref.seeds):
+        thr = tune_thresholds(probs["val"][k], yv)
+        on_val = compute_metrics(probs["val"][k], yv, data.task, thr)
+        rows.append({"seed": seed, **compute_metrics(probs["test"][k], yt, data.task, thr),
+                     "val_auroc": on_val["auroc"], "val_auprc": on_val["auprc"]})
+    return ref, rows, seconds
+
+
+#: Pseudo-method of the benchmark: :class:`TfidfLR` on the raw section text.
+TFIDF = "tfidf_lr"
 
 
 def run_method(name: str, params: dict[str, Any], data, seeds: list[int]):
@@ -193,7 +294,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "iu_xray_dev")
     parser.add_argument("--config", type=Path, default=ROOT / "config.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--methods", nargs="+", default=["medmix", "meanavg", "linear_probe"])
+    parser.add_argument("--methods", nargs="+", default=["medmix", "meanavg", "linear_probe", TFIDF],
+                        help=f"fusion methods; {TFIDF!r} is linear_probe on TF-IDF 1-2-grams of the raw text")
     parser.add_argument("--committee", nargs="+", help="text experts (default: the config profile's text committee)")
     parser.add_argument("--teacher", help="text teacher (default: the profile's; 'none' for none)")
     parser.add_argument("--set", nargs="*", default=[], metavar="METHOD.KEY=VALUE",
@@ -228,12 +330,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, tuple[list[dict[str, float]], float]] = {}
     (args.cache / "curves").mkdir(parents=True, exist_ok=True)
     for name in args.methods:
-        params = method_params(config, name, overrides, args.threads)
-        method, rows, seconds = run_method(name, params, data, args.seeds)
+        params = method_params(config, "linear_probe" if name == TFIDF else name, overrides, args.threads)
+        if name == TFIDF:
+            method, rows, seconds = run_tfidf(cohort, params, data, args.seeds)
+            print(f"{name}: C = {method.c}", flush=True)
+        else:
+            method, rows, seconds = run_method(name, params, data, args.seeds)
+            method.curves().to_csv(args.cache / "curves" / f"{args.tag}-{name}.csv", index=False)
         results[name] = (rows, seconds)
-        method.curves().to_csv(args.cache / "curves" / f"{args.tag}-{name}.csv", index=False)
         summary = ", ".join(f"s{r['seed']}: {r['auroc']:.4f}/{r['auprc']:.4f}" for r in rows)
-        print(f"{name} ({seconds:.1f}s) AUROC/AUPRC {summary}", flush=True)
+        on_val = ", ".join(f"s{r['seed']}: {r['val_auroc']:.4f}/{r['val_auprc']:.4f}" for r in rows)
+        print(f"{name} ({seconds:.1f}s) test AUROC/AUPRC {summary}", flush=True)
+        print(f"{name} validation AUROC/AUPRC {on_val}; mean {np.mean([r['val_auroc'] for r in rows]):.4f}/"
+              f"{np.mean([r['val_auprc'] for r in rows]):.4f}", flush=True)
     print()
     print(table(results, args.seeds))
     wall = time.perf_counter() - t_start
