@@ -84,7 +84,9 @@ def main_table_markdown(metrics: pd.DataFrame, seeds: list[int]) -> str:
         "AUROC/AUPRC macro-averaged over labels. No missing-modality protocol (natural missingness only).",
         "",
     ]
-    for (dataset, eval_set), part in clean.groupby(["dataset", "eval_set"], sort=False):
+    groups = sorted(clean.groupby(["dataset", "eval_set"], sort=False), key=lambda g: (
+        list(dict.fromkeys(clean.dataset)).index(g[0][0]), g[0][1] != "test", g[0][1]))
+    for (dataset, eval_set), part in groups:
         title = f"{dataset} — {eval_set}" if eval_set == "test" else f"{dataset} → {eval_set.split(':', 1)[1]} (external validation)"
         lines += [f"## {title}", "", to_markdown(summary_table(part, ["method"])), ""]
     return "\n".join(lines)
