@@ -43,7 +43,6 @@ def char_ngram_vector(text: str, dim: int = DIM) -> np.ndarray:
     )
 )
 class TextCharNgrams(Extractor):
-    extra_sources = ("text_hashing.py",)
 
     def prepare(self, value: Any) -> np.ndarray:
         return char_ngram_vector(read_text(value), self.dim)

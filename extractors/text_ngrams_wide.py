@@ -42,7 +42,6 @@ def wide_ngrams(text: str, dim: int = DIM) -> np.ndarray:
     )
 )
 class TextNgramsWide(Extractor):
-    extra_sources = ("text_hashing.py",)
 
     def prepare(self, value: Any) -> np.ndarray:
         return wide_ngrams(read_text(value), self.dim)
