@@ -159,7 +159,8 @@ def test_text_keywords_keeps_exact_codes_apart() -> None:
                           "finding: r91.8 NODULE, on cisplatin"])
     np.testing.assert_array_equal(a, c)  # case-insensitive
     assert float(a @ b) < 0.9
-    from extractors.text_keywords import _bucket, tokenize
+    from extractors.text_hashing import bucket as _bucket
+    from extractors.text_hashing import tokenize
 
     assert tokenize("Dose 10mg/kg of 5-FU; code R91.8.") == ["dose", "10mg/kg", "of", "5-fu", "code", "r91.8"]
     assert _bucket("r91.8", 512) == _bucket("r91.8", 512)
