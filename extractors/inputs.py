@@ -184,13 +184,17 @@ def _read_nifti(p: Path) -> np.ndarray:
 
 
 def _read_dicom_series(folder: Path) -> np.ndarray:
-    """One DICOM series: slices sorted along the slice normal, rescale slope/intercept applied.
+    """One DICOM series: slices sorted along the slice normal, the modality LUT applied (HU).
 
     Files that are not DICOM are skipped; a folder with several series, slices of different
-    sizes or no usable slices is unusable.
+    sizes, multi-frame or multi-sample files, or no usable slices is unusable. Compressed pixel
+    data (JPEG lossless, JPEG-LS, JPEG 2000, RLE) decodes through pydicom's pylibjpeg plugins.
+    The decoded size (rows x columns x frames x samples, in float32) is checked from the headers
+    before any pixel is decoded.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut
 
     headers = []
     for f in sorted(folder.iterdir()):
@@ -211,10 +215,10 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
     series = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in headers}
     if len(series) > 1:
         raise InputError(f"{folder} holds {len(series)} DICOM series; expected one")
+    _check_dicom_size(headers, folder)
     sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in headers}
     if len(sizes) > 1:
         raise InputError(f"DICOM series {folder} mixes slice sizes {sorted(sizes)}")
-    _check_size((len(headers), *sizes.pop()), 4, str(folder))
 
     iop = getattr(headers[0][1], "ImageOrientationPatient", None)
     row_cos, col_cos = (np.asarray(iop[:3], float), np.asarray(iop[3:], float)) if iop else (
@@ -229,19 +233,20 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
 
     headers.sort(key=lambda item: position(item[1]))
     slices = []
-    for f, _ in headers:
+    for f, head in headers:
         try:
             ds = pydicom.dcmread(str(f))
-            arr = ds.pixel_array.astype(np.float32)
+            arr = ds.pixel_array
         except Exception as err:  # noqa: BLE001 - truncated pixel data, unsupported compression
             if is_fatal(err):  # out of memory is not a property of the input
                 raise
-            raise InputError(f"unreadable DICOM pixel data in {f}: {type(err).__name__}: {err}") from err
+            syntax = getattr(getattr(head, "file_meta", None), "TransferSyntaxUID", None)
+            raise InputError(f"unreadable DICOM pixel data in {f} (transfer syntax "
+                             f"{getattr(syntax, 'name', syntax)}): {type(err).__name__}: {err}") from err
         if arr.ndim != 2:
             raise InputError(f"DICOM file {f} has pixel shape {arr.shape}; expected one 2D slice")
-        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-        intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-        slices.append(arr * slope + intercept)
+        hu = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+        slices.append(hu)
     volume = np.stack(slices, axis=0)  # [slice (along +normal), row (along col_cos), column (along row_cos)]
     # Voxel axes -> LPS directions -> RAS (negate x and y) for nibabel's orientation helpers.
     lps_to_ras = np.array([-1.0, -1.0, 1.0])
@@ -250,6 +255,30 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
     affine[:3, 1] = col_cos * lps_to_ras
     affine[:3, 2] = row_cos * lps_to_ras
     return reorient(volume, affine)
+
+
+def _check_dicom_size(headers: list, folder: Path) -> None:
+    """Refuse a series whose decoded pixels (every frame and sample, as float32) exceed the limit,
+    or whose files are not single 2D greyscale frames, from the headers alone."""
+    total = 0
+    for f, ds in headers:
+        try:
+            rows, cols = int(ds.Rows), int(ds.Columns)
+            frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+            samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+            nbytes = max(int(getattr(ds, "BitsAllocated", 16) or 16) // 8, 4)
+        except (AttributeError, TypeError, ValueError) as err:
+            raise InputError(f"DICOM file {f} has unusable image header fields: {err}") from err
+        if min(rows, cols, frames, samples) < 1:
+            raise InputError(f"DICOM file {f} has {rows}x{cols} pixels, {frames} frames, {samples} samples")
+        total += rows * cols * frames * samples * nbytes
+        if total > MAX_VOLUME_BYTES:
+            raise InputError(f"DICOM series {folder} would need over {total / 2**30:.1f} GiB decoded "
+                             f"(limit {MAX_VOLUME_BYTES / 2**30:.0f}; {f.name}: {rows}x{cols} x {frames} frames "
+                             f"x {samples} samples)")
+        if frames != 1 or samples != 1:
+            raise InputError(f"DICOM file {f} holds {frames} frames of {samples} samples per pixel; expected one "
+                             "2D greyscale slice per file")
 
 
 def read_tabular(values) -> np.ndarray:
