@@ -26,6 +26,8 @@ from extractors.base import InputError, is_fatal
 
 MAX_VOLUME_BYTES = 2 * 1024**3
 MAX_TIMESERIES_CELLS = 50_000_000
+#: On-disk size above which a time-series file is refused before it is parsed.
+MAX_TIMESERIES_BYTES = 512 * 1024**2
 TIME_COLUMNS = ("time", "hour", "charttime")
 #: Output axis codes of read_volume, in nibabel's convention (the direction each axis points to).
 VOLUME_AXCODES = ("S", "P", "L")
@@ -37,23 +39,33 @@ def is_missing(value: Any) -> bool:
 
 
 def read_image(path: str, mode: str = "RGB", draft_size: tuple[int, int] | None = None):
-    """A ``PIL.Image`` in ``mode`` (RGB by default); Pillow's decompression-bomb limit stays in force.
+    """A ``PIL.Image`` in ``mode`` (RGB by default) within Pillow's decompression-bomb limit.
 
-    Truncated files fail (``LOAD_TRUNCATED_IMAGES`` is never set). ``draft_size`` lets JPEG
-    files decode at a reduced scale (DCT scaling, never below ``draft_size``) when the caller
-    downsizes anyway; other formats ignore it.
+    Pillow refuses images over twice ``Image.MAX_IMAGE_PIXELS`` but only warns between one and
+    two times it; here the warning is an error too, so any image over the limit is refused before
+    its pixels are decoded (the limit itself is never raised or removed). Truncated files fail
+    (``LOAD_TRUNCATED_IMAGES`` is never set). ``draft_size`` lets JPEG files decode at a reduced
+    scale (DCT scaling, never below ``draft_size``) when the caller downsizes anyway; other
+    formats ignore it.
     """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.isfile(path):
         raise InputError(f"image file not found: {path}")
     try:
-        with Image.open(path) as im:
-            if draft_size is not None and im.format == "JPEG":
-                im.draft(mode if mode in ("L", "RGB") else None, draft_size)
-            im.load()
-            out = im.convert(mode)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if draft_size is not None and im.format == "JPEG":
+                    im.draft(mode if mode in ("L", "RGB") else None, draft_size)
+                im.load()
+                out = im.convert(mode)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise InputError(f"image {path} exceeds the decompression-bomb pixel limit "
+                         f"({Image.MAX_IMAGE_PIXELS} pixels): {err}") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise InputError(f"unreadable image {path}: {err}") from err
     if min(out.size) < 1:
         raise InputError(f"image {path} has size {out.size}")
@@ -71,26 +83,54 @@ def read_text(text: Any) -> str:
 def read_timeseries(path: str):
     """A ``pandas.DataFrame`` (rows = time steps, columns = variables) from CSV or Parquet.
 
-    Time columns (``time``, ``hour``, ``charttime``) are dropped; other non-numeric entries
-    become NaN. An all-NaN series is unusable.
+    Sizes are bounded before parsing: the file must be under ``MAX_TIMESERIES_BYTES`` on disk
+    and, from the Parquet footer or the CSV header line, hold at most ``MAX_TIMESERIES_CELLS``
+    cells (a CSV is read up to that many rows and refused if it has more). Time columns
+    (``time``, ``hour``, ``charttime``) are dropped; other non-numeric entries become NaN. An
+    all-NaN series is unusable.
     """
     import pandas as pd
 
     if not os.path.isfile(path):
         raise InputError(f"time-series file not found: {path}")
+    nbytes = os.path.getsize(path)
+    if nbytes > MAX_TIMESERIES_BYTES:
+        raise InputError(f"time series {path} is {nbytes} bytes (limit {MAX_TIMESERIES_BYTES}); not parsed")
     try:
-        frame = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+        frame = _read_bounded_table(path)
+    except InputError:
+        raise
     except Exception as err:  # noqa: BLE001 - any parser failure means unusable input
         if is_fatal(err):  # out of memory is not a property of the input
             raise
         raise InputError(f"unreadable time series {path}: {type(err).__name__}: {err}") from err
-    if frame.size > MAX_TIMESERIES_CELLS:
-        raise InputError(f"time series {path} has {frame.size} cells (limit {MAX_TIMESERIES_CELLS})")
     frame = frame.drop(columns=[c for c in TIME_COLUMNS if c in frame.columns])
     values = frame.apply(pd.to_numeric, errors="coerce")
     if values.size == 0 or values.isna().all().all():
         raise InputError(f"time series {path} has no observed values (empty or all NaN)")
     return values
+
+
+def _read_bounded_table(path: str):
+    """The table at ``path``, refused from its metadata / header if it exceeds ``MAX_TIMESERIES_CELLS``."""
+    import pandas as pd
+
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path).metadata
+        cells = int(meta.num_rows) * int(meta.num_columns)
+        if cells > MAX_TIMESERIES_CELLS:
+            raise InputError(f"time series {path} has {meta.num_rows} rows x {meta.num_columns} columns "
+                             f"(limit {MAX_TIMESERIES_CELLS} cells); not read")
+        return pd.read_parquet(path)
+    n_columns = max(len(pd.read_csv(path, nrows=0).columns), 1)
+    max_rows = MAX_TIMESERIES_CELLS // n_columns
+    frame = pd.read_csv(path, nrows=max_rows + 1)
+    if len(frame) > max_rows:
+        raise InputError(f"time series {path} has over {max_rows} rows x {n_columns} columns "
+                         f"(limit {MAX_TIMESERIES_CELLS} cells)")
+    return frame
 
 
 def read_volume(path: str, layout: str = "DHW") -> np.ndarray:
