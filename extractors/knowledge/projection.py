@@ -84,8 +84,12 @@ def token_mean_embeddings(
 
 
 def save_projection(folder: str, projection: Projection) -> None:
-    np.save(os.path.join(folder, "projection_weight.npy"), projection.weight, allow_pickle=False)
-    np.save(os.path.join(folder, "projection_bias.npy"), projection.bias, allow_pickle=False)
+    """The projection's two ``.npy`` files in ``folder`` (each written atomically)."""
+    from medmix.store.atomic import atomic_path
+
+    for name, arr in (("projection_weight.npy", projection.weight), ("projection_bias.npy", projection.bias)):
+        with atomic_path(os.path.join(folder, name)) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
 
 
 def load_projection(folder: str, r2: float = float("nan")) -> Projection:
