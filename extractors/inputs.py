@@ -211,14 +211,22 @@ def reorient(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(orientations.apply_orientation(data, transform), dtype=np.float32)
 
 
-def _read_nifti(p: Path) -> np.ndarray:
+def check_nifti_header(path: str | Path):
+    """The nibabel image of a 3D NIfTI whose header shape x item size is within the volume limit
+    (nothing but the header read); InputError otherwise. For readers that decode it themselves."""
     import nibabel as nib
 
-    img = nib.load(str(p))
+    img = nib.load(str(path))
     shape = img.header.get_data_shape()
     if len(shape) < 3 or (len(shape) > 3 and int(np.prod(shape[3:])) != 1):
-        raise InputError(f"NIfTI {p} has shape {shape}; expected a 3D volume")
-    _check_size(shape[:3], np.dtype(img.header.get_data_dtype()).itemsize, str(p))
+        raise InputError(f"NIfTI {path} has shape {shape}; expected a 3D volume")
+    _check_size(shape[:3], np.dtype(img.header.get_data_dtype()).itemsize, str(path))
+    return img
+
+
+def _read_nifti(p: Path) -> np.ndarray:
+    img = check_nifti_header(p)
+    shape = img.header.get_data_shape()
     data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape[:3])
     return reorient(data, img.affine)
 

@@ -110,3 +110,17 @@ def test_iu_xray_report_refuses_entities_in_utf16(tmp_path: Path) -> None:
     (xml_dir / "1.xml").write_bytes(_ENTITY_DOC.format(body="<eCitation>&b;</eCitation>").encode("utf-16"))
     with pytest.raises(CohortError, match=r"1\.xml declares XML entities"):
         build_cohort("x", cfg, ".")
+
+
+def test_merlin_report_bridge_bounds_the_volume_before_its_own_loader(tmp_path: Path) -> None:
+    """Merlin's DataLoader decodes whole volumes; the bridge checks the header first."""
+    from extractors.knowledge.bridge import MerlinBridge
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((2048, 2048, 2048))
+    header.set_data_dtype(np.int16)
+    path = tmp_path / "claims_big.nii"
+    with open(path, "wb") as fh:
+        header.write_to(fh)
+    with pytest.raises(InputError, match=r"claims_big\.nii would need 32\.0 GiB"):
+        MerlinBridge().generate(str(path))  # refused before the (unloaded) model is needed

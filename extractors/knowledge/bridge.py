@@ -315,6 +315,14 @@ class MerlinBridge(ReportBridge):
         path = str(value)
         if not path.endswith((".nii", ".nii.gz")) or not os.path.isfile(path):
             raise InputError(f"Merlin report generation needs a NIfTI volume file; got {path!r}")
+        from extractors.inputs import check_nifti_header
+
+        try:
+            check_nifti_header(path)  # Merlin's loader decodes the whole volume: bound it from the header first
+        except InputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a corrupt header is unusable input
+            raise InputError(f"unreadable NIfTI header {path}: {type(err).__name__}: {err}") from err
         cache_dir = self.settings.options.get("cache_dir") or os.path.join(os.path.dirname(path), ".merlin_cache")
         loader = self._loader_cls(datalist=[{"image": path}], cache_dir=cache_dir, batchsize=1, shuffle=False,
                                   num_workers=0)
