@@ -41,7 +41,9 @@ def read_image(path: str, mode: str = "RGB", draft_size: tuple[int, int] | None 
 
     Truncated files fail (``LOAD_TRUNCATED_IMAGES`` is never set). ``draft_size`` lets JPEG
     files decode at a reduced scale (DCT scaling, never below ``draft_size``) when the caller
-    downsizes anyway; other formats ignore it.
+    downsizes anyway; other formats ignore it. 16-bit greyscale (Pillow modes ``I;16*`` and ``I``,
+    e.g. a 16-bit PNG) is scaled to 8 bits over the full 16-bit range (``/ 257``) instead of
+    Pillow's clipping at 255; CMYK (e.g. a CMYK JPEG) is converted by Pillow.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -52,12 +54,24 @@ def read_image(path: str, mode: str = "RGB", draft_size: tuple[int, int] | None 
             if draft_size is not None and im.format == "JPEG":
                 im.draft(mode if mode in ("L", "RGB") else None, draft_size)
             im.load()
-            out = im.convert(mode)
+            out = _from_16bit(im).convert(mode) if im.mode in WIDE_GREY_MODES else im.convert(mode)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as err:
         raise InputError(f"unreadable image {path}: {err}") from err
     if min(out.size) < 1:
         raise InputError(f"image {path} has size {out.size}")
     return out
+
+
+#: Greyscale modes wider than 8 bits that Pillow's ``convert`` would clip at 255.
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _from_16bit(im):
+    """An 8-bit ``L`` image from a 16-bit greyscale one (0..65535 -> 0..255, rounded)."""
+    from PIL import Image
+
+    arr = np.asarray(im, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), mode="L")
 
 
 def read_text(text: Any) -> str:
@@ -208,9 +222,10 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
             headers.append((f, ds))
     if not headers:
         raise InputError(f"no DICOM image files in {folder}")
-    series = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in headers}
+    series = sorted({str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in headers})
     if len(series) > 1:
-        raise InputError(f"{folder} holds {len(series)} DICOM series; expected one")
+        raise InputError(f"{folder} holds {len(series)} DICOM series (SeriesInstanceUID {', '.join(series)}); "
+                         "expected one: put each series in its own folder")
     sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in headers}
     if len(sizes) > 1:
         raise InputError(f"DICOM series {folder} mixes slice sizes {sorted(sizes)}")
@@ -228,6 +243,8 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
         return float(np.dot(normal, np.asarray(ipp, float)))
 
     headers.sort(key=lambda item: position(item[1]))
+    if iop is not None and all(getattr(ds, "ImagePositionPatient", None) is not None for _, ds in headers):
+        _check_spacing(folder, [position(ds) for _, ds in headers])
     slices = []
     for f, _ in headers:
         try:
@@ -238,7 +255,10 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
                 raise
             raise InputError(f"unreadable DICOM pixel data in {f}: {type(err).__name__}: {err}") from err
         if arr.ndim != 2:
-            raise InputError(f"DICOM file {f} has pixel shape {arr.shape}; expected one 2D slice")
+            frames = int(getattr(ds, "NumberOfFrames", 0) or 0)
+            what = f"is multi-frame ({frames} frames, pixel shape {arr.shape})" if frames > 1 else \
+                f"has pixel shape {arr.shape}"
+            raise InputError(f"DICOM file {f} {what}; expected one 2D slice per file (a folder of single-frame slices)")
         slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
         intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
         slices.append(arr * slope + intercept)
@@ -250,6 +270,29 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
     affine[:3, 1] = col_cos * lps_to_ras
     affine[:3, 2] = row_cos * lps_to_ras
     return reorient(volume, affine)
+
+
+#: A step between neighbouring slices larger than this times the median step is a missing slice.
+MAX_SLICE_GAP = 1.5
+
+
+def _check_spacing(folder: Path, positions: list[float]) -> None:
+    """Refuse a series with two slices at one position or a gap (a missing slice) along the normal."""
+    if len(positions) < 2:
+        return
+    pos = np.asarray(positions, dtype=float)
+    steps = np.diff(pos)
+    dup = np.flatnonzero(steps < 1e-3)
+    if len(dup):
+        raise InputError(f"DICOM series {folder} has two slices at position {pos[dup[0]]:.2f} mm along the slice normal")
+    median = float(np.median(steps))
+    gaps = np.flatnonzero(steps > MAX_SLICE_GAP * median)
+    if len(gaps):
+        k = int(gaps[0])
+        raise InputError(
+            f"DICOM series {folder} has a gap: slices at {pos[k]:.2f} and {pos[k + 1]:.2f} mm are {steps[k]:.2f} mm "
+            f"apart, the usual spacing is {median:.2f} mm (a missing slice?)"
+        )
 
 
 def read_tabular(values) -> np.ndarray:
