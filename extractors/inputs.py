@@ -200,8 +200,10 @@ def _read_nifti(p: Path) -> np.ndarray:
 def _read_dicom_series(folder: Path) -> np.ndarray:
     """One DICOM series: slices sorted along the slice normal, rescale slope/intercept applied.
 
-    Files that are not DICOM are skipped; a folder with several series, slices of different
-    sizes or no usable slices is unusable.
+    Files that are not DICOM are skipped; a folder with several series (the reason names their
+    SeriesInstanceUIDs), slices of different sizes, two slices at one position, a gap (two
+    neighbouring slices more than ``MAX_SLICE_GAP`` times the median spacing apart: a missing
+    slice), a multi-frame file or no usable slices is unusable.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError

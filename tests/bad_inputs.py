@@ -10,7 +10,6 @@ per-sample bad input replaces ONE sample's file, so every extraction job stays u
 from __future__ import annotations
 
 import csv
-import gzip
 import struct
 import zlib
 from pathlib import Path
@@ -330,10 +329,3 @@ def dataset_config(manifest: str = "cohort/manifest.csv") -> dict:
 EXPERTS = {"xray": "image_intensity_grid", "ct": "ct_intensity_profile", "note": "text_keywords",
            "ehr": "ts_summary", "vitals": "tabular_raw"}
 
-
-def gunzip_ok(path: Path) -> bool:
-    try:
-        gzip.decompress(path.read_bytes())
-        return True
-    except (OSError, EOFError):
-        return False

@@ -23,7 +23,15 @@ import os
 import numpy as np
 import pytest
 import yaml
-from bad_inputs import CASES, EXPERTS, SERIES_VARIABLES, dataset_config, grey_image, write_cohort, write_manifest
+from bad_inputs import (
+    CASES,
+    EXPERTS,
+    SERIES_VARIABLES,
+    dataset_config,
+    grey_image,
+    write_cohort,
+    write_manifest,
+)
 from PIL import Image
 from test_workflow import REPO, snakemake
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 
-
 #: Errors about the user's data or config: their message says what is wrong and where, so stderr
 #: shows the message alone (the log file keeps the traceback). Named, not imported: this module
 #: must not import stage 1.
