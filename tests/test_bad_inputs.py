@@ -217,6 +217,12 @@ def _small_rows(n=6):
              "outcome": i % 2, "image": f"img/{i}.png", "age": 40 + i} for i in range(n)]
 
 
+def _class_labels(rows, odd: dict[int, str]) -> None:
+    """Multiclass labels (benign / malignant), with ``odd`` values at some positions."""
+    for i, row in enumerate(rows):
+        row["outcome"] = odd.get(i, ["benign", "malignant"][i % 2])
+
+
 COHORT_ERRORS = {
     # name: (edit of the rows, message the error must contain)
     "dup_ids": (lambda r, d: r[3].update(sid="s1"),
@@ -226,6 +232,9 @@ COHORT_ERRORS = {
                    "row 4 (id 's3'): patient 'p1' in test"),
     "label_domain": (lambda r, d: r[2].update(outcome="2"),
                      "label 'outcome' outside {{0, 1}} (empty = unknown): row 3 (id 's2'): '2'"),
+    "class_domain": (lambda r, d: _class_labels(r, {4: "unsure"}),
+                     "label 'outcome' outside classes ['benign', 'malignant'] (empty = unknown): row 5 (id 's4'): "
+                     "'unsure'"),
     "non_numeric": (lambda r, d: r[1].update(age="forty"),
                     "tabular modality 'vitals' has non-numeric values: row 2 (id 's1'): age='forty'"),
     "escape_dotdot": (lambda r, d: r[1].update(image="../outside.png"),
@@ -256,6 +265,8 @@ def cohort_error_run(tmp_path_factory):
         write_manifest(folder / "manifest.csv", rows)
         ds = dataset_config(f"{name}/manifest.csv")
         ds["modalities"] = {"xray": ds["modalities"]["xray"], "vitals": {"kind": "tabular", "columns": ["age"]}}
+        if name == "class_domain":
+            ds.update(task="multiclass", classes=["benign", "malignant"])
         datasets[name] = with_committees(ds)
     (workdir / "config.yaml").write_text(yaml.safe_dump(base_config(datasets)))
     targets = [f"results/{name}/summary.json" for name in COHORT_ERRORS]
