@@ -114,7 +114,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     for pattern in s["availability_patterns"]["all"]:
         lines.append(f"| {pattern} | " + " | ".join(str(s["availability_patterns"][g].get(pattern, 0)) for g in GROUPS)
                      + " |")
-    lines += ["", "## Absent files", ""]
+    lines += ["", "## Absent and unusable files", ""]
     if not s["absent_files"]:
         lines.append("No referenced file is absent.")
     for mod, info in s["absent_files"].items():
