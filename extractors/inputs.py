@@ -46,7 +46,9 @@ def read_image(path: str, mode: str = "RGB", draft_size: tuple[int, int] | None 
     its pixels are decoded (the limit itself is never raised or removed). Truncated files fail
     (``LOAD_TRUNCATED_IMAGES`` is never set). ``draft_size`` lets JPEG files decode at a reduced
     scale (DCT scaling, never below ``draft_size``) when the caller downsizes anyway; other
-    formats ignore it.
+    formats ignore it. 16-bit greyscale (Pillow modes ``I;16*`` and ``I``, e.g. a 16-bit PNG) is
+    scaled to 8 bits over the full 16-bit range (``/ 257``) instead of Pillow's clipping at 255;
+    CMYK (e.g. a CMYK JPEG) is converted by Pillow.
     """
     import warnings
 
@@ -61,7 +63,7 @@ def read_image(path: str, mode: str = "RGB", draft_size: tuple[int, int] | None 
                 if draft_size is not None and im.format == "JPEG":
                     im.draft(mode if mode in ("L", "RGB") else None, draft_size)
                 im.load()
-                out = im.convert(mode)
+                out = _from_16bit(im).convert(mode) if im.mode in WIDE_GREY_MODES else im.convert(mode)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         raise InputError(f"image {path} exceeds the decompression-bomb pixel limit "
                          f"({Image.MAX_IMAGE_PIXELS} pixels): {err}") from err
@@ -70,6 +72,18 @@ def read_image(path: str, mode: str = "RGB", draft_size: tuple[int, int] | None 
     if min(out.size) < 1:
         raise InputError(f"image {path} has size {out.size}")
     return out
+
+
+#: Greyscale modes wider than 8 bits that Pillow's ``convert`` would clip at 255.
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _from_16bit(im):
+    """An 8-bit ``L`` image from a 16-bit greyscale one (0..65535 -> 0..255, rounded)."""
+    from PIL import Image
+
+    arr = np.asarray(im, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), mode="L")
 
 
 def read_text(text: Any) -> str:
@@ -235,7 +249,9 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
     """One DICOM series: slices sorted along the slice normal, the modality LUT applied (HU).
 
     Files that are not DICOM are skipped; a folder with several series, slices of different
-    sizes, multi-frame or multi-sample files, or no usable slices is unusable. Compressed pixel
+    sizes, multi-frame or multi-sample files, or no usable slices is unusable, and so is a series with two slices at one position or a gap
+    (neighbouring slices more than ``MAX_SLICE_GAP`` times the median spacing apart: a missing
+    slice); the several-series reason names their SeriesInstanceUIDs. Compressed pixel
     data (JPEG lossless, JPEG-LS, JPEG 2000, RLE) decodes through pydicom's pylibjpeg plugins.
     The decoded size (rows x columns x frames x samples, in float32) is checked from the headers
     before any pixel is decoded.
@@ -260,9 +276,10 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
             headers.append((f, ds))
     if not headers:
         raise InputError(f"no DICOM image files in {folder}")
-    series = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in headers}
+    series = sorted({str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in headers})
     if len(series) > 1:
-        raise InputError(f"{folder} holds {len(series)} DICOM series; expected one")
+        raise InputError(f"{folder} holds {len(series)} DICOM series (SeriesInstanceUID {', '.join(series)}); "
+                         "expected one: put each series in its own folder")
     _check_dicom_size(headers, folder)
     sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in headers}
     if len(sizes) > 1:
@@ -280,6 +297,8 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
         return float(np.dot(normal, np.asarray(ipp, float)))
 
     headers.sort(key=lambda item: position(item[1]))
+    if iop is not None and all(getattr(ds, "ImagePositionPatient", None) is not None for _, ds in headers):
+        _check_spacing(folder, [position(ds) for _, ds in headers])
     slices = []
     for f, head in headers:
         try:
@@ -327,6 +346,29 @@ def _check_dicom_size(headers: list, folder: Path) -> None:
         if frames != 1 or samples != 1:
             raise InputError(f"DICOM file {f} holds {frames} frames of {samples} samples per pixel; expected one "
                              "2D greyscale slice per file")
+
+
+#: A step between neighbouring slices larger than this times the median step is a missing slice.
+MAX_SLICE_GAP = 1.5
+
+
+def _check_spacing(folder: Path, positions: list[float]) -> None:
+    """Refuse a series with two slices at one position or a gap (a missing slice) along the normal."""
+    if len(positions) < 2:
+        return
+    pos = np.asarray(positions, dtype=float)
+    steps = np.diff(pos)
+    dup = np.flatnonzero(steps < 1e-3)
+    if len(dup):
+        raise InputError(f"DICOM series {folder} has two slices at position {pos[dup[0]]:.2f} mm along the slice normal")
+    median = float(np.median(steps))
+    gaps = np.flatnonzero(steps > MAX_SLICE_GAP * median)
+    if len(gaps):
+        k = int(gaps[0])
+        raise InputError(
+            f"DICOM series {folder} has a gap: slices at {pos[k]:.2f} and {pos[k + 1]:.2f} mm are {steps[k]:.2f} mm "
+            f"apart, the usual spacing is {median:.2f} mm (a missing slice?)"
+        )
 
 
 def read_tabular(values) -> np.ndarray:
