@@ -344,8 +344,10 @@ def _check_dicom_size(headers: list, folder: Path) -> None:
                              f"(limit {MAX_VOLUME_BYTES / 2**30:.0f}; {f.name}: {rows}x{cols} x {frames} frames "
                              f"x {samples} samples)")
         if frames != 1 or samples != 1:
-            raise InputError(f"DICOM file {f} holds {frames} frames of {samples} samples per pixel; expected one "
-                             "2D greyscale slice per file")
+            what = (f"is multi-frame ({frames} frames)" if frames > 1
+                    else f"has {samples} samples per pixel (colour)")
+            raise InputError(f"DICOM file {f} {what}; expected one 2D greyscale slice per file "
+                             "(a folder of single-frame slices)")
 
 
 #: A step between neighbouring slices larger than this times the median step is a missing slice.

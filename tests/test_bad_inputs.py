@@ -38,7 +38,6 @@ from test_workflow import REPO, snakemake
 from medmix.store import read_features, read_metadata, write_features
 
 DATASET = "mycohort"
-NEEDS_C = pytest.mark.xfail(reason="needs reader hardening (issue 12 item 9)", strict=True)
 NEEDS_A = pytest.mark.xfail(reason="needs series variable-set checks (issue 12, engineer A)", strict=True)
 
 
@@ -110,11 +109,11 @@ REFUSED = [
     ("truncated_jpeg", "truncated"),
     ("huge_png", "10000000000 pixels"),
     ("huge_jpeg", "4225000000 pixels"),
-    pytest.param("bomb_1_2x_png", "100000000 pixels", marks=NEEDS_C),
+    ("bomb_1_2x_png", "100000000 pixels"),
     ("truncated_nifti", "unreadable volume"),
     ("dicom_missing_slice", "has a gap"),
     ("dicom_two_series", "1.2.826.0.1.3680043.8.498.101, 1.2.826.0.1.3680043.8.498.102"),
-    ("dicom_multiframe", "multi-frame (6 frames"),
+    ("dicom_multiframe", "multi-frame (6 frames)"),
     ("series_all_nan", "no observed values"),
     pytest.param("series_unknown_variables", "mystery_lab", marks=NEEDS_A),
 ]

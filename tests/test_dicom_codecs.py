@@ -120,5 +120,5 @@ def test_multiframe_file_within_limits_is_refused_before_decoding(tmp_path: Path
     folder = tmp_path / "mf"
     folder.mkdir()
     ds.save_as(str(folder / "mf.dcm"), enforce_file_format=True)
-    with pytest.raises(InputError, match=r"mf\.dcm holds 3 frames"):
+    with pytest.raises(InputError, match=r"mf\.dcm is multi-frame \(3 frames\)"):
         read_volume(str(folder))
