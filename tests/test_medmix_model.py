@@ -25,13 +25,16 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def make_model(dims, n_out=3, task="multilabel", seed=0, dropout=0.0) -> MedMIXNet:
+def make_model(dims, n_out=3, task="multilabel", seed=0, dropout=0.0, linear_readout=False) -> MedMIXNet:
     torch.manual_seed(seed)
-    model = MedMIXNet(MedMIXConfig(dims=dims, n_out=n_out, task=task, hidden_dim=16, dropout=dropout))
-    # Non-zero adapters so that every path of the network carries signal.
+    model = MedMIXNet(MedMIXConfig(dims=dims, n_out=n_out, task=task, hidden_dim=16, dropout=dropout,
+                                   linear_readout=linear_readout))
+    # Non-zero adapters (and read-outs) so that every path of the network carries signal.
     for block in model.blocks.values():
         for branch in block.experts:
             torch.nn.init.normal_(branch.adapter_up.weight, std=0.1)
+        for readout in block.readouts or []:
+            torch.nn.init.normal_(readout.weight, std=0.1)
     return model.eval()
 
 
@@ -59,10 +62,10 @@ garbage = st.sampled_from([0.0, 1e6, -1e6, math.nan, math.inf, -math.inf, 3.0])
 
 
 @SETTINGS
-@given(dims=dims_strategy, n=st.integers(1, 12), seed=st.integers(0, 2**16), fill=garbage)
-def test_masked_expert_values_never_change_the_output(dims, n, seed, fill):
+@given(dims=dims_strategy, n=st.integers(1, 12), seed=st.integers(0, 2**16), fill=garbage, readout=st.booleans())
+def test_masked_expert_values_never_change_the_output(dims, n, seed, fill, readout):
     gen = torch.Generator().manual_seed(seed)
-    model = make_model(dims, seed=seed % 7)
+    model = make_model(dims, seed=seed % 7, linear_readout=readout)
     x, mask = make_inputs(dims, n, gen)
     with torch.no_grad():
         ref = model(x, mask)
@@ -75,10 +78,10 @@ def test_masked_expert_values_never_change_the_output(dims, n, seed, fill):
 
 
 @SETTINGS
-@given(dims=dims_strategy, n=st.integers(1, 12), seed=st.integers(0, 2**16))
-def test_masked_modality_values_never_change_the_output(dims, n, seed):
+@given(dims=dims_strategy, n=st.integers(1, 12), seed=st.integers(0, 2**16), readout=st.booleans())
+def test_masked_modality_values_never_change_the_output(dims, n, seed, readout):
     gen = torch.Generator().manual_seed(seed)
-    model = make_model(dims, seed=seed % 5)
+    model = make_model(dims, seed=seed % 5, linear_readout=readout)
     x, mask = make_inputs(dims, n, gen)
     dropped = sorted(dims)[seed % len(dims)]
     mask[dropped][:] = False
@@ -111,6 +114,52 @@ def test_weights_renormalise_over_present_experts_and_modalities(dims, n, seed):
         rows = mask[m].any(1)
         assert torch.allclose(g[rows].sum(1), torch.ones(int(rows.sum())), atol=1e-6)
         assert torch.all(out.z[m][~rows] == 0)
+
+
+@SETTINGS
+@given(dims=dims_strategy, n=st.integers(1, 16), seed=st.integers(0, 2**16), mix=st.sampled_from([0.0, 0.3, 1.0]))
+def test_fusion_mix_blends_learned_and_uniform_weights_over_present_modalities(dims, n, seed, mix):
+    gen = torch.Generator().manual_seed(seed)
+    model = make_model(dims, seed=seed % 3)
+    x, mask = make_inputs(dims, n, gen, p_present=0.5)
+    with torch.no_grad():
+        learned = model(x, mask).fusion
+        model.fusion_mix.fill_(mix)
+        out = model(x, mask)
+    present = out.present.float()
+    uniform = present / present.sum(1, keepdim=True).clamp_min(1)
+    assert torch.allclose(out.fusion, mix * learned + (1 - mix) * uniform, atol=1e-6)
+    assert torch.all(out.fusion[~out.present] == 0)
+    if mix == 0.0:
+        expected = (uniform.unsqueeze(-1) * out.modality_logits).sum(1)
+        assert torch.allclose(out.logits, expected, atol=1e-5)
+
+
+def test_linear_readout_adds_each_present_experts_linear_term():
+    dims = {"a": [5, 3], "b": [4]}
+    model = make_model(dims, seed=1, linear_readout=True)
+    fresh = MedMIXNet(MedMIXConfig(dims=dims, n_out=3, task="multilabel", hidden_dim=16, linear_readout=True))
+    assert all(torch.all(r.weight == 0) for block in fresh.blocks.values() for r in block.readouts)
+    gen = torch.Generator().manual_seed(0)
+    x, mask = make_inputs(dims, 9, gen)
+    with torch.no_grad():
+        out = model(x, mask)
+        block = model.blocks["a"]
+        head = block.head(out.z["a"])
+        expected = head + sum(mask["a"][:, k:k + 1] * block.readouts[k](x["a"][k]) for k in range(2))
+    assert torch.allclose(out.modality_logits[:, 0], expected, atol=1e-5)
+
+
+def test_fusion_mix_and_readouts_are_part_of_the_checkpoint():
+    dims = {"a": [5], "b": [4, 2]}
+    model = make_model(dims, seed=2, linear_readout=True)
+    model.fusion_mix.fill_(0.25)
+    clone = MedMIXNet(MedMIXConfig.from_json(model.config.to_json()))
+    clone.load_state_dict(model.state_dict())
+    assert float(clone.fusion_mix) == 0.25 and clone.config.linear_readout
+    x, mask = make_inputs(dims, 7, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(clone.eval()(x, mask).logits, model(x, mask).logits)
 
 
 @given(d=st.integers(1, 10**6))

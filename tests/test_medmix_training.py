@@ -245,6 +245,7 @@ def test_train_config_defaults_are_the_papers():
     assert (c.warmup_epochs, c.max_epochs, c.batch_size, c.patience) == (50, 200, 256, 20)
     assert (c.distill_max, c.distill_ramp_epochs, c.rkd_weight) == (0.3, 30, 0.05)
     assert c.modality_loss_weight == 1.0  # our departure from the paper; 0 restores its objective
+    assert c.fusion_warmup_epochs == 10  # our departure too; 0 = fusion weights learned from the start
     assert c.betas == (0.8, 0.9)
     with pytest.raises(ValueError):
         TrainConfig.from_params({"precision": "fp16"})
@@ -267,6 +268,29 @@ def test_metric_early_stopping_restores_the_best_metric_epoch(planted, criterion
         assert curves.loc[curves.improved, "epoch"].max() == first
         got = compute_metrics(method.predict(val).prob[0], val.y.numpy(), val.task)[criterion.removeprefix("val_")]
         assert got == pytest.approx(best, abs=1e-6)
+
+
+def test_fusion_warmup_schedule_and_paper_form():
+    from medmix.methods.medmix import PAPER_FORM, fusion_mix
+
+    assert [fusion_mix(e, 4) for e in (0, 3, 4, 6, 8, 50)] == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
+    assert all(fusion_mix(e, 0) == 1.0 for e in range(5))
+    paper = create_method("medmix_paper", {"lr": 1e-3})
+    assert paper.train_config.fusion_warmup_epochs == 0 and paper.train_config.modality_loss_weight == 0.0
+    assert paper.params["linear_readout"] is False and PAPER_FORM["linear_readout"] is False
+    assert create_method("medmix", {}).params.get("linear_readout", True) is True
+
+
+def test_warmup_checkpoint_predicts_as_validated(planted):
+    """A best epoch inside the fusion warm-up is restored with its fusion mix (the buffer)."""
+    train, val, _ = planted
+    method = create_method("medmix", {**FAST, "max_epochs": 3, "fusion_warmup_epochs": 50})
+    method.fit(train, val, [0], Protocol("none"))
+    assert float(method.models[0].fusion_mix) == 0.0
+    fusion = method.predict(val).extras["fusion"][0]
+    present = val.modality_mask().numpy()
+    expected = present / np.maximum(present.sum(1, keepdims=True), 1)
+    assert np.allclose(fusion, expected, atol=1e-6)
 
 
 def test_early_stopping_criterion_is_validated():

@@ -16,6 +16,7 @@ _MODULES = {
     "meanavg": "medmix.methods.meanavg",
     "medmix": "medmix.methods.medmix",
     "medmix_nodistill": "medmix.methods.medmix",
+    "medmix_paper": "medmix.methods.medmix",
 }
 _REGISTRY: dict[str, type[FusionMethod]] = {}
 

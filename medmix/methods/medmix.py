@@ -90,6 +90,9 @@ from medmix.training.trainer import (
     seeded_init,
 )
 
+#: The settings that turn this implementation's departures off (the paper's MedMIX).
+PAPER_FORM = {"linear_readout": False, "fusion_warmup_epochs": 0, "modality_loss_weight": 0.0}
+
 
 class MedMIXObjective:
     """``L = L_task + λ_M · L_modality + λ_D(epoch) · L_distill`` (paper eq. 4 plus ``λ_M · L_modality``).
@@ -105,6 +108,7 @@ class MedMIXObjective:
         self.config = config
 
     def loss(self, member: Member, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        member.model.fusion_mix.fill_(fusion_mix(epoch, self.config.fusion_warmup_epochs))
         out = member.model(batch.x, batch.mask)
         loss = task_loss(out.logits, batch.y, self.task)
         parts = {"task_loss": loss.detach()}
@@ -134,6 +138,14 @@ class MedMIXObjective:
     def diagnostics(self, model: MedMIXNet, batch: Batch) -> dict[str, float]:
         """Per-epoch routing statistics on the validation split (columns of :meth:`MedMIX.curves`)."""
         return routing_diagnostics(model, model(batch.x, batch.mask), batch.mask)
+
+
+def fusion_mix(epoch: int, warmup_epochs: int) -> float:
+    """Share of the learned fusion weights at ``epoch``: 0 for the first ``warmup_epochs`` epochs
+    (uniform fusion), then a linear ramp to 1 over as many epochs; always 1 without a warm-up."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return min(1.0, max(0.0, (epoch - warmup_epochs) / warmup_epochs))
 
 
 def _normalised_entropy(weights: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -182,6 +194,7 @@ def model_config(data: TensorData, params: dict[str, Any]) -> MedMIXConfig:
         dropout=float(params.get("dropout", 0.1)),
         expert_names={m: list(v) for m, v in data.expert_names.items()},
         labels=list(data.labels),
+        linear_readout=bool(params.get("linear_readout", True)),
     )
 
 
@@ -281,6 +294,15 @@ class MedMIX(FusionMethod):
             model = MedMIXNet(config)
             model.load_state_dict(state)
             self.models.append(model.to(device).eval())
+
+
+@register_method("medmix_paper")
+class MedMIXPaper(MedMIX):
+    """MedMIX exactly as the paper defines it: no linear read-out, fusion weights learned from the
+    first step, no per-modality head loss (the reference row for this implementation's options)."""
+
+    def __init__(self, params: dict[str, Any]):
+        super().__init__({**params, **PAPER_FORM})
 
 
 @register_method("medmix_nodistill")

@@ -25,6 +25,12 @@ Choices where the paper is silent (documented here and in the report):
   exactly 0: probability 0.5 per label for sigmoid tasks, the uniform distribution for
   multiclass. Nothing is NaN;
 - scores and softmaxes are computed in float32 even under bf16 autocast.
+
+Two named options go beyond the paper (both off in :class:`MedMIXConfig` / the model; the
+method's defaults and the evidence are in :mod:`medmix.methods.medmix`): ``linear_readout``
+(a linear path from every expert to its modality's logits, :class:`ModalityBlock`) and the
+``fusion_mix`` buffer (``w = mix · softmax(s̃) + (1 − mix) · uniform over present modalities``,
+which the fusion warm-up ramps from 0 to 1; it is 1, the paper's fusion, after the warm-up).
 """
 
 from __future__ import annotations
@@ -59,6 +65,9 @@ class MedMIXConfig:
     dropout: float = 0.1
     expert_names: dict[str, list[str]] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
+    #: NOT in the paper: a linear read-out of every present expert's standardised embedding is
+    #: added to its modality's logits (see :class:`ModalityBlock`); False = the paper's head.
+    linear_readout: bool = False
 
     def __post_init__(self) -> None:
         if not self.dims:
@@ -123,21 +132,34 @@ class ExpertBranch(nn.Module):
 
 
 class ModalityBlock(nn.Module):
-    """Intra-modality MoE (experts + shared router) plus the modality's head and fusion scorer."""
+    """Intra-modality MoE (experts + shared router) plus the modality's head and fusion scorer.
 
-    def __init__(self, dims: list[int], n_out: int, hidden_dim: int, dropout: float):
+    With ``linear_readout`` the modality's logits are ``ℓ(m) = Head(z(m)) + Σ_k mask_k R_k e_k``:
+    one bias-free ``Linear(d_k, C)`` per expert, zero-initialised (so the block starts as the
+    paper's), reading the expert's standardised embedding directly. The adapters, router and
+    head stay as they are; the read-out gives every expert a linear path to the prediction that
+    the bottleneck ``Linear(d_k, hidden_dim) → LayerNorm → GELU`` does not squeeze.
+    """
+
+    def __init__(self, dims: list[int], n_out: int, hidden_dim: int, dropout: float, linear_readout: bool = False):
         super().__init__()
         self.experts = nn.ModuleList(ExpertBranch(d, hidden_dim, dropout) for d in dims)
         self.router = nn.Linear(hidden_dim, 1)
         self.head = nn.Linear(hidden_dim, n_out)
         self.scorer = nn.Linear(hidden_dim, 1)
+        self.readouts = nn.ModuleList(nn.Linear(d, n_out, bias=False) for d in dims) if linear_readout else None
+        for readout in self.readouts or []:
+            nn.init.zeros_(readout.weight)
 
     def forward(self, xs: list[torch.Tensor], mask: torch.Tensor):
         zs = torch.stack([branch(x, mask[:, k]) for k, (branch, x) in enumerate(zip(self.experts, xs, strict=True))], 1)
         scores = self.router(zs).squeeze(-1).float().masked_fill(~mask, MASK_SCORE)
         gates = torch.softmax(scores, dim=-1) * mask
         z = (gates.unsqueeze(-1) * zs.float()).sum(dim=1)
-        return z, gates, self.head(z).float(), self.scorer(z).squeeze(-1).float()
+        logits = self.head(z).float()
+        for k, (readout, x) in enumerate(zip(self.readouts or [], xs, strict=False)):
+            logits = logits + torch.where(mask[:, k:k + 1], readout(x).float(), 0.0)
+        return z, gates, logits, self.scorer(z).squeeze(-1).float()
 
 
 @dataclass
@@ -161,8 +183,13 @@ class MedMIXNet(nn.Module):
         super().__init__()
         self.config = config
         self.blocks = nn.ModuleDict(
-            {m: ModalityBlock(ds, config.n_out, config.hidden_dim, config.dropout) for m, ds in config.dims.items()}
+            {m: ModalityBlock(ds, config.n_out, config.hidden_dim, config.dropout, config.linear_readout)
+             for m, ds in config.dims.items()}
         )
+        #: Share of the learned fusion weights, the rest uniform over the present modalities
+        #: (1 = the paper's fusion; the trainer lowers it during ``fusion_warmup_epochs``). A
+        #: buffer, so a checkpoint taken during the warm-up predicts as it was validated.
+        self.register_buffer("fusion_mix", torch.ones(()))
 
     @property
     def modalities(self) -> list[str]:
@@ -197,6 +224,8 @@ class MedMIXNet(nn.Module):
         present_t = torch.stack(present, dim=1)
         fused_scores = torch.stack(scores, dim=1).masked_fill(~present_t, MASK_SCORE)
         fusion = torch.softmax(fused_scores, dim=-1) * present_t
+        uniform = present_t.float() / present_t.float().sum(-1, keepdim=True).clamp_min(1.0)
+        fusion = self.fusion_mix * fusion + (1 - self.fusion_mix) * uniform
         per_modality = torch.stack(logits, dim=1)
         fused = (fusion.unsqueeze(-1) * per_modality).sum(dim=1)
         return MedMIXOutput(fused, router, fusion, z, present_t, per_modality)

@@ -59,6 +59,9 @@ class TrainConfig:
     rkd_weight: float = 0.05
     #: MedMIX only, NOT in the paper: weight of the per-modality head loss (see medmix.methods.medmix).
     modality_loss_weight: float = 1.0
+    #: MedMIX only, NOT in the paper: epochs of uniform fusion weights, then as many epochs of a
+    #: linear ramp to the learned weights (0 = the paper: learned from the start).
+    fusion_warmup_epochs: int = 10
     #: Early-stopping and checkpoint criterion, one of :data:`EARLY_STOPPING` (paper: val_loss).
     early_stopping: str = "val_loss"
     precision: str = "auto"
@@ -77,7 +80,8 @@ class TrainConfig:
                     "modality_loss_weight"):
             if key in values:
                 values[key] = float(values[key])
-        for key in ("warmup_epochs", "max_epochs", "batch_size", "patience", "distill_ramp_epochs", "eval_batch_size", "threads"):
+        for key in ("warmup_epochs", "max_epochs", "batch_size", "patience", "distill_ramp_epochs", "eval_batch_size",
+                    "threads", "fusion_warmup_epochs"):
             if key in values:
                 values[key] = int(values[key])
         config = cls(**values)
@@ -91,6 +95,8 @@ class TrainConfig:
             raise ValueError(f"early_stopping must be one of {EARLY_STOPPING}, got {self.early_stopping!r}")
         if self.modality_loss_weight < 0:
             raise ValueError(f"modality_loss_weight must be >= 0, got {self.modality_loss_weight}")
+        if self.fusion_warmup_epochs < 0:
+            raise ValueError(f"fusion_warmup_epochs must be >= 0, got {self.fusion_warmup_epochs}")
         if len(self.betas) != 2 or self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
             raise ValueError(f"invalid training settings: {self}")
 
