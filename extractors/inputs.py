@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from extractors.base import InputError, is_fatal
+from medmix.store.inputs import TIME_COLUMNS
 
 MAX_VOLUME_BYTES = 2 * 1024**3
 MAX_TIMESERIES_CELLS = 50_000_000
-TIME_COLUMNS = ("time", "hour", "charttime")
 #: Output axis codes of read_volume, in nibabel's convention (the direction each axis points to).
 VOLUME_AXCODES = ("S", "P", "L")
 
@@ -71,8 +71,11 @@ def read_text(text: Any) -> str:
 def read_timeseries(path: str):
     """A ``pandas.DataFrame`` (rows = time steps, columns = variables) from CSV or Parquet.
 
-    Time columns (``time``, ``hour``, ``charttime``) are dropped; other non-numeric entries
-    become NaN. An all-NaN series is unusable.
+    A column named ``time``, ``hour`` or ``charttime`` (any case) is the time axis: rows are
+    sorted by it (stable; numbers, else date-times; an empty or unparseable time is an error), then
+    every time column is dropped, so irregularly sampled or shuffled rows come out in time order.
+    Without one, the file's row order is the time order. Other non-numeric entries become NaN.
+    An all-NaN series is unusable.
     """
     import pandas as pd
 
@@ -86,11 +89,36 @@ def read_timeseries(path: str):
         raise InputError(f"unreadable time series {path}: {type(err).__name__}: {err}") from err
     if frame.size > MAX_TIMESERIES_CELLS:
         raise InputError(f"time series {path} has {frame.size} cells (limit {MAX_TIMESERIES_CELLS})")
-    frame = frame.drop(columns=[c for c in TIME_COLUMNS if c in frame.columns])
+    frame = sort_by_time(frame, path)
     values = frame.apply(pd.to_numeric, errors="coerce")
     if values.size == 0 or values.isna().all().all():
         raise InputError(f"time series {path} has no observed values (empty or all NaN)")
     return values
+
+
+def time_columns(columns) -> list[str]:
+    """The columns recognised as a time axis, the primary one (``TIME_COLUMNS`` order) first."""
+    found = [c for c in columns if str(c).strip().lower() in TIME_COLUMNS]
+    return sorted(found, key=lambda c: TIME_COLUMNS.index(str(c).strip().lower()))
+
+
+def sort_by_time(frame, path: str):
+    """``frame`` with rows in the order of its primary time column and every time column dropped."""
+    import pandas as pd
+
+    found = time_columns(frame.columns)
+    if not found:
+        return frame
+    raw = frame[found[0]]
+    times = pd.to_numeric(raw, errors="coerce")
+    if times.isna().any() and not raw.isna().any():  # not numbers: date-times (e.g. charttime)
+        times = pd.to_datetime(raw.astype(str), errors="coerce")
+    bad = np.flatnonzero(times.isna().to_numpy())
+    if len(bad):
+        raise InputError(f"time series {path}: time column {found[0]!r} has {len(bad)} empty or unparseable "
+                         f"value(s), first at data row {bad[0] + 1} ({raw.iloc[bad[0]]!r})")
+    order = np.argsort(times.to_numpy(), kind="stable")
+    return frame.iloc[order].drop(columns=found).reset_index(drop=True)
 
 
 def read_volume(path: str, layout: str = "DHW") -> np.ndarray:
@@ -265,7 +293,10 @@ def read_tabular(values) -> np.ndarray:
         arr = np.array([np.nan if v is None else v for v in np.asarray(values, dtype=object).reshape(-1)],
                        dtype=np.float32)
     except (TypeError, ValueError) as err:
-        raise InputError(f"tabular input has non-numeric values: {err}") from err
+        raise InputError(
+            f"tabular input has non-numeric values ({err}); declare such columns in the dataset's tabular "
+            "modality as `categorical: [...]` (or set `infer_categorical: true`) in config.yaml"
+        ) from err
     if arr.size == 0 or not np.isfinite(arr).any():
         raise InputError("no observed tabular values")
     return arr

@@ -91,6 +91,12 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         if name not in known:
             raise ConfigError(f"config key `experts.settings.{name}`: unknown expert; known experts: {', '.join(sorted(known))}")
     for ds_name, ds in cfg["datasets"].items():
+        ratios = ds.get("split_ratios")
+        if ds.get("role") != "external" and ratios and min(ratios[:2]) <= 0:
+            raise ConfigError(
+                f"config key `datasets.{ds_name}.split_ratios`: {ratios} leaves no training or validation patients; "
+                "a development dataset needs both (for evaluation-only data set `role: external`)"
+            )
         for ext in ds.get("external", []):
             if ext not in cfg["datasets"]:
                 raise ConfigError(f"config key `datasets.{ds_name}.external`: {ext!r} is not a configured dataset")
@@ -177,6 +183,14 @@ def extraction_jobs(cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
                 if (ds_name, mod, name) not in jobs:  # a teacher may also sit on the committee
                     jobs.append((ds_name, mod, name))
     return jobs
+
+
+def reference_dataset(cfg: dict[str, Any], dataset: str) -> str | None:
+    """The development dataset that lists ``dataset`` as external (the first one), or ``None``.
+
+    An external cohort takes its input schemas (series variables, table categories) from it.
+    """
+    return next((n for n, d in cfg["datasets"].items() if dataset in d.get("external", [])), None)
 
 
 def development_datasets(cfg: dict[str, Any]) -> list[str]:
