@@ -105,6 +105,14 @@ def write_cohort(cohort: Cohort, path: str | Path) -> None:
         pq.write_table(table, tmp)
 
 
+def read_cohort_schemas(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The cohort's input schemas (modality -> schema) from its metadata, without reading the rows."""
+    raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
+    if raw is None:
+        raise CohortError(f"{path}: not a medmix cohort file (no {META_KEY.decode()} metadata)")
+    return dict(json.loads(raw).get("input_schema") or {})
+
+
 def read_cohort(path: str | Path) -> Cohort:
     table = pq.read_table(path)
     raw = (table.schema.metadata or {}).get(META_KEY)

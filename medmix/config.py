@@ -159,6 +159,34 @@ def expert_identity(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     }
 
 
+def with_expected_dims(
+    identities: dict[str, dict[str, Any]],
+    feature_keys: list[str] | None = None,
+    schemas: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``identities`` (expert name -> :func:`expert_identity`) plus the embedding width each
+    configured expert writes (``dim``), so that a cached feature file of another width is refused.
+
+    Widths that follow the dataset (a series' variable count, a table's columns and categories)
+    come from the modality's input schema (``schemas``: modality -> schema, the cohort's
+    ``input_schema``): for each ``"<modality>/<expert>"`` of ``feature_keys`` whose modality has
+    one, an entry under that key. (Computed by the job, not planned as a rule param: adding it
+    reruns nothing.)
+    """
+    from extractors.registry import create_extractor
+
+    def dim(name: str, schema: dict[str, Any] | None) -> int:
+        settings = {k: identities[name].get(k) for k in ("model_id", "revision", "preprocessing")}
+        return int(create_extractor(name, {**settings, "input_schema": dict(schema or {})}).dim)
+
+    out = {name: {**ident, "dim": dim(name, None)} for name, ident in identities.items()}
+    for key in feature_keys or []:
+        mod, name = key.split("/", 1)
+        if name in identities and (schemas or {}).get(mod):
+            out[key] = {**identities[name], "dim": dim(name, schemas[mod])}
+    return out
+
+
 def expert_runtime(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     """Settings that do not change the embeddings (where and how fast to run)."""
     over = cfg["experts"].get("settings", {}).get(name, {})

@@ -253,3 +253,15 @@ def test_external_cohort_encodes_with_the_development_categories(tmp_path):
     with pytest.raises(CohortError, match="columns \\['sex', 'age'\\].*'dev'"):
         adopt_reference(load_manifest_dataset("ext", bad, ext_dir), reference.schemas, "dev")
     assert json.loads(json.dumps(ext.schemas)) == ext.schemas  # JSON-ready for the view's metadata
+
+
+def test_expected_widths_follow_the_datasets_schema():
+    """Fit/evaluate refuse caches of another width: dataset-sized experts are checked per feature key."""
+    from medmix.config import with_expected_dims
+
+    identities = {n: {"model_id": None, "revision": None, "preprocessing": create_extractor(n).settings.preprocessing}
+                  for n in ("ts_summary", "tabular_raw")}
+    schemas = {"ehr": {"variables": VARS48}, "vitals": {"columns": ["age", "sex"], "categorical": {"sex": ["F", "M"]}}}
+    dims = with_expected_dims(identities, ["ehr/ts_summary", "vitals/tabular_raw"], schemas)
+    assert dims["ts_summary"]["dim"] == 276 and dims["ehr/ts_summary"]["dim"] == 288
+    assert dims["vitals/tabular_raw"]["dim"] == 1 + 3 + 2

@@ -5,14 +5,39 @@ from __future__ import annotations
 import logging
 import sys
 
+#: Errors about the user's data or config: their message says what is wrong and where, so stderr
+#: shows the message alone (the log file keeps the traceback). Named, not imported: this module
+#: must not import stage 1.
+USER_ERRORS = ("CohortError", "ConfigError", "FeatureStoreError", "ExtractionFailedError", "InputError")
+
 
 def setup_logging(path: str | None) -> None:
-    """Log to the rule's log file (and stderr) at INFO level."""
+    """Log to the rule's log file (and stderr) at INFO level.
+
+    An uncaught error of the job is logged as one ``ERROR`` line (``<type>: <message>``) to both,
+    followed by its traceback in the log file; stderr gets the traceback too unless the error is
+    one of :data:`USER_ERRORS`.
+    """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    file_handler = None
     if path:
-        handlers.append(logging.FileHandler(path, mode="w"))
+        file_handler = logging.FileHandler(path, mode="w")
+        handlers.append(file_handler)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
+
+    def excepthook(kind, err, tb) -> None:
+        import traceback
+
+        text = "".join(traceback.format_exception(kind, err, tb))
+        logging.getLogger("medmix").error("job failed: %s: %s", kind.__name__, err)
+        if file_handler is not None:
+            file_handler.stream.write(text)
+            file_handler.flush()
+        if kind.__name__ not in USER_ERRORS:
+            sys.stderr.write(text)
+
+    sys.excepthook = excepthook
 
 
 def set_threads(n: int) -> None:
