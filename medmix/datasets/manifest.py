@@ -336,7 +336,7 @@ def _tabular_cells(where, mod, block: pd.DataFrame, categorical: list[str], rows
     """JSON lists (numbers, or the raw text of categorical columns; null = empty); None when all empty."""
     columns = list(block.columns)
     numbers = block.apply(pd.to_numeric, errors="coerce")
-    bad_mask = (numbers.isna() & block.ne("")).to_numpy()
+    bad_mask = (numbers.isna() & block.ne("")).to_numpy().copy()  # writable: categorical columns are cleared
     bad_mask[:, [columns.index(c) for c in categorical]] = False
     bad = np.flatnonzero(bad_mask.any(axis=1))
     if len(bad):
