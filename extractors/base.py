@@ -65,7 +65,8 @@ class ExtractorSettings:
     """Runtime settings of one extractor.
 
     ``model_id``, ``revision`` and ``preprocessing`` change the embeddings (and are part of the
-    Snakemake params); ``local_dir``, ``batch_size``, ``device`` and ``num_workers`` do not.
+    Snakemake params), as does the dataset's ``input_schema`` (part of the input fingerprint);
+    ``local_dir``, ``batch_size``, ``device`` and ``num_workers`` do not.
     """
 
     model_id: str | None = None
@@ -78,6 +79,9 @@ class ExtractorSettings:
     allow_remote_code: bool = False
     #: expert-specific extras (e.g. a RAG index folder, a tabular width) set by the workflow.
     options: dict[str, Any] = field(default_factory=dict)
+    #: the modality's input schema recorded in the dataset's input view (series variables, table
+    #: columns and categories); it changes the embeddings and is recorded in the feature file.
+    input_schema: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def resolve(cls, spec: ExpertSpec, overrides: dict[str, Any] | None) -> ExtractorSettings:
@@ -140,7 +144,7 @@ class Extractor:
     def metadata(self) -> dict[str, Any]:
         """Output-affecting facts recorded in the feature file's metadata."""
         s = self.settings
-        return {
+        meta = {
             "extractor": self.spec.name,
             "role": self.spec.role,
             "model_id": s.model_id,
@@ -148,6 +152,9 @@ class Extractor:
             "dim": self.dim,
             "preprocessing": s.preprocessing,
         }
+        if s.input_schema:
+            meta["input_schema"] = s.input_schema
+        return meta
 
     def model_source(self) -> str:
         """Where to load weights from: ``local_dir`` if set, else the hub id (offline-checked)."""

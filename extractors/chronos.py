@@ -26,6 +26,7 @@ import numpy as np
 
 from extractors.hf_common import HubExpert, dtype_kwargs
 from extractors.registry import ExpertSpec, register_expert
+from extractors.series import expected_variables
 from extractors.ts_foundation import prepare_series
 
 PREPROCESSING = {
@@ -79,7 +80,7 @@ class ChronosExpert(HubExpert):
         self._pipeline = pipeline
 
     def prepare(self, value: Any) -> np.ndarray:
-        return prepare_series(value)
+        return prepare_series(value, expected_variables(self.settings))
 
     def sort_key(self, prepared: np.ndarray) -> int:
         return int(prepared.shape[0])

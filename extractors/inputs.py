@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 
 from extractors.base import InputError, is_fatal
+from medmix.store.inputs import TIME_COLUMNS
 
 MAX_VOLUME_BYTES = 2 * 1024**3
 MAX_TIMESERIES_CELLS = 50_000_000
 #: On-disk size above which a time-series file is refused before it is parsed.
 MAX_TIMESERIES_BYTES = 512 * 1024**2
-TIME_COLUMNS = ("time", "hour", "charttime")
 #: Output axis codes of read_volume, in nibabel's convention (the direction each axis points to).
 VOLUME_AXCODES = ("S", "P", "L")
 
@@ -99,9 +99,13 @@ def read_timeseries(path: str):
 
     Sizes are bounded before parsing: the file must be under ``MAX_TIMESERIES_BYTES`` on disk
     and, from the Parquet footer or the CSV header line, hold at most ``MAX_TIMESERIES_CELLS``
-    cells (a CSV is read up to that many rows and refused if it has more). Time columns
-    (``time``, ``hour``, ``charttime``) are dropped; other non-numeric entries become NaN. An
-    all-NaN series is unusable.
+    cells (a CSV is read up to that many rows and refused if it has more).
+
+    A column named ``time``, ``hour`` or ``charttime`` (any case) is the time axis: rows are
+    sorted by it (stable; numbers, else date-times; an empty or unparseable time is an error), then
+    every time column is dropped, so irregularly sampled or shuffled rows come out in time order.
+    Without one, the file's row order is the time order. Other non-numeric entries become NaN.
+    An all-NaN series is unusable.
     """
     import pandas as pd
 
@@ -118,11 +122,36 @@ def read_timeseries(path: str):
         if is_fatal(err):  # out of memory is not a property of the input
             raise
         raise InputError(f"unreadable time series {path}: {type(err).__name__}: {err}") from err
-    frame = frame.drop(columns=[c for c in TIME_COLUMNS if c in frame.columns])
+    frame = sort_by_time(frame, path)
     values = frame.apply(pd.to_numeric, errors="coerce")
     if values.size == 0 or values.isna().all().all():
         raise InputError(f"time series {path} has no observed values (empty or all NaN)")
     return values
+
+
+def time_columns(columns) -> list[str]:
+    """The columns recognised as a time axis, the primary one (``TIME_COLUMNS`` order) first."""
+    found = [c for c in columns if str(c).strip().lower() in TIME_COLUMNS]
+    return sorted(found, key=lambda c: TIME_COLUMNS.index(str(c).strip().lower()))
+
+
+def sort_by_time(frame, path: str):
+    """``frame`` with rows in the order of its primary time column and every time column dropped."""
+    import pandas as pd
+
+    found = time_columns(frame.columns)
+    if not found:
+        return frame
+    raw = frame[found[0]]
+    times = pd.to_numeric(raw, errors="coerce")
+    if times.isna().any() and not raw.isna().any():  # not numbers: date-times (e.g. charttime)
+        times = pd.to_datetime(raw.astype(str), errors="coerce")
+    bad = np.flatnonzero(times.isna().to_numpy())
+    if len(bad):
+        raise InputError(f"time series {path}: time column {found[0]!r} has {len(bad)} empty or unparseable "
+                         f"value(s), first at data row {bad[0] + 1} ({raw.iloc[bad[0]]!r})")
+    order = np.argsort(times.to_numpy(), kind="stable")
+    return frame.iloc[order].drop(columns=found).reset_index(drop=True)
 
 
 def _read_bounded_table(path: str):
@@ -386,7 +415,10 @@ def read_tabular(values) -> np.ndarray:
         arr = np.array([np.nan if v is None else v for v in np.asarray(values, dtype=object).reshape(-1)],
                        dtype=np.float32)
     except (TypeError, ValueError) as err:
-        raise InputError(f"tabular input has non-numeric values: {err}") from err
+        raise InputError(
+            f"tabular input has non-numeric values ({err}); declare such columns in the dataset's tabular "
+            "modality as `categorical: [...]` (or set `infer_categorical: true`) in config.yaml"
+        ) from err
     if arr.size == 0 or not np.isfinite(arr).any():
         raise InputError("no observed tabular values")
     return arr

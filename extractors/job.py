@@ -7,7 +7,7 @@ from typing import Any
 
 from extractors.registry import create_extractor
 from extractors.runner import MAX_FAILED_FRACTION, run_extraction
-from medmix.store.inputs import folder_fingerprint, input_fingerprint, read_input_view
+from medmix.store.inputs import folder_fingerprint, read_input_view
 
 log = logging.getLogger("medmix.extract")
 
@@ -24,8 +24,10 @@ def extract_job(
 ) -> dict[str, Any]:
     """Embed ``modality`` of the input view with ``expert`` into ``out_path`` (atomic).
 
-    The view holds sample ids and inputs only (no labels, no splits). The fingerprint of what
-    was read (inputs and, for files, their names, sizes and mtimes) goes into the file's metadata.
+    The view holds sample ids, inputs and each modality's input schema (series variables, table
+    columns and categories) only (no labels, no splits); the expert sizes itself from the schema.
+    The fingerprint of what was read (inputs, the schema and, for files, their names, sizes and
+    mtimes) goes into the file's metadata.
     ``max_failed_fraction`` is ``extraction.max_failed_fraction`` of config.yaml: the job fails,
     writing nothing, when more of the present inputs than that cannot be used.
     """
@@ -36,6 +38,7 @@ def extract_job(
         "revision": identity.get("revision"),
         "preprocessing": identity.get("preprocessing", {}),
         "options": dict(options or {}),
+        "input_schema": view.schema(modality),
     }
     extractor = create_extractor(expert, settings)
     kind = view.kinds[modality]
@@ -43,7 +46,7 @@ def extract_job(
         raise ValueError(f"expert {expert!r} reads {extractor.spec.kinds}, but modality {modality!r} is {kind!r}")
     values = view.inputs(modality)
     log.info("dataset %s, modality %s (%s), expert %s, %d samples", view.dataset, modality, kind, expert, len(values))
-    fingerprint = input_fingerprint(view.sample_ids, values, kind)
+    fingerprint = view.fingerprint(modality)
     return run_extraction(
         extractor,
         view.sample_ids,

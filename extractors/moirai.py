@@ -48,6 +48,7 @@ import numpy as np
 from extractors.base import ModelUnavailableError
 from extractors.hf_common import LOAD_ERRORS, HubExpert, raise_unless_missing
 from extractors.registry import ExpertSpec, register_expert
+from extractors.series import expected_variables
 from extractors.ts_foundation import prepare_series, right_aligned
 
 log = logging.getLogger("medmix.extract")
@@ -161,7 +162,7 @@ class Moirai(HubExpert):
             raise self.unavailable(err) from err
 
     def prepare(self, value: Any) -> np.ndarray:
-        return prepare_series(value)
+        return prepare_series(value, expected_variables(self.settings))
 
     def sort_key(self, prepared: np.ndarray) -> int:
         return int(prepared.shape[0])

@@ -13,7 +13,7 @@ Bad input never stops the job by itself and never drops a sample: an :class:`Inp
 file's metadata (``failed_reasons``: counts per reason category; ``failed_samples``: the reason
 of each failed sample, naming its file). But if more than ``max_failed_fraction`` of the inputs present in the cohort
 fail, the job raises :class:`ExtractionFailedError` and writes nothing: a cohort the expert
-cannot read (e.g. 48 instead of 46 series variables) must not become a modality silently
+cannot read (e.g. series whose variables are not the dataset's) must not become a modality silently
 recorded as absent. Errors that concern the machine or the whole expert are never recorded as
 missing data and always fail the job (:func:`~extractors.base.is_fatal`: out of memory,
 CUDA/cuDNN/cuBLAS errors, interrupts, missing weights; also wrong output shapes), from ``prepare``

@@ -2,7 +2,10 @@
 
 A sample's EHR time series (CSV or Parquet, rows = time steps, columns = variables; MedMIX uses
 46 clinical variables) becomes a float32 array ``[T, V]`` with NaN for missing measurements; both
-models handle NaN natively as "not observed" (no imputation here).
+models handle NaN natively as "not observed" (no imputation here). Rows are in time order (the
+time column, else file order); the dataset's recorded variable list, when given, is checked and
+fixes the column order (:func:`~extractors.series.load_series`). Any number of variables works:
+Chronos embeds each variable and MOIRAI treats them as variates.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ import numpy as np
 
 from extractors.base import InputError
 from extractors.inputs import read_timeseries
+from extractors.series import load_series
 
 
-def prepare_series(value: Any) -> np.ndarray:
+def prepare_series(value: Any, variables: list[str] | None = None) -> np.ndarray:
     """``[T, V]`` float32, NaN = missing; infinite values are treated as missing too."""
+    if variables:
+        return load_series(value, len(variables), variables)
     frame = read_timeseries(value)
     arr = frame.to_numpy(dtype=np.float32, na_value=np.nan)
     arr = np.where(np.isfinite(arr), arr, np.nan).astype(np.float32)

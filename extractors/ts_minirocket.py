@@ -18,6 +18,11 @@ Choices made here (documented because they differ from the reference implementat
 - pooling over variables: the mean PPV over all variables (256 features) and the mean PPV over
   a fixed subset of variables, every fourth one (indices 0, 4, 8, ...; 256 features) -> 512.
 
+Input: the dataset's variables as for ``ts_summary`` (:mod:`extractors.series`; any number V,
+the output stays 512-d since features are pooled over variables). Irregular sampling: rows in
+time order (time column, else file order), one row = one step; the spacing between rows is not
+used (kernels see the sequence of observations). The feature file records the variable names.
+
 Features are per sample: zero padding a batch to its longest series changes nothing, because a
 series alone is zero-padded too and PPV only counts its own time steps.
 """
@@ -31,7 +36,7 @@ import numpy as np
 
 from extractors.base import Extractor
 from extractors.registry import ExpertSpec, register_expert
-from extractors.series import N_VARIABLES, load_series
+from extractors.series import N_VARIABLES, expected_variables, load_series, n_expected
 
 KERNEL_LENGTH = 9
 N_KERNELS = 32
@@ -112,8 +117,11 @@ class TimeSeriesMiniRocket(Extractor):
         super().__init__(settings)
         self.positions = kernel_positions()
 
+    def metadata(self) -> dict[str, Any]:
+        return {**super().metadata(), "variables": expected_variables(self.settings)}
+
     def prepare(self, value: Any) -> np.ndarray:
-        return normalise_series(load_series(value, int(self.settings.preprocessing["n_variables"])))
+        return normalise_series(load_series(value, n_expected(self.settings), expected_variables(self.settings)))
 
     def sort_key(self, prepared: np.ndarray) -> int:
         return int(prepared.shape[0])

@@ -1,11 +1,17 @@
 """``ts_summary``: a weight-free summary-statistics expert for multivariate time series.
 
-Input: a CSV/Parquet series (rows = time steps) with exactly ``preprocessing["n_variables"]``
-(default 46) numeric variable columns after :func:`~extractors.inputs.read_timeseries` drops the
-time columns. Per variable: last observed value, mean, min, max, std (population) and the
-observed fraction, in that order, variable-major -> ``6 * n_variables`` dims (276). Statistics
-of a never-observed variable are 0; its observed fraction (0) tells the model so. Values are
-in the variables' raw units.
+Input: a CSV/Parquet series (rows = time steps) with the variables its dataset records (the
+input view's variable list, :mod:`extractors.series`; without one, ``preprocessing["n_variables"]``
+columns, default 46). Per variable: last observed value, mean, min, max, std (population) and the
+observed fraction, in that order, variable-major -> ``6 * V`` dims (276 for MIMIC's 46 variables).
+Statistics of a never-observed variable are 0; its observed fraction (0) tells the model so.
+Values are in the variables' raw units.
+
+Irregular sampling: rows are put in time order by the time column (``time``/``hour``/
+``charttime``, :func:`~extractors.inputs.read_timeseries`), else the file's row order is taken as
+time order. Mean, min, max, std and the observed fraction ignore the order and the spacing; only
+"last" uses the order (the latest observed value). Time gaps are not weighted. The feature file
+records the variable names (``variables`` in its metadata).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import numpy as np
 
 from extractors.base import Extractor
 from extractors.registry import ExpertSpec, register_expert
-from extractors.series import N_VARIABLES, load_series
+from extractors.series import N_VARIABLES, expected_variables, load_series, n_expected
 
 STATS = ("last", "mean", "min", "max", "std", "observed_fraction")
 
@@ -67,10 +73,13 @@ def summary_features(batch: list[np.ndarray]) -> np.ndarray:
 class TimeSeriesSummary(Extractor):
     @property
     def dim(self) -> int:
-        return len(STATS) * int(self.settings.preprocessing["n_variables"])
+        return len(STATS) * n_expected(self.settings)
+
+    def metadata(self) -> dict[str, Any]:
+        return {**super().metadata(), "variables": expected_variables(self.settings)}
 
     def prepare(self, value: Any) -> np.ndarray:
-        return load_series(value, int(self.settings.preprocessing["n_variables"]))
+        return load_series(value, n_expected(self.settings), expected_variables(self.settings))
 
     def sort_key(self, prepared: np.ndarray) -> int:
         return int(prepared.shape[0])

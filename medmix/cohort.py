@@ -6,8 +6,9 @@ Columns:
 - ``input:<modality>`` (str or null): an absolute path (image, timeseries, volume, slide), the text
   itself (text) or a JSON list of numbers (tabular). Null means the modality is missing.
 
-Parquet metadata (key ``medmix_cohort``) holds the dataset name, task, label names and the
-modality -> kind map.
+Parquet metadata (key ``medmix_cohort``) holds the dataset name, task, label names, the
+modality -> kind map and each modality's input schema (``input_schema``: a series' variable
+list, a table's columns and training-split categories; see :mod:`medmix.store.inputs`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Cohort:
     modalities: dict[str, str]  # modality name -> kind
     frame: pd.DataFrame
     extra: dict[str, Any] = field(default_factory=dict)
+    schemas: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> input schema
 
     @property
     def sample_ids(self) -> list[str]:
@@ -59,7 +61,7 @@ class Cohort:
     def input_view(self) -> InputView:
         """The labels-free view stage 1 reads: sample ids and inputs (as strings), no labels or splits."""
         values = {m: [None if v is None else str(v) for v in self.inputs(m)] for m in self.modalities}
-        return InputView(self.name, self.sample_ids, dict(self.modalities), values)
+        return InputView(self.name, self.sample_ids, dict(self.modalities), values, dict(self.schemas))
 
     def validate(self) -> None:
         f = self.frame
@@ -96,10 +98,19 @@ def write_cohort(cohort: Cohort, path: str | Path) -> None:
         "labels": cohort.labels,
         "modalities": cohort.modalities,
         **cohort.extra,
+        "input_schema": cohort.schemas,
     }
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def read_cohort_schemas(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The cohort's input schemas (modality -> schema) from its metadata, without reading the rows."""
+    raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
+    if raw is None:
+        raise CohortError(f"{path}: not a medmix cohort file (no {META_KEY.decode()} metadata)")
+    return dict(json.loads(raw).get("input_schema") or {})
 
 
 def read_cohort(path: str | Path) -> Cohort:
@@ -109,7 +120,8 @@ def read_cohort(path: str | Path) -> Cohort:
         raise CohortError(f"{path}: not a medmix cohort file (no {META_KEY.decode()} metadata)")
     meta = json.loads(raw)
     frame = table.to_pandas()
-    extra = {k: v for k, v in meta.items() if k not in {"dataset", "task", "labels", "modalities"}}
-    cohort = Cohort(meta["dataset"], meta["task"], list(meta["labels"]), dict(meta["modalities"]), frame, extra)
+    extra = {k: v for k, v in meta.items() if k not in {"dataset", "task", "labels", "modalities", "input_schema"}}
+    cohort = Cohort(meta["dataset"], meta["task"], list(meta["labels"]), dict(meta["modalities"]), frame, extra,
+                    dict(meta.get("input_schema") or {}))
     cohort.validate()
     return cohort

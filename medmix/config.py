@@ -91,6 +91,12 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         if name not in known:
             raise ConfigError(f"config key `experts.settings.{name}`: unknown expert; known experts: {', '.join(sorted(known))}")
     for ds_name, ds in cfg["datasets"].items():
+        ratios = ds.get("split_ratios")
+        if ds.get("role") != "external" and ratios and min(ratios[:2]) <= 0:
+            raise ConfigError(
+                f"config key `datasets.{ds_name}.split_ratios`: {ratios} leaves no training or validation patients; "
+                "a development dataset needs both (for evaluation-only data set `role: external`)"
+            )
         for ext in ds.get("external", []):
             if ext not in cfg["datasets"]:
                 raise ConfigError(f"config key `datasets.{ds_name}.external`: {ext!r} is not a configured dataset")
@@ -153,18 +159,31 @@ def expert_identity(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     }
 
 
-def with_expected_dims(identities: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def with_expected_dims(
+    identities: dict[str, dict[str, Any]],
+    feature_keys: list[str] | None = None,
+    schemas: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
     """``identities`` (expert name -> :func:`expert_identity`) plus the embedding width each
     configured expert writes (``dim``), so that a cached feature file of another width is refused.
 
-    (Computed by the job, not planned as a rule param: adding it reruns nothing.)
+    Widths that follow the dataset (a series' variable count, a table's columns and categories)
+    come from the modality's input schema (``schemas``: modality -> schema, the cohort's
+    ``input_schema``): for each ``"<modality>/<expert>"`` of ``feature_keys`` whose modality has
+    one, an entry under that key. (Computed by the job, not planned as a rule param: adding it
+    reruns nothing.)
     """
     from extractors.registry import create_extractor
 
-    out = {}
-    for name, ident in identities.items():
-        settings = {k: ident.get(k) for k in ("model_id", "revision", "preprocessing")}
-        out[name] = {**ident, "dim": int(create_extractor(name, settings).dim)}
+    def dim(name: str, schema: dict[str, Any] | None) -> int:
+        settings = {k: identities[name].get(k) for k in ("model_id", "revision", "preprocessing")}
+        return int(create_extractor(name, {**settings, "input_schema": dict(schema or {})}).dim)
+
+    out = {name: {**ident, "dim": dim(name, None)} for name, ident in identities.items()}
+    for key in feature_keys or []:
+        mod, name = key.split("/", 1)
+        if name in identities and (schemas or {}).get(mod):
+            out[key] = {**identities[name], "dim": dim(name, schemas[mod])}
     return out
 
 
@@ -192,6 +211,14 @@ def extraction_jobs(cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
                 if (ds_name, mod, name) not in jobs:  # a teacher may also sit on the committee
                     jobs.append((ds_name, mod, name))
     return jobs
+
+
+def reference_dataset(cfg: dict[str, Any], dataset: str) -> str | None:
+    """The development dataset that lists ``dataset`` as external (the first one), or ``None``.
+
+    An external cohort takes its input schemas (series variables, table categories) from it.
+    """
+    return next((n for n, d in cfg["datasets"].items() if dataset in d.get("external", [])), None)
 
 
 def development_datasets(cfg: dict[str, Any]) -> list[str]:

@@ -38,7 +38,6 @@ from test_workflow import REPO, snakemake
 from medmix.store import read_features, read_metadata, write_features
 
 DATASET = "mycohort"
-NEEDS_A = pytest.mark.xfail(reason="needs series variable-set checks (issue 12, engineer A)", strict=True)
 
 
 def base_config(datasets: dict) -> dict:
@@ -115,7 +114,7 @@ REFUSED = [
     ("dicom_two_series", "1.2.826.0.1.3680043.8.498.101, 1.2.826.0.1.3680043.8.498.102"),
     ("dicom_multiframe", "multi-frame (6 frames)"),
     ("series_all_nan", "no observed values"),
-    pytest.param("series_unknown_variables", "mystery_lab", marks=NEEDS_A),
+    ("series_unknown_variables", "has extra ['mystery_lab']"),  # another variable set than the dataset's
 ]
 
 

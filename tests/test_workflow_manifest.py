@@ -134,3 +134,60 @@ def test_labels_rerun_fusion_only_and_inputs_rerun_their_extraction(tmp_path):
     table.to_csv(manifest, index=False)
     jobs = planned_jobs(tmp_path, cfg)
     assert jobs.get("extract") == 1 and jobs.get("prepare_dataset") == 1, jobs
+
+
+def _write_wide_cohort(folder, n, seed, sexes=("Male", "Female")):
+    """48 series variables with a ``time`` column (irregular, rows shuffled), age and a Male/Female column."""
+    rng = np.random.default_rng(seed)
+    (folder / "ts").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        y = int(rng.random() < 0.5)
+        times = np.cumsum(rng.uniform(0.5, 2.0, 10))
+        series = pd.DataFrame(rng.normal(y, 1, (10, 48)), columns=[f"lab{k}" for k in range(48)])
+        series.insert(0, "time", times)
+        series.sample(frac=1.0, random_state=i).to_csv(folder / "ts" / f"{i}.csv", index=False)
+        rows.append({"sid": f"{folder.name}{i}", "pid": f"{folder.name}p{i}", "outcome": y, "series": f"ts/{i}.csv",
+                     "age": 50 + i % 20 + 5 * y, "sex": sexes[i % len(sexes)]})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+
+
+def test_wide_series_categorical_column_and_external_cohort_without_split(tmp_path):
+    """Issue 12: a 48-variable series with a time column, a Male/Female column and an external
+    cohort with no split settings, through extraction, fit, evaluate and tables (cheap experts)."""
+    _write_wide_cohort(tmp_path / "dev", n=40, seed=1)
+    _write_wide_cohort(tmp_path / "ext", n=12, seed=2, sexes=("Male", "Female", "Other"))
+    cfg = _manifest_config(tmp_path)
+    cfg["experts"]["profiles"]["demo"]["timeseries"] = {"committee": [
+        {"name": "ts_minirocket", "role": "biomed"}, {"name": "ts_summary", "role": "general"}]}
+    cfg["experts"]["profiles"]["demo"]["tabular"] = {"committee": [{"name": "tabular_raw", "role": "general"}]}
+    modalities = {"ehr": {"kind": "timeseries", "column": "series"},
+                  "vitals": {"kind": "tabular", "columns": ["age", "sex"], "categorical": ["sex"]}}
+    common = {"adapter": "manifest", "id_column": "sid", "patient_column": "pid", "task": "binary",
+              "labels": ["outcome"], "modalities": modalities}
+    cfg["datasets"] = {
+        "dev": {**common, "manifest": "dev/manifest.csv", "split_ratios": [0.6, 0.2, 0.2], "external": ["ext"]},
+        "ext": {**common, "manifest": "ext/manifest.csv", "role": "external"},  # no split settings at all
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(tmp_path, "--cores", "2", "all")
+
+    variables = [f"lab{k}" for k in range(48)]
+    for ds in ("dev", "ext"):
+        summ = read_features(tmp_path / f"results/{ds}/features/ehr/ts_summary.parquet")
+        rocket = read_features(tmp_path / f"results/{ds}/features/ehr/ts_minirocket.parquet")
+        assert summ.dim == 6 * 48 and rocket.dim == 512 and summ.present.all() and rocket.present.all()
+        assert summ.metadata["variables"] == rocket.metadata["variables"] == variables
+        tab = read_features(tmp_path / f"results/{ds}/features/vitals/tabular_raw.parquet")
+        assert tab.dim == 1 + 3 + 2  # age | Female, Male, unseen | 2 missing indicators
+        assert tab.metadata["input_schema"]["categorical"] == {"sex": ["Female", "Male"]}
+    tab = read_features(tmp_path / "results/ext/features/vitals/tabular_raw.parquet")
+    other = [i for i, sid in enumerate(tab.sample_ids) if int(sid[3:]) % 3 == 2]
+    assert tab.embeddings[other][:, 1:4].tolist() == [[0, 0, 1]] * len(other)  # unseen "Other"
+    ext = json.loads((tmp_path / "results/ext/summary.json").read_text())
+    assert ext["splits"]["test"]["samples"] == ext["splits"]["all"]["samples"] == 12
+    assert "evaluation data" in ext["notes"]["split"]
+    metrics = pd.read_csv(tmp_path / "results/tables/metrics.csv")
+    assert {"test", "external:ext"} <= set(metrics.eval_set) and metrics.auroc.between(0, 1).all()
+    assert "dev → ext (external validation)" in (tmp_path / "results/tables/main.md").read_text()
+    assert planned_jobs(tmp_path, cfg) == {}  # the schemas' fingerprints are stable: nothing reruns

@@ -31,10 +31,10 @@ import numpy as np
 from extractors.base import InputError, ModelUnavailableError, resolve_device
 from extractors.hf_common import check_remote_code_pin, load_state_complete, pretrained_complete
 from medmix.store.atomic import atomic_path
+from medmix.store.inputs import TIME_COLUMNS
 
 log = logging.getLogger("medmix.bridge")
 
-TIME_COLUMNS = ("time", "hour", "charttime")
 BRIDGE_META_KEY = b"medmix_bridge"
 #: The report generator used for each image-like modality kind (Appendix Table E1).
 BRIDGE_FOR_KIND = {"image": "maira2", "volume": "merlin", "slide": "histgen"}
@@ -78,7 +78,8 @@ def serialise_ehr(frame, variables: list[str] | None = None) -> str:
     Time columns (``time``, ``hour``, ``charttime``) are not variables. The value is the last
     observed one; a variable never observed (or absent from the frame) reads ``name: missing``.
     """
-    names = list(variables) if variables is not None else [c for c in frame.columns if str(c) not in TIME_COLUMNS]
+    names = list(variables) if variables is not None else [c for c in frame.columns
+                                                           if str(c).strip().lower() not in TIME_COLUMNS]
     values = last_observed(frame, names)
     return "; ".join(f"{n}: {'missing' if v is None else v}" for n, v in values.items())
 
@@ -87,14 +88,14 @@ def read_series_table(path: str):
     """The raw series table (strings kept) of a CSV/Parquet file; time columns dropped."""
     import pandas as pd
 
-    from extractors.inputs import read_timeseries
+    from extractors.inputs import read_timeseries, sort_by_time
 
     read_timeseries(path)  # validation: raises InputError for a missing, unreadable or empty series
     try:
         frame = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as err:  # noqa: BLE001 - any parser failure means unusable input
         raise InputError(f"unreadable time series {path}: {err}") from err
-    return frame.drop(columns=[c for c in TIME_COLUMNS if c in frame.columns])
+    return sort_by_time(frame, path)  # rows in time order, so "last" is the latest observation
 
 
 # ----------------------------------------------------------------------------- cached text

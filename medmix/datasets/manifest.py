@@ -15,7 +15,12 @@ Config keys (``datasets.<name>`` in config.yaml; see medmix/datasets/README.md):
   ``label:<class>`` columns. ``label_map`` maps other spellings (``yes``/``dead``...) to 0/1.
 - ``modalities``: ``{name: {kind, column}}`` with kinds image, text, timeseries, volume, slide,
   or ``{kind: tabular, columns: [...]}``; ``{kind: text, column, file: true}`` reads the note from
-  a text file named in the cell.
+  a text file named in the cell. A timeseries modality may declare ``variables: [...]`` (else they
+  are inferred from the files' headers); a tabular one ``categorical: [...]`` columns (or
+  ``infer_categorical: true``), one-hot encoded over their training-split categories
+  (:mod:`medmix.datasets.schema`).
+- ``role: external``: every row is evaluation data (split ``test``); split settings are ignored
+  with a note.
 
 An empty cell, or a file that does not exist, makes the modality missing for that sample. Absent
 files are recorded per modality in ``cohort.extra["absent_files"]`` and reported by the summary.
@@ -37,6 +42,7 @@ import pandas as pd
 
 from medmix.cohort import INPUT_PREFIX, LABEL_PREFIX, SPLITS, TASKS, Cohort, CohortError
 from medmix.datasets.paths import config_path, resolve_inside
+from medmix.datasets.schema import categorical_columns, series_schema, tabular_schema
 
 PATH_KINDS = ("image", "timeseries", "volume", "slide")
 KINDS = (*PATH_KINDS, "text", "tabular")
@@ -108,7 +114,8 @@ def cohort_from_table(
         raise CohortError(f"{where}: config lists no 'modalities'")
     id_col = cfg.get("id_column") or "sample_id"
     pat_col = cfg.get("patient_column", "patient_id")
-    split_col = cfg.get("split_column")
+    external = "external" in (cfg.get("role"), (extra or {}).get("role"))
+    split_col = None if external else cfg.get("split_column")
     _check_columns(where, table, id_col, pat_col, split_col, label_cols, modalities)
 
     table = as_strings(table.reset_index(drop=True))
@@ -126,11 +133,19 @@ def cohort_from_table(
         raise CohortError(f"{where}: empty patient id ({pat_col!r}) in {rows.name(empty_pat)}")
 
     out = pd.DataFrame({"sample_id": ids, "patient_id": patients})
-    out["split"] = _splits(where, table, cfg, split_col, patients, rows)
+    info = dict(extra or {})
+    warnings = list(info.get("warnings", []))
+    if external:
+        out["split"] = "test"
+        info["split"] = (f"external dataset: all {len(out)} rows are evaluation data; split settings "
+                         "(split_column, split_ratios, split_seed, val_from_train) are ignored")
+    else:
+        out["split"] = _splits(where, table, cfg, split_col, patients, rows)
     labels, label_frame = _labels(where, table, task, label_cols, cfg, rows)
     out = pd.concat([out, label_frame], axis=1)
 
     kinds: dict[str, str] = {}
+    schemas: dict[str, dict[str, Any]] = {}
     absent: dict[str, dict[str, str]] = {}
     unusable: dict[str, dict[str, str]] = {}
     for mod, spec in modalities.items():
@@ -139,7 +154,11 @@ def cohort_from_table(
             raise CohortError(f"{where}: modality {mod!r} has kind {kind!r}; known kinds: {KINDS}")
         kinds[mod] = kind
         if kind == "tabular":
-            out[INPUT_PREFIX + mod] = _tabular_cells(where, mod, table, spec["columns"], rows)
+            block = table[list(spec["columns"])].astype(str)
+            categorical = categorical_columns(where, mod, spec, block)
+            out[INPUT_PREFIX + mod] = _tabular_cells(where, mod, block, categorical, rows)
+            schemas[mod], notes = tabular_schema(list(spec["columns"]), categorical, block, out["split"].eq("train"))
+            warnings += [f"modality {mod!r}: {n}" for n in notes]
             continue
         cells = table[spec["column"]].astype(str)
         if kind in PATH_KINDS or (kind == "text" and spec.get("file")):
@@ -151,14 +170,21 @@ def cohort_from_table(
                 unusable[mod] = bad_files
         else:
             out[INPUT_PREFIX + mod] = [c if c else None for c in cells]
+        if kind == "timeseries":
+            paths = [None if v is None or v != v else v for v in out[INPUT_PREFIX + mod].tolist()]
+            schema, notes = series_schema(where, mod, spec, ids.tolist(), paths)
+            if schema:
+                schemas[mod] = schema
+            warnings += notes
 
-    info = dict(extra or {})
     info["absent_files"] = {**info.get("absent_files", {}), **absent}
+    if warnings:
+        info["warnings"] = warnings
     if unusable or info.get("unusable_files"):
         info["unusable_files"] = {**info.get("unusable_files", {}), **unusable}
     if cfg.get("role") and "role" not in info:
         info["role"] = cfg["role"]
-    cohort = Cohort(name, task, labels, kinds, out, info)
+    cohort = Cohort(name, task, labels, kinds, out, info, schemas)
     cohort.validate()
     return cohort
 
@@ -306,21 +332,35 @@ def _multiclass(where, table, label_cols, cfg, rows: _RowNamer) -> tuple[list[st
     return classes, frame
 
 
-def _tabular_cells(where, mod, table, columns, rows: _RowNamer) -> list[str | None]:
-    block = table[list(columns)].astype(str)
+def _tabular_cells(where, mod, block: pd.DataFrame, categorical: list[str], rows: _RowNamer) -> list[str | None]:
+    """JSON lists (numbers, or the raw text of categorical columns; null = empty); None when all empty."""
+    columns = list(block.columns)
     numbers = block.apply(pd.to_numeric, errors="coerce")
-    bad_mask = (numbers.isna() & block.ne("")).to_numpy()
+    bad_mask = (numbers.isna() & block.ne("")).to_numpy().copy()  # writable: categorical columns are cleared
+    bad_mask[:, [columns.index(c) for c in categorical]] = False
     bad = np.flatnonzero(bad_mask.any(axis=1))
     if len(bad):
         detail = {int(p): ", ".join(f"{c}={block.iloc[p][c]!r}" for c, b in zip(columns, bad_mask[p], strict=True) if b)
                   for p in bad}
-        raise CohortError(f"{where}: tabular modality {mod!r} has non-numeric values: {rows.name(bad, detail)}")
+        text_cols = [c for c, b in zip(columns, bad_mask.any(axis=0), strict=True) if b]
+        raise CohortError(
+            f"{where}: tabular modality {mod!r} has non-numeric values: {rows.name(bad, detail)}. If {text_cols} "
+            f"hold categories, declare them (`modalities.{mod}.categorical: {text_cols}`) or set "
+            f"`modalities.{mod}.infer_categorical: true`"
+        )
     cells: list[str | None] = []
-    for values in numbers.to_numpy(dtype="float64"):
-        if np.isnan(values).all():
-            cells.append(None)
-        else:
-            cells.append(json.dumps([None if math.isnan(v) else float(v) for v in values]))
+    for k in range(len(block)):
+        row: list[Any] = []
+        for c in columns:
+            raw = block.iat[k, columns.index(c)]
+            if raw == "":
+                row.append(None)
+            elif c in categorical:
+                row.append(raw)
+            else:
+                value = float(numbers.iat[k, columns.index(c)])
+                row.append(None if math.isnan(value) else value)
+        cells.append(None if all(v is None for v in row) else json.dumps(row))
     return cells
 
 

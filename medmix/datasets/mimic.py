@@ -71,6 +71,8 @@ def _load_mimic(name, cfg, base_dir, sample_column: str, with_cxr: bool, externa
         modalities["lateral"] = {"kind": "image", "column": "_no_cxr"}
     modalities["note"] = {"kind": "text", "column": note_col, "file": note_col == rename["note_path"]}
     modalities["ehr"] = {"kind": "timeseries", "column": rename["ehr_path"]}
+    if cfg.get("check_ehr_columns", True):  # the files hold these columns: the experts read them by name
+        modalities["ehr"]["variables"] = list(cfg.get("ehr_variables") or EHR_VARIABLE_NAMES)
     keep = selected_modalities(name, cfg, "mimic_iii" if external else "mimic_iv_mm")
     modalities = {m: entry for m, entry in modalities.items() if m in keep}
     labels = list(cfg.get("labels") or OUTCOMES)
@@ -87,8 +89,7 @@ def _load_mimic(name, cfg, base_dir, sample_column: str, with_cxr: bool, externa
         "label_map": cfg.get("label_map"),
     }
     if external:
-        table = table.assign(_split="test")
-        spec["split_column"] = "_split"
+        spec["role"] = "external"  # every stay is evaluation data (split test)
     elif cfg.get("split_column"):
         spec["split_column"] = cfg["split_column"]
     else:

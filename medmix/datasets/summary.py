@@ -82,6 +82,7 @@ def summarize(cohort: Cohort) -> dict[str, Any]:
             for m, files in (cohort.extra.get("unusable_files") or {}).items() if files
         },
         "notes": {k: v for k, v in cohort.extra.items() if k not in ("absent_files", "unusable_files")},
+        "input_schema": dict(cohort.schemas),
     }
 
 
@@ -129,6 +130,22 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             lines.append(f"  - `{item['sample_id']}`: {item['reason']}")
         if info["count"] > MD_LISTED_FILES:
             lines.append(f"  - ... and {info['count'] - MD_LISTED_FILES} more (all listed in the JSON summary)")
+    schemas = s.get("input_schema") or {}
+    if schemas:
+        lines += ["", "## Input schemas (what the experts read)", ""]
+        for mod, schema in schemas.items():
+            parts = []
+            if schema.get("variables"):
+                names = schema["variables"]
+                parts.append(f"{len(names)} variables ({schema.get('source', 'declared')}): "
+                             + ", ".join(names[:MD_LISTED_FILES]) + (" ..." if len(names) > MD_LISTED_FILES else ""))
+            if schema.get("columns"):
+                parts.append("columns " + ", ".join(schema["columns"]))
+            for col, cats in (schema.get("categorical") or {}).items():
+                parts.append(f"{col}: categories {cats} (training rows)")
+            if schema.get("from"):
+                parts.append(f"taken from {schema['from']}")
+            lines.append(f"- **{mod}**: " + "; ".join(parts))
     notes = s.get("notes") or {}
     if notes:
         lines += ["", "## Notes", ""]

@@ -56,12 +56,16 @@ def load_dataset(cohort_path: str, committee: dict[str, Any], features: dict[str
             raise KeyError(f"dataset {cohort.name!r}: no feature file was passed for {key}")
         return features[key]
 
+    def expected(mod: str, name: str) -> dict[str, Any] | None:
+        """Per feature key where the width follows the dataset (config.with_expected_dims), else per expert."""
+        return identities.get(f"{mod}/{name}", identities.get(name))
+
     members = {
-        mod: [{"path": path(mod, name), "role": role, "expected": identities.get(name)} for name, role in spec["committee"]]
+        mod: [{"path": path(mod, name), "role": role, "expected": expected(mod, name)} for name, role in spec["committee"]]
         for mod, spec in committee.items()
     }
     teachers = {
-        mod: {"path": path(mod, spec["teacher"]), "expected": identities.get(spec["teacher"])}
+        mod: {"path": path(mod, spec["teacher"]), "expected": expected(mod, spec["teacher"])}
         for mod, spec in committee.items()
         if spec.get("teacher")
     }

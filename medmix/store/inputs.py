@@ -6,6 +6,11 @@ reads only it. :func:`input_fingerprint` summarises what one modality's extracti
 (sample id, input) pairs and, for file inputs, every file's name, size and modification time.
 The workflow compares it with the one recorded in a feature file's metadata, so a changed input
 file reruns that extraction while an edited label or split reruns nothing of stage 1.
+
+Each modality may carry an input schema the cohort step declares or infers (labels-free; for
+tabular categories, computed from the training rows): ``{"variables": [...]}`` for a series,
+``{"columns": [...], "categorical": {column: [categories]}}`` for a table. Experts size and encode
+from it, and it is part of the fingerprint, so a changed schema reruns the extraction.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,8 @@ from medmix.store.atomic import atomic_path
 META_KEY = b"medmix_inputs"
 #: Modality kinds whose input cells are file (or folder) paths; the others hold values.
 PATH_KINDS = frozenset({"image", "timeseries", "volume", "slide"})
+#: Columns of a series file recognised as its time axis (lower-cased names; never a variable).
+TIME_COLUMNS = ("time", "hour", "charttime")
 
 
 @dataclass
@@ -33,6 +40,15 @@ class InputView:
     sample_ids: list[str]
     kinds: dict[str, str]  # modality -> kind
     values: dict[str, list[Any]]  # modality -> per-sample input (None = missing)
+    schemas: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> input schema
+
+    def schema(self, modality: str) -> dict[str, Any]:
+        """The modality's input schema (``{}`` when none is recorded)."""
+        return dict(self.schemas.get(modality) or {})
+
+    def fingerprint(self, modality: str) -> str:
+        """:func:`input_fingerprint` of the modality (inputs, their files and its schema)."""
+        return input_fingerprint(self.sample_ids, self.inputs(modality), self.kinds[modality], self.schema(modality))
 
     def inputs(self, modality: str) -> list[Any]:
         if modality not in self.values:
@@ -44,7 +60,8 @@ def write_input_view(path: str | Path, view: InputView) -> None:
     columns = {"sample_id": pa.array(view.sample_ids, pa.string())}
     for modality in view.kinds:
         columns[f"input:{modality}"] = pa.array(view.values[modality], pa.string())
-    meta = {"dataset": view.dataset, "modalities": view.kinds}
+    meta = {"dataset": view.dataset, "modalities": view.kinds,
+            "schemas": {m: s for m, s in view.schemas.items() if m in view.kinds and s}}
     table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
     with atomic_path(path, verify=lambda p: _check_rows(p, len(view.sample_ids))) as tmp:
         pq.write_table(table, tmp)
@@ -67,7 +84,8 @@ def read_input_view(path: str | Path, modalities: list[str] | None = None) -> In
         raise KeyError(f"{path}: dataset {meta['dataset']!r} has no modality {unknown} (has {sorted(meta['modalities'])})")
     table = pq.read_table(path, columns=["sample_id", *[f"input:{m}" for m in kinds]])
     values = {m: table.column(f"input:{m}").to_pylist() for m in kinds}
-    return InputView(meta["dataset"], table.column("sample_id").to_pylist(), kinds, values)
+    schemas = {m: s for m, s in (meta.get("schemas") or {}).items() if m in kinds}
+    return InputView(meta["dataset"], table.column("sample_id").to_pylist(), kinds, values, schemas)
 
 
 def _file_stats(value: str) -> list[tuple[str, int, int]]:
@@ -83,10 +101,12 @@ def _file_stats(value: str) -> list[tuple[str, int, int]]:
         return [("<absent>", -1, -1)]
 
 
-def input_fingerprint(sample_ids: list[str], values: list[Any], kind: str) -> str:
+def input_fingerprint(sample_ids: list[str], values: list[Any], kind: str, schema: dict[str, Any] | None = None) -> str:
     """sha256 of what an extraction of one modality reads (see the module docstring)."""
     h = hashlib.sha256()
     h.update(kind.encode())
+    if schema:  # no schema: the fingerprint of a view written before schemas existed
+        h.update(b"\x03" + json.dumps(schema, sort_keys=True).encode())
     for sid, value in zip(sample_ids, values, strict=True):
         h.update(b"\x00" + str(sid).encode() + b"\x00")
         h.update(json.dumps(value, default=str).encode())

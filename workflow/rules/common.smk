@@ -13,13 +13,14 @@ from medmix.config import (
     expert_runtime,
     extraction_jobs,
     feature_path,
+    reference_dataset,
     training_params,
     validate_config,
 )
 from medmix.methods import get_method_class
 from medmix.protocols import parse_protocols
 from medmix.store import FeatureStoreError, read_metadata
-from medmix.store.inputs import folder_fingerprint, input_fingerprint, read_input_view
+from medmix.store.inputs import folder_fingerprint, read_input_view
 
 # Semantic validation names the offending key; the schema pass fills in its defaults.
 validate_config(config)
@@ -80,6 +81,10 @@ def dataset_source(wildcards):
     """What the cohort table is built from: the demo folder for generated cohorts."""
     ds = dataset_config(wildcards.dataset)
     code = {"code": code_inputs("medmix.datasets", *ADAPTER_MODULES)}
+    # An external cohort takes its input schemas from the development dataset that lists it.
+    reference = reference_dataset(config, wildcards.dataset)
+    if reference:
+        code["reference"] = cohort_path(reference)
     if ds["adapter"] == "demo":
         return {"source": f"resources/demo/{wildcards.dataset}", **code}
     # Source tables of every adapter are inputs, so editing one rebuilds the cohort.
@@ -119,13 +124,19 @@ def source_view(dataset):
         return _SOURCE_VIEWS[dataset]
     ds = dataset_config(dataset)
     view = None
-    if ds["adapter"] != "demo":
+    reference = reference_dataset(config, dataset)
+    reference_view = source_view(reference) if reference else None
+    if ds["adapter"] != "demo" and (reference is None or reference_view is not None):
         from medmix.datasets import build_cohort
+        from medmix.datasets.schema import adopt_reference
 
         previous = logging.root.manager.disable
         logging.disable(logging.WARNING)
         try:
-            view = build_cohort(dataset, ds, ".").input_view()
+            cohort = build_cohort(dataset, ds, ".")
+            if reference:  # as prepare_dataset does with the reference cohort
+                cohort = adopt_reference(cohort, reference_view.schemas, reference)
+            view = cohort.input_view()
         except Exception:  # noqa: BLE001 - prepare_dataset reports the error in its own log
             view = None
         finally:
@@ -145,9 +156,8 @@ def current_view(dataset):
 
 
 def view_fingerprint(dataset, modality):
-    """Fingerprint of what an extraction of the modality reads (inputs + file names/sizes/mtimes)."""
-    view = current_view(dataset)
-    return input_fingerprint(view.sample_ids, view.inputs(modality), view.kinds[modality])
+    """Fingerprint of what an extraction of the modality reads (inputs + file names/sizes/mtimes + schema)."""
+    return current_view(dataset).fingerprint(modality)
 
 
 def input_fingerprint_param(wildcards):

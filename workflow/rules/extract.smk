@@ -3,8 +3,9 @@ rule extract:
 
     Reruns exactly when what the embeddings depend on changes: the expert's code (the closure of
     its module's imports), its identity params (model id, revision, preprocessing), the weights
-    in its `local_dir` (file names, sizes, mtimes) and the inputs it reads (ids, inputs and each
-    input file's name, size and mtime). The labels-free input view is `ancient`: rewriting it
+    in its `local_dir` (file names, sizes, mtimes) and the inputs it reads (ids, inputs, each
+    input file's name, size and mtime, and the modality's input schema: a series' variable list,
+    a table's columns and training-split categories). The labels-free input view is `ancient`: rewriting it
     with the same inputs (a label or split edit) reruns nothing. Runtime settings travel as a
     resource and rerun nothing.
     """

@@ -11,8 +11,8 @@ from medmix.store.inputs import read_input_view
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
 identity = {key: json.loads(sm.params[key]) for key in ("model_id", "revision", "preprocessing")}
-settings = {**json.loads(sm.resources.expert_runtime), **identity}
 view = read_input_view(sm.input.inputs, [sm.wildcards.modality])
+settings = {**json.loads(sm.resources.expert_runtime), **identity, "input_schema": view.schema(sm.wildcards.modality)}
 failed = export_series(create_extractor("moirai", settings), view.sample_ids, view.inputs(sm.wildcards.modality),
                        sm.output.series)
 write_text_atomic(sm.output.failures, json.dumps(failed, indent=2))

@@ -3,8 +3,9 @@
 import json
 import logging
 
-from medmix.cohort import write_cohort
+from medmix.cohort import read_cohort, write_cohort
 from medmix.datasets import build_cohort
+from medmix.datasets.schema import adopt_reference
 from medmix.datasets.summary import write_summary
 from medmix.pipeline import setup_logging
 from medmix.store.inputs import write_input_view
@@ -12,6 +13,9 @@ from medmix.store.inputs import write_input_view
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
 cohort = build_cohort(sm.wildcards.dataset, json.loads(sm.params.dataset_json), ".")
+if "reference" in sm.input.keys():  # an external cohort: the development dataset's input schemas
+    reference = read_cohort(sm.input.reference)
+    cohort = adopt_reference(cohort, reference.schemas, reference.name)
 write_cohort(cohort, sm.output.cohort)
 write_input_view(sm.output.inputs, cohort.input_view())
 summary = write_summary(cohort, sm.output.summary_json, sm.output.summary_md)
@@ -26,3 +30,5 @@ for modality, info in summary["unusable_files"].items():
                     item["sample_id"], item["reason"])
 for warning in cohort.extra.get("warnings", []):
     log.warning("dataset %s: %s", cohort.name, warning)
+if cohort.extra.get("split"):
+    log.info("dataset %s: %s", cohort.name, cohort.extra["split"])
