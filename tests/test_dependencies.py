@@ -15,12 +15,8 @@ import functools
 import importlib.metadata as md
 import re
 import sys
+import tomllib
 from pathlib import Path
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    tomllib = None
 
 REPO = Path(__file__).resolve().parents[1]
 OWN = {"medmix", "extractors"}
@@ -48,12 +44,7 @@ def requirement_name(spec: str) -> str:
 
 
 def declared() -> dict[str, set[str]]:
-    text = (REPO / "pyproject.toml").read_text()
-    if tomllib is None:  # pragma: no cover - Python 3.10 without tomllib
-        import pytest
-
-        pytest.skip("needs tomllib (Python >= 3.11)")
-    project = tomllib.loads(text)["project"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     groups = {"core": {requirement_name(d) for d in project["dependencies"]}}
     groups.update({g: {requirement_name(d) for d in deps} for g, deps in project["optional-dependencies"].items()})
     return groups
