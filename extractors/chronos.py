@@ -1,8 +1,8 @@
 """Chronos experts: ``chronos_small`` (general, "Chronos-S") and ``chronos_large`` (teacher, "Chronos-L").
 
-``amazon/chronos-t5-small`` / ``amazon/chronos-t5-large`` loaded with chronos-forecasting's
-``ChronosPipeline.from_pretrained`` (T5 encoder-decoder; bf16 on CUDA as the model card
-shows, float32 on CPU) and embedded with its documented ``ChronosPipeline.embed`` API, which
+``amazon/chronos-t5-small`` / ``amazon/chronos-t5-large`` loaded as chronos-forecasting's
+``ChronosPipeline.from_pretrained`` does (spelled out, so that a checkpoint missing a tensor is
+refused) (T5 encoder-decoder; bf16 on CUDA as the model card shows, float32 on CPU) and embedded with its documented ``ChronosPipeline.embed`` API, which
 applies Chronos's own tokenisation (mean scaling by the mean absolute observed value, uniform
 bins in [-15, 15], EOS token appended) and returns the encoder's last hidden states.
 
@@ -49,18 +49,29 @@ class ChronosExpert(HubExpert):
         if self._pipeline is not None:
             return
         self.offline()
-        from chronos import BaseChronosPipeline, ChronosPipeline
+        from chronos import ChronosConfig, ChronosModel, ChronosPipeline
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
         self.pick_device()
         import torch
 
-        dtype = torch.bfloat16 if self.on_cuda() else torch.float32
-        pipeline = self.from_pretrained(BaseChronosPipeline, **dtype_kwargs(dtype))
-        if not isinstance(pipeline, ChronosPipeline):
+        # ChronosPipeline.from_pretrained, spelled out so that the T5 weights go through
+        # load_weights: a checkpoint missing any tensor is refused instead of left random.
+        config = self.from_pretrained(AutoConfig)
+        pipeline_class = getattr(config, "chronos_pipeline_class", "ChronosPipeline")
+        chronos_config = getattr(config, "chronos_config", None)
+        if not isinstance(chronos_config, dict):
+            raise self.unavailable(ValueError(f"{self.model_source()} has no chronos_config: not a Chronos model"))
+        chronos_config = ChronosConfig(**chronos_config)
+        if pipeline_class != "ChronosPipeline" or chronos_config.model_type != "seq2seq":
             raise ValueError(
-                f"expert {self.spec.name!r}: {self.model_source()} is a {type(pipeline).__name__}, not an "
-                "original Chronos (T5) model; its embedding API differs"
+                f"expert {self.spec.name!r}: {self.model_source()} is a {pipeline_class} "
+                f"({chronos_config.model_type}), not an original Chronos (T5) model; its embedding API differs"
             )
+        dtype = torch.bfloat16 if self.on_cuda() else torch.float32
+        inner = self.load_weights(AutoModelForSeq2SeqLM, **dtype_kwargs(dtype))
+        pipeline = ChronosPipeline(tokenizer=chronos_config.create_tokenizer(),
+                                   model=ChronosModel(config=chronos_config, model=inner))
         d_model = pipeline.model.model.config.d_model
         if d_model != self.dim:
             raise ValueError(f"expert {self.spec.name!r}: model d_model {d_model} != declared dim {self.dim}")

@@ -5,6 +5,15 @@ Every such expert loads with ``from_pretrained(model_source(), revision=..., loc
 configured (``options.offline``, the default) ``HF_HUB_OFFLINE=1`` is set before the hub client is
 imported and only the local Hugging Face cache is read. Any failure to find the weights becomes
 :class:`~extractors.base.ModelUnavailableError` at once, naming the model id and how to provide it.
+
+Remote code (``trust_remote_code``) runs only for a registry entry / bridge that needs it, only
+when its config sets ``allow_remote_code: true``, and only at an exact 40-hex commit
+(:func:`check_remote_code_pin`): from the hub, ``revision`` must be that commit; from
+``local_dir``, the folder must be a Hugging Face cache snapshot, ``.../snapshots/<commit>/``
+(what ``huggingface_hub.snapshot_download`` writes), whose commit equals ``revision``.
+
+Every loader refuses a checkpoint that lacks any of the model's tensors
+(:func:`refuse_missing_tensors`; only :data:`TOLERATED_MISSING` are let through).
 """
 
 from __future__ import annotations
@@ -25,6 +34,107 @@ TOLERATED_MISSING = ("pooler.", "mask_token")
 
 #: Exceptions the hub / transformers / open_clip raise when weights or configs are missing.
 LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, ImportError)
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def is_commit(revision: Any) -> bool:
+    """Whether ``revision`` is a full 40-hex git commit (the whole string, no prefix/suffix)."""
+    return isinstance(revision, str) and _COMMIT.fullmatch(revision) is not None
+
+
+def snapshot_commit(local_dir: str) -> str | None:
+    """The commit a local folder came from: ``<40-hex>`` of a ``.../snapshots/<40-hex>/`` folder, else None."""
+    folder = os.path.realpath(local_dir)
+    name, parent = os.path.basename(folder), os.path.basename(os.path.dirname(folder))
+    return name if parent == "snapshots" and is_commit(name) else None
+
+
+def check_remote_code_pin(who: str, revision: Any, local_dir: str | None) -> None:
+    """Refuse remote code unless it is pinned to an exact commit (hub and ``local_dir`` alike)."""
+    if not is_commit(revision):
+        raise ModelUnavailableError(
+            f"{who}: remote code runs only at a pinned commit; set revision to the full 40-hex commit whose "
+            f"code you reviewed (got {revision!r})")
+    if local_dir:
+        commit = snapshot_commit(local_dir)
+        if commit is None:
+            raise ModelUnavailableError(
+                f"{who}: local_dir {local_dir!r} does not record the commit it came from; with remote code, "
+                "local_dir must be a Hugging Face cache snapshot folder .../snapshots/<40-hex commit>/ "
+                "(as huggingface_hub.snapshot_download writes it)")
+        if commit != revision:
+            raise ModelUnavailableError(
+                f"{who}: local_dir {local_dir!r} is snapshot {commit} but revision pins {revision}; "
+                "point local_dir at the snapshot of the reviewed commit or update revision after reviewing")
+
+
+def refuse_missing_tensors(who: str, source: str, missing: list[str] | set[str] | tuple[str, ...],
+                           tolerated: tuple[str, ...] = TOLERATED_MISSING) -> list[str]:
+    """Raise if a checkpoint lacks tensors of the model (beyond ``tolerated``); returns the tolerated ones.
+
+    ``from_pretrained`` silently initialises tensors a checkpoint lacks (a wrong or partial
+    download, another architecture): the model would then run with random weights.
+    """
+    missing = sorted(missing or [])
+    fatal = [k for k in missing if not any(t in k for t in tolerated)]
+    if fatal:
+        raise ModelUnavailableError(
+            f"{who}: the checkpoint at {source!r} lacks {len(fatal)} of the model's tensors (e.g. {fatal[:3]}); "
+            "it is another model's checkpoint or is incomplete")
+    if missing:
+        log.warning("%s: tensors not in the checkpoint (unused here, left initialised): %s", who, missing)
+    return missing
+
+
+def checkpoint_tensor_names(folder: str) -> set[str]:
+    """Names of the tensors stored in a model folder's weights (safetensors headers, or a ``.bin``
+    read with ``weights_only=True`` and mmap); ModelUnavailableError if it holds no weights file."""
+    import json
+
+    st_index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(st_index):
+        with open(st_index, encoding="utf-8") as fh:
+            return set(json.load(fh)["weight_map"])
+    single = os.path.join(folder, "model.safetensors")
+    if os.path.isfile(single):
+        from safetensors import safe_open
+
+        with safe_open(single, framework="pt") as fh:
+            return set(fh.keys())
+    legacy = os.path.join(folder, "pytorch_model.bin")
+    if os.path.isfile(legacy):
+        import torch
+
+        return set(torch.load(legacy, map_location="cpu", weights_only=True, mmap=True))
+    raise ModelUnavailableError(f"{folder} holds no model.safetensors or pytorch_model.bin to check")
+
+
+def refuse_incomplete_folder(model: Any, folder: str, who: str) -> None:
+    """Refuse a loaded ``transformers`` model whose folder lacks any of its tensors (for loaders that
+    call ``from_pretrained`` themselves, e.g. sentence-transformers); names may carry the base-model prefix."""
+    names = checkpoint_tensor_names(folder)
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    missing = [k for k in model.state_dict() if k not in names and prefix + k not in names
+               and not (k.startswith(prefix) and k[len(prefix):] in names)]
+    refuse_missing_tensors(who, folder, missing)
+
+
+def load_state_complete(module: Any, state: dict[str, Any], who: str, source: str) -> None:
+    """``module.load_state_dict(state)``, refusing missing or unexpected tensors as unusable weights."""
+    result = module.load_state_dict(state, strict=False)
+    refuse_missing_tensors(who, source, result.missing_keys, tolerated=())
+    if result.unexpected_keys:
+        raise ModelUnavailableError(
+            f"{who}: the checkpoint at {source!r} has {len(result.unexpected_keys)} tensors the model does not "
+            f"(e.g. {sorted(result.unexpected_keys)[:3]}); it is another model's checkpoint")
+
+
+def pretrained_complete(loader: Any, source: str, who: str, **kwargs: Any) -> Any:
+    """``loader.from_pretrained(source, **kwargs)`` refusing a checkpoint with missing tensors."""
+    model, info = loader.from_pretrained(source, output_loading_info=True, **kwargs)
+    refuse_missing_tensors(who, source, info.get("missing_keys") or [])
+    return model
 
 
 def raise_unless_missing(err: Exception) -> None:
@@ -65,6 +175,8 @@ class HubExpert(Extractor):
                 f"expert {self.spec.name!r} ({self.settings.model_id}) needs trust_remote_code; enable it with "
                 f"experts.settings.{self.spec.name}.allow_remote_code: true after reviewing the model's code"
             )
+        check_remote_code_pin(f"expert {self.spec.name!r} ({self.settings.model_id})", self.settings.revision,
+                              self.settings.local_dir)
         return True
 
     def hub_revision(self, source: str) -> str | None:
@@ -72,7 +184,7 @@ class HubExpert(Extractor):
         if os.path.isdir(source):
             return None
         revision = self.settings.revision
-        if not (revision and re.fullmatch(r"[0-9a-f]{40}", revision)) and not getattr(self, "_warned_revision", False):
+        if not is_commit(revision) and not getattr(self, "_warned_revision", False):
             self._warned_revision = True  # once per expert, not per file it reads
             log.warning("expert %s: revision %r of %s is not a pinned commit; set experts.settings.%s.revision to "
                         "the 40-hex commit you downloaded so that the run is reproducible",
@@ -108,16 +220,8 @@ class HubExpert(Extractor):
         logged instead.
         """
         model, info = self.from_pretrained(loader, output_loading_info=True, **kwargs)
-        missing = sorted(info.get("missing_keys") or [])
-        fatal = [k for k in missing if not any(t in k for t in TOLERATED_MISSING)]
-        if fatal:
-            raise ModelUnavailableError(
-                f"expert {self.spec.name!r}: the checkpoint at {self.model_source()!r} lacks {len(fatal)} of the "
-                f"model's tensors (e.g. {fatal[:3]}); it is not a {self.settings.model_id} checkpoint or is incomplete"
-            )
-        if missing:
-            log.warning("expert %s: tensors not in the checkpoint (unused here, left initialised): %s",
-                        self.spec.name, missing)
+        refuse_missing_tensors(f"expert {self.spec.name!r} ({self.settings.model_id})", self.model_source(),
+                               info.get("missing_keys") or [])
         return model
 
     def snapshot_dir(self) -> str:

@@ -26,6 +26,8 @@ from extractors.base import InputError, is_fatal
 
 MAX_VOLUME_BYTES = 2 * 1024**3
 MAX_TIMESERIES_CELLS = 50_000_000
+#: On-disk size above which a time-series file is refused before it is parsed.
+MAX_TIMESERIES_BYTES = 512 * 1024**2
 TIME_COLUMNS = ("time", "hour", "charttime")
 #: Output axis codes of read_volume, in nibabel's convention (the direction each axis points to).
 VOLUME_AXCODES = ("S", "P", "L")
@@ -37,27 +39,51 @@ def is_missing(value: Any) -> bool:
 
 
 def read_image(path: str, mode: str = "RGB", draft_size: tuple[int, int] | None = None):
-    """A ``PIL.Image`` in ``mode`` (RGB by default); Pillow's decompression-bomb limit stays in force.
+    """A ``PIL.Image`` in ``mode`` (RGB by default) within Pillow's decompression-bomb limit.
 
-    Truncated files fail (``LOAD_TRUNCATED_IMAGES`` is never set). ``draft_size`` lets JPEG
-    files decode at a reduced scale (DCT scaling, never below ``draft_size``) when the caller
-    downsizes anyway; other formats ignore it.
+    Pillow refuses images over twice ``Image.MAX_IMAGE_PIXELS`` but only warns between one and
+    two times it; here the warning is an error too, so any image over the limit is refused before
+    its pixels are decoded (the limit itself is never raised or removed). Truncated files fail
+    (``LOAD_TRUNCATED_IMAGES`` is never set). ``draft_size`` lets JPEG files decode at a reduced
+    scale (DCT scaling, never below ``draft_size``) when the caller downsizes anyway; other
+    formats ignore it. 16-bit greyscale (Pillow modes ``I;16*`` and ``I``, e.g. a 16-bit PNG) is
+    scaled to 8 bits over the full 16-bit range (``/ 257``) instead of Pillow's clipping at 255;
+    CMYK (e.g. a CMYK JPEG) is converted by Pillow.
     """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.isfile(path):
         raise InputError(f"image file not found: {path}")
     try:
-        with Image.open(path) as im:
-            if draft_size is not None and im.format == "JPEG":
-                im.draft(mode if mode in ("L", "RGB") else None, draft_size)
-            im.load()
-            out = im.convert(mode)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if draft_size is not None and im.format == "JPEG":
+                    im.draft(mode if mode in ("L", "RGB") else None, draft_size)
+                im.load()
+                out = _from_16bit(im).convert(mode) if im.mode in WIDE_GREY_MODES else im.convert(mode)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise InputError(f"image {path} exceeds the decompression-bomb pixel limit "
+                         f"({Image.MAX_IMAGE_PIXELS} pixels): {err}") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise InputError(f"unreadable image {path}: {err}") from err
     if min(out.size) < 1:
         raise InputError(f"image {path} has size {out.size}")
     return out
+
+
+#: Greyscale modes wider than 8 bits that Pillow's ``convert`` would clip at 255.
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _from_16bit(im):
+    """An 8-bit ``L`` image from a 16-bit greyscale one (0..65535 -> 0..255, rounded)."""
+    from PIL import Image
+
+    arr = np.asarray(im, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), mode="L")
 
 
 def read_text(text: Any) -> str:
@@ -71,26 +97,54 @@ def read_text(text: Any) -> str:
 def read_timeseries(path: str):
     """A ``pandas.DataFrame`` (rows = time steps, columns = variables) from CSV or Parquet.
 
-    Time columns (``time``, ``hour``, ``charttime``) are dropped; other non-numeric entries
-    become NaN. An all-NaN series is unusable.
+    Sizes are bounded before parsing: the file must be under ``MAX_TIMESERIES_BYTES`` on disk
+    and, from the Parquet footer or the CSV header line, hold at most ``MAX_TIMESERIES_CELLS``
+    cells (a CSV is read up to that many rows and refused if it has more). Time columns
+    (``time``, ``hour``, ``charttime``) are dropped; other non-numeric entries become NaN. An
+    all-NaN series is unusable.
     """
     import pandas as pd
 
     if not os.path.isfile(path):
         raise InputError(f"time-series file not found: {path}")
+    nbytes = os.path.getsize(path)
+    if nbytes > MAX_TIMESERIES_BYTES:
+        raise InputError(f"time series {path} is {nbytes} bytes (limit {MAX_TIMESERIES_BYTES}); not parsed")
     try:
-        frame = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+        frame = _read_bounded_table(path)
+    except InputError:
+        raise
     except Exception as err:  # noqa: BLE001 - any parser failure means unusable input
         if is_fatal(err):  # out of memory is not a property of the input
             raise
         raise InputError(f"unreadable time series {path}: {type(err).__name__}: {err}") from err
-    if frame.size > MAX_TIMESERIES_CELLS:
-        raise InputError(f"time series {path} has {frame.size} cells (limit {MAX_TIMESERIES_CELLS})")
     frame = frame.drop(columns=[c for c in TIME_COLUMNS if c in frame.columns])
     values = frame.apply(pd.to_numeric, errors="coerce")
     if values.size == 0 or values.isna().all().all():
         raise InputError(f"time series {path} has no observed values (empty or all NaN)")
     return values
+
+
+def _read_bounded_table(path: str):
+    """The table at ``path``, refused from its metadata / header if it exceeds ``MAX_TIMESERIES_CELLS``."""
+    import pandas as pd
+
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path).metadata
+        cells = int(meta.num_rows) * int(meta.num_columns)
+        if cells > MAX_TIMESERIES_CELLS:
+            raise InputError(f"time series {path} has {meta.num_rows} rows x {meta.num_columns} columns "
+                             f"(limit {MAX_TIMESERIES_CELLS} cells); not read")
+        return pd.read_parquet(path)
+    n_columns = max(len(pd.read_csv(path, nrows=0).columns), 1)
+    max_rows = MAX_TIMESERIES_CELLS // n_columns
+    frame = pd.read_csv(path, nrows=max_rows + 1)
+    if len(frame) > max_rows:
+        raise InputError(f"time series {path} has over {max_rows} rows x {n_columns} columns "
+                         f"(limit {MAX_TIMESERIES_CELLS} cells)")
+    return frame
 
 
 def read_volume(path: str, layout: str = "DHW") -> np.ndarray:
@@ -171,26 +225,40 @@ def reorient(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(orientations.apply_orientation(data, transform), dtype=np.float32)
 
 
-def _read_nifti(p: Path) -> np.ndarray:
+def check_nifti_header(path: str | Path):
+    """The nibabel image of a 3D NIfTI whose header shape x item size is within the volume limit
+    (nothing but the header read); InputError otherwise. For readers that decode it themselves."""
     import nibabel as nib
 
-    img = nib.load(str(p))
+    img = nib.load(str(path))
     shape = img.header.get_data_shape()
     if len(shape) < 3 or (len(shape) > 3 and int(np.prod(shape[3:])) != 1):
-        raise InputError(f"NIfTI {p} has shape {shape}; expected a 3D volume")
-    _check_size(shape[:3], np.dtype(img.header.get_data_dtype()).itemsize, str(p))
+        raise InputError(f"NIfTI {path} has shape {shape}; expected a 3D volume")
+    _check_size(shape[:3], np.dtype(img.header.get_data_dtype()).itemsize, str(path))
+    return img
+
+
+def _read_nifti(p: Path) -> np.ndarray:
+    img = check_nifti_header(p)
+    shape = img.header.get_data_shape()
     data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape[:3])
     return reorient(data, img.affine)
 
 
 def _read_dicom_series(folder: Path) -> np.ndarray:
-    """One DICOM series: slices sorted along the slice normal, rescale slope/intercept applied.
+    """One DICOM series: slices sorted along the slice normal, the modality LUT applied (HU).
 
     Files that are not DICOM are skipped; a folder with several series, slices of different
-    sizes or no usable slices is unusable.
+    sizes, multi-frame or multi-sample files, or no usable slices is unusable, and so is a series with two slices at one position or a gap
+    (neighbouring slices more than ``MAX_SLICE_GAP`` times the median spacing apart: a missing
+    slice); the several-series reason names their SeriesInstanceUIDs. Compressed pixel
+    data (JPEG lossless, JPEG-LS, JPEG 2000, RLE) decodes through pydicom's pylibjpeg plugins.
+    The decoded size (rows x columns x frames x samples, in float32) is checked from the headers
+    before any pixel is decoded.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut
 
     headers = []
     for f in sorted(folder.iterdir()):
@@ -208,13 +276,14 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
             headers.append((f, ds))
     if not headers:
         raise InputError(f"no DICOM image files in {folder}")
-    series = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in headers}
+    series = sorted({str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in headers})
     if len(series) > 1:
-        raise InputError(f"{folder} holds {len(series)} DICOM series; expected one")
+        raise InputError(f"{folder} holds {len(series)} DICOM series (SeriesInstanceUID {', '.join(series)}); "
+                         "expected one: put each series in its own folder")
+    _check_dicom_size(headers, folder)
     sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in headers}
     if len(sizes) > 1:
         raise InputError(f"DICOM series {folder} mixes slice sizes {sorted(sizes)}")
-    _check_size((len(headers), *sizes.pop()), 4, str(folder))
 
     iop = getattr(headers[0][1], "ImageOrientationPatient", None)
     row_cos, col_cos = (np.asarray(iop[:3], float), np.asarray(iop[3:], float)) if iop else (
@@ -228,20 +297,23 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
         return float(np.dot(normal, np.asarray(ipp, float)))
 
     headers.sort(key=lambda item: position(item[1]))
+    if iop is not None and all(getattr(ds, "ImagePositionPatient", None) is not None for _, ds in headers):
+        _check_spacing(folder, [position(ds) for _, ds in headers])
     slices = []
-    for f, _ in headers:
+    for f, head in headers:
         try:
             ds = pydicom.dcmread(str(f))
-            arr = ds.pixel_array.astype(np.float32)
+            arr = ds.pixel_array
         except Exception as err:  # noqa: BLE001 - truncated pixel data, unsupported compression
             if is_fatal(err):  # out of memory is not a property of the input
                 raise
-            raise InputError(f"unreadable DICOM pixel data in {f}: {type(err).__name__}: {err}") from err
+            syntax = getattr(getattr(head, "file_meta", None), "TransferSyntaxUID", None)
+            raise InputError(f"unreadable DICOM pixel data in {f} (transfer syntax "
+                             f"{getattr(syntax, 'name', syntax)}): {type(err).__name__}: {err}") from err
         if arr.ndim != 2:
             raise InputError(f"DICOM file {f} has pixel shape {arr.shape}; expected one 2D slice")
-        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-        intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-        slices.append(arr * slope + intercept)
+        hu = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+        slices.append(hu)
     volume = np.stack(slices, axis=0)  # [slice (along +normal), row (along col_cos), column (along row_cos)]
     # Voxel axes -> LPS directions -> RAS (negate x and y) for nibabel's orientation helpers.
     lps_to_ras = np.array([-1.0, -1.0, 1.0])
@@ -250,6 +322,55 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
     affine[:3, 1] = col_cos * lps_to_ras
     affine[:3, 2] = row_cos * lps_to_ras
     return reorient(volume, affine)
+
+
+def _check_dicom_size(headers: list, folder: Path) -> None:
+    """Refuse a series whose decoded pixels (every frame and sample, as float32) exceed the limit,
+    or whose files are not single 2D greyscale frames, from the headers alone."""
+    total = 0
+    for f, ds in headers:
+        try:
+            rows, cols = int(ds.Rows), int(ds.Columns)
+            frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+            samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+            nbytes = max(int(getattr(ds, "BitsAllocated", 16) or 16) // 8, 4)
+        except (AttributeError, TypeError, ValueError) as err:
+            raise InputError(f"DICOM file {f} has unusable image header fields: {err}") from err
+        if min(rows, cols, frames, samples) < 1:
+            raise InputError(f"DICOM file {f} has {rows}x{cols} pixels, {frames} frames, {samples} samples")
+        total += rows * cols * frames * samples * nbytes
+        if total > MAX_VOLUME_BYTES:
+            raise InputError(f"DICOM series {folder} would need over {total / 2**30:.1f} GiB decoded "
+                             f"(limit {MAX_VOLUME_BYTES / 2**30:.0f}; {f.name}: {rows}x{cols} x {frames} frames "
+                             f"x {samples} samples)")
+        if frames != 1 or samples != 1:
+            what = (f"is multi-frame ({frames} frames)" if frames > 1
+                    else f"has {samples} samples per pixel (colour)")
+            raise InputError(f"DICOM file {f} {what}; expected one 2D greyscale slice per file "
+                             "(a folder of single-frame slices)")
+
+
+#: A step between neighbouring slices larger than this times the median step is a missing slice.
+MAX_SLICE_GAP = 1.5
+
+
+def _check_spacing(folder: Path, positions: list[float]) -> None:
+    """Refuse a series with two slices at one position or a gap (a missing slice) along the normal."""
+    if len(positions) < 2:
+        return
+    pos = np.asarray(positions, dtype=float)
+    steps = np.diff(pos)
+    dup = np.flatnonzero(steps < 1e-3)
+    if len(dup):
+        raise InputError(f"DICOM series {folder} has two slices at position {pos[dup[0]]:.2f} mm along the slice normal")
+    median = float(np.median(steps))
+    gaps = np.flatnonzero(steps > MAX_SLICE_GAP * median)
+    if len(gaps):
+        k = int(gaps[0])
+        raise InputError(
+            f"DICOM series {folder} has a gap: slices at {pos[k]:.2f} and {pos[k + 1]:.2f} mm are {steps[k]:.2f} mm "
+            f"apart, the usual spacing is {median:.2f} mm (a missing slice?)"
+        )
 
 
 def read_tabular(values) -> np.ndarray:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from extractors.base import InputError, ModelUnavailableError, is_fatal
-from extractors.hf_common import LOAD_ERRORS, HubExpert, raise_unless_missing
+from extractors.hf_common import LOAD_ERRORS, HubExpert, load_state_complete, raise_unless_missing
 from extractors.inputs import read_volume
 from extractors.registry import ExpertSpec, register_expert
 
@@ -285,7 +285,7 @@ class Merlin(HubExpert):
         tower = {k[len(TOWER_PREFIX) :]: v for k, v in state.items() if k.startswith(TOWER_PREFIX)}
         if not tower:
             raise self.unavailable(ValueError(f"{path} holds no {TOWER_PREFIX}* tensors"))
-        model.load_state_dict(tower, strict=True)
+        load_state_complete(model, tower, "expert 'merlin'", str(path))
         self._model = model.to(self.device).eval()
 
     def embed_batch(self, batch: list[np.ndarray]) -> np.ndarray:

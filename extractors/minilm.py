@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from extractors.base import Extractor, InputError, resolve_device
+from extractors.hf_common import pretrained_complete
 from extractors.inputs import read_text
 from extractors.registry import ExpertSpec, register_expert
 
@@ -75,11 +76,15 @@ class MiniLM(Extractor):
                 return bundled
         return super().model_source()
 
-    def _from_pretrained(self, loader):
+    def _from_pretrained(self, loader, weights: bool = False):
+        """Tokenizer or model from ``model_source()``; a model checkpoint missing tensors is refused."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         source = self.model_source()
+        revision = None if os.path.isdir(source) else self.settings.revision
         try:
-            return loader.from_pretrained(source, revision=None if os.path.isdir(source) else self.settings.revision)
+            if weights:
+                return pretrained_complete(loader, source, f"expert {self.spec.name!r}", revision=revision)
+            return loader.from_pretrained(source, revision=revision)
         except (OSError, ValueError) as err:
             raise self.unavailable(err) from err
 
@@ -98,7 +103,7 @@ class MiniLM(Extractor):
         from transformers import AutoModel
 
         self.device = resolve_device(self.settings.device)
-        model = self._from_pretrained(AutoModel)
+        model = self._from_pretrained(AutoModel, weights=True)
         self._model = model.to(self.device).eval()
 
     # -- inputs -------------------------------------------------------------------------

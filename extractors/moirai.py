@@ -231,9 +231,16 @@ def write_worker_features(
     row = {sid: k for k, sid in enumerate(ids)}
     out = np.zeros((len(sample_ids), extractor.dim), np.float32)
     present = np.zeros(len(sample_ids), bool)
+    non_finite = []
     for i, sid in enumerate(sample_ids):
         if sid in row:
-            out[i], present[i] = emb[row[sid]], True
+            if np.isfinite(emb[row[sid]]).all():
+                out[i], present[i] = emb[row[sid]], True
+            else:
+                non_finite.append(sid)
+                log.warning("sample %s recorded as absent: non-finite embedding", sid)
     meta = {**extractor.metadata(), **(extra_metadata or {}), "input_hash": hash_inputs(sample_ids, values)}
+    if non_finite:
+        meta["failed_reasons"] = {"non-finite embedding": len(non_finite)}
     write_features(out_path, sample_ids, out, present, meta)
     return int(present.sum())

@@ -190,10 +190,17 @@ def main(argv: list[str] | None = None) -> int:
     module = load_module(args.model, args.revision, args.local_files_only)
     emb = embed_series(module, values, lengths, args.patch_size, args.max_time_steps, args.batch_size, device)
     folder = os.path.dirname(os.path.abspath(args.output))
+    # Atomic write as medmix.store.atomic does it (this script runs where medmix is not installed):
+    # temp file in the same folder -> flush/fsync -> read back -> os.replace.
     fd, tmp = tempfile.mkstemp(prefix=".moirai.", suffix=".npz", dir=folder)
-    os.close(fd)
     try:
-        np.savez(tmp, sample_ids=sample_ids, embeddings=emb)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, sample_ids=sample_ids, embeddings=emb)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with np.load(tmp, allow_pickle=False) as back:
+            if back["embeddings"].shape != emb.shape or len(back["sample_ids"]) != len(sample_ids):
+                raise OSError(f"moirai_worker: read-back check of {tmp} failed")
         os.replace(tmp, args.output)
     finally:
         if os.path.exists(tmp):

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from extractors.base import Extractor, InputError, ModelUnavailableError, resolve_device
+from extractors.hf_common import pretrained_complete
 from extractors.inputs import read_text
 from extractors.knowledge.encoders import (
     DEFAULT_LONG_QUERY,
@@ -289,7 +290,8 @@ class RagMedCPTQwen2(_RagExpert):
         source = lm.source or lm.model_id
         try:
             self._query_encoder = MedCPTEncoder(qspec, self.device, self.settings.batch_size)
-            model = AutoModel.from_pretrained(source, revision=None if lm.source else lm.revision, dtype=torch.float32)
+            model = pretrained_complete(AutoModel, source, f"expert {self.spec.name!r}: language model",
+                                        revision=None if lm.source else lm.revision, dtype=torch.float32)
         except (EncoderUnavailableError, OSError, ValueError) as err:
             raise self.unavailable(err) from err
         hidden = int(model.config.hidden_size)

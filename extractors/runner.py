@@ -10,7 +10,8 @@ Bad input never stops the job by itself and never drops a sample: an :class:`Inp
 ``prepare`` (or any other ordinary exception from it, counted as "unexpected"), a batch whose
 ``embed_batch`` fails for one sample, or non-finite embeddings make that sample absent
 (``present = false``) with the reason logged and counted in the per-expert summary line and the
-file's metadata. But if more than ``max_failed_fraction`` of the inputs present in the cohort
+file's metadata (``failed_reasons``: counts per reason category; ``failed_samples``: the reason
+of each failed sample, naming its file). But if more than ``max_failed_fraction`` of the inputs present in the cohort
 fail, the job raises :class:`ExtractionFailedError` and writes nothing: a cohort the expert
 cannot read (e.g. 48 instead of 46 series variables) must not become a modality silently
 recorded as absent. Errors that concern the machine or the whole expert are never recorded as
@@ -47,6 +48,8 @@ LOADER_BATCH = 16
 MAX_FAILED_FRACTION = 0.5
 #: Example sample ids named in an :class:`ExtractionFailedError`.
 N_EXAMPLES = 5
+#: Failed samples whose reason the feature file's metadata records (``failed_samples``).
+MAX_FAILED_LISTED = 1000
 
 
 class WorkerAbortError(RuntimeError):
@@ -298,7 +301,11 @@ def run_extraction(
         **(extra_metadata or {}),
         "input_hash": hash_inputs(sample_ids, values),
         "failed_reasons": dict(categories.most_common()),
+        # Per sample (the first MAX_FAILED_LISTED; the job log lists every one).
+        "failed_samples": dict(failed[:MAX_FAILED_LISTED]),
     }
+    if len(failed) > MAX_FAILED_LISTED:
+        meta["failed_samples_not_listed"] = len(failed) - MAX_FAILED_LISTED
     write_features(out_path, sample_ids, embeddings, present, meta)
     wall = time.perf_counter() - t0
     summary = {

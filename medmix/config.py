@@ -217,6 +217,21 @@ def expert_identity(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     }
 
 
+def with_expected_dims(identities: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``identities`` (expert name -> :func:`expert_identity`) plus the embedding width each
+    configured expert writes (``dim``), so that a cached feature file of another width is refused.
+
+    (Computed by the job, not planned as a rule param: adding it reruns nothing.)
+    """
+    from extractors.registry import create_extractor
+
+    out = {}
+    for name, ident in identities.items():
+        settings = {k: ident.get(k) for k in ("model_id", "revision", "preprocessing")}
+        out[name] = {**ident, "dim": int(create_extractor(name, settings).dim)}
+    return out
+
+
 def expert_runtime(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     """Settings that do not change the embeddings (where and how fast to run)."""
     over = cfg["experts"].get("settings", {}).get(name, {})

@@ -73,14 +73,22 @@ def assemble(
     """
     if len(set(sample_ids)) != len(sample_ids):
         raise FeatureStoreError("duplicate sample ids in the cohort")
-    experts = {
-        m: [align_block(e["path"], sample_ids, e.get("expected"), e.get("role", "general")) for e in entries]
-        for m, entries in committee.items()
-    }
+    errors: list[str] = []
+
+    def block(entry: dict[str, Any], role: str) -> ExpertBlock | None:
+        try:
+            return align_block(entry["path"], sample_ids, entry.get("expected"), role)
+        except FeatureStoreError as err:  # every bad cache is named at once
+            errors.append(str(err))
+            return None
+
+    experts = {m: [block(e, e.get("role", "general")) for e in entries] for m, entries in committee.items()}
     for m, blocks in experts.items():
         if not blocks:
             raise FeatureStoreError(f"modality {m!r} has an empty committee")
-    tblocks = {
-        m: align_block(t["path"], sample_ids, t.get("expected"), "teacher") for m, t in (teachers or {}).items()
-    }
+    tblocks = {m: block(t, "teacher") for m, t in (teachers or {}).items()}
+    if errors:
+        raise FeatureStoreError(
+            f"{len(errors)} feature file(s) cannot be used:\n" + "\n".join(f"- {e}" for e in errors)
+        )
     return FeatureBundle(list(sample_ids), experts, tblocks)

@@ -26,6 +26,10 @@ UNDECLARED_IMPORTS = {"uni2ts": "workflow/envs/moirai.yaml"}
 #: Declared, not imported by our code.
 NOT_IMPORTED = {
     "timm": "version floor of the library open_clip builds BiomedCLIP's vision tower with (extractors/biomedclip.py)",
+    "pylibjpeg": "pydicom pixel-data plugin (JPEG decoders; pydicom finds it, extractors/inputs.py)",
+    "pylibjpeg-libjpeg": "pylibjpeg plugin: JPEG lossless / baseline / extended and JPEG-LS decoding",
+    "pylibjpeg-openjpeg": "pylibjpeg plugin: JPEG 2000 decoding",
+    "pyjpegls": "pydicom JPEG-LS plugin (dev; declared with the DICOM reader work, never imported)",
     "ruff": "lint command line (README: Development)",
     "import-linter": "`lint-imports` command line (tests/test_layering.py)",
 }

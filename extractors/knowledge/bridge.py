@@ -22,7 +22,6 @@ import importlib
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from extractors.base import InputError, ModelUnavailableError, resolve_device
+from extractors.hf_common import check_remote_code_pin, load_state_complete, pretrained_complete
 from medmix.store.atomic import atomic_path
 
 log = logging.getLogger("medmix.bridge")
@@ -38,7 +38,6 @@ TIME_COLUMNS = ("time", "hour", "charttime")
 BRIDGE_META_KEY = b"medmix_bridge"
 #: The report generator used for each image-like modality kind (Appendix Table E1).
 BRIDGE_FOR_KIND = {"image": "maira2", "volume": "merlin", "slide": "histgen"}
-_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
 # ----------------------------------------------------------------------------- EHR
@@ -204,8 +203,9 @@ class Maira2Bridge(ReportBridge):
 
     The model ships its own modelling/processing code, so it needs ``trust_remote_code``. That is
     granted only to this model id, only when the config sets ``allow_remote_code: true`` for this
-    bridge, and only at a pinned 40-hex revision (default: :attr:`default_revision`; override with
-    ``rag.bridges.maira2.revision`` after reviewing its code). Inputs: ``{"frontal": path,
+    bridge, and only at an exact 40-hex commit (default: :attr:`default_revision`; override with
+    ``rag.bridges.maira2.revision`` after reviewing its code); a ``local_dir`` must be the hub
+    cache's ``snapshots/<that commit>/`` folder (:func:`~extractors.hf_common.check_remote_code_pin`). Inputs: ``{"frontal": path,
     "lateral": path | None}``; a lateral study without a frontal view is unusable (MAIRA-2
     requires the current frontal image). No indication/technique/comparison/prior is given.
     """
@@ -224,10 +224,8 @@ class Maira2Bridge(ReportBridge):
             raise ModelUnavailableError(
                 "bridge maira2: microsoft/maira-2 runs its own code (trust_remote_code); allow it explicitly with "
                 "rag.bridges.maira2.allow_remote_code: true (honoured for this model only)")
-        if not s.local_dir and not _SHA.match(str(s.revision or "")):
-            raise ModelUnavailableError(
-                "bridge maira2: remote code runs only at a pinned commit; set rag.bridges.maira2.revision to the "
-                f"40-hex commit of microsoft/maira-2 you reviewed (got {s.revision!r})")
+        # Exact 40-hex commit, for the hub and for local_dir (a .../snapshots/<commit>/ folder) alike.
+        check_remote_code_pin("bridge maira2 (rag.bridges.maira2)", s.revision, s.local_dir)
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoProcessor
@@ -236,7 +234,8 @@ class Maira2Bridge(ReportBridge):
             rev = None if s.local_dir else s.revision
             self.device = resolve_device(s.device)
             dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-            self._model = AutoModelForCausalLM.from_pretrained(src, revision=rev, trust_remote_code=True, dtype=dtype)
+            self._model = pretrained_complete(AutoModelForCausalLM, src, "bridge maira2", revision=rev,
+                                              trust_remote_code=True, dtype=dtype)
             self._processor = AutoProcessor.from_pretrained(src, revision=rev, trust_remote_code=True)
         except (OSError, ValueError, ImportError) as err:
             raise ModelUnavailableError(
@@ -316,6 +315,14 @@ class MerlinBridge(ReportBridge):
         path = str(value)
         if not path.endswith((".nii", ".nii.gz")) or not os.path.isfile(path):
             raise InputError(f"Merlin report generation needs a NIfTI volume file; got {path!r}")
+        from extractors.inputs import check_nifti_header
+
+        try:
+            check_nifti_header(path)  # Merlin's loader decodes the whole volume: bound it from the header first
+        except InputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a corrupt header is unusable input
+            raise InputError(f"unreadable NIfTI header {path}: {type(err).__name__}: {err}") from err
         cache_dir = self.settings.options.get("cache_dir") or os.path.join(os.path.dirname(path), ".merlin_cache")
         loader = self._loader_cls(datalist=[{"image": path}], cache_dir=cache_dir, batchsize=1, shuffle=False,
                                   num_workers=0)
@@ -382,7 +389,7 @@ class HistGenBridge(ReportBridge):
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - unpickling refusals come as several error types
             raise ModelUnavailableError(f"bridge histgen: cannot load {ckpt} with weights_only=True ({err})") from err
-        self._model.load_state_dict(state["state_dict"] if "state_dict" in state else state)
+        load_state_complete(self._model, state["state_dict"] if "state_dict" in state else state, "bridge histgen", ckpt)
         self.device = resolve_device(self.settings.device)
         self._model = self._model.to(self.device).eval()
 

@@ -172,13 +172,22 @@ class _ChunkedQueries:
         return l2_normalise(np.stack([c.mean(axis=0) for c in self.encode_query_chunks(list(texts))]))
 
 
-def _hf_load(loader, spec: EncoderSpec, **kwargs):
+def _hf_load(loader, spec: EncoderSpec, weights: bool = False, **kwargs):
+    """Tokenizer or model (``weights``: a checkpoint missing any tensor is refused) of ``spec``."""
+    from extractors.base import ModelUnavailableError
+    from extractors.hf_common import pretrained_complete
+
     source = spec.source or spec.model_id
     local = os.path.isdir(source)
     if local:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    revision = None if local else spec.revision
     try:
-        return loader.from_pretrained(source, revision=None if local else spec.revision, **kwargs)
+        if weights:
+            return pretrained_complete(loader, source, f"encoder {spec.model_id!r}", revision=revision, **kwargs)
+        return loader.from_pretrained(source, revision=revision, **kwargs)
+    except ModelUnavailableError as err:
+        raise EncoderUnavailableError(str(err)) from err
     except (OSError, ValueError) as err:
         raise EncoderUnavailableError(
             f"cannot load {spec.model_id!r} at revision {spec.revision!r} from {source!r} "
@@ -197,7 +206,7 @@ class MedCPTEncoder(_ChunkedQueries):
 
         self.spec, self.device, self.batch_size = spec, device, max(1, int(batch_size))
         self.tokenizer = _hf_load(AutoTokenizer, spec)
-        self.model = _hf_load(AutoModel, spec).to(device).eval()
+        self.model = _hf_load(AutoModel, spec, weights=True).to(device).eval()
         self.dim = int(self.model.config.hidden_size)
 
     def _encode(self, first: list[str], second: list[str] | None, max_length: int) -> np.ndarray:
@@ -234,6 +243,29 @@ class MedCPTEncoder(_ChunkedQueries):
         return self._encode(list(titles), list(texts), int(self.spec.max_length or 512))
 
 
+def _refuse_incomplete_sentence_transformer(model, source: str, spec: EncoderSpec) -> None:
+    """The sentence-transformers model's transformer must have every tensor in its checkpoint folder."""
+    import json
+
+    from extractors.base import ModelUnavailableError
+    from extractors.hf_common import refuse_incomplete_folder
+
+    folder = source
+    if not os.path.isdir(folder):  # a hub id: the cached snapshot sentence-transformers just read
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(source, revision=spec.revision, local_files_only=True)
+    sub = ""
+    modules = os.path.join(folder, "modules.json")
+    if os.path.isfile(modules):
+        with open(modules, encoding="utf-8") as fh:
+            sub = next((m.get("path", "") for m in json.load(fh) if str(m.get("type", "")).endswith("Transformer")), "")
+    try:
+        refuse_incomplete_folder(model[0].auto_model, os.path.join(folder, sub), f"encoder {spec.model_id!r}")
+    except ModelUnavailableError as err:
+        raise EncoderUnavailableError(str(err)) from err
+
+
 class MiniLMEncoder(_ChunkedQueries):
     """all-MiniLM-L6-v2 through sentence-transformers (mean pooling, normalised); 384 dims."""
 
@@ -248,6 +280,7 @@ class MiniLMEncoder(_ChunkedQueries):
         self.spec, self.device, self.batch_size = spec, device, max(1, int(batch_size))
         try:
             self.model = SentenceTransformer(str(source), device=device)
+            _refuse_incomplete_sentence_transformer(self.model, str(source), spec)
         except (OSError, ValueError) as err:
             raise EncoderUnavailableError(f"cannot load {spec.model_id!r} from {source!r} ({err})") from err
         if spec.max_length:

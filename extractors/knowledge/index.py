@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ from extractors.knowledge.projection import (
     save_projection,
     token_mean_embeddings,
 )
+from medmix.store.atomic import atomic_dir, write_json_atomic
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -71,18 +69,7 @@ def _sha256(path: Path) -> str:
 
 
 def _dump_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished folder ``tmp`` into place; a reader never sees a half-written index."""
-    backup = None
-    if target.exists():
-        backup = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, backup)
-    os.replace(tmp, target)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+    write_json_atomic(path, obj, sort_keys=True, indent=1, ensure_ascii=False)
 
 
 def build_index(
@@ -106,14 +93,12 @@ def build_index(
         targets = token_mean_embeddings(lm.source or lm.model_id, lm.revision, titles, texts, lm.max_tokens)
         projection = fit_ridge(emb, targets, lm.ridge_lambda)
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:  # a reader never sees a half-written index
         index = faiss.IndexFlatIP(emb.shape[1])
         index.add(emb)
         faiss.write_index(index, str(tmp / "index.faiss"))
-        np.save(tmp / "embeddings.npy", emb, allow_pickle=False)
+        with open(tmp / "embeddings.npy", "wb") as fh:
+            np.save(fh, emb, allow_pickle=False)
         _dump_json(tmp / "ids.json", {"ids": [t.id for t in topics], "titles": titles})
         if projection is not None:
             save_projection(str(tmp), projection)
@@ -130,10 +115,6 @@ def build_index(
             "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir())},
         }
         _dump_json(tmp / MANIFEST, manifest)
-        _replace_dir(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 

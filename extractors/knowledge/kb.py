@@ -20,12 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import defusedxml.ElementTree as ET
+from defusedxml import DefusedXmlException
 
 from medmix.store.atomic import atomic_path
 
@@ -84,29 +86,28 @@ def html_to_text(fragment: str | None) -> str:
 
 
 # ----------------------------------------------------------------------------- XML readers
-def _check_no_dtd(path: Path) -> None:
-    """Refuse documents declaring a DTD: entity expansion is the XML parser's only attack surface."""
-    with open(path, "rb") as fh:
-        head = fh.read(65536)
-    if b"<!DOCTYPE" in head or b"<!ENTITY" in head:
-        raise KnowledgeBaseError(f"{path}: XML with a DOCTYPE/ENTITY declaration is not accepted")
+def _xml_error(path: Path, err: Exception) -> KnowledgeBaseError:
+    """The error for a document defusedxml refuses (DTD, entities) or expat cannot parse."""
+    if isinstance(err, DefusedXmlException):
+        return KnowledgeBaseError(f"{path}: XML with a DOCTYPE/ENTITY declaration is not accepted ({err!r})")
+    return KnowledgeBaseError(f"{path}: not well-formed XML ({err})")
 
 
 def _root_tag(path: Path) -> str:
     try:
-        for _, elem in ET.iterparse(path, events=("start",)):
+        for _, elem in ET.iterparse(path, events=("start",), forbid_dtd=True):
             return elem.tag
-    except ET.ParseError as err:
-        raise KnowledgeBaseError(f"{path}: not well-formed XML ({err})") from err
+    except (ET.ParseError, DefusedXmlException) as err:
+        raise _xml_error(path, err) from err
     raise KnowledgeBaseError(f"{path}: empty XML document")
 
 
 def parse_qa_document(path: Path) -> Topic:
     """One MedQuAD-style ``<Document>`` (per-topic QA layout)."""
     try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as err:
-        raise KnowledgeBaseError(f"{path}: not well-formed XML ({err})") from err
+        root = ET.parse(path, forbid_dtd=True).getroot()
+    except (ET.ParseError, DefusedXmlException) as err:
+        raise _xml_error(path, err) from err
     doc_id = (root.get("id") or "").strip()
     title = clean_text(root.findtext("Focus"))
     answers: list[str] = []
@@ -124,7 +125,7 @@ def parse_bulk_topics(path: Path, language: str = "English") -> list[Topic]:
     """Every ``<health-topic>`` in ``language`` of NLM's bulk health-topics XML."""
     topics: list[Topic] = []
     try:
-        for _, elem in ET.iterparse(path, events=("end",)):
+        for _, elem in ET.iterparse(path, events=("end",), forbid_dtd=True):
             if elem.tag != "health-topic":
                 continue
             if language and (elem.get("language") or "English") != language:
@@ -137,15 +138,14 @@ def parse_bulk_topics(path: Path, language: str = "English") -> list[Topic]:
                 raise KnowledgeBaseError(f"{path}: health-topic {doc_id or title!r} lacks an id, a title or a full-summary")
             topics.append(Topic(doc_id, title, synonyms, (elem.get("url") or "").strip(), text))
             elem.clear()
-    except ET.ParseError as err:
-        raise KnowledgeBaseError(f"{path}: not well-formed XML ({err})") from err
+    except (ET.ParseError, DefusedXmlException) as err:
+        raise _xml_error(path, err) from err
     return topics
 
 
 def parse_xml(path: str | Path, language: str = "English") -> list[Topic]:
     """Topics of one XML file in either layout (detected from the root element)."""
     path = Path(path)
-    _check_no_dtd(path)
     tag = _root_tag(path)
     if tag == "health-topics":
         return parse_bulk_topics(path, language)

@@ -67,12 +67,14 @@ def token_mean_embeddings(
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    from extractors.hf_common import pretrained_complete
+
     local = os.path.isdir(lm_source)
     if local:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rev = None if local else revision
     tokenizer = AutoTokenizer.from_pretrained(lm_source, revision=rev)
-    model = AutoModel.from_pretrained(lm_source, revision=rev, dtype=torch.float32)
+    model = pretrained_complete(AutoModel, lm_source, "projection language model", revision=rev, dtype=torch.float32)
     table = model.get_input_embeddings().weight.detach().float()
     out = np.zeros((len(titles), table.shape[1]), np.float32)
     for i, (title, text) in enumerate(zip(titles, texts, strict=True)):
@@ -84,8 +86,12 @@ def token_mean_embeddings(
 
 
 def save_projection(folder: str, projection: Projection) -> None:
-    np.save(os.path.join(folder, "projection_weight.npy"), projection.weight, allow_pickle=False)
-    np.save(os.path.join(folder, "projection_bias.npy"), projection.bias, allow_pickle=False)
+    """The projection's two ``.npy`` files in ``folder`` (each written atomically)."""
+    from medmix.store.atomic import atomic_path
+
+    for name, arr in (("projection_weight.npy", projection.weight), ("projection_bias.npy", projection.bias)):
+        with atomic_path(os.path.join(folder, name)) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
 
 
 def load_projection(folder: str, r2: float = float("nan")) -> Projection:

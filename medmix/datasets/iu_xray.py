@@ -35,13 +35,14 @@ Split: 0.65 / 0.15 / 0.20 by patient (``split_ratios`` / ``split_seed`` override
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import defusedxml.ElementTree as ET
 import pandas as pd
+from defusedxml import DefusedXmlException
 
 from medmix.cohort import Cohort, CohortError
 from medmix.datasets.declared import IU_XRAY_SECTIONS, selected_modalities
@@ -213,11 +214,10 @@ def read_xml_reports(folder: Path, where: str) -> list[dict[str, Any]]:
 
 def parse_xml_report(path: Path, where: str) -> dict[str, Any]:
     """One ecgen-radiology report: uid, MeSH major terms, note, parentImage ids."""
-    data = path.read_bytes()
-    if b"<!ENTITY" in data:
-        raise CohortError(f"{where}: {path} declares XML entities; refusing to parse it")
     try:
-        root = ET.fromstring(data)
+        root = ET.parse(path).getroot()  # defusedxml: entity declarations and external references refused
+    except DefusedXmlException as err:  # in any encoding (the old byte check missed UTF-16)
+        raise CohortError(f"{where}: {path} declares XML entities or external references; refusing to parse it ({err!r})") from err
     except ET.ParseError as err:
         raise CohortError(f"{where}: {path} is not well-formed XML: {err}") from err
     uid_node = root.find("uId")

@@ -19,6 +19,10 @@ Config keys (``datasets.<name>`` in config.yaml; see medmix/datasets/README.md):
 
 An empty cell, or a file that does not exist, makes the modality missing for that sample. Absent
 files are recorded per modality in ``cohort.extra["absent_files"]`` and reported by the summary.
+A note file that cannot be used (empty or whitespace only, not UTF-8, larger than
+``MAX_NOTE_BYTES``, not a file) also makes the note missing for that sample; the reason, naming
+the file, is recorded in ``cohort.extra["unusable_files"]`` (``{modality: {sample_id: reason}}``),
+logged by ``prepare_dataset`` and listed by the summary.
 """
 
 from __future__ import annotations
@@ -128,6 +132,7 @@ def cohort_from_table(
 
     kinds: dict[str, str] = {}
     absent: dict[str, dict[str, str]] = {}
+    unusable: dict[str, dict[str, str]] = {}
     for mod, spec in modalities.items():
         kind = spec.get("kind")
         if kind not in KINDS:
@@ -138,15 +143,19 @@ def cohort_from_table(
             continue
         cells = table[spec["column"]].astype(str)
         if kind in PATH_KINDS or (kind == "text" and spec.get("file")):
-            values, missing_files = _path_cells(where, mod, ids, cells, root, read_text=(kind == "text"))
+            values, missing_files, bad_files = _path_cells(where, mod, ids, cells, root, read_text=(kind == "text"))
             out[INPUT_PREFIX + mod] = values
             if missing_files:
                 absent[mod] = missing_files
+            if bad_files:
+                unusable[mod] = bad_files
         else:
             out[INPUT_PREFIX + mod] = [c if c else None for c in cells]
 
     info = dict(extra or {})
     info["absent_files"] = {**info.get("absent_files", {}), **absent}
+    if unusable or info.get("unusable_files"):
+        info["unusable_files"] = {**info.get("unusable_files", {}), **unusable}
     if cfg.get("role") and "role" not in info:
         info["role"] = cfg["role"]
     cohort = Cohort(name, task, labels, kinds, out, info)
@@ -316,9 +325,14 @@ def _tabular_cells(where, mod, table, columns, rows: _RowNamer) -> list[str | No
 
 
 def _path_cells(where, mod, ids: pd.Series, cells: pd.Series, root: Path, read_text: bool):
-    """Resolve path cells inside ``root``; absent files become missing and are returned for counting."""
+    """Resolve path cells inside ``root``; absent files (and unusable note files) become missing.
+
+    Returns the cell values, ``{sample_id: path}`` of absent files and ``{sample_id: reason}`` of
+    note files that exist but cannot be used.
+    """
     values: list[str | None] = []
     absent: dict[str, str] = {}
+    unusable: dict[str, str] = {}
     for pos, (sid, cell) in enumerate(zip(ids, cells, strict=True)):
         if not cell:
             values.append(None)
@@ -328,16 +342,32 @@ def _path_cells(where, mod, ids: pd.Series, cells: pd.Series, root: Path, read_t
             absent[sid] = str(path)
             values.append(None)
         elif read_text:
-            values.append(_read_note(path, where, sid))
+            text, reason = read_note(path)
+            if reason:
+                unusable[sid] = reason
+            values.append(text)
         else:
             values.append(str(path))
-    return values, absent
+    return values, absent, unusable
 
 
-def _read_note(path: Path, where: str, sid: str) -> str | None:
+def read_note(path: Path) -> tuple[str | None, str | None]:
+    """``(text, None)`` for a usable UTF-8 note file, else ``(None, reason naming the file)``.
+
+    A UTF-8 byte-order mark is dropped; the text is stripped of surrounding whitespace.
+    """
     if not path.is_file():
-        raise CohortError(f"{where}: sample {sid!r}: note path {path} is not a file")
-    if path.stat().st_size > MAX_NOTE_BYTES:
-        raise CohortError(f"{where}: sample {sid!r}: note file {path} exceeds {MAX_NOTE_BYTES} bytes")
-    text = path.read_text(encoding="utf-8", errors="replace").strip()
-    return text or None
+        return None, f"note path {path} is not a file"
+    size = path.stat().st_size
+    if size > MAX_NOTE_BYTES:
+        return None, f"note file {path} has {size} bytes, more than the limit of {MAX_NOTE_BYTES} (MAX_NOTE_BYTES)"
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        return None, (f"note file {path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+                      "save it as UTF-8")
+    text = text.strip()
+    if not text:
+        return None, f"empty text: note file {path} is " + ("empty (0 bytes)" if not raw else "whitespace only")
+    return text, None

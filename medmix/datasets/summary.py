@@ -1,4 +1,4 @@
-"""Per-dataset summary: split sizes, label prevalence, modality availability and absent files.
+"""Per-dataset summary: split sizes, label prevalence, modality availability, absent and unusable files.
 
 ``write_summary(cohort, json_path, md_path)`` writes the same content as JSON (for programs) and
 Markdown (for people), both atomically.
@@ -77,7 +77,11 @@ def summarize(cohort: Cohort) -> dict[str, Any]:
             m: {"count": len(files), "files": [{"sample_id": s, "path": p} for s, p in files.items()]}
             for m, files in absent.items()
         },
-        "notes": {k: v for k, v in cohort.extra.items() if k != "absent_files"},
+        "unusable_files": {
+            m: {"count": len(files), "files": [{"sample_id": s, "reason": r} for s, r in files.items()]}
+            for m, files in (cohort.extra.get("unusable_files") or {}).items() if files
+        },
+        "notes": {k: v for k, v in cohort.extra.items() if k not in ("absent_files", "unusable_files")},
     }
 
 
@@ -110,13 +114,19 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     for pattern in s["availability_patterns"]["all"]:
         lines.append(f"| {pattern} | " + " | ".join(str(s["availability_patterns"][g].get(pattern, 0)) for g in GROUPS)
                      + " |")
-    lines += ["", "## Absent files", ""]
+    lines += ["", "## Absent and unusable files", ""]
     if not s["absent_files"]:
         lines.append("No referenced file is absent.")
     for mod, info in s["absent_files"].items():
         lines.append(f"- **{mod}**: {info['count']} referenced file(s) do not exist (counted as missing).")
         for item in info["files"][:MD_LISTED_FILES]:
             lines.append(f"  - `{item['sample_id']}`: `{item['path']}`")
+        if info["count"] > MD_LISTED_FILES:
+            lines.append(f"  - ... and {info['count'] - MD_LISTED_FILES} more (all listed in the JSON summary)")
+    for mod, info in (s.get("unusable_files") or {}).items():
+        lines.append(f"- **{mod}**: {info['count']} file(s) exist but cannot be used (counted as missing).")
+        for item in info["files"][:MD_LISTED_FILES]:
+            lines.append(f"  - `{item['sample_id']}`: {item['reason']}")
         if info["count"] > MD_LISTED_FILES:
             lines.append(f"  - ... and {info['count'] - MD_LISTED_FILES} more (all listed in the JSON summary)")
     notes = s.get("notes") or {}

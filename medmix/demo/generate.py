@@ -18,13 +18,12 @@ Everything is a deterministic function of the seed. Files are written under ``ou
 from __future__ import annotations
 
 import csv
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from medmix.demo.ehr_variables import EHR_VARIABLES
+from medmix.store.atomic import atomic_dir
 
 IMG = 64
 CXR_LABELS = ("effusion", "opacity", "interstitial", "cardiomegaly")
@@ -200,92 +199,87 @@ def generate_cohort(out_dir: str | Path, kind: str, n_patients: int, seed: int, 
     from PIL import Image
 
     final = Path(out_dir)
-    # Build in a sibling temp folder and rename at the end: an interrupted run leaves no half cohort.
-    out = final.parent / f".{final.name}.tmp"
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "images").mkdir(parents=True)
-    if kind == "icu":
-        (out / "ehr").mkdir()
-        (out / "ct").mkdir()
-    rng = np.random.default_rng(seed)
-    splits = _assign_splits(n_patients, rng, external=shift)
-    offset, noise, miss = (18.0, 12.0, 0.1) if shift else (0.0, 8.0, 0.0)
-    label_names = CXR_LABELS if kind == "cxr" else ICU_LABELS
-    modalities = ("frontal", "lateral", "note") if kind == "cxr" else ("frontal", "note", "ehr", "ct")
-    carrier_p = (0.4, 0.2, 0.4) if kind == "cxr" else (0.25, 0.25, 0.3, 0.2)
-    rows = []
-    for p in range(n_patients):
-        pid = f"P{p:05d}"
-        frailty = rng.normal(0.3 if shift else 0.0, 1.0)
-        n_studies = 1 + int(rng.random() < (0.4 if kind == "cxr" else 0.15))
-        for s in range(n_studies):
-            sid = f"{pid}_S{s}"
-            if kind == "cxr":
-                base = {"effusion": -1.2, "opacity": -1.0, "interstitial": -1.6, "cardiomegaly": -1.3}
-                labels = {k: int(rng.random() < _sigmoid(b + 0.8 * frailty)) for k, b in base.items()}
-            else:
-                z, wlat, r = frailty + rng.normal(0, 0.5), rng.normal(0, 1), rng.normal(0, 1)
-                labels = {"mortality": int(rng.random() < _sigmoid(1.8 * z - 2.0)),
-                          "long_stay": int(rng.random() < _sigmoid(1.5 * wlat + 0.4 * z - 0.8)),
-                          "readmission": int(rng.random() < _sigmoid(1.2 * r + 0.3 * frailty - 1.4))}
-            carrier = modalities[rng.choice(len(modalities), p=carrier_p)]
-            evidence = {mod: _evidence(rng, labels, mod == carrier) for mod in modalities}
-
-            def ev_for(mod, evidence=evidence):
-                return evidence[mod]
-
-            sick = sum(labels.values()) > 0
-            row = {"sample_id": sid, "patient_id": pid, "split": splits[p], **labels}
-            # (c) missing not at random.
-            if kind == "cxr":
-                present = {"frontal": rng.random() > 0.05,
-                           "lateral": rng.random() > 0.1 + 0.45 * labels["effusion"] + 0.15 * labels["opacity"],
-                           "note": rng.random() > 0.05 + (0.25 if not sick else 0.0)}
-            else:
-                present = {"frontal": rng.random() > 0.2 + 0.2 * labels["long_stay"],
-                           "note": rng.random() > 0.1 + miss,
-                           "ehr": rng.random() > 0.08 + miss,
-                           "ct": rng.random() < 0.25 + 0.5 * _sigmoid(2 * frailty) - miss}
-            for view in ("frontal", "lateral"):
-                if view in modalities:
-                    rel = f"images/{sid}_{view}.png"
-                    if present[view]:
-                        ev = ev_for(view)
-                        if kind == "icu":  # severity -> diffuse opacity, long stay -> texture
-                            ev = {"opacity": ev["mortality"], "interstitial": ev["long_stay"],
-                                  "effusion": 0.0, "cardiomegaly": 0.0}
-                        Image.fromarray(render_cxr(rng, ev, view, offset, noise), mode="L").save(out / rel)
-                    row[view] = rel if present[view] else ""
-            row["note"] = write_note(rng, ev_for("note"), labels, kind) if present["note"] else ""
-            if kind == "icu":
-                if present["ehr"]:
-                    series = make_ehr(rng, ev_for("ehr"), miss)
-                    rel = f"ehr/{sid}.csv"
-                    with open(out / rel, "w", newline="") as fh:
-                        wr = csv.writer(fh)
-                        wr.writerow(["hour", *EHR_VARIABLES])
-                        for t in range(series.shape[0]):
-                            wr.writerow([t, *("" if np.isnan(v) else f"{v:.4g}" for v in series[t])])
-                    row["ehr"] = rel
+    # Built in a sibling temp folder and swapped in at the end: an interrupted run leaves no half cohort.
+    with atomic_dir(final) as out:
+        (out / "images").mkdir(parents=True)
+        if kind == "icu":
+            (out / "ehr").mkdir()
+            (out / "ct").mkdir()
+        rng = np.random.default_rng(seed)
+        splits = _assign_splits(n_patients, rng, external=shift)
+        offset, noise, miss = (18.0, 12.0, 0.1) if shift else (0.0, 8.0, 0.0)
+        label_names = CXR_LABELS if kind == "cxr" else ICU_LABELS
+        modalities = ("frontal", "lateral", "note") if kind == "cxr" else ("frontal", "note", "ehr", "ct")
+        carrier_p = (0.4, 0.2, 0.4) if kind == "cxr" else (0.25, 0.25, 0.3, 0.2)
+        rows = []
+        for p in range(n_patients):
+            pid = f"P{p:05d}"
+            frailty = rng.normal(0.3 if shift else 0.0, 1.0)
+            n_studies = 1 + int(rng.random() < (0.4 if kind == "cxr" else 0.15))
+            for s in range(n_studies):
+                sid = f"{pid}_S{s}"
+                if kind == "cxr":
+                    base = {"effusion": -1.2, "opacity": -1.0, "interstitial": -1.6, "cardiomegaly": -1.3}
+                    labels = {k: int(rng.random() < _sigmoid(b + 0.8 * frailty)) for k, b in base.items()}
                 else:
-                    row["ehr"] = ""
-                if present["ct"]:
-                    rel = f"ct/{sid}.nii.gz"
-                    affine = np.diag([3.0, 3.0, 3.0, 1.0])
-                    nib.save(nib.Nifti1Image(make_ct(rng, ev_for("ct"), offset), affine), str(out / rel))
-                    row["ct"] = rel
+                    z, wlat, r = frailty + rng.normal(0, 0.5), rng.normal(0, 1), rng.normal(0, 1)
+                    labels = {"mortality": int(rng.random() < _sigmoid(1.8 * z - 2.0)),
+                              "long_stay": int(rng.random() < _sigmoid(1.5 * wlat + 0.4 * z - 0.8)),
+                              "readmission": int(rng.random() < _sigmoid(1.2 * r + 0.3 * frailty - 1.4))}
+                carrier = modalities[rng.choice(len(modalities), p=carrier_p)]
+                evidence = {mod: _evidence(rng, labels, mod == carrier) for mod in modalities}
+
+                def ev_for(mod, evidence=evidence):
+                    return evidence[mod]
+
+                sick = sum(labels.values()) > 0
+                row = {"sample_id": sid, "patient_id": pid, "split": splits[p], **labels}
+                # (c) missing not at random.
+                if kind == "cxr":
+                    present = {"frontal": rng.random() > 0.05,
+                               "lateral": rng.random() > 0.1 + 0.45 * labels["effusion"] + 0.15 * labels["opacity"],
+                               "note": rng.random() > 0.05 + (0.25 if not sick else 0.0)}
                 else:
-                    row["ct"] = ""
-            rows.append(row)
-    manifest = out / "manifest.csv"
-    columns = ["sample_id", "patient_id", "split", *label_names, *modalities]
-    with open(manifest, "w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=columns)
-        wr.writeheader()
-        for row in rows:
-            wr.writerow({k: row.get(k, "") for k in columns})
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(out, final)
+                    present = {"frontal": rng.random() > 0.2 + 0.2 * labels["long_stay"],
+                               "note": rng.random() > 0.1 + miss,
+                               "ehr": rng.random() > 0.08 + miss,
+                               "ct": rng.random() < 0.25 + 0.5 * _sigmoid(2 * frailty) - miss}
+                for view in ("frontal", "lateral"):
+                    if view in modalities:
+                        rel = f"images/{sid}_{view}.png"
+                        if present[view]:
+                            ev = ev_for(view)
+                            if kind == "icu":  # severity -> diffuse opacity, long stay -> texture
+                                ev = {"opacity": ev["mortality"], "interstitial": ev["long_stay"],
+                                      "effusion": 0.0, "cardiomegaly": 0.0}
+                            Image.fromarray(render_cxr(rng, ev, view, offset, noise), mode="L").save(out / rel)
+                        row[view] = rel if present[view] else ""
+                row["note"] = write_note(rng, ev_for("note"), labels, kind) if present["note"] else ""
+                if kind == "icu":
+                    if present["ehr"]:
+                        series = make_ehr(rng, ev_for("ehr"), miss)
+                        rel = f"ehr/{sid}.csv"
+                        with open(out / rel, "w", newline="") as fh:
+                            wr = csv.writer(fh)
+                            wr.writerow(["hour", *EHR_VARIABLES])
+                            for t in range(series.shape[0]):
+                                wr.writerow([t, *("" if np.isnan(v) else f"{v:.4g}" for v in series[t])])
+                        row["ehr"] = rel
+                    else:
+                        row["ehr"] = ""
+                    if present["ct"]:
+                        rel = f"ct/{sid}.nii.gz"
+                        affine = np.diag([3.0, 3.0, 3.0, 1.0])
+                        nib.save(nib.Nifti1Image(make_ct(rng, ev_for("ct"), offset), affine), str(out / rel))
+                        row["ct"] = rel
+                    else:
+                        row["ct"] = ""
+                rows.append(row)
+        manifest = out / "manifest.csv"
+        columns = ["sample_id", "patient_id", "split", *label_names, *modalities]
+        with open(manifest, "w", newline="") as fh:
+            wr = csv.DictWriter(fh, fieldnames=columns)
+            wr.writeheader()
+            for row in rows:
+                wr.writerow({k: row.get(k, "") for k in columns})
     return final / manifest.name

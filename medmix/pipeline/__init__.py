@@ -7,6 +7,10 @@ import sys
 
 #: Loggers of this project: INFO and above reach the job log.
 OWN_LOGGERS = ("medmix", "extractors")
+#: Errors about the user's data or config: their message says what is wrong and where, so stderr
+#: shows the message alone (the log file keeps the traceback). Named, not imported: this module
+#: must not import stage 1.
+USER_ERRORS = ("CohortError", "ConfigError", "FeatureStoreError", "ExtractionFailedError", "InputError")
 
 
 def setup_logging(path: str | None) -> None:
@@ -15,14 +19,33 @@ def setup_logging(path: str | None) -> None:
     Third-party INFO messages (e.g. faiss's loader trying AVX512 builds and printing
     ``ModuleNotFoundError(... swigfaiss_avx512)``) are noise that reads like a failure, so the root
     logger is at WARNING and only :data:`OWN_LOGGERS` log at INFO.
+
+    An uncaught error of the job is logged as one ``ERROR`` line (``<type>: <message>``) to both,
+    followed by its traceback in the log file; stderr gets the traceback too unless the error is
+    one of :data:`USER_ERRORS`.
     """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    file_handler = None
     if path:
-        handlers.append(logging.FileHandler(path, mode="w"))
+        file_handler = logging.FileHandler(path, mode="w")
+        handlers.append(file_handler)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
+
+    def excepthook(kind, err, tb) -> None:
+        import traceback
+
+        text = "".join(traceback.format_exception(kind, err, tb))
+        logging.getLogger("medmix").error("job failed: %s: %s", kind.__name__, err)
+        if file_handler is not None:
+            file_handler.stream.write(text)
+            file_handler.flush()
+        if kind.__name__ not in USER_ERRORS:
+            sys.stderr.write(text)
+
+    sys.excepthook = excepthook
 
 
 def set_threads(n: int) -> None:

@@ -1,7 +1,9 @@
 """The Parquet feature store: one file per (dataset, modality, expert).
 
 Schema: ``sample_id`` (string), ``present`` (bool), ``embedding`` (fixed-size list of float32,
-null where ``present`` is false). The file's key-value metadata (key ``medmix``) records the
+null where ``present`` is false). Embeddings of present samples are finite: the writer refuses
+NaN/inf (the extraction job records such a sample as absent with the reason "non-finite
+embedding" instead) and the reader refuses a file holding any, never repairing them. The file's key-value metadata (key ``medmix``) records the
 extractor, model id, revision, dim, preprocessing, package version and a hash of the inputs.
 """
 
@@ -70,9 +72,8 @@ def write_features(
         )
     if len(set(sample_ids)) != n:
         raise FeatureStoreError(f"{path}: duplicate sample ids {_duplicates(sample_ids)[:5]}")
-    if present.any() and not np.isfinite(embeddings[present]).all():
-        bad = [sample_ids[i] for i in np.flatnonzero(present & ~np.isfinite(embeddings).all(1))[:5]]
-        raise FeatureStoreError(f"{path}: non-finite embeddings for present samples {bad}")
+    _check_finite(path, sample_ids, embeddings, present)
+    embeddings = np.where(present[:, None], embeddings, np.float32(0.0))  # absent slots hold zeros, not NaN
     dim = embeddings.shape[1]
     meta = {**metadata, "dim": int(dim), "package_version": __version__, "n": n, "n_present": int(present.sum())}
     flat = pa.array(embeddings.reshape(-1), type=pa.float32())
@@ -118,11 +119,20 @@ def read_features(path: str | Path) -> FeatureFile:
     if len(ids):
         # Null list entries still occupy slots in the child array of a fixed-size list.
         child = col.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        emb[:] = np.nan_to_num(child.reshape(len(ids), dim))
+        emb[:] = child.reshape(len(ids), dim)
         emb[~present] = 0.0
+        _check_finite(path, ids, emb, present)
     if len(set(ids)) != len(ids):
         raise FeatureStoreError(f"{path}: duplicate sample ids {_duplicates(ids)[:5]}")
     return FeatureFile(ids, present, emb, meta)
+
+
+def _check_finite(path: str | Path, sample_ids: list[str], embeddings: np.ndarray, present: np.ndarray) -> None:
+    """Refuse NaN/inf in the embedding of any present sample, naming the file and samples."""
+    bad = np.flatnonzero(present & ~np.isfinite(embeddings).all(1))
+    if len(bad):
+        raise FeatureStoreError(f"{path}: non-finite embeddings for {len(bad)} present sample(s) "
+                                f"{[sample_ids[i] for i in bad[:5]]}; the file is refused, not repaired")
 
 
 def check_identity(path: str | Path, meta: dict[str, Any], expected: dict[str, Any]) -> None:

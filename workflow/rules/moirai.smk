@@ -52,9 +52,10 @@ rule moirai_embed:
         mem_mb=rule_resources("moirai_embed", mem_mb=8000)["mem_mb"],
     conda:
         "../envs/moirai.yaml"
+    # Every value is shell-quoted (:q); params.identity is already a shlex-quoted argument string.
     shell:
-        "python {input.worker} --input {input.series} --output {output.embeddings} {params.identity}"
-        " --batch-size {resources.batch_size} --device {resources.device} > {log} 2>&1"
+        "python {input.worker:q} --input {input.series:q} --output {output.embeddings:q} {params.identity}"
+        " --batch-size {resources.batch_size:q} --device {resources.device:q} > {log:q} 2>&1"
 
 
 rule moirai_features:

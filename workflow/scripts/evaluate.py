@@ -2,6 +2,7 @@
 
 import json
 
+from medmix.config import with_expected_dims
 from medmix.pipeline import set_threads, setup_logging
 from medmix.pipeline.fit import evaluate_job
 
@@ -16,7 +17,7 @@ evaluate_job(
     cohort_path=sm.input.cohort,
     committee=json.loads(sm.params.committee),
     features=dict(zip(json.loads(sm.params.feature_keys), sm.input.features, strict=True)),
-    identities=json.loads(sm.params.identities),
+    identities=with_expected_dims(json.loads(sm.params.identities)),
     test_protocols=json.loads(sm.params.test_protocols),
     out_predictions=sm.output.predictions,
 )

@@ -2,6 +2,7 @@
 
 import json
 
+from medmix.config import with_expected_dims
 from medmix.pipeline import set_threads, setup_logging
 from medmix.pipeline.fit import fit_job
 from medmix.protocols import Protocol
@@ -15,7 +16,7 @@ fit_job(
     cohort_path=sm.input.cohort,
     committee=json.loads(sm.params.committee),
     features=dict(zip(json.loads(sm.params.feature_keys), sm.input.features, strict=True)),
-    identities=json.loads(sm.params.identities),
+    identities=with_expected_dims(json.loads(sm.params.identities)),
     params=json.loads(sm.params.training),
     seeds=json.loads(sm.params.seeds),
     train_protocol=Protocol(sm.wildcards.protocol, train_spec.pop("kind"), train_spec),

@@ -19,5 +19,10 @@ log = logging.getLogger("medmix.datasets")
 log.info("dataset %s: %d samples", cohort.name, len(cohort.frame))
 for modality, info in summary["absent_files"].items():
     log.warning("dataset %s: %d %s file(s) absent (counted as missing)", cohort.name, info["count"], modality)
+for modality, info in summary["unusable_files"].items():
+    log.warning("dataset %s: %d %s file(s) unusable (counted as missing)", cohort.name, info["count"], modality)
+    for item in info["files"]:
+        log.warning("dataset %s: modality %s, sample %s recorded as missing: %s", cohort.name, modality,
+                    item["sample_id"], item["reason"])
 for warning in cohort.extra.get("warnings", []):
     log.warning("dataset %s: %s", cohort.name, warning)
