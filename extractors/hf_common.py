@@ -144,14 +144,8 @@ def raise_unless_missing(err: Exception) -> None:
 
 
 def dtype_kwargs(dtype: Any) -> dict[str, Any]:
-    """``from_pretrained`` keyword for a weight dtype (``dtype`` since transformers 4.56, else ``torch_dtype``)."""
-    if dtype is None:
-        return {}
-    import transformers
-    from packaging.version import Version
-
-    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-    return {key: dtype}
+    """``from_pretrained`` keyword for a weight dtype (``dtype``: transformers >= 4.56, the declared minimum)."""
+    return {} if dtype is None else {"dtype": dtype}
 
 
 class HubExpert(Extractor):

@@ -43,7 +43,11 @@ def _format_path(parts) -> str:
 
 
 def validate_schema(cfg: dict[str, Any]) -> dict[str, Any]:
-    """JSON-schema validation that fills in defaults (in place) and names the offending key."""
+    """JSON-schema validation that fills in defaults (in place) and names the offending key.
+
+    Every block of the schema is closed: an unknown key (a typo) is an error that names the key,
+    where it is, and the closest valid key there.
+    """
     import jsonschema
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
@@ -56,12 +60,66 @@ def validate_schema(cfg: dict[str, Any]) -> dict[str, Any]:
                     instance[prop] = copy.deepcopy(sub["default"])
         yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
 
-    validator_cls = jsonschema.validators.extend(base, {"properties": set_defaults})
-    errors = sorted(validator_cls(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"config key `{_format_path(e.absolute_path)}`: {e.message}" for e in errors[:10]]
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    validator = jsonschema.validators.extend(base, {"properties": set_defaults})(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
+    # Sorted by key, so that e.g. a wrong `adapter` comes before the keys that adapter does not know.
+    lines = sorted(line for e in errors for line in _explain(validator, schema, e))
+    if lines:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines[:10]))
     return cfg
+
+
+def _explain(validator, root: dict[str, Any], error) -> list[str]:
+    """Lines for one schema error: an unknown key with the closest valid one, else the key and message."""
+    where = _format_path(error.absolute_path)
+    if error.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(error.instance, dict):
+        allowed = _allowed_keys(validator, root, error.schema, error.instance)
+        unknown = [k for k in error.instance if k not in allowed]
+        return [_unknown_key(_format_path([*error.absolute_path, k]), k, allowed) for k in unknown]
+    if "propertyNames" in error.schema_path and error.validator == "enum":  # a key outside a fixed set
+        return [_unknown_key(_format_path([*error.absolute_path, error.instance]), error.instance,
+                             [str(v) for v in error.validator_value])]
+    if error.validator == "enum" and isinstance(error.instance, str):
+        hint = _closest(error.instance, [str(v) for v in error.validator_value])
+        return [f"config key `{where}`: {error.message}" + (f"; did you mean {hint!r}?" if hint else "")]
+    return [f"config key `{where}`: {error.message}"]
+
+
+def _unknown_key(where: str, key: str, allowed) -> str:
+    hint = _closest(key, allowed)
+    valid = ", ".join(sorted(allowed)) or "none"
+    return f"config key `{where}`: unknown key {key!r}" + (f"; did you mean {hint!r}?" if hint else "") + \
+        f" (valid keys here: {valid})"
+
+
+def _did_you_mean(word: str, options) -> str:
+    hint = _closest(word, options)
+    return f" (did you mean {hint!r}?)" if hint else ""
+
+
+def _closest(word: str, options) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _allowed_keys(validator, root: dict[str, Any], schema: dict[str, Any], instance: dict[str, Any]) -> set[str]:
+    """Keys the (sub)schema accepts for ``instance``: its properties, those of its local ``$ref``
+    (``#/...``), its ``allOf`` parts and the ``then``/``else`` branch that applies."""
+    if "$ref" in schema:
+        target: Any = root
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    keys = set(schema.get("properties", {}))
+    for part in schema.get("allOf", []):
+        keys |= _allowed_keys(validator, root, part, instance)
+    if "if" in schema:
+        branch = "then" if validator.evolve(schema=schema["if"]).is_valid(instance) else "else"
+        if branch in schema:
+            keys |= _allowed_keys(validator, root, schema[branch], instance)
+    return keys
 
 
 def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +147,8 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     known = set(list_experts())
     for name in cfg["experts"].get("settings", {}):
         if name not in known:
-            raise ConfigError(f"config key `experts.settings.{name}`: unknown expert; known experts: {', '.join(sorted(known))}")
+            raise ConfigError(f"config key `experts.settings.{name}`: unknown expert{_did_you_mean(name, known)}; "
+                              f"known experts: {', '.join(sorted(known))}")
     for ds_name, ds in cfg["datasets"].items():
         ratios = ds.get("split_ratios")
         if ds.get("role") != "external" and ratios and min(ratios[:2]) <= 0:
@@ -120,11 +179,16 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
                     )
             if len({m.name for m in members}) != len(members):
                 raise ConfigError(f"config key `{key}`: an expert appears twice in the committee")
-    for m in cfg.get("methods", []):
-        from medmix.methods import known_methods
+    from medmix.methods import known_methods
 
+    for m in cfg.get("methods", []):
         if m not in known_methods():
-            raise ConfigError(f"config key `methods`: unknown method {m!r}; known: {known_methods()}")
+            raise ConfigError(f"config key `methods`: unknown method {m!r}{_did_you_mean(m, known_methods())}; "
+                              f"known: {known_methods()}")
+    for m in cfg.get("method_params", {}):
+        if m not in known_methods():
+            raise ConfigError(f"config key `method_params.{m}`: unknown method{_did_you_mean(m, known_methods())}; "
+                              f"known: {known_methods()}")
     return cfg
 
 

@@ -1,15 +1,26 @@
+"""Session setup: a hermetic environment (see tests/hermetic.py) and the shared data fixtures."""
+
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from hermetic import blocked_connections, fail_if_blocked, guard_network, isolate_environment
+
+# Before any test module imports transformers / huggingface_hub / torch: they read these at import.
+SESSION_DIR = isolate_environment()
+guard_network()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+@pytest.fixture(autouse=True)
+def no_network():
+    """Fail a test that tried to connect beyond this machine, even if a library swallowed the error."""
+    blocked_connections.clear()
+    yield
+    fail_if_blocked()
 
 
 @pytest.fixture(scope="session")

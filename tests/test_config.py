@@ -78,3 +78,106 @@ def test_paper_profile_is_one_setting_away(cfg):
     assert teacher == "chronos_large"
     roles = {m.role for d, ds in cfg["datasets"].items() for mod in ds["modalities"] for m in committee(cfg, d, mod)[0]}
     assert roles == {"biomed", "general", "rag"}
+
+
+# --------------------------------------------------------------------------- unknown keys (typos)
+IU = {"adapter": "iu_xray", "task": "multilabel", "reports_csv": "r.csv", "projections_csv": "p.csv"}
+MIMIC = {"adapter": "mimic_iv_mm", "task": "multitask", "root": "data/mimic"}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "where", "hint"),
+    [
+        (lambda c: c["datasets"]["demo_openi"].__setitem__("split_colum", "split"), "datasets.demo_openi.split_colum",
+         "split_column"),
+        (lambda c: c["datasets"]["demo_openi"]["modalities"]["note"].__setitem__("colum", "note"),
+         "datasets.demo_openi.modalities.note.colum", "column"),
+        (lambda c: c["datasets"].__setitem__("iu", {**IU, "note_section": "separate"}), "datasets.iu.note_section",
+         "note_sections"),
+        (lambda c: c["datasets"].__setitem__("iu", {**IU, "modalities": {"frontal": {"kind": "image", "colum": "x"}}}),
+         "datasets.iu.modalities.frontal.colum", "column"),
+        (lambda c: c["datasets"].__setitem__("m", {**MIMIC, "ehr_variable": ["hr"]}), "datasets.m.ehr_variable",
+         "ehr_variables"),
+        (lambda c: c["training"].__setitem__("warmup_epoch", 3), "training.warmup_epoch", "warmup_epochs"),
+        (lambda c: c["experts"]["settings"].__setitem__("minilm_l6", {"batchsize": 4}),
+         "experts.settings.minilm_l6.batchsize", "batch_size"),
+        (lambda c: c["experts"]["profiles"]["demo"].__setitem__("imag", {"committee": []}),
+         "experts.profiles.demo.imag", "image"),
+        (lambda c: c["experts"]["profiles"]["demo"]["text"].__setitem__("teachr", None),
+         "experts.profiles.demo.text.teachr", "teacher"),
+        (lambda c: c["protocols"]["test"]["random_drop_30"].__setitem__("modalty", "note"),
+         "protocols.test.random_drop_30.modalty", "modality"),
+        (lambda c: c["demo"]["cohorts"]["demo_openi"].__setitem__("n_patient", 30), "demo.cohorts.demo_openi.n_patient",
+         "n_patients"),
+        (lambda c: c.__setitem__("extraction", {"max_failed_fraktion": 0.2}), "extraction.max_failed_fraktion",
+         "max_failed_fraction"),
+        (lambda c: c["rag"].__setitem__("knowledgebase", "demo"), "rag.knowledgebase", "knowledge_base"),
+        (lambda c: c.__setitem__("method", ["medmix"]), "method", "methods"),
+    ],
+)
+def test_unknown_key_names_where_it_is_and_the_closest_valid_key(cfg, mutate, where, hint):
+    mutate(cfg)
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert f"`{where}`: unknown key" in str(err.value)
+    assert f"did you mean {hint!r}?" in str(err.value)
+
+
+def test_adapter_specific_keys_belong_to_their_adapter(cfg):
+    cfg["datasets"]["demo_openi"]["reports_csv"] = "r.csv"  # an iu_xray key on a demo (manifest) dataset
+    with pytest.raises(ConfigError, match="`datasets.demo_openi.reports_csv`: unknown key"):
+        validate_config(cfg)
+
+
+def test_modality_keys_follow_the_kind(cfg):
+    mods = cfg["datasets"]["demo_mimic"]["modalities"]
+    mods["ehr"].update({"categorical": ["gcs"], "infer_categorical": True, "variables": ["hr", "gcs"]})
+    validate_config(copy.deepcopy(cfg))
+    mods["frontal"]["columns"] = ["a"]  # only tabular modalities list columns
+    with pytest.raises(ConfigError, match="`datasets.demo_mimic.modalities.frontal.columns`: unknown key"):
+        validate_config(cfg)
+
+
+def test_unknown_method_in_method_params_suggests_the_closest(cfg):
+    cfg["method_params"] = {"medmx": {"dropout": 0.2}}
+    with pytest.raises(ConfigError, match=r"`method_params.medmx`: unknown method \(did you mean 'medmix'\?\)"):
+        validate_config(cfg)
+
+
+def test_every_key_an_adapter_reads_is_declared_for_it():
+    """The schema's per-adapter keys (definitions.adapter_*) cover what each adapter module reads from its config."""
+    import ast
+
+    import jsonschema
+
+    from medmix.datasets import ADAPTERS
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    from medmix.config import _allowed_keys
+
+    for adapter, target in ADAPTERS.items():
+        source = REPO / (target.split(":")[0].replace(".", "/") + ".py")
+        read = set()
+        for node in ast.walk(ast.parse(source.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "cfg" and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                read.add(node.args[0].value)
+            elif (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "cfg"
+                  and isinstance(node.slice, ast.Constant)):
+                read.add(node.slice.value)
+        allowed = _allowed_keys(validator, schema, {"$ref": "#/definitions/dataset"}, {"adapter": adapter})
+        assert read and read <= allowed, f"{adapter} ({source.name}) reads undeclared keys {sorted(read - allowed)}"
+
+
+def test_snakemake_refuses_a_config_typo(tmp_path):
+    from test_workflow import snakemake, tiny_config
+
+    cfg = tiny_config()
+    cfg["datasets"]["demo_openi"]["split_colum"] = "split"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "all", check=False)
+    assert proc.returncode != 0
+    assert "`datasets.demo_openi.split_colum`: unknown key 'split_colum'; did you mean 'split_column'?" in (
+        proc.stdout + proc.stderr)

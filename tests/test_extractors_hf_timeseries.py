@@ -3,9 +3,11 @@
 Chronos runs end to end (tiny ``T5ForConditionalGeneration`` with Chronos's real tokenizer config,
 loaded by ``ChronosPipeline``). MOIRAI runs end to end too: uni2ts pins torch<2.5 and cannot be
 installed in the main environment, so the ``moirai_env`` fixture installs uni2ts 2.0.0 and the few
-packages its encoder imports (``--no-deps``, into the pytest cache) as the worker's separate
-environment, and the real ``extractors/moirai_worker.py`` runs there as a subprocess, exactly as the
-``moirai_embed`` rule runs it in ``workflow/envs/moirai.yaml`` (but beside this environment's torch).
+packages its encoder imports (``moirai_test_requirements.txt``, ``--no-deps``, offline from a
+wheelhouse that CI builds before the tests, into the pytest cache) as the worker's separate
+environment, and the real ``extractors/moirai_worker.py`` runs there as a subprocess, exactly as
+the ``moirai_embed`` rule runs it in ``workflow/envs/moirai.yaml`` (but beside this environment's
+torch). Without the wheelhouse those tests skip, saying how to build it.
 """
 
 from __future__ import annotations
@@ -101,18 +103,10 @@ def test_chronos_large_width_and_missing_model(tmp_path: Path) -> None:
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "extractors" / "moirai_worker.py"
 ENV_TOOLS = Path(__file__).with_name("moirai_env_tools.py")
-# uni2ts itself plus what its encoder imports (hydra for the config's distribution, jaxtyping for
-# annotations, jax for jaxtyping's PyTree), pinned, installed without dependencies so that the
-# main environment's torch and numpy are used. uni2ts's other dependencies (lightning, gluonts,
-# datasets) are only needed by its forecasting/training wrappers, which the worker never uses.
-MOIRAI_TEST_PACKAGES = (
-    "uni2ts==2.0.0", "hydra-core==1.3.2", "omegaconf==2.3.0", "antlr4-python3-runtime==4.9.3",
-    "jaxtyping==0.2.36", "opt_einsum==3.4.0",
-    "jax==0.10.2; python_version >= '3.11'", "jaxlib==0.10.2; python_version >= '3.11'",
-    "ml_dtypes==0.6.0; python_version >= '3.11'",
-    "jax==0.6.2; python_version < '3.11'", "jaxlib==0.6.2; python_version < '3.11'",  # last for Python 3.10
-    "ml_dtypes==0.5.1; python_version < '3.11'",
-)
+#: uni2ts and the few packages its encoder imports, pinned (installed --no-deps beside this torch/numpy).
+MOIRAI_REQUIREMENTS = Path(__file__).with_name("moirai_test_requirements.txt")
+#: Where the wheels of MOIRAI_REQUIREMENTS lie (CI builds it before the tests; see .ci/run).
+MOIRAI_WHEELHOUSE = Path(os.environ.get("MEDMIX_MOIRAI_WHEELHOUSE", REPO / ".wheelhouse" / "moirai"))
 # uni2ts/model/moirai/__init__.py also imports MoiraiForecast/Finetune/Pretrain (lightning, gluonts);
 # in the test environment it exports MoiraiModule only. module.py and everything it uses are untouched.
 MOIRAI_INIT = "from .module import MoiraiModule\n\n__all__ = [\"MoiraiModule\"]\n"
@@ -120,19 +114,29 @@ MOIRAI_INIT = "from .module import MoiraiModule\n\n__all__ = [\"MoiraiModule\"]\
 
 @pytest.fixture(scope="session")
 def moirai_env(request) -> dict[str, str]:
-    """Environment variables of a subprocess that runs in the MOIRAI test environment."""
-    key = hashlib.sha256(("\n".join(MOIRAI_TEST_PACKAGES) + MOIRAI_INIT).encode()).hexdigest()[:12]
+    """Environment variables of a subprocess that runs in the MOIRAI test environment.
+
+    Built offline from the wheelhouse (``MEDMIX_MOIRAI_WHEELHOUSE``, default ``.wheelhouse/moirai``)
+    that CI prepares before the tests; skipped, saying how to build it, when there is none.
+    """
+    requirements = MOIRAI_REQUIREMENTS.read_text()
+    key = hashlib.sha256((requirements + MOIRAI_INIT).encode()).hexdigest()[:12]
     target = Path(request.config.cache.mkdir(f"moirai-env-{key}"))
     ready = target / ".ready"
     if not ready.exists():
+        if not any(MOIRAI_WHEELHOUSE.glob("uni2ts-*.whl")):
+            pytest.skip(f"no MOIRAI test wheelhouse at {MOIRAI_WHEELHOUSE}: build it with `pip wheel --no-deps -w "
+                        f"{MOIRAI_WHEELHOUSE} -r {MOIRAI_REQUIREMENTS.relative_to(REPO)}` (.ci/run does)")
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade", "--target", str(target),
-             *MOIRAI_TEST_PACKAGES], capture_output=True, text=True,
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(MOIRAI_WHEELHOUSE),
+             "--no-deps", "--upgrade", "--target", str(target), "-r", str(MOIRAI_REQUIREMENTS)],
+            capture_output=True, text=True,
         )
         if proc.returncode != 0:
-            pytest.fail(f"installing the MOIRAI test environment into {target} failed (needs PyPI):\n{proc.stderr[-3000:]}")
+            pytest.fail(f"installing the MOIRAI test environment from {MOIRAI_WHEELHOUSE} into {target} failed:\n"
+                        f"{proc.stderr[-3000:]}")
         (target / "uni2ts" / "model" / "moirai" / "__init__.py").write_text(MOIRAI_INIT)
-        ready.write_text("\n".join(MOIRAI_TEST_PACKAGES))
+        ready.write_text(requirements)
     return {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 

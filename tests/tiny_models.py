@@ -46,14 +46,16 @@ def build_dinov2(folder: Path, hidden: int = 768, seed: int = 0) -> Path:
 
 def build_dinov3(folder: Path, hidden: int = 1024, seed: int = 0) -> Path:
     """``DINOv3ViTModel`` (2 layers, patch 32, 4 register tokens) + its processor (224x224)."""
-    from transformers import DINOv3ViTConfig, DINOv3ViTImageProcessor, DINOv3ViTModel
+    import transformers
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
+    # transformers 4.56-4.x ships only DINOv3ViTImageProcessorFast; 5.x renamed it DINOv3ViTImageProcessor.
+    processor = getattr(transformers, "DINOv3ViTImageProcessor", None) or transformers.DINOv3ViTImageProcessorFast
     _seed(seed)
     config = DINOv3ViTConfig(hidden_size=hidden, intermediate_size=64, num_hidden_layers=2, num_attention_heads=16,
                              patch_size=32, num_register_tokens=4, image_size=224)
     DINOv3ViTModel(config).save_pretrained(folder)
-    DINOv3ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=IMAGENET_MEAN,
-                            image_std=IMAGENET_STD).save_pretrained(folder)
+    processor(size={"height": 224, "width": 224}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD).save_pretrained(folder)
     return folder
 
 

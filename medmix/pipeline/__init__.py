@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+#: Loggers of this project: INFO and above reach the job log.
+OWN_LOGGERS = ("medmix", "extractors")
 #: Errors about the user's data or config: their message says what is wrong and where, so stderr
 #: shows the message alone (the log file keeps the traceback). Named, not imported: this module
 #: must not import stage 1.
@@ -12,7 +14,11 @@ USER_ERRORS = ("CohortError", "ConfigError", "FeatureStoreError", "ExtractionFai
 
 
 def setup_logging(path: str | None) -> None:
-    """Log to the rule's log file (and stderr) at INFO level.
+    """Log to the rule's log file (and stderr): this project's INFO messages, everyone else's warnings.
+
+    Third-party INFO messages (e.g. faiss's loader trying AVX512 builds and printing
+    ``ModuleNotFoundError(... swigfaiss_avx512)``) are noise that reads like a failure, so the root
+    logger is at WARNING and only :data:`OWN_LOGGERS` log at INFO.
 
     An uncaught error of the job is logged as one ``ERROR`` line (``<type>: <message>``) to both,
     followed by its traceback in the log file; stderr gets the traceback too unless the error is
@@ -23,8 +29,10 @@ def setup_logging(path: str | None) -> None:
     if path:
         file_handler = logging.FileHandler(path, mode="w")
         handlers.append(file_handler)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
 
     def excepthook(kind, err, tb) -> None:
         import traceback
