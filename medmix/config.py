@@ -125,6 +125,12 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
         if not is_known_method(m):
             raise ConfigError(f"config key `methods`: unknown method {m!r}; known: {known_methods()}")
+    for m, params in cfg.get("method_params", {}).items():
+        if "baseline_lr" in params:
+            raise ConfigError(
+                f"config key `method_params.{m}.baseline_lr`: removed; every neural method takes `lr` from "
+                f"`training` (use `method_params.{m}.lr` for a method-specific one)"
+            )
     return cfg
 
 

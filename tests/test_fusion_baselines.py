@@ -293,3 +293,22 @@ def test_the_table_step_reads_every_methods_predictions(planted, fitted, tmp_pat
         assert f"| {name} |" in text
     clean = metrics[metrics.test_protocol == "none"].groupby("method")["auroc"].mean()
     assert clean["concat"] > clean["mask_only"]
+
+
+def test_config_validates_the_new_methods_and_refuses_baseline_lr():
+    from pathlib import Path
+
+    import yaml
+
+    from medmix.config import ConfigError, validate_config
+
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
+    cfg["methods"] = [*RULES, "mask_only", "large_ref_note"]
+    validate_config(cfg)
+    cfg["methods"] = ["maxx"]
+    with pytest.raises(ConfigError, match="unknown method 'maxx'"):
+        validate_config(cfg)
+    cfg["methods"] = ["meanavg"]
+    cfg["method_params"] = {"meanavg": {"baseline_lr": 1e-3}}
+    with pytest.raises(ConfigError, match="method_params.meanavg.baseline_lr"):
+        validate_config(cfg)
