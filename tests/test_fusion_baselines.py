@@ -312,3 +312,12 @@ def test_config_validates_the_new_methods_and_refuses_baseline_lr():
     cfg["method_params"] = {"meanavg": {"baseline_lr": 1e-3}}
     with pytest.raises(ConfigError, match="method_params.meanavg.baseline_lr"):
         validate_config(cfg)
+
+
+@pytest.mark.parametrize("spec", [{"kind": "drop_one", "modality": "a", "p": 0.5}, {"kind": "random_drop", "p": 0.3}])
+def test_large_ref_trains_under_any_train_time_protocol(planted, spec):
+    train, val, test = planted
+    spec = dict(spec)
+    method = create_method("large_ref_b", dict(FAST, max_epochs=4))
+    method.fit(train, val, [0], Protocol("p", spec.pop("kind"), spec))
+    assert np.isfinite(method.predict(test).prob).all()

@@ -67,6 +67,25 @@ def prior_logits(y: torch.Tensor, task: str) -> torch.Tensor:
     return (prev / (1 - prev)).log().float()
 
 
+class _OneModality:
+    """A train-time protocol applied to the whole modality set, read back for one modality.
+
+    The network sees one modality, but a protocol names any of the dataset's (``drop_one`` of
+    another modality is then a no-op for this reference; ``random_drop`` drops this one with its
+    own ``p``): the other modalities are stood in by all-present masks.
+    """
+
+    def __init__(self, protocol: Protocol, modality: str, modalities: Sequence[str]):
+        self.protocol, self.modality = protocol, modality
+        self.modalities = sorted({*modalities, modality})
+
+    def apply(self, mask: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        n = mask[self.modality].shape[0]
+        full = {m: mask[m] if m in mask else torch.ones(n, 1, dtype=torch.bool) for m in self.modalities}
+        out = self.protocol.apply(full, generator)
+        return {m: out[m] for m in mask}
+
+
 @register_method("large_ref", family=True)
 class LargeRef(SimpleFusion):
     net_class = TeacherRefNet
@@ -98,7 +117,7 @@ class LargeRef(SimpleFusion):
             raise ValueError(f"{self.name}: the {self.variant!r} teacher is present in {keep_t.size} training and "
                              f"{keep_v.size} validation samples; too few to train a reference")
         # Train (and stop early) on the rows where the teacher is present.
-        super().fit(train.subset(keep_t), val.subset(keep_v), seeds, protocol)
+        super().fit(train.subset(keep_t), val.subset(keep_v), seeds, _OneModality(protocol, self.variant, train.modalities))
 
     def prepare(self, net: torch.nn.Module, train: TensorData) -> None:
         m = self.variant
