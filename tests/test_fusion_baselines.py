@@ -321,3 +321,17 @@ def test_large_ref_trains_under_any_train_time_protocol(planted, spec):
     method = create_method("large_ref_b", dict(FAST, max_epochs=4))
     method.fit(train, val, [0], Protocol("p", spec.pop("kind"), spec))
     assert np.isfinite(method.predict(test).prob).all()
+
+
+def test_attention_weights_are_reported_per_expert(planted, fitted):
+    _, _, test = planted
+    pred = fitted["attention"].predict(test)
+    w = pred.extras["attention"]
+    names = pred.extra_columns["attention"]
+    assert w.shape == (2, test.n, 3) and names == ["a:a_expert0_informative", "a:a_expert1_noise", "b:b_expert0_informative"]
+    present = np.concatenate([test.mask[m].numpy() for m in test.modalities], 1)
+    assert (w[:, ~present] == 0).all()
+    np.testing.assert_allclose(w.sum(-1), np.broadcast_to(present.any(1), w.shape[:2]).astype(float), atol=1e-6)
+    frame = predict_protocols(fitted["attention"], test, [(0, Protocol("none"))],
+                              {"dataset": "syn", "method": "attention", "train_protocol": "none", "cohort": "syn", "eval_set": "test"})[0]
+    assert "attention:b:b_expert0_informative" in frame.columns

@@ -86,6 +86,10 @@ class FusionNet(nn.Module):
     def pool(self, z: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def extras(self, x: dict[str, list[torch.Tensor]], mask: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-sample, per-expert interpretability arrays ``[N, K]`` for the predictions (none here)."""
+        return {}
+
     def forward(self, x: dict[str, list[torch.Tensor]], mask: dict[str, torch.Tensor]) -> torch.Tensor:
         present = self.presence(mask)
         return self.head(self.pool(self.project(x, present), present)).float()
@@ -162,6 +166,7 @@ class SimpleFusion(FusionMethod):
         device, dtype = resolve_runtime(self.train_config)
         chunk = self.train_config.eval_batch_size
         probs: list[list[np.ndarray]] = [[] for _ in self.models]
+        extras: list[dict[str, list[np.ndarray]]] = [{} for _ in self.models]
         with cpu_threads(self.train_config.threads), torch.no_grad():
             for lo in range(0, data.n, chunk):
                 hi = min(data.n, lo + chunk)
@@ -170,8 +175,17 @@ class SimpleFusion(FusionMethod):
                 for s, net in enumerate(self.models):
                     with autocast(device, dtype):
                         probs[s].append(to_probabilities(net.eval()(x, mask), data.task).cpu().numpy())
+                        for key, value in net.extras(x, mask).items():
+                            extras[s].setdefault(key, []).append(value.float().cpu().numpy())
         n_out = self.settings["n_out"]
-        return Prediction(np.stack([np.concatenate(p) if p else np.zeros((0, n_out), np.float32) for p in probs]))
+        prob = np.stack([np.concatenate(p) if p else np.zeros((0, n_out), np.float32) for p in probs])
+        if not extras[0]:
+            return Prediction(prob)
+        # Per-expert extras (e.g. attention weights): columns ``<key>:<modality>:<expert>``.
+        names = [f"{m}:{data.expert_names.get(m, [str(k) for k in range(len(ds))])[k]}"
+                 for m, ds in want.items() for k in range(len(ds))]
+        out = {key: np.stack([np.concatenate(e[key]) for e in extras]) for key in extras[0]}
+        return Prediction(prob, out, {key: names for key in out})
 
     def curves(self) -> pd.DataFrame:
         return self._curves
