@@ -335,3 +335,14 @@ def test_attention_weights_are_reported_per_expert(planted, fitted):
     frame = predict_protocols(fitted["attention"], test, [(0, Protocol("none"))],
                               {"dataset": "syn", "method": "attention", "train_protocol": "none", "cohort": "syn", "eval_set": "test"})[0]
     assert "attention:b:b_expert0_informative" in frame.columns
+
+
+@pytest.mark.parametrize("name", ["concat", "max", "attention", "mask_only"])
+def test_a_seed_trains_the_same_alone_or_with_others(planted, name):
+    train, val, test = planted
+    probs = []
+    for seeds in ([2], [9, 2]):
+        method = create_method(name, dict(FAST, max_epochs=5))
+        method.fit(train, val, seeds, Protocol("rd", "random_drop", {"p": 0.2}))
+        probs.append(method.predict(test).prob[seeds.index(2)])
+    np.testing.assert_array_equal(probs[0], probs[1])
