@@ -179,16 +179,21 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
                     )
             if len({m.name for m in members}) != len(members):
                 raise ConfigError(f"config key `{key}`: an expert appears twice in the committee")
-    from medmix.methods import known_methods
+    from medmix.methods import is_known_method, known_methods
 
     for m in cfg.get("methods", []):
-        if m not in known_methods():
+        if not is_known_method(m):
             raise ConfigError(f"config key `methods`: unknown method {m!r}{_did_you_mean(m, known_methods())}; "
                               f"known: {known_methods()}")
-    for m in cfg.get("method_params", {}):
-        if m not in known_methods():
+    for m, params in cfg.get("method_params", {}).items():
+        if not is_known_method(m):
             raise ConfigError(f"config key `method_params.{m}`: unknown method{_did_you_mean(m, known_methods())}; "
                               f"known: {known_methods()}")
+        if "baseline_lr" in (params or {}):
+            raise ConfigError(
+                f"config key `method_params.{m}.baseline_lr`: removed; every neural method takes `lr` from "
+                f"`training` (use `method_params.{m}.lr` for a method-specific one)"
+            )
     return cfg
 
 
@@ -290,4 +295,10 @@ def development_datasets(cfg: dict[str, Any]) -> list[str]:
 
 
 def training_params(cfg: dict[str, Any], method: str) -> dict[str, Any]:
-    return {**cfg.get("training", {}), **cfg.get("method_params", {}).get(method, {})}
+    """The ``training`` section, then ``method_params`` of the method's family (e.g. ``large_ref`` for
+    ``large_ref_note``), then of the method itself."""
+    from medmix.methods import get_method_class
+
+    family = getattr(get_method_class(method), "family", None)
+    own = cfg.get("method_params", {})
+    return {**cfg.get("training", {}), **(own.get(family, {}) if family else {}), **own.get(method, {})}

@@ -228,7 +228,7 @@ def test_router_learning_rate_and_linear_warmup():
 
 def test_meanavg_runs_on_the_same_trainer(planted):
     train, val, test = planted
-    params = dict(FAST, baseline_lr=3e-3, max_epochs=10)
+    params = dict(FAST, max_epochs=10)
     probs = []
     for seeds in ([2], [9, 2]):
         method = create_method("meanavg", params)

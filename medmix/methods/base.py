@@ -63,7 +63,8 @@ class FusionMethod(ABC):
 
     @abstractmethod
     def predict(self, data: TensorData) -> Prediction:
-        """Predict with every trained seed's model (inference never uses teachers)."""
+        """Predict with every trained seed's model (inference never uses teachers, except the
+        ``large_ref_<modality>`` references, which are the teacher alone by definition)."""
 
     @abstractmethod
     def export(self) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]]:
