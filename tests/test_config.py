@@ -131,8 +131,16 @@ def test_adapter_specific_keys_belong_to_their_adapter(cfg):
 
 def test_modality_keys_follow_the_kind(cfg):
     mods = cfg["datasets"]["demo_mimic"]["modalities"]
-    mods["ehr"].update({"categorical": ["gcs"], "infer_categorical": True, "variables": ["hr", "gcs"]})
+    mods["ehr"].update({"variables": ["hr", "gcs"]})
+    cfg["datasets"]["demo_openi"]["modalities"]["static"] = {
+        "kind": "tabular", "columns": ["age", "sex"], "categorical": ["sex"], "infer_categorical": True,
+        "committee": [{"name": "tabular_raw", "role": "general"}]}
     validate_config(copy.deepcopy(cfg))
+    bad = copy.deepcopy(cfg)
+    bad["datasets"]["demo_mimic"]["modalities"]["ehr"]["categorical"] = ["gcs"]  # a tabular-only key
+    with pytest.raises(ConfigError, match="`datasets.demo_mimic.modalities.ehr.categorical`: unknown key"):
+        validate_config(bad)
+    del cfg["datasets"]["demo_openi"]["modalities"]["static"]
     mods["frontal"]["columns"] = ["a"]  # only tabular modalities list columns
     with pytest.raises(ConfigError, match="`datasets.demo_mimic.modalities.frontal.columns`: unknown key"):
         validate_config(cfg)
