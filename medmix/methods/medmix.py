@@ -6,59 +6,28 @@ Params (the ``training`` config section merged with ``method_params.medmix``): e
 distillation. Teachers are only read in :meth:`MedMIX.fit`; prediction and checkpoints never
 touch them.
 
-**Per-modality head loss (``modality_loss_weight``, default 1.0; NOT in the paper).** The paper
-trains only the fused logits ``ℓ_fused = Σ_m w(m) ℓ(m)``, so the gradient reaching modality
-``m``'s head and experts is scaled by its fusion weight ``w(m)``. That is a rich-get-richer
-loop: whichever modality the fusion scorer favours in the first epochs is the only one that
-keeps learning, the others' heads stay untrained, and the scorer never has a reason to move.
-Measured on IU X-ray dev (three report sections as modalities, default offline committee,
-lr 1e-3, warm-up 5, patience 15; per-epoch ``fusion:<m>`` / ``fusion_entropy`` in
-:meth:`MedMIX.curves`): in seeds 2 and 4 the fusion weights collapsed onto ``impression``
-(0.96 by epoch 6, 0.999 by epoch 20, fusion entropy 0.01) while ``findings``, the section the
-MeSH labels are indexed from, kept a weight of 0.003; its head never learned, the validation
-loss stalled at 0.161 / 0.165 (good seeds: 0.093-0.096) and early stopping ended training
-near epoch 40 with test macro AUROC 0.790 / 0.791 (good seeds 0.956-0.966). The intra-modality
-routers did not collapse (normalised entropy 0.4-1.0). The fix trains every modality head as
-a classifier of its own as well: ``L = L_task + λ_M · L_modality + λ_D · L_distill`` with
-``L_modality`` the mean over modalities of each head's task loss on the samples where that
-modality is present (unknown labels skipped). Every head then learns whatever the fusion
-weights are, so the scorer can move weight to the modality that predicts best: the same two
-seeds collapse onto ``impression`` early and then recover to ``findings`` around epoch 10
-(0.85 by epoch 12), with validation loss 0.095 / 0.098 and test AUROC 0.958 / 0.956.
-``λ_M = 1`` gives the head losses the weight of the fused loss (the natural scale, no tuning
-on any dataset); it is a training-only term (inference and checkpoints are unchanged).
-``modality_loss_weight: 0`` (e.g. ``method_params: {medmix: {modality_loss_weight: 0}}``)
-restores the paper's objective exactly.
+**Departures from the paper** (named options, on by default; :data:`PAPER_FORM` turns them off
+and the ``medmix_paper`` method runs the paper's form; evidence in README "MedMIX: three
+departures from the paper"):
 
-All five seeds on IU X-ray dev (same committee, teacher and settings; test macro AUROC / AUPRC,
-thresholds from validation; ``tests/benchmarks/bench_iu_dev.py``):
+- ``modality_loss_weight`` (λ_M, default 1.0, a :class:`TrainConfig` key): ``L = L_task +
+  λ_M · L_modality + λ_D · L_distill`` with ``L_modality`` the mean over modalities of each
+  modality head's own task loss where the modality is present. The paper trains only
+  ``ℓ_fused = Σ_m w(m) ℓ(m)``, so a modality's gradient is scaled by its fusion weight: on IU
+  X-ray dev (three report sections as modalities) 2 of 5 seeds collapsed onto ``impression``
+  (weight 0.999 by epoch 20, ``findings`` 0.003; test AUROC 0.79 vs 0.96).
+- ``fusion_warmup_epochs`` (default 10, a :class:`TrainConfig` key): uniform fusion weights over
+  the present modalities for that many epochs, then a linear ramp to the learned ones
+  (:func:`fusion_mix`, stored in the model's ``fusion_mix`` buffer). Every head learns before
+  the scorer can favour one; with λ_M = 0 (and the read-out) no seed of 5 collapsed (AUROC
+  std 0.0007).
+- ``linear_readout`` (default true, a :class:`~medmix.models.medmix.MedMIXConfig` field): a
+  linear read-out of every present expert added to its modality's logits. On IU X-ray dev the
+  bottleneck projection lost what a linear probe keeps (``findings`` alone: probe 0.970 / 0.787,
+  MedMIX 0.960 / 0.669); with the read-out all 5 seeds reach 0.967 ± 0.001 / 0.741 ± 0.003.
 
-=====================================  ======================================  ==================
-MedMIX variant                         per seed 0-4 (AUROC / AUPRC)            mean ± std
-=====================================  ======================================  ==================
-paper objective (λ_M = 0)              .956/.667 .966/.719 .790/.421           0.892 ± 0.093 /
-                                       .958/.689 .791/.407                     0.580 ± 0.152
-λ_M = 1, early_stopping val_loss       .950/.653 .956/.686 .958/.691           0.9560 ± 0.0039 /
-                                       .960/.690 .956/.672                     0.6784 ± 0.0161
-λ_M = 1, early_stopping val_auprc      .955/.660 .958/.686 .962/.712           0.9588 ± 0.0025 /
-                                       .960/.695 .959/.688                     0.6882 ± 0.0185
-λ_M = 1, val_auprc, dropout 0.3        .958/.681 .961/.696 .964/.710           0.9618 ± 0.0026 /
-                                       .963/.718 .964/.707                     0.7022 ± 0.0141
-=====================================  ======================================  ==================
-
-The deterministic ``linear_probe`` on the same features gets 0.9627 / 0.7454: MedMIX is still
-below it on IU X-ray dev (best: AUROC -0.001, AUPRC -0.043 with val_auprc stopping and dropout
-0.3; on validation 0.9703 / 0.7548 vs the probe's 0.9695 / 0.7783).
-
-**Early-stopping criterion (``early_stopping``, a :class:`TrainConfig` key shared by every
-neural method; default ``val_loss``, the paper's).** ``val_auroc`` / ``val_auprc`` stop and
-checkpoint on the validation macro metric instead of the validation loss, which is dominated by
-the frequent labels while the macro metrics weigh every label alike. On IU X-ray dev
-``val_auprc`` raised the validation macro AUROC / AUPRC from 0.9652 / 0.7303 to 0.9674 / 0.7484
-(mean of 5 seeds; selection-biased, since the checkpoint is chosen by that metric) and
-did not hurt on test (table above). It is an option (``method_params: {medmix: {early_stopping:
-val_auprc}}``), not the default: the gain is within about one seed std on test, the validation
-evidence is biased by construction, and the demo cohorts were not re-measured with it.
+``early_stopping`` (a :class:`TrainConfig` key shared by every neural method; default
+``val_loss``, the paper's) can stop and checkpoint on the validation macro AUROC / AUPRC instead.
 """
 
 from __future__ import annotations
