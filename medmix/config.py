@@ -92,6 +92,24 @@ def _unknown_key(where: str, key: str, allowed) -> str:
         f" (valid keys here: {valid})"
 
 
+def _check_method_params(method: str, params: dict[str, Any], cfg: dict[str, Any]) -> None:
+    """``method_params.<method>`` holds ``training`` keys and the method's own ``extra_params``."""
+    from dataclasses import fields
+
+    from medmix.methods import get_method_class
+    from medmix.training.trainer import TrainConfig
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    allowed = set(schema["properties"]["training"]["properties"]) | {f.name for f in fields(TrainConfig)}
+    allowed |= set(get_method_class(method).extra_params)
+    for key in params:
+        if key not in allowed and key != "baseline_lr":
+            raise ConfigError(f"config key `method_params.{method}.{key}`: unknown key {key!r}"
+                              f"{_did_you_mean(key, allowed)} (valid keys here: the `training` keys"
+                              + (f" and {sorted(get_method_class(method).extra_params)}" if
+                                 get_method_class(method).extra_params else "") + ")")
+
+
 def _did_you_mean(word: str, options) -> str:
     hint = _closest(word, options)
     return f" (did you mean {hint!r}?)" if hint else ""
@@ -189,6 +207,7 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         if not is_known_method(m):
             raise ConfigError(f"config key `method_params.{m}`: unknown method{_did_you_mean(m, known_methods())}; "
                               f"known: {known_methods()}")
+        _check_method_params(m, params or {}, cfg)
         if "baseline_lr" in (params or {}):
             raise ConfigError(
                 f"config key `method_params.{m}.baseline_lr`: removed; every neural method takes `lr` from "

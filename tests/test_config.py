@@ -189,3 +189,14 @@ def test_snakemake_refuses_a_config_typo(tmp_path):
     assert proc.returncode != 0
     assert "`datasets.demo_openi.split_colum`: unknown key 'split_colum'; did you mean 'split_column'?" in (
         proc.stdout + proc.stderr)
+
+
+def test_method_params_keys_are_training_keys_or_the_methods_own(cfg):
+    cfg["method_params"] = {"linear_probe": {"lp_c_grid": [0.1, 1.0]}, "medmix": {"linear_readout": False, "lr": 3e-4}}
+    validate_config(copy.deepcopy(cfg))
+    cfg["method_params"] = {"medmix": {"hiden_dim": 64}}
+    with pytest.raises(ConfigError, match=r"`method_params.medmix.hiden_dim`: unknown key 'hiden_dim' \(did you mean 'hidden_dim'\?\)"):
+        validate_config(copy.deepcopy(cfg))
+    cfg["method_params"] = {"meanavg": {"lp_c_grid": [1.0]}}  # the probe's own key, not meanavg's
+    with pytest.raises(ConfigError, match=r"`method_params.meanavg.lp_c_grid`: unknown key"):
+        validate_config(cfg)

@@ -52,6 +52,9 @@ class FusionMethod(ABC):
     """
 
     name: ClassVar[str]
+    #: Keys of ``method_params.<name>`` this method reads beyond the ``training`` section's (the
+    #: config check refuses any other key there).
+    extra_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: dict[str, Any]):
         self.params = dict(params)

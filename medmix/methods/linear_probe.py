@@ -73,6 +73,8 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 class LinearProbe(FusionMethod):
     """Per-label L2 logistic regression on concatenated standardised embeddings + presence flags."""
 
+    extra_params = ("lp_c_grid",)
+
     def __init__(self, params: dict[str, Any]):
         super().__init__(params)
         self.c_grid = tuple(float(c) for c in self.params.get("lp_c_grid", C_GRID))
