@@ -121,7 +121,9 @@ def moirai_env(request) -> dict[str, str]:
     """
     requirements = MOIRAI_REQUIREMENTS.read_text()
     key = hashlib.sha256((requirements + MOIRAI_INIT).encode()).hexdigest()[:12]
-    target = Path(request.config.cache.mkdir(f"moirai-env-{key}"))
+    cache = getattr(request.config, "cache", None)  # absent under `-p no:cacheprovider`
+    name = f"moirai-env-{key}"
+    target = Path(cache.mkdir(name)) if cache is not None else request.getfixturevalue("tmp_path_factory").mktemp(name)
     ready = target / ".ready"
     if not ready.exists():
         if not any(MOIRAI_WHEELHOUSE.glob("uni2ts-*.whl")):
