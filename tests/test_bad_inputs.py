@@ -276,7 +276,8 @@ def cohort_error_run(tmp_path_factory):
 def test_cohort_error_names_the_row(cohort_error_run, name):
     workdir, proc = cohort_error_run
     assert proc.returncode != 0
-    message = f"CohortError: dataset {name!r}: " + COHORT_ERRORS[name][1].format(
+    manifest = (workdir / name / "manifest.csv").resolve()
+    message = f"CohortError: dataset {name!r} (manifest {manifest}): " + COHORT_ERRORS[name][1].format(
         outside=(workdir / "outside.png").resolve(), root=(workdir / name).resolve())
     log = (workdir / f"logs/prepare_dataset/{name}.log").read_text()
     no_traceback_only(log, f"ERROR medmix: job failed: {message}")

@@ -102,7 +102,8 @@ def cohort_from_table(
     the table resolve against (and must stay inside). Adapters for named datasets build such a
     table and call this, so every dataset obeys the same rules.
     """
-    where = f"dataset {name!r}"
+    source = (extra or {}).get("manifest")
+    where = f"dataset {name!r}" + (f" (manifest {source})" if source else "")
     task = cfg.get("task")
     if task not in TASKS:
         raise CohortError(f"{where}: task {task!r} not in {TASKS}")
