@@ -36,12 +36,7 @@ NETS = [MeanFusionNet, ConcatFusionNet, MaxFusionNet, AttentionFusionNet]
 garbage = st.sampled_from([math.nan, math.inf, -math.inf, 1e30, -1e30, 7.0])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

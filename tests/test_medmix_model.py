@@ -16,13 +16,7 @@ from medmix.training.losses import to_probabilities
 SETTINGS = settings(max_examples=25, deadline=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest (and immune to a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_model(dims, n_out=3, task="multilabel", seed=0, dropout=0.0, linear_readout=False) -> MedMIXNet:
