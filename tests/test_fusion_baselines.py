@@ -164,7 +164,8 @@ def test_mask_only_reads_the_pattern_and_nothing_else(planted, fitted):
     pattern = np.concatenate([test.mask[m].numpy() for m in test.modalities], 1)
     for row in np.unique(pattern, axis=0):
         same = (pattern == row).all(1)
-        assert np.ptp(prob[0][same], axis=0).max() == 0.0
+        # (equal up to float32 rounding: rows of one batch may take different SIMD paths)
+        assert np.ptp(prob[0][same], axis=0).max() <= 1e-6
 
 
 # --- masks ----------------------------------------------------------------------------------------
