@@ -226,6 +226,7 @@ def test_radfm_end_to_end_random_weights(shared_data: Path, tmp_path: Path) -> N
     np.testing.assert_array_equal(ext.embed_batch([ext.prepare(values[0])])[0], ff.embeddings[0])
 
 
+@pytest.mark.slow
 def test_merlin_end_to_end_random_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real ``merlin`` path (checkpoint file -> I3ResNet -> runner -> Parquet) on a random-weight tower.
 

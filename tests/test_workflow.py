@@ -25,6 +25,8 @@ from medmix.config import extraction_jobs, validate_config
 from medmix.store import read_features
 
 REPO = Path(__file__).resolve().parents[1]
+#: Real Snakemake runs of the demo (minutes): in the `slow` set, which CI runs after the default one.
+pytestmark = pytest.mark.slow
 
 
 def tiny_config() -> dict:

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from PIL import Image
 from test_workflow import REPO, planned_jobs, snakemake
@@ -40,6 +41,7 @@ def _write_cohort(folder, n=60, seed=0):
         wr.writerows(rows)
 
 
+@pytest.mark.slow
 def test_manifest_cohort_end_to_end(tmp_path):
     _write_cohort(tmp_path / "cohort")
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -99,6 +101,7 @@ def _manifest_config(tmp_path) -> dict:
     return cfg
 
 
+@pytest.mark.slow
 def test_labels_rerun_fusion_only_and_inputs_rerun_their_extraction(tmp_path):
     """Reruns follow the data, not the labels: the plan of each edit, then a real run of the label edit."""
     _write_cohort(tmp_path / "cohort", n=30)
@@ -152,6 +155,7 @@ def _write_wide_cohort(folder, n, seed, sexes=("Male", "Female")):
     pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
 
 
+@pytest.mark.slow
 def test_wide_series_categorical_column_and_external_cohort_without_split(tmp_path):
     """Issue 12: a 48-variable series with a time column, a Male/Female column and an external
     cohort with no split settings, through extraction, fit, evaluate and tables (cheap experts)."""
