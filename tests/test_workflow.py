@@ -32,6 +32,8 @@ pytestmark = pytest.mark.slow
 def tiny_config() -> dict:
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["seeds"] = [0]
+    # A fixed, small set of runs: the tests here are about the DAG, not about every method.
+    cfg["methods"] = ["medmix", "medmix_nodistill", "meanavg"]
     cfg["demo"]["cohorts"] = {
         "demo_openi": {"kind": "cxr", "n_patients": 40, "seed": 1},
         "demo_mimic": {"kind": "icu", "n_patients": 40, "seed": 2},
