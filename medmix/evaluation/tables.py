@@ -25,7 +25,8 @@ def run_metrics(predictions: pd.DataFrame, task: str) -> pd.DataFrame:
             if eval_set == "val":
                 continue
             m = compute_metrics(part[pcols].to_numpy(float), part[ycols].to_numpy(float), task, thr)
-            rows.append({"seed": seed, "eval_set": eval_set, "test_protocol": protocol, "n": len(part), **m})
+            rows.append({"seed": seed, "eval_set": eval_set, "test_protocol": protocol, "n": len(part), **m,
+                         **{c: by_seed[c].iloc[0] for c in by_seed.columns if c.startswith("hp:")}})
     return pd.DataFrame(rows)
 
 
@@ -64,7 +65,21 @@ def summary_table(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     out = metrics.groupby(keys, sort=False).agg({m: _fmt for m in METRICS}).reset_index()
     n_seeds = metrics.groupby(keys, sort=False)["seed"].nunique().to_numpy()
     out["seeds"] = n_seeds
+    hp = [c for c in metrics.columns if c.startswith("hp:")]
+    if hp:  # the hyper-parameters chosen on validation per seed (training.lr_grid etc.)
+        out["chosen on val"] = [_chosen(g, hp) for _, g in metrics.groupby(keys, sort=False)]
     return out
+
+
+def _chosen(frame: pd.DataFrame, hp: list[str]) -> str:
+    """``lr 0.001 ×2, 0.0003 ×1; weight_decay 0.01 ×3`` over the seeds of ``frame`` ("-" if none)."""
+    per_seed = frame.drop_duplicates("seed")
+    parts = []
+    for c in hp:
+        counts = per_seed[c].dropna().value_counts(sort=False)
+        if len(counts):
+            parts.append(f"{c[3:]} " + ", ".join(f"{v:g} ×{n}" for v, n in sorted(counts.items())))
+    return "; ".join(parts) or "-"
 
 
 def to_markdown(frame: pd.DataFrame) -> str:

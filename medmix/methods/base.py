@@ -59,6 +59,10 @@ class FusionMethod(ABC):
     def __init__(self, params: dict[str, Any]):
         self.params = dict(params)
         self.seeds: list[int] = []
+        #: Per seed, the hyper-parameters chosen on validation (e.g. the trainer's grid point:
+        #: ``{"seed", "lr", "weight_decay", ...}``); saved in ``method.json`` and ``fit.json``, and
+        #: their :func:`chosen_values` become ``hp:<key>`` columns of the predictions.
+        self.selection: list[dict[str, Any]] = []
 
     @abstractmethod
     def fit(self, train: TensorData, val: TensorData, seeds: Sequence[int], protocol: Protocol) -> None:
@@ -101,10 +105,20 @@ class FusionMethod(ABC):
             with atomic_path(path) as tmp:
                 save_file(tensors, str(tmp), metadata={"format": METHOD_FORMAT, "method": self.name, "seed": str(seed)})
             files.append(path)
-        info = {"format": METHOD_FORMAT, "method": self.name, "seeds": self.seeds, "params": self.params, "settings": settings}
+        info = {"format": METHOD_FORMAT, "method": self.name, "seeds": self.seeds, "params": self.params, "settings": settings,
+                "selection": self.selection}
         meta = folder / "method.json"
         write_text_atomic(meta, json.dumps(info, indent=2, sort_keys=True, default=_json_default))
         return [meta, *files]
+
+
+def chosen_values(selection: list[dict[str, Any]], seed: int) -> dict[str, float]:
+    """The scalar choices recorded for ``seed`` (no candidates, criterion values or epochs)."""
+    skip = {"seed", "candidates", "criterion", "value", "best_epoch"}
+    for entry in selection:
+        if int(entry.get("seed", -1)) == int(seed):
+            return {k: float(v) for k, v in entry.items() if k not in skip and isinstance(v, (int, float))}
+    return {}
 
 
 def _json_default(value: Any) -> Any:
@@ -128,6 +142,7 @@ def load_method(folder: str | Path) -> FusionMethod:
         raise ValueError(f"{meta_path}: format {info.get('format')!r}, expected {METHOD_FORMAT!r}")
     method = get_method_class(info["method"])(info["params"])
     method.seeds = [int(s) for s in info["seeds"]]
+    method.selection = list(info.get("selection", []))
     states = []
     for seed in method.seeds:
         path = folder / f"seed{seed}.safetensors"

@@ -160,6 +160,7 @@ class LinearProbe(FusionMethod):
         assert best is not None
         _, c_best, self.coef, self.intercept = best
         self.seeds = [int(s) for s in seeds]
+        self.selection = [{"seed": s, "C": c_best} for s in self.seeds]
         self.settings = {"dims": dims, "task": train.task, "labels": list(train.labels), "c": c_best,
                          "c_grid": list(self.c_grid), "criterion": "mean validation log-loss over labels"}
         self._curves = pd.DataFrame([{"seed": s, **r, "chosen": r["c"] == c_best} for s in self.seeds for r in rows])

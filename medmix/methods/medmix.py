@@ -205,6 +205,7 @@ class MedMIX(FusionMethod):
         members = build_members(config, teacher_dims if distill else {}, seeds, self.train_config.router_lr_mult)
         trainer = EnsembleTrainer(self.train_config, MedMIXObjective(train.task, self.train_config))
         self._curves = trainer.fit(members, train, val, protocol, config.modalities)
+        self.selection = trainer.selection
         self.models = [m.model for m in members]
         self.seeds = [m.seed for m in members]
 

@@ -152,6 +152,7 @@ class SimpleFusion(FusionMethod):
             members.append(Member(int(seed), net, None, [(list(net.parameters()), 1.0)]))
         trainer = EnsembleTrainer(self.train_config, TaskObjective(train.task))
         self._curves = trainer.fit(members, train, val, protocol, train.modalities)
+        self.selection = trainer.selection
         self.models = [m.model for m in members]
         self.seeds = [m.seed for m in members]
 

@@ -31,7 +31,7 @@ from medmix.cohort import read_cohort
 from medmix.data import Standardizer, TensorData, from_bundle
 from medmix.features import assemble
 from medmix.methods import create_method
-from medmix.methods.base import load_method
+from medmix.methods.base import chosen_values, load_method
 from medmix.protocols import Protocol, parse_protocols
 from medmix.store.atomic import atomic_path, write_text_atomic
 
@@ -109,17 +109,20 @@ def fit_job(
     info = {
         "run": run, "method": method, "seeds": seeds, "train_protocol": train_protocol.name,
         "n": {"train": train.n, "val": val.n}, "params": params, "committee": committee,
-        "files": [str(f) for f in files], "seconds_fit": round(t_fit, 2), "torch_threads": torch.get_num_threads(),
+        "files": [str(f) for f in files], "selection": model.selection, "seconds_fit": round(t_fit, 2), "torch_threads": torch.get_num_threads(),
     }
     write_text_atomic(out_info, json.dumps(info, indent=2, default=str))
     log.info("%s fitted in %.1fs", run, t_fit)
 
 
-def _frame(data: TensorData, prob: np.ndarray, extras: dict, extra_cols: dict, seeds, keys: dict[str, str]) -> pd.DataFrame:
+def _frame(data: TensorData, prob: np.ndarray, extras: dict, extra_cols: dict, seeds, keys: dict[str, str],
+           chosen: dict[int, dict[str, float]] | None = None) -> pd.DataFrame:
     frames = []
     present = data.modality_mask().numpy()
     for s, seed in enumerate(seeds):
         cols: dict[str, Any] = {**keys, "seed": seed, "sample_id": data.sample_ids}
+        # Hyper-parameters this seed's model was chosen with on validation (provenance for the tables).
+        cols.update({f"hp:{k}": v for k, v in (chosen or {}).get(seed, {}).items()})
         for c, label in enumerate(data.labels):
             cols[f"prob:{label}"] = prob[s, :, c]
             cols[f"label:{label}"] = data.y[:, c].numpy()
@@ -143,7 +146,8 @@ def predict_protocols(method, data: TensorData, protocols: list[tuple[int, Proto
         if not np.isfinite(pred.prob).all():
             raise FloatingPointError(f"{method.name}: non-finite predictions on {keys['eval_set']}/{protocol.name}")
         out.append(_frame(view, pred.prob, pred.extras, pred.extra_columns, method.seeds,
-                          {**keys, "test_protocol": protocol.name}))
+                          {**keys, "test_protocol": protocol.name},
+                          {seed: chosen_values(method.selection, seed) for seed in method.seeds}))
     return out
 
 

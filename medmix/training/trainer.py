@@ -16,11 +16,23 @@ macro ranking metric (``val_auroc`` / ``val_auprc``, see :data:`EARLY_STOPPING`)
 
 Train-time protocols mask modalities once per epoch on the epoch's shuffled training set with the
 seed's generator (the same per-sample drop distribution as masking batch by batch).
+
+**Hyper-parameter grid** (issue 13's fairness rule, for every method trained here): ``lr_grid``
+and ``weight_decay_grid`` declare candidate values (empty: the single ``lr`` / ``weight_decay``).
+Every point of their product is trained for every seed from that seed's same initial weights,
+with the same random streams and the same budget (``max_epochs``, ``patience``,
+``early_stopping``); per seed, the point with the best validation criterion (ties: the first in
+grid order) is kept. The choice is in :attr:`EnsembleTrainer.selection` and in the curves
+(``grid_lr``, ``grid_weight_decay``, ``selected``). Only the training and validation splits are
+ever read. A grid point whose validation loss turns non-finite is dropped (it cannot be chosen);
+without a grid that is an error, as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -64,6 +76,10 @@ class TrainConfig:
     fusion_warmup_epochs: int = 10
     #: Early-stopping and checkpoint criterion, one of :data:`EARLY_STOPPING` (paper: val_loss).
     early_stopping: str = "val_loss"
+    #: Candidate learning rates / weight decays chosen per seed on validation (empty: ``lr`` /
+    #: ``weight_decay`` alone); every point of their product gets the same budget. Not in the paper.
+    lr_grid: tuple[float, ...] = ()
+    weight_decay_grid: tuple[float, ...] = ()
     precision: str = "auto"
     device: str = "auto"
     threads: int = 0
@@ -76,6 +92,11 @@ class TrainConfig:
         values = {k: v for k, v in params.items() if k in known}
         if "betas" in values:
             values["betas"] = tuple(float(b) for b in values["betas"])
+        for key in ("lr_grid", "weight_decay_grid"):
+            if key in values:
+                if not isinstance(values[key], (list, tuple)):
+                    raise ValueError(f"{key} must be a list of numbers, got {values[key]!r}")
+                values[key] = tuple(float(v) for v in values[key])
         for key in ("lr", "router_lr_mult", "weight_decay", "grad_clip", "distill_max", "rkd_weight",
                     "modality_loss_weight"):
             if key in values:
@@ -97,8 +118,17 @@ class TrainConfig:
             raise ValueError(f"modality_loss_weight must be >= 0, got {self.modality_loss_weight}")
         if self.fusion_warmup_epochs < 0:
             raise ValueError(f"fusion_warmup_epochs must be >= 0, got {self.fusion_warmup_epochs}")
+        for name, grid, low in (("lr_grid", self.lr_grid, 0.0), ("weight_decay_grid", self.weight_decay_grid, None)):
+            if len(set(grid)) != len(grid):
+                raise ValueError(f"{name} has repeated values: {list(grid)}")
+            if any(v != v or (v <= low if low is not None else v < 0) for v in grid):
+                raise ValueError(f"{name} values must be {'> 0' if low is not None else '>= 0'}, got {list(grid)}")
         if len(self.betas) != 2 or self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
             raise ValueError(f"invalid training settings: {self}")
+
+    def grid(self) -> list[tuple[float, float]]:
+        """The ``(lr, weight_decay)`` points, in grid order (one point without a grid)."""
+        return list(itertools.product(self.lr_grid or (self.lr,), self.weight_decay_grid or (self.weight_decay,)))
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -265,6 +295,9 @@ class _State:
     best_epoch: int = -1
     bad_epochs: int = 0
     active: bool = True
+    lr: float = 0.0
+    weight_decay: float = 0.0
+    diverged: bool = False
 
 
 class EnsembleTrainer:
@@ -274,17 +307,27 @@ class EnsembleTrainer:
         self.config = config
         self.objective = objective
         self.device, self.dtype = resolve_runtime(config)
+        #: Per seed (in member order) after :meth:`fit`: the chosen grid point and every candidate's
+        #: best validation criterion (``{"seed", "lr", "weight_decay", "criterion", "value",
+        #: "best_epoch", "candidates": [...]}``; ``value`` is the loss, or the metric for metric criteria).
+        self.selection: list[dict[str, Any]] = []
 
     def lr_factor(self, step: int, steps_per_epoch: int) -> float:
         warm = self.config.warmup_epochs * steps_per_epoch
         return 1.0 if warm <= 0 else min(1.0, (step + 1) / warm)
 
-    def _optimizer(self, members: Sequence[Member]) -> torch.optim.Optimizer:
-        by_mult: dict[float, list[nn.Parameter]] = {}
-        for member in members:
+    def _optimizer(
+        self, members: Sequence[Member], points: Sequence[tuple[float, float]] | None = None
+    ) -> torch.optim.Optimizer:
+        """One fused AdamW over every member; a parameter group per (lr, weight decay, multiplier),
+        with ``points[i]`` the (lr, weight decay) of ``members[i]`` (default: the config's)."""
+        points = points or [(self.config.lr, self.config.weight_decay)] * len(members)
+        by_key: dict[tuple[float, float, float], list[nn.Parameter]] = {}
+        for member, (lr, wd) in zip(members, points, strict=True):
             for params, mult in member.param_groups:
-                by_mult.setdefault(float(mult), []).extend(params)
-        groups = [{"params": ps, "lr": self.config.lr * mult, "lr_mult": mult} for mult, ps in by_mult.items() if ps]
+                by_key.setdefault((lr, wd, float(mult)), []).extend(params)
+        groups = [{"params": ps, "lr": lr * mult, "base_lr": lr * mult, "lr_mult": mult, "weight_decay": wd}
+                  for (lr, wd, mult), ps in by_key.items() if ps]
         c = self.config
         return torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay, fused=True)
 
@@ -295,20 +338,50 @@ class EnsembleTrainer:
         """Train every member in place (best-validation weights restored); returns the curves."""
         if train.n == 0 or val.n == 0:
             raise ValueError(f"training needs non-empty train and val splits (got {train.n} / {val.n} samples)")
+        grid = self.config.grid()
+        # One copy of every member per grid point after the first: the same initial weights.
+        runs = [(point, member if g == 0 else copy.deepcopy(member))
+                for g, point in enumerate(grid) for member in members]
         with cpu_threads(self.config.threads):
-            return self._fit(members, train, val, protocol, modalities)
+            states, curves = self._fit(runs, train, val, protocol, modalities, tolerate_divergence=len(grid) > 1)
+        self.selection = []
+        chosen_rows = pd.Series(False, index=curves.index)
+        for i, member in enumerate(members):
+            candidates = [states[g * len(members) + i] for g in range(len(grid))]
+            usable = [s for s in candidates if not s.diverged and s.best_state is not None]
+            if not usable:
+                raise FloatingPointError(
+                    f"seed {member.seed}: every grid point diverged (lr_grid={[p[0] for p in grid]}, "
+                    f"weight_decay_grid={[p[1] for p in grid]}); lower the learning rates or use precision='fp32'")
+            best = min(usable, key=lambda s: s.best_val)  # min keeps the first of equal values (grid order)
+            if best.member is not member:
+                member.model.load_state_dict(best.member.model.state_dict())
+                if member.aux is not None and best.member.aux is not None:
+                    member.aux.load_state_dict(best.member.aux.state_dict())
+                member.model.eval()
+            sign = 1.0 if self.config.early_stopping == "val_loss" else -1.0
+            self.selection.append({
+                "seed": member.seed, "lr": best.lr, "weight_decay": best.weight_decay,
+                "criterion": self.config.early_stopping, "value": sign * best.best_val, "best_epoch": best.best_epoch,
+                "candidates": [{"lr": s.lr, "weight_decay": s.weight_decay, "best_epoch": s.best_epoch,
+                                "value": None if s.diverged else sign * s.best_val} for s in candidates],
+            })
+            chosen_rows |= ((curves["seed"] == member.seed) & (curves["grid_lr"] == best.lr)
+                            & (curves["grid_weight_decay"] == best.weight_decay))
+        curves["selected"] = chosen_rows
+        return curves
 
     def _fit(
-        self, members: Sequence[Member], train: TensorData, val: TensorData, protocol: Protocol,
-        modalities: Sequence[str],
-    ) -> pd.DataFrame:
+        self, runs: Sequence[tuple[tuple[float, float], Member]], train: TensorData, val: TensorData,
+        protocol: Protocol, modalities: Sequence[str], tolerate_divergence: bool = False,
+    ) -> tuple[list[_State], pd.DataFrame]:
         c = self.config
         t0 = time.perf_counter()
-        teachers = any(member.aux is not None for member in members)
+        teachers = any(member.aux is not None for _, member in runs)
         tr = _DeviceData(train, self.device, modalities, self.dtype, teachers)
         va = _DeviceData(val, self.device, modalities, self.dtype, teachers=False)
         states = []
-        for member in members:
+        for (lr, weight_decay), member in runs:
             member.model.to(self.device)
             if member.aux is not None:
                 member.aux.to(self.device)
@@ -316,8 +389,8 @@ class EnsembleTrainer:
             noise_gen = data_gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(member.seed)
             if hasattr(member.model, "set_dropout_generator"):
                 member.model.set_dropout_generator(noise_gen)
-            states.append(_State(member, data_gen))
-        optimizer = self._optimizer(members)
+            states.append(_State(member, data_gen, lr=lr, weight_decay=weight_decay))
+        optimizer = self._optimizer([s.member for s in states], [(s.lr, s.weight_decay) for s in states])
         steps = -(-tr.n // c.batch_size)
         rows: list[dict[str, Any]] = []
         step = 0
@@ -339,7 +412,7 @@ class EnsembleTrainer:
                 lo, hi = b * c.batch_size, min(tr.n, (b + 1) * c.batch_size)
                 factor = self.lr_factor(step, steps)
                 for group in optimizer.param_groups:
-                    group["lr"] = c.lr * group["lr_mult"] * factor
+                    group["lr"] = group["base_lr"] * factor
                 for s, (perm, masks), acc in zip(active, plans, sums, strict=True):
                     batch = tr.batch(perm[lo:hi], {m: t[lo:hi] for m, t in masks.items()})
                     with autocast(self.device, self.dtype):
@@ -355,9 +428,12 @@ class EnsembleTrainer:
             for s, acc in zip(active, sums, strict=True):
                 val_loss = self.validation_loss(s.member.model, va)
                 if val_loss != val_loss or val_loss in (float("inf"), float("-inf")):
+                    if tolerate_divergence:  # a grid point that diverged is dropped, never chosen
+                        s.diverged, s.active = True, False  # inactive: no more gradients, so no more updates
+                        continue
                     raise FloatingPointError(
                         f"seed {s.member.seed}: validation loss is {val_loss} at epoch {epoch}; "
-                        f"training diverged (lower lr={c.lr} or use precision='fp32')"
+                        f"training diverged (lower lr={s.lr} or use precision='fp32')"
                     )
                 metric = self.validation_metric(s.member.model, va, val) if c.early_stopping != "val_loss" else None
                 criterion = val_loss if metric is None else -metric
@@ -372,7 +448,7 @@ class EnsembleTrainer:
                 rows.append({
                     "seed": s.member.seed, "epoch": epoch, **{k: float(v) for k, v in acc.items()},
                     "val_loss": val_loss, **({c.early_stopping: metric} if metric is not None else {}),
-                    "lr": c.lr * factor, "improved": improved,
+                    "lr": s.lr * factor, "improved": improved, "grid_lr": s.lr, "grid_weight_decay": s.weight_decay,
                     **self.diagnostics(s.member.model, va),
                     "seconds": round(time.perf_counter() - t0, 3),
                 })
@@ -382,7 +458,7 @@ class EnsembleTrainer:
             s.member.model.eval()
             if hasattr(s.member.model, "set_dropout_generator"):
                 s.member.model.set_dropout_generator(None)
-        return pd.DataFrame(rows)
+        return states, pd.DataFrame(rows)
 
     @torch.no_grad()
     def diagnostics(self, model: nn.Module, data: _DeviceData) -> dict[str, float]:
