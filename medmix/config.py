@@ -16,6 +16,11 @@ from typing import Any
 
 import yaml
 
+from medmix.runs import RunSpec, check_run_name, run_spec, run_specs, select_committee
+
+__all__ = ["ConfigError", "Member", "RunSpec", "load_config", "run_spec", "run_specs", "select_committee",
+           "training_params", "validate_config"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 RUNTIME_KEYS = ("local_dir", "batch_size", "device", "num_workers", "allow_remote_code", "options")
@@ -92,8 +97,9 @@ def _unknown_key(where: str, key: str, allowed) -> str:
         f" (valid keys here: {valid})"
 
 
-def _check_method_params(method: str, params: dict[str, Any], cfg: dict[str, Any]) -> None:
-    """``method_params.<method>`` holds ``training`` keys and the method's own ``extra_params``."""
+def _check_method_params(method: str, params: dict[str, Any], cfg: dict[str, Any], where: str | None = None) -> None:
+    """``method_params.<method>`` (or a variant's ``params``) holds ``training`` keys and the method's own
+    ``extra_params``."""
     from dataclasses import fields
 
     from medmix.methods import get_method_class
@@ -104,7 +110,7 @@ def _check_method_params(method: str, params: dict[str, Any], cfg: dict[str, Any
     allowed |= set(get_method_class(method).extra_params)
     for key in params:
         if key not in allowed and key != "baseline_lr":
-            raise ConfigError(f"config key `method_params.{method}.{key}`: unknown key {key!r}"
+            raise ConfigError(f"config key `{where or f'method_params.{method}'}.{key}`: unknown key {key!r}"
                               f"{_did_you_mean(key, allowed)} (valid keys here: the `training` keys"
                               + (f" and {sorted(get_method_class(method).extra_params)}" if
                                  get_method_class(method).extra_params else "") + ")")
@@ -197,12 +203,41 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
                     )
             if len({m.name for m in members}) != len(members):
                 raise ConfigError(f"config key `{key}`: an expert appears twice in the committee")
+    _check_runs(cfg)
+    return cfg
+
+
+def _check_runs(cfg: dict[str, Any]) -> None:
+    """``methods`` (run names), ``variants`` and ``method_params``: known methods, valid keys, selections
+    that leave every development dataset at least one expert."""
     from medmix.methods import is_known_method, known_methods
 
+    variants = cfg.get("variants") or {}
+    for name, v in variants.items():
+        key = f"variants.{name}"
+        try:
+            check_run_name(name, f"config key `{key}`")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if is_known_method(name):
+            raise ConfigError(f"config key `{key}`: {name!r} is a registered method; give the variant its own name")
+        if not is_known_method(v["method"]):
+            raise ConfigError(f"config key `{key}.method`: unknown method {v['method']!r}"
+                              f"{_did_you_mean(v['method'], known_methods())}; known: {known_methods()}")
+        _check_method_params(v["method"], v.get("params") or {}, cfg, where=f"{key}.params")
+        spec = run_spec(cfg, name)
+        for ds in development_datasets(cfg):
+            spec_committee = {mod: {"committee": [[m.name, m.role] for m in committee(cfg, ds, mod)[0]]}
+                              for mod in cfg["datasets"][ds].get("modalities", {})}
+            try:
+                select_committee(spec_committee, spec, ds)
+            except ValueError as exc:
+                raise ConfigError(f"config key `{key}`: {exc}") from None
     for m in cfg.get("methods", []):
-        if not is_known_method(m):
-            raise ConfigError(f"config key `methods`: unknown method {m!r}{_did_you_mean(m, known_methods())}; "
-                              f"known: {known_methods()}")
+        if m not in variants and not is_known_method(m):
+            raise ConfigError(f"config key `methods`: unknown method or variant {m!r}"
+                              f"{_did_you_mean(m, [*known_methods(), *variants])}; known methods: {known_methods()}; "
+                              f"variants: {sorted(variants) or 'none'}")
     for m, params in cfg.get("method_params", {}).items():
         if not is_known_method(m):
             raise ConfigError(f"config key `method_params.{m}`: unknown method{_did_you_mean(m, known_methods())}; "
@@ -213,7 +248,6 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
                 f"config key `method_params.{m}.baseline_lr`: removed; every neural method takes `lr` from "
                 f"`training` (use `method_params.{m}.lr` for a method-specific one)"
             )
-    return cfg
 
 
 def committee(cfg: dict[str, Any], dataset: str, modality: str) -> tuple[list[Member], str | None]:
@@ -313,11 +347,13 @@ def development_datasets(cfg: dict[str, Any]) -> list[str]:
     return [n for n, d in cfg["datasets"].items() if d.get("role", "development") == "development"]
 
 
-def training_params(cfg: dict[str, Any], method: str) -> dict[str, Any]:
-    """The ``training`` section, then ``method_params`` of the method's family (e.g. ``large_ref`` for
-    ``large_ref_note``), then of the method itself."""
+def training_params(cfg: dict[str, Any], run: str) -> dict[str, Any]:
+    """Settings of run ``run``: the ``training`` section, then ``method_params`` of the method's family
+    (e.g. ``large_ref`` for ``large_ref_note``), then of the method itself, then a variant's ``params``."""
     from medmix.methods import get_method_class
 
-    family = getattr(get_method_class(method), "family", None)
+    spec = run_spec(cfg, run)
+    family = getattr(get_method_class(spec.method), "family", None)
     own = cfg.get("method_params", {})
-    return {**cfg.get("training", {}), **(own.get(family, {}) if family else {}), **own.get(method, {})}
+    return {**cfg.get("training", {}), **(own.get(family, {}) if family else {}), **own.get(spec.method, {}),
+            **spec.params}

@@ -301,7 +301,7 @@ def test_config_validates_the_new_methods_and_refuses_baseline_lr():
     cfg["methods"] = [*RULES, "mask_only", "large_ref_note"]
     validate_config(cfg)
     cfg["methods"] = ["maxx"]
-    with pytest.raises(ConfigError, match="unknown method 'maxx'"):
+    with pytest.raises(ConfigError, match="unknown method or variant .maxx."):
         validate_config(cfg)
     cfg["methods"] = ["meanavg"]
     cfg["method_params"] = {"meanavg": {"baseline_lr": 1e-3}}

@@ -75,6 +75,7 @@ def load_dataset(cohort_path: str, committee: dict[str, Any], features: dict[str
 def fit_job(
     *,
     method: str,
+    run: str | None = None,
     cohort_path: str,
     committee: dict[str, Any],
     features: dict[str, str],
@@ -95,7 +96,9 @@ def fit_job(
     for name, part in (("train", train), ("val", val)):
         if part.n == 0:
             raise ValueError(f"{cohort_path}: the {name} split is empty")
-    log.info("%s: train %d, val %d samples; seeds %s; train protocol %s", method, train.n, val.n, seeds, train_protocol.name)
+    run = run or method
+    log.info("%s (method %s): train %d, val %d samples; modalities %s; seeds %s; train protocol %s", run, method,
+             train.n, val.n, data.modalities, seeds, train_protocol.name)
     model = create_method(method, params)
     model.fit(train, val, seeds, train_protocol)
     t_fit = time.perf_counter() - t0
@@ -104,12 +107,12 @@ def fit_job(
     with atomic_path(out_curves) as tmp:
         model.curves().to_csv(tmp, index=False)
     info = {
-        "method": method, "seeds": seeds, "train_protocol": train_protocol.name,
+        "run": run, "method": method, "seeds": seeds, "train_protocol": train_protocol.name,
         "n": {"train": train.n, "val": val.n}, "params": params, "committee": committee,
         "files": [str(f) for f in files], "seconds_fit": round(t_fit, 2), "torch_threads": torch.get_num_threads(),
     }
     write_text_atomic(out_info, json.dumps(info, indent=2, default=str))
-    log.info("%s fitted in %.1fs", method, t_fit)
+    log.info("%s fitted in %.1fs", run, t_fit)
 
 
 def _frame(data: TensorData, prob: np.ndarray, extras: dict, extra_cols: dict, seeds, keys: dict[str, str]) -> pd.DataFrame:
@@ -147,6 +150,7 @@ def predict_protocols(method, data: TensorData, protocols: list[tuple[int, Proto
 def evaluate_job(
     *,
     dataset: str,
+    run: str | None = None,
     cohort: str,
     train_protocol: str,
     model_dir: str,
@@ -163,7 +167,8 @@ def evaluate_job(
     scaler = Standardizer.load(Path(model_dir) / SCALER_FILE)
     data = scaler.apply(load_dataset(cohort_path, committee, features, identities))
     protocols = list(enumerate(parse_protocols(test_protocols)))
-    keys = {"dataset": dataset, "method": method.name, "train_protocol": train_protocol, "cohort": cohort}
+    # The run name (a method or a variant of one) identifies the rows in every table.
+    keys = {"dataset": dataset, "method": run or method.name, "train_protocol": train_protocol, "cohort": cohort}
     frames = []
     if cohort == dataset:
         val, test = data.split_part("val"), data.split_part("test")

@@ -14,11 +14,14 @@ from medmix.config import (
     extraction_jobs,
     feature_path,
     reference_dataset,
+    run_spec,
+    select_committee,
     training_params,
     validate_config,
 )
 from medmix.methods import get_method_class
 from medmix.protocols import parse_protocols
+from medmix.runs import RUN_NAME_PATTERN
 from medmix.store import FeatureStoreError, read_metadata
 from medmix.store.inputs import folder_fingerprint, read_input_view
 
@@ -39,7 +42,7 @@ wildcard_constraints:
     dataset="[A-Za-z0-9_]+",
     modality="[A-Za-z0-9_]+",
     expert="[A-Za-z0-9_]+",
-    method="[A-Za-z0-9_]+",
+    method=RUN_NAME_PATTERN,
     protocol="[A-Za-z0-9_]+",
     cohort="[A-Za-z0-9_]+",
 
@@ -244,37 +247,38 @@ def moirai_runtime(key, default):
 
 
 # ----------------------------------------------------------------------------- fusion
-def committee_spec(dataset):
-    """Per modality: the committee's [name, role] pairs and the teacher (or None)."""
+def committee_spec(dataset, run=None):
+    """Per modality: the committee's [name, role] pairs and the teacher (or None); with ``run``, only
+    what that run (a method or a variant) reads."""
     out = {}
     for mod in config["datasets"][dataset]["modalities"]:
         members, teacher = committee(config, dataset, mod)
         out[mod] = {"committee": [[m.name, m.role] for m in members], "teacher": teacher}
-    return out
+    return out if run is None else select_committee(out, run_spec(config, run), dataset)
 
 
-def feature_keys(dataset):
-    """``<modality>/<expert>`` of every feature file the dataset's fusion reads, in a fixed order."""
+def feature_keys(dataset, run=None):
+    """``<modality>/<expert>`` of every feature file the dataset's fusion (or one run) reads, in a fixed order."""
     keys = []
-    for mod, spec in committee_spec(dataset).items():
+    for mod, spec in committee_spec(dataset, run).items():
         for name in [n for n, _ in spec["committee"]] + ([spec["teacher"]] if spec["teacher"] else []):
             if f"{mod}/{name}" not in keys:
                 keys.append(f"{mod}/{name}")
     return keys
 
 
-def dataset_features(dataset):
-    return [feature_path(dataset, *key.split("/")) for key in feature_keys(dataset)]
+def dataset_features(dataset, run=None):
+    return [feature_path(dataset, *key.split("/")) for key in feature_keys(dataset, run)]
 
 
-def identities_json(dataset):
-    names = {key.split("/")[1] for key in feature_keys(dataset)}
+def identities_json(dataset, run=None):
+    names = {key.split("/")[1] for key in feature_keys(dataset, run)}
     return canonical_json({n: expert_identity(config, n) for n in sorted(names)})
 
 
-def method_code(method, job_module):
-    """Code inputs of a fit / evaluate job: the closure of the method's module and the job body's."""
-    return code_inputs(get_method_class(method).__module__, job_module)
+def method_code(run, job_module):
+    """Code inputs of a fit / evaluate job: the closure of the run's method module and the job body's."""
+    return code_inputs(get_method_class(run_spec(config, run).method).__module__, job_module)
 
 
 def run_dir(dataset, method, protocol):

@@ -1,17 +1,18 @@
 rule fit:
-    """Train one method under one train-time protocol for every seed; save the trained method."""
+    """Train one run (a method or a variant) under one train-time protocol for every seed; save it."""
     input:
         cohort=lambda wc: cohort_path(wc.dataset),
-        features=lambda wc: dataset_features(wc.dataset),
+        features=lambda wc: dataset_features(wc.dataset, wc.method),
         code=lambda wc: method_code(wc.method, "medmix.pipeline.fit"),
     output:
         model=directory("results/{dataset}/runs/{method}/{protocol}/model"),
         curves="results/{dataset}/runs/{method}/{protocol}/curves.csv",
         info="results/{dataset}/runs/{method}/{protocol}/fit.json",
     params:
-        committee=lambda wc: canonical_json(committee_spec(wc.dataset)),
-        feature_keys=lambda wc: canonical_json(feature_keys(wc.dataset)),
-        identities=lambda wc: identities_json(wc.dataset),
+        method=lambda wc: run_spec(config, wc.method).method,
+        committee=lambda wc: canonical_json(committee_spec(wc.dataset, wc.method)),
+        feature_keys=lambda wc: canonical_json(feature_keys(wc.dataset, wc.method)),
+        identities=lambda wc: identities_json(wc.dataset, wc.method),
         training=lambda wc: canonical_json(training_params(config, wc.method)),
         seeds=canonical_json(config["seeds"]),
         train_protocol=lambda wc: canonical_json(config["protocols"].get("train", {}).get(wc.protocol, {"kind": "none"})),
@@ -34,14 +35,14 @@ rule evaluate:
     input:
         model="results/{dataset}/runs/{method}/{protocol}/model",
         cohort=lambda wc: cohort_path(wc.cohort),
-        features=lambda wc: dataset_features(wc.cohort),
+        features=lambda wc: dataset_features(wc.cohort, wc.method),
         code=lambda wc: method_code(wc.method, "medmix.pipeline.fit"),
     output:
         predictions="results/{dataset}/runs/{method}/{protocol}/predictions/{cohort}.parquet",
     params:
-        committee=lambda wc: canonical_json(committee_spec(wc.cohort)),
-        feature_keys=lambda wc: canonical_json(feature_keys(wc.cohort)),
-        identities=lambda wc: identities_json(wc.cohort),
+        committee=lambda wc: canonical_json(committee_spec(wc.cohort, wc.method)),
+        feature_keys=lambda wc: canonical_json(feature_keys(wc.cohort, wc.method)),
+        identities=lambda wc: identities_json(wc.cohort, wc.method),
         test_protocols=canonical_json(config["protocols"]["test"]),
     log:
         "logs/evaluate/{dataset}/{method}/{protocol}/{cohort}.log",

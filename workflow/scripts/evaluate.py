@@ -12,6 +12,7 @@ sm = snakemake  # noqa: F821
 set_threads(sm.threads)
 evaluate_job(
     dataset=sm.wildcards.dataset,
+    run=sm.wildcards.method,
     cohort=sm.wildcards.cohort,
     train_protocol=sm.wildcards.protocol,
     model_dir=sm.input.model,

@@ -13,7 +13,8 @@ sm = snakemake  # noqa: F821
 set_threads(sm.threads)
 train_spec = dict(json.loads(sm.params.train_protocol))
 fit_job(
-    method=sm.wildcards.method,
+    method=sm.params.method,
+    run=sm.wildcards.method,
     cohort_path=sm.input.cohort,
     committee=json.loads(sm.params.committee),
     features=dict(zip(json.loads(sm.params.feature_keys), sm.input.features, strict=True)),

@@ -1,0 +1,87 @@
+"""Runs: the rows of every table. A run is a registered fusion method, or a *variant* of one.
+
+A variant (config ``variants.<name>``) is a registered method with a configuration: its own
+``params`` (merged over ``training`` and ``method_params`` of the method), and optionally a
+subset of the cached experts selected at fit time, by modality (``modalities``) and/or by
+committee role (``roles``). Ablations (Table E7: no RAG experts, one modality only, a uniform
+router) and subset sweeps are variants, so they read the same feature cache as the full method:
+no copy of a dataset, no re-extraction. ``methods:`` in config lists run names.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+#: A run name is a path component and a Snakemake wildcard value: letters, digits, ``_``, ``+``, ``-``.
+RUN_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_+\-]*"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run name -> the registered ``method`` that trains it and what it reads.
+
+    ``modalities`` / ``roles`` are ``None`` for "all"; ``params`` override the method's settings.
+    """
+
+    name: str
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    modalities: tuple[str, ...] | None = None
+    roles: tuple[str, ...] | None = None
+
+    @property
+    def is_variant(self) -> bool:
+        return self.name != self.method or bool(self.params) or self.modalities is not None or self.roles is not None
+
+
+def run_spec(cfg: dict[str, Any], name: str) -> RunSpec:
+    """The spec of run ``name``: a variant of ``cfg['variants']`` or a registered method."""
+    variants = cfg.get("variants") or {}
+    if name in variants:
+        v = variants[name]
+        return RunSpec(
+            name=name, method=v["method"], params=dict(v.get("params") or {}),
+            modalities=tuple(v["modalities"]) if v.get("modalities") is not None else None,
+            roles=tuple(v["roles"]) if v.get("roles") is not None else None,
+        )
+    from medmix.methods import is_known_method, known_methods
+
+    if not is_known_method(name):
+        raise KeyError(f"unknown run {name!r}: neither a registered method ({', '.join(known_methods())}) "
+                       f"nor a variant in config ({', '.join(sorted(variants)) or 'none declared'})")
+    return RunSpec(name=name, method=name)
+
+
+def check_run_name(name: str, where: str) -> None:
+    if not re.fullmatch(RUN_NAME_PATTERN, name):
+        raise ValueError(f"{where}: run name {name!r} must match {RUN_NAME_PATTERN} (it names result folders)")
+
+
+def run_specs(cfg: dict[str, Any]) -> dict[str, RunSpec]:
+    """Every run of ``cfg['methods']``, in config order."""
+    return {name: run_spec(cfg, name) for name in cfg.get("methods", [])}
+
+
+def select_committee(committee: dict[str, Any], spec: RunSpec, dataset: str) -> dict[str, Any]:
+    """The fit / evaluate ``committee`` dict (modality -> committee + teacher) restricted to the run.
+
+    A modality outside ``spec.modalities`` goes with its teacher; a committee member whose role is
+    outside ``spec.roles`` is left out (the teacher stays: it is not a committee member). A
+    modality left with no expert is dropped; a run left with no modality is an error.
+    """
+    out = {}
+    for mod, entry in committee.items():
+        if spec.modalities is not None and mod not in spec.modalities:
+            continue
+        members = [list(m) for m in entry["committee"] if spec.roles is None or m[1] in spec.roles]
+        if members:
+            out[mod] = {**entry, "committee": members}
+    if not out:
+        raise ValueError(
+            f"run {spec.name!r} on dataset {dataset!r}: no expert left (modalities {list(spec.modalities or [])}, "
+            f"roles {list(spec.roles or [])}; the dataset has {sorted(committee)} with roles "
+            f"{sorted({m[1] for e in committee.values() for m in e['committee']})})"
+        )
+    return out
