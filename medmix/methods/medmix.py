@@ -34,9 +34,8 @@ intra-modality MoE); ``uniform`` — the mean over the present experts of each m
 the router; ``best_single`` — each modality keeps one committee expert alone, the one whose
 linear probe (:mod:`medmix.methods.linear_probe` on that expert's embedding and presence flag,
 its ``C`` chosen on validation from :data:`SELECTION_C_GRID`) has the lowest **validation**
-log-loss; the paper does not say how
-it picked the best expert, and a probe per expert is the affordable proxy for a MedMIX run per
-expert. The choice is stored in the checkpoint (``selected``) and the predictions read only those
+log-loss; the paper does not say how it picked the best expert, and a probe per expert is the
+affordable proxy for a MedMIX run per expert. The choice is stored in the checkpoint (``selected``) and the predictions read only those
 experts; a sample whose chosen expert is absent has that modality absent.
 """
 
