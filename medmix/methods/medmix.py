@@ -28,6 +28,15 @@ departures from the paper"):
 
 ``early_stopping`` (a :class:`TrainConfig` key shared by every neural method; default
 ``val_loss``, the paper's) can stop and checkpoint on the validation macro AUROC / AUPRC instead.
+
+**Router ablations** (paper Table E7, ``router`` param): ``learned`` (default, the paper's
+intra-modality MoE); ``uniform`` — the mean over the present experts of each modality instead of
+the router; ``best_single`` — each modality keeps one committee expert alone, the one whose
+linear probe (:mod:`medmix.methods.linear_probe` on that expert's embedding and presence flag,
+its ``C`` chosen on validation from :data:`SELECTION_C_GRID`) has the lowest **validation**
+log-loss; the paper does not say how it picked the best expert, and a probe per expert is the
+affordable proxy for a MedMIX run per expert. The choice is stored in the checkpoint (``selected``) and the predictions read only those
+experts; a sample whose chosen expert is absent has that modality absent.
 """
 
 from __future__ import annotations
@@ -164,6 +173,42 @@ def model_config(data: TensorData, params: dict[str, Any]) -> MedMIXConfig:
         expert_names={m: list(v) for m, v in data.expert_names.items()},
         labels=list(data.labels),
         linear_readout=bool(params.get("linear_readout", True)),
+        router="learned" if params.get("router", "learned") == "learned" else "uniform",
+    )
+
+
+#: The ``router`` options of the method (``best_single`` runs the model with one expert per modality).
+ROUTER_OPTIONS = ("learned", "uniform", "best_single")
+#: The probe's ``C`` grid when choosing the best single expert (a coarse grid: a choice among experts, not a model).
+SELECTION_C_GRID = (0.01, 0.1, 1.0)
+
+
+def best_single_experts(train: TensorData, val: TensorData) -> dict[str, int]:
+    """Per modality the committee expert whose linear probe has the lowest validation log-loss."""
+    from medmix.methods.linear_probe import LinearProbe
+
+    chosen = {}
+    for m, xs in train.x.items():
+        losses = []
+        for k in range(len(xs)):
+            probe = LinearProbe({"lp_c_grid": SELECTION_C_GRID})
+            probe.fit(restrict(train, {m: k}, [m]), restrict(val, {m: k}, [m]), [0], Protocol("none"))
+            losses.append(float(probe.curves()["val_loss"].min()))
+        chosen[m] = int(np.argmin(losses))
+    return chosen
+
+
+def restrict(data: TensorData, selected: dict[str, int], modalities: Sequence[str] | None = None) -> TensorData:
+    """``data`` with only expert ``selected[m]`` of each modality (of ``modalities``, default all)."""
+    mods = list(modalities) if modalities is not None else list(data.x)
+    return replace(
+        data,
+        x={m: [data.x[m][selected[m]]] for m in mods},
+        mask={m: data.mask[m][:, selected[m] : selected[m] + 1] for m in mods},
+        expert_names={m: [data.expert_names[m][selected[m]]] for m in mods if m in data.expert_names},
+        expert_roles={m: [data.expert_roles[m][selected[m]]] for m in mods if m in data.expert_roles},
+        teacher={m: t for m, t in data.teacher.items() if m in mods},
+        teacher_mask={m: t for m, t in data.teacher_mask.items() if m in mods},
     )
 
 
@@ -192,13 +237,26 @@ def build_members(
 class MedMIX(FusionMethod):
     """MedMIX (intra-modality MoE + masked logit fusion + training-only distillation)."""
 
+    extra_params = ("router",)
+
     def __init__(self, params: dict[str, Any]):
         super().__init__(params)
         self.train_config = TrainConfig.from_params(self.params)
+        self.router = str(self.params.get("router", "learned"))
+        if self.router not in ROUTER_OPTIONS:
+            raise ValueError(f"{self.name}: router must be one of {ROUTER_OPTIONS}, got {self.router!r}")
+        self.selected: dict[str, int] | None = None
         self.models: list[MedMIXNet] = []
         self._curves = pd.DataFrame(columns=["seed", "epoch", "train_loss", "val_loss"])
 
+    def view(self, data: TensorData) -> TensorData:
+        """The experts the model reads: all, or the chosen one per modality (``router: best_single``)."""
+        return data if self.selected is None else restrict(data, self.selected)
+
     def fit(self, train: TensorData, val: TensorData, seeds: Sequence[int], protocol: Protocol) -> None:
+        if self.router == "best_single":
+            self.selected = best_single_experts(train, val)
+            train, val = self.view(train), self.view(val)
         config = model_config(train, self.params)
         teacher_dims = {m: d for m, d in train.teacher_dims().items() if m in config.dims}
         distill = self.train_config.distill_max > 0 and bool(teacher_dims)
@@ -213,7 +271,7 @@ class MedMIX(FusionMethod):
         if not self.models:
             raise RuntimeError("MedMIX.predict called before fit (or load_method)")
         with cpu_threads(self.train_config.threads), torch.no_grad():
-            return self._predict(data)
+            return self._predict(self.view(data))
 
     def _predict(self, data: TensorData) -> Prediction:
         device, dtype = resolve_runtime(self.train_config)
@@ -254,11 +312,15 @@ class MedMIX(FusionMethod):
         if not self.models:
             raise RuntimeError("MedMIX.export called before fit")
         states = [{k: v.detach().to("cpu", torch.float32) for k, v in m.state_dict().items()} for m in self.models]
-        return {"config": json.loads(self.models[0].config.to_json())}, states
+        settings = {"config": json.loads(self.models[0].config.to_json())}
+        if self.selected is not None:
+            settings["selected"] = dict(self.selected)
+        return settings, states
 
     def restore(self, settings: dict[str, Any], states: list[dict[str, torch.Tensor]]) -> None:
         device, _ = resolve_runtime(self.train_config)
         config = MedMIXConfig.from_json(json.dumps(settings["config"]))
+        self.selected = {m: int(k) for m, k in settings["selected"].items()} if "selected" in settings else None
         self.models = []
         for state in states:
             model = MedMIXNet(config)

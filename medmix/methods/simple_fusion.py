@@ -139,18 +139,26 @@ class SimpleFusion(FusionMethod):
     def build(self, settings: dict[str, Any]) -> nn.Module:
         return self.net_class(settings["dims"], settings["n_out"], settings["hidden"], settings["dropout"])
 
+    def extra_settings(self, train: TensorData) -> dict[str, Any]:
+        """Settings beyond dims / n_out / hidden / dropout that :meth:`build` reads (none here)."""
+        return {}
+
+    def objective(self, train: TensorData):
+        """What the trainer minimises (the task loss alone here)."""
+        return TaskObjective(train.task)
+
     # -- contract ---------------------------------------------------------------------------------
     def fit(self, train: TensorData, val: TensorData, seeds: Sequence[int], protocol: Protocol) -> None:
         train, val = self.view(train), self.view(val)
         p = self.params
         self.settings = {"dims": train.dims(), "n_out": len(train.labels), "hidden": int(p.get("hidden_dim", 256)),
-                         "dropout": float(p.get("dropout", 0.1))}
+                         "dropout": float(p.get("dropout", 0.1)), **self.extra_settings(train)}
         members = []
         for seed in seeds:
             net = seeded_init(int(seed), lambda: self.build(self.settings))
             self.prepare(net, train)
             members.append(Member(int(seed), net, None, [(list(net.parameters()), 1.0)]))
-        trainer = EnsembleTrainer(self.train_config, TaskObjective(train.task))
+        trainer = EnsembleTrainer(self.train_config, self.objective(train))
         self._curves = trainer.fit(members, train, val, protocol, train.modalities)
         self.selection = trainer.selection
         self.models = [m.model for m in members]

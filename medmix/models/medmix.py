@@ -45,6 +45,8 @@ from torch import nn
 
 #: Score given to an absent expert or modality before a softmax (paper: -1e4).
 MASK_SCORE = -1.0e4
+#: Intra-modality routers a model can use (``best_single`` is a method-level choice of experts).
+ROUTERS = ("learned", "uniform")
 
 
 def adapter_rank(dim: int) -> int:
@@ -68,8 +70,13 @@ class MedMIXConfig:
     #: NOT in the paper: a linear read-out of every present expert's standardised embedding is
     #: added to its modality's logits (see :class:`ModalityBlock`); False = the paper's head.
     linear_readout: bool = False
+    #: Intra-modality router: ``learned`` (the paper) or ``uniform`` (Table E7 ablation: the mean
+    #: over the present experts, the router's scorer unused).
+    router: str = "learned"
 
     def __post_init__(self) -> None:
+        if self.router not in ROUTERS:
+            raise ValueError(f"router must be one of {ROUTERS}, got {self.router!r}")
         if not self.dims:
             raise ValueError("MedMIX needs at least one modality")
         for m, ds in self.dims.items():
@@ -141,8 +148,10 @@ class ModalityBlock(nn.Module):
     the bottleneck ``Linear(d_k, hidden_dim) → LayerNorm → GELU`` does not squeeze.
     """
 
-    def __init__(self, dims: list[int], n_out: int, hidden_dim: int, dropout: float, linear_readout: bool = False):
+    def __init__(self, dims: list[int], n_out: int, hidden_dim: int, dropout: float, linear_readout: bool = False,
+                 router: str = "learned"):
         super().__init__()
+        self.uniform = router == "uniform"
         self.experts = nn.ModuleList(ExpertBranch(d, hidden_dim, dropout) for d in dims)
         self.router = nn.Linear(hidden_dim, 1)
         self.head = nn.Linear(hidden_dim, n_out)
@@ -153,8 +162,11 @@ class ModalityBlock(nn.Module):
 
     def forward(self, xs: list[torch.Tensor], mask: torch.Tensor):
         zs = torch.stack([branch(x, mask[:, k]) for k, (branch, x) in enumerate(zip(self.experts, xs, strict=True))], 1)
-        scores = self.router(zs).squeeze(-1).float().masked_fill(~mask, MASK_SCORE)
-        gates = torch.softmax(scores, dim=-1) * mask
+        if self.uniform:
+            gates = mask.float() / mask.float().sum(-1, keepdim=True).clamp_min(1.0)
+        else:
+            scores = self.router(zs).squeeze(-1).float().masked_fill(~mask, MASK_SCORE)
+            gates = torch.softmax(scores, dim=-1) * mask
         z = (gates.unsqueeze(-1) * zs.float()).sum(dim=1)
         logits = self.head(z).float()
         for k, (readout, x) in enumerate(zip(self.readouts or [], xs, strict=False)):
@@ -183,7 +195,7 @@ class MedMIXNet(nn.Module):
         super().__init__()
         self.config = config
         self.blocks = nn.ModuleDict(
-            {m: ModalityBlock(ds, config.n_out, config.hidden_dim, config.dropout, config.linear_readout)
+            {m: ModalityBlock(ds, config.n_out, config.hidden_dim, config.dropout, config.linear_readout, config.router)
              for m, ds in config.dims.items()}
         )
         #: Share of the learned fusion weights, the rest uniform over the present modalities
