@@ -108,6 +108,12 @@ def _check_method_params(method: str, params: dict[str, Any], cfg: dict[str, Any
                               f"{_did_you_mean(key, allowed)} (valid keys here: the `training` keys"
                               + (f" and {sorted(get_method_class(method).extra_params)}" if
                                  get_method_class(method).extra_params else "") + ")")
+    check = getattr(get_method_class(method), "check_params", None)  # a method's own value checks
+    if check is not None:
+        try:
+            check(params)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 def _did_you_mean(word: str, options) -> str:
