@@ -209,6 +209,12 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         if not is_known_method(m):
             raise ConfigError(f"config key `methods`: unknown method {m!r}{_did_you_mean(m, known_methods())}; "
                               f"known: {known_methods()}")
+    from medmix.sweep import check_sweep
+
+    try:
+        check_sweep(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     for m, params in cfg.get("method_params", {}).items():
         if not is_known_method(m):
             raise ConfigError(f"config key `method_params.{m}`: unknown method{_did_you_mean(m, known_methods())}; "
