@@ -114,6 +114,12 @@ def _check_method_params(method: str, params: dict[str, Any], cfg: dict[str, Any
                               f"{_did_you_mean(key, allowed)} (valid keys here: the `training` keys"
                               + (f" and {sorted(get_method_class(method).extra_params)}" if
                                  get_method_class(method).extra_params else "") + ")")
+    check = getattr(get_method_class(method), "check_params", None)  # a method's own value checks
+    if check is not None:
+        try:
+            check(params)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 def _did_you_mean(word: str, options) -> str:
@@ -238,6 +244,12 @@ def _check_runs(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"config key `methods`: unknown method or variant {m!r}"
                               f"{_did_you_mean(m, [*known_methods(), *variants])}; known methods: {known_methods()}; "
                               f"variants: {sorted(variants) or 'none'}")
+    from medmix.sweep import check_sweep
+
+    try:
+        check_sweep(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     for m, params in cfg.get("method_params", {}).items():
         if not is_known_method(m):
             raise ConfigError(f"config key `method_params.{m}`: unknown method{_did_you_mean(m, known_methods())}; "
