@@ -14,6 +14,16 @@ from medmix.store.shards import merge_parts, shard_rows
 log = logging.getLogger("medmix.extract")
 
 
+def default_batch_size(expert: str, runtime: dict[str, Any]) -> int:
+    """The batch size of a job: ``runtime["batch_size"]`` if set, else the one the expert's
+    registry entry declares for the device the job will run on (``runtime["device"]``, ``auto``:
+    CUDA when present). CPU-only experts never import torch for this."""
+    if "batch_size" in runtime:
+        return int(runtime["batch_size"])
+    spec = get_spec(expert)
+    return spec.batch_size_for(resolve_device(runtime.get("device", "auto")) if spec.gpu else "cpu")
+
+
 def extract_job(
     inputs_path: str,
     modality: str,
@@ -43,10 +53,8 @@ def extract_job(
     view = read_input_view(inputs_path, [modality])
     if not 0 <= shard < shards:
         raise ValueError(f"shard {shard} of {shards} does not exist")
-    spec = get_spec(expert)
     settings = {
-        # (CPU-only experts never import torch for this.)
-        "batch_size": spec.batch_size_for(resolve_device(runtime.get("device", "auto")) if spec.gpu else "cpu"),
+        "batch_size": default_batch_size(expert, runtime),
         **runtime,
         "model_id": identity.get("model_id"),
         "revision": identity.get("revision"),
