@@ -49,6 +49,8 @@ CONFIG_FILE = "open_clip_config.json"
         description="BiomedCLIP ViT-B/16 image embedding (open_clip encode_image).",
         gpu=True,
         mem_mb=3000,
+        gpu_mem_mb=2000,
+        batch_sizes={"cpu": 16, "cuda": 256},
     )
 )
 class BiomedCLIP(ImageExpert):

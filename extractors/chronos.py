@@ -138,6 +138,8 @@ class ChronosExpert(HubExpert):
         description="Chronos-T5-Small encoder states, mean over observed steps then over variables.",
         gpu=True,
         mem_mb=3000,
+        gpu_mem_mb=2000,
+        batch_sizes={"cpu": 32, "cuda": 256},
     )
 )
 class ChronosSmall(ChronosExpert):
@@ -159,6 +161,8 @@ class ChronosSmall(ChronosExpert):
         description="Chronos-T5-Large encoder states (teacher), mean over observed steps then over variables.",
         gpu=True,
         mem_mb=8000,
+        gpu_mem_mb=6000,
+        batch_sizes={"cpu": 8, "cuda": 64},
     )
 )
 class ChronosLarge(ChronosExpert):

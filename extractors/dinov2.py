@@ -50,6 +50,8 @@ IMAGE_PREPROCESSING = {
         description="DINOv2 ViT-B/14 [CLS] embedding of the model-card preprocessed image.",
         gpu=True,
         mem_mb=3000,
+        gpu_mem_mb=2000,
+        batch_sizes={"cpu": 16, "cuda": 256},
     )
 )
 class DinoV2Base(HFViTExpert):
@@ -79,6 +81,8 @@ class DinoV2Base(HFViTExpert):
         description="Appendix A: 48 uniformly sampled axial slices, DINOv2-B [CLS] per slice, mean over slices.",
         gpu=True,
         mem_mb=4000,
+        gpu_mem_mb=4000,
+        batch_sizes={"cpu": 2, "cuda": 16},
     )
 )
 class DinoV2CT25D(DinoV2Base):

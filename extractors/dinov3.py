@@ -37,6 +37,8 @@ REVISION = "ea8dc2863c51be0a264bab82070e3e8836b02d51"
         description="DINOv3 ViT-L/16 [CLS] embedding (teacher, training only).",
         gpu=True,
         mem_mb=6000,
+        gpu_mem_mb=4000,
+        batch_sizes={"cpu": 8, "cuda": 128},
     )
 )
 class DinoV3ViTL(HFViTExpert):

@@ -52,6 +52,8 @@ REVISION = "78b867169b09bc34972c2c497aa323e94deb79d3"
         description="GatorTron-Base (Megatron-BERT 345M) mean-pooled over 512-token windows.",
         gpu=True,
         mem_mb=4000,
+        gpu_mem_mb=3000,
+        batch_sizes={"cpu": 8, "cuda": 64},
     )
 )
 class GatorTronBase(HFTextExpert):

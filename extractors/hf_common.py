@@ -245,6 +245,13 @@ class HubExpert(Extractor):
     def on_cuda(self) -> bool:
         return str(self.device).startswith("cuda")
 
+    def to_device(self, tensor):
+        """``tensor`` on the model's device; on CUDA through pinned host memory, copied
+        asynchronously (the next host-side step overlaps the transfer)."""
+        if self.on_cuda():
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
     def autocast(self):
         """bf16 autocast on CUDA, nothing on CPU (float32 there)."""
         import torch

@@ -168,7 +168,7 @@ class HFTextExpert(HubExpert):
         for k, w in enumerate(windows):
             ids[k, : len(w)] = torch.tensor(w, dtype=torch.long)
             mask[k, : len(w)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = self.to_device(ids), self.to_device(mask)
         with torch.inference_mode(), self.autocast():
             hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state
         hidden = hidden.float()

@@ -38,7 +38,7 @@ class ImageExpert(HubExpert):
         for start in range(0, len(pixels), step):
             chunk = torch.as_tensor(np.ascontiguousarray(pixels[start : start + step]), dtype=torch.float32)
             with torch.inference_mode(), self.autocast():
-                emb = self.forward_pixels(chunk.to(self.device))
+                emb = self.forward_pixels(self.to_device(chunk))
             out[start : start + len(chunk)] = emb.float().cpu().numpy()
         return out
 

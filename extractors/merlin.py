@@ -222,6 +222,8 @@ def merlin_preprocess(
         description="Merlin 3D CT image embedding (I3D ResNet-152, 2048-d).",
         gpu=True,
         mem_mb=12000,
+        gpu_mem_mb=12000,
+        batch_sizes={"cpu": 1, "cuda": 4},
     )
 )
 class Merlin(HubExpert):

@@ -126,6 +126,8 @@ ENV_HELP = (
         description="MOIRAI-1.0-R-small encoder representations, mean over observed tokens (own conda env).",
         gpu=True,
         mem_mb=3000,
+        gpu_mem_mb=3000,
+        batch_sizes={"cpu": 16, "cuda": 128},
         environment="moirai",
     )
 )

@@ -38,6 +38,8 @@ PREPROCESSING = {
         description="Qwen2-0.5B base, mean of last hidden states over non-padding tokens.",
         gpu=True,
         mem_mb=6000,
+        gpu_mem_mb=4000,
+        batch_sizes={"cpu": 4, "cuda": 32},
     )
 )
 class Qwen2Small(HFTextExpert):
@@ -58,6 +60,8 @@ class Qwen2Small(HFTextExpert):
         description="Qwen2-7B base (bf16 on CUDA), mean of last hidden states over non-padding tokens.",
         gpu=True,
         mem_mb=36000,
+        gpu_mem_mb=20000,
+        batch_sizes={"cpu": 1, "cuda": 8},
     )
 )
 class Qwen2Large(HFTextExpert):

@@ -123,6 +123,8 @@ def radfm_preprocess(volume_zyx: np.ndarray, size: int = 512, hu_range: tuple[fl
         description="RadFM 3D ViT + perceiver visual tokens, mean-pooled (teacher).",
         gpu=True,
         mem_mb=16000,
+        gpu_mem_mb=32000,
+        batch_sizes={"cpu": 1, "cuda": 2},
     )
 )
 class RadFM(HubExpert):

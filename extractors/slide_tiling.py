@@ -128,6 +128,9 @@ def slide_spec(name: str, base: type, role: str, paper_name: str, mem_mb: int) -
         description=f"{spec.name} on tissue tiles of the slide, mean over tiles.",
         gpu=True,
         mem_mb=mem_mb,
+        gpu_mem_mb=spec.gpu_mem_mb,
+        # One slide is many tiles (a batch of tiles per forward): few slides per batch.
+        batch_sizes={"cpu": 1, "cuda": 4},
     )
 
 

@@ -209,6 +209,7 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
                     )
             if len({m.name for m in members}) != len(members):
                 raise ConfigError(f"config key `{key}`: an expert appears twice in the committee")
+    _check_extraction_experts(cfg, known)
     _check_runs(cfg)
     return cfg
 
@@ -369,3 +370,54 @@ def training_params(cfg: dict[str, Any], run: str) -> dict[str, Any]:
     own = cfg.get("method_params", {})
     return {**cfg.get("training", {}), **(own.get(family, {}) if family else {}), **own.get(spec.method, {}),
             **spec.params}
+
+
+# ----------------------------------------------------------------------------- scale-out
+#: Resource keys a rule or an expert's extraction jobs may override (config `resources`, `extraction.experts`).
+RESOURCE_KEYS = ("threads", "mem_mb", "runtime", "gpu", "disk_mb")
+
+
+def _check_extraction_experts(cfg: dict[str, Any], known: set[str]) -> None:
+    """``extraction.experts.<name>`` names a registered expert; experts run outside the main
+    environment (MOIRAI's worker) are not sharded."""
+    from extractors.registry import get_spec
+
+    for name, over in cfg.get("extraction", {}).get("experts", {}).items():
+        if name not in known:
+            raise ConfigError(f"config key `extraction.experts.{name}`: unknown expert{_did_you_mean(name, known)}; "
+                              f"known experts: {', '.join(sorted(known))}")
+        if over.get("shards", 1) > 1 and get_spec(name).environment != "main":
+            raise ConfigError(f"config key `extraction.experts.{name}.shards`: expert {name!r} runs in its own "
+                              f"environment ({get_spec(name).environment!r}) and is not sharded; remove the key")
+
+
+def expert_shards(cfg: dict[str, Any], name: str) -> int:
+    """Extraction shards of expert ``name``: ``extraction.experts.<name>.shards``, else
+    ``extraction.shards`` (experts outside the main environment: always 1)."""
+    from extractors.registry import get_spec
+
+    ext = cfg.get("extraction", {})
+    if get_spec(name).environment != "main":
+        return 1
+    return int(ext.get("experts", {}).get(name, {}).get("shards", ext.get("shards", 1)))
+
+
+def extraction_resources(cfg: dict[str, Any], name: str, rule: str = "extract") -> dict[str, int]:
+    """Resources of one extraction job of expert ``name``: the registry's declaration (``mem_mb``,
+    ``runtime_min`` split over the shards, ``gpu`` for GPU-capable experts unless the expert is set
+    to run on CPU), then ``resources.<rule>``, then ``extraction.experts.<name>``."""
+    from extractors.registry import get_spec
+
+    spec = get_spec(name)
+    device = cfg["experts"].get("settings", {}).get(name, {}).get("device", "auto")
+    shards = expert_shards(cfg, name)
+    out = {
+        "threads": 1,
+        "mem_mb": int(spec.mem_mb),
+        "runtime": max(10, -(-int(spec.runtime_min) // shards)),
+        "gpu": 1 if spec.gpu and not str(device).startswith("cpu") else 0,
+    }
+    out.update(cfg.get("resources", {}).get(rule, {}))
+    over = cfg.get("extraction", {}).get("experts", {}).get(name, {})
+    out.update({k: v for k, v in over.items() if k in RESOURCE_KEYS})
+    return out

@@ -58,12 +58,14 @@ def png_images(folder: Path, n: int, size: int) -> list[str]:
     return paths
 
 
-def tiny_dinov2(folder: Path) -> str:
-    """A random-weight DINOv2 of the real architecture (1 layer at ViT-B width 768) plus the model-card
-    image processor, saved like a hub snapshot, for ``dinov2_base`` with ``local_dir``."""
+def tiny_dinov2(folder: Path, layers: int = 1) -> str:
+    """A random-weight DINOv2 of the real architecture (``layers`` layers at ViT-B width 768; 12 with
+    ViT-B's MLP is DINOv2-B's compute) plus the model-card image processor, saved like a hub
+    snapshot, for ``dinov2_base`` with ``local_dir``."""
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
-    config = Dinov2Config(hidden_size=768, num_hidden_layers=1, num_attention_heads=12, intermediate_size=768,
+    config = Dinov2Config(hidden_size=768, num_hidden_layers=layers, num_attention_heads=12,
+                          intermediate_size=768 if layers == 1 else 3072,
                           patch_size=14, image_size=224)
     Dinov2Model(config).save_pretrained(folder)
     BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
@@ -102,10 +104,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--experts", nargs="+", default=["minilm_l6", "image_texture"],
+    parser.add_argument("--experts", nargs="*", default=["minilm_l6", "image_texture"],
                         choices=["minilm_l6", "image_texture"])
     parser.add_argument("--tiny-dinov2", action="store_true",
                         help="also dinov2_base with a tiny random-weight DINOv2 (real code path, 224 px input)")
+    parser.add_argument("--dinov2-layers", type=int, default=1,
+                        help="layers of that DINOv2 (12: the compute of DINOv2-B, e.g. on a GPU)")
+    parser.add_argument("--dinov2-images", type=int, default=300)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING)
@@ -121,11 +126,12 @@ def main() -> None:
                 continue
             rows.append(bench(name, values, tmp / f"{name}.parquet", args.batch_size, args.num_workers, args.repeats))
         if args.tiny_dinov2:
-            local = tiny_dinov2(tmp / "tiny_dinov2")
-            rows.append(bench("dinov2_base", images[:300], tmp / "dinov2.parquet", args.batch_size,
+            local = tiny_dinov2(tmp / "tiny_dinov2", args.dinov2_layers)
+            rows.append(bench("dinov2_base", images[: args.dinov2_images], tmp / "dinov2.parquet", args.batch_size,
                               args.num_workers, args.repeats, local_dir=local))
-            rows[-1]["expert"] = "dinov2 (tiny)"
-    print(f"\ntorch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, num_workers {args.num_workers}, "
+            rows[-1]["expert"] = f"dinov2 ({args.dinov2_layers}L)"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    print(f"\ndevice: {device}; torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, num_workers {args.num_workers}, "
           f"batch {args.batch_size}, images {args.image_size}px PNG, texts: MedlinePlus answers")
     print(f"{'expert':<16}{'n':>6}{'pipeline/s':>12}{'embed-only/s':>14}{'ratio':>8}")
     for r in rows:

@@ -48,13 +48,21 @@ wildcard_constraints:
 
 
 def code_inputs(*modules):
-    """The closure of the modules' imports inside the repository (medmix.code_closure)."""
-    return closure_files(*modules)
+    """The closure of the modules' imports inside the repository (medmix.code_closure); `local`:
+    never mapped to a default storage provider (the Kubernetes profile's)."""
+    return [local(f) for f in closure_files(*modules)]
 
 
 def rule_resources(rule_name, **defaults):
-    """Default resources of a rule, overridden by config `resources.<rule>` (cluster profiles)."""
-    return {**defaults, **config.get("resources", {}).get(rule_name, {})}
+    """Default resources of a rule (`runtime`: 60 minutes unless given), overridden by config
+    `resources.<rule>` (cluster profiles); a `threads` override there goes to `rule_threads`."""
+    over = {k: v for k, v in config.get("resources", {}).get(rule_name, {}).items() if k != "threads"}
+    return {"runtime": 60, **defaults, **over}
+
+
+def rule_threads(rule_name, default=1):
+    """A rule's threads: config `resources.<rule>.threads`, else ``default``."""
+    return config.get("resources", {}).get(rule_name, {}).get("threads", default)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -177,7 +185,7 @@ def recorded_fingerprint(path):
 
 def expert_code(expert):
     """Code inputs of an expert: the closure of its module's imports plus declared non-imported files."""
-    return sorted({*code_inputs(expert_module(expert)), *extra_source_files(expert)})
+    return sorted({*code_inputs(expert_module(expert)), *map(local, extra_source_files(expert))})
 
 
 def view_input(dataset, modality, output):

@@ -1,3 +1,77 @@
+# Stage 1: one expert over one modality of one dataset -> one Parquet feature file.
+# Unsharded experts (extraction.shards = 1, the default): one `extract` job writes the file.
+# Sharded experts: `extract_shard` jobs (one per shard of the sample ids, medmix.store.shards)
+# write parts, `merge_shards` merges them into the same file (`ruleorder` picks it for them).
+import os
+
+from medmix.config import expert_shards, extraction_resources
+from medmix.store.inputs import input_fingerprint
+from medmix.store.shards import part_path, shard_rows
+
+#: Experts whose extraction is split into shards (merge_shards writes their feature files).
+SHARDED_EXPERTS = sorted({e for _, _, e in EXTRACTION_JOBS if expert_shards(config, e) > 1})
+
+
+wildcard_constraints:
+    shard="[0-9]+",
+    shards="[0-9]+",
+
+
+ruleorder: merge_shards > extract
+
+
+def extract_resource(key):
+    """One resource of an extraction job of the wildcard's expert (extraction_resources: the
+    registry's declaration, then config `resources.extract`, then `extraction.experts.<name>`)."""
+
+    def lookup(wildcards):
+        return extraction_resources(config, wildcards.expert)[key]
+
+    return lookup
+
+
+def extract_threads(wildcards):
+    return extraction_resources(config, wildcards.expert)["threads"]
+
+
+_SHARD_FINGERPRINTS = {}
+
+
+def shard_fingerprints(dataset, modality, shards):
+    """Input fingerprint of every shard of one modality (one pass over its files, cached per view)."""
+    view = current_view(dataset)  # waits for the checkpoint where needed
+    stamp = "source" if dataset in _SOURCE_VIEWS else os.stat(inputs_path(dataset)).st_mtime_ns
+    key = (dataset, modality, shards, stamp)
+    if key not in _SHARD_FINGERPRINTS:
+        ids, values, kind, schema = view.sample_ids, view.inputs(modality), view.kinds[modality], view.schema(modality)
+        _SHARD_FINGERPRINTS[key] = [
+            input_fingerprint([ids[i] for i in rows], [values[i] for i in rows], kind, schema)
+            for rows in shard_rows(ids, shards)
+        ]
+    return _SHARD_FINGERPRINTS[key]
+
+
+def shard_fingerprint_param(wildcards):
+    return shard_fingerprints(wildcards.dataset, wildcards.modality, int(wildcards.shards))[int(wildcards.shard)]
+
+
+def shard_view_input(wildcards):
+    """The input view, `ancient` while the part was computed from the shard's current inputs
+    (so an edit of another shard's input file, a label or a split reruns nothing here)."""
+    fingerprint = shard_fingerprint_param(wildcards)
+    path = inputs_path(wildcards.dataset)
+    return ancient(path) if recorded_fingerprint(shard_part(wildcards)) == fingerprint else path
+
+
+def shard_part(wildcards):
+    return part_path(wildcards.dataset, wildcards.modality, wildcards.expert, int(wildcards.shard), int(wildcards.shards))
+
+
+def shard_parts(wildcards):
+    n = expert_shards(config, wildcards.expert)
+    return [part_path(wildcards.dataset, wildcards.modality, wildcards.expert, k, n) for k in range(n)]
+
+
 rule extract:
     """Embed one modality of one dataset with one expert into one Parquet feature file.
 
@@ -27,12 +101,72 @@ rule extract:
         "logs/extract/{dataset}/{modality}/{expert}.log",
     benchmark:
         "results/benchmarks/extract/{dataset}/{modality}/{expert}.tsv"
-    threads: 1
+    threads: extract_threads
     resources:
-        mem_mb=lambda wc: rule_resources("extract", mem_mb=get_spec(wc.expert).mem_mb)["mem_mb"],
-        gpu=lambda wc: 1 if get_spec(wc.expert).gpu else 0,
+        mem_mb=extract_resource("mem_mb"),
+        runtime=extract_resource("runtime"),
+        gpu=extract_resource("gpu"),
         expert_runtime=expert_runtime_json,
     conda:
         "../envs/medmix.yaml"
     script:
         "../scripts/extract.py"
+
+
+rule extract_shard:
+    """One shard of a sharded expert's extraction: the samples whose blake2b(sample id) mod
+    `shards` is `shard`, into one part. Reruns as `extract` does, except that the input
+    fingerprint is the shard's own: a changed input file reruns only the shard holding it."""
+    input:
+        unpack(extract_hook_inputs),
+        inputs=shard_view_input,
+        code=lambda wc: expert_code(wc.expert),
+    output:
+        features="results/{dataset}/feature_shards/{modality}/{expert}/{shard}-of-{shards}.parquet",
+    params:
+        kind=lambda wc: modality_kind(wc.dataset, wc.modality),
+        model_id=expert_param("model_id"),
+        revision=expert_param("revision"),
+        preprocessing=expert_param("preprocessing"),
+        inputs=shard_fingerprint_param,
+        weights=weights_fingerprint,
+        max_failed_fraction=str(config["extraction"]["max_failed_fraction"]),
+    log:
+        "logs/extract/{dataset}/{modality}/{expert}/{shard}-of-{shards}.log",
+    benchmark:
+        "results/benchmarks/extract/{dataset}/{modality}/{expert}/{shard}-of-{shards}.tsv"
+    threads: extract_threads
+    resources:
+        mem_mb=extract_resource("mem_mb"),
+        runtime=extract_resource("runtime"),
+        gpu=extract_resource("gpu"),
+        expert_runtime=expert_runtime_json,
+    conda:
+        "../envs/medmix.yaml"
+    script:
+        "../scripts/extract.py"
+
+
+rule merge_shards:
+    """The feature file of a sharded expert: its parts merged in the input view's row order,
+    checked against the view (every sample exactly once, in its own shard), written atomically."""
+    input:
+        parts=shard_parts,
+        inputs=lambda wc: ancient(inputs_path(wc.dataset)),
+        code=code_inputs("extractors.job"),
+    output:
+        features="results/{dataset}/features/{modality}/{expert}.parquet",
+    log:
+        "logs/merge_shards/{dataset}/{modality}/{expert}.log",
+    benchmark:
+        "results/benchmarks/merge_shards/{dataset}/{modality}/{expert}.tsv"
+    wildcard_constraints:
+        # Only sharded experts (a pattern no expert name matches when none is).
+        expert="|".join(SHARDED_EXPERTS) or "(?!)",
+    threads: 1
+    resources:
+        **rule_resources("merge_shards", mem_mb=2000, runtime=15),
+    conda:
+        "../envs/medmix.yaml"
+    script:
+        "../scripts/merge_shards.py"

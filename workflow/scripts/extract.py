@@ -9,6 +9,7 @@ setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
 set_threads(sm.threads)
 options = {k: v for k, v in sm.input.items() if k not in ("inputs", "code")}
+shard = {"shard": int(sm.wildcards.shard), "shards": int(sm.wildcards.shards)} if "shard" in sm.wildcards.keys() else {}
 extract_job(
     inputs_path=sm.input.inputs,
     modality=sm.wildcards.modality,
@@ -18,4 +19,5 @@ extract_job(
     runtime=json.loads(sm.resources.expert_runtime),
     options=options,
     max_failed_fraction=float(sm.params.max_failed_fraction),
+    **shard,
 )
