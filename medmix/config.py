@@ -213,6 +213,9 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
                 f"config key `method_params.{m}.baseline_lr`: removed; every neural method takes `lr` from "
                 f"`training` (use `method_params.{m}.lr` for a method-specific one)"
             )
+    from medmix import missing_grid  # CP-IMoE's missing grid and the datasets' modality roles
+
+    missing_grid.check(cfg)
     return cfg
 
 
