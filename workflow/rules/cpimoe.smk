@@ -59,7 +59,7 @@ def grid_prediction_files():
 
 def grid_figures():
     g = missing_grid.grid(config)
-    methods = [m for m in g.get("figure_methods", []) if m in g.get("methods", [])]
+    methods = [m for m in g.get("figure_methods", []) if m in missing_grid.grid_methods(config)]
     return {f"{d}/{m}": f"results/tables/cpimoe/router_{d}_{m}.png" for d in missing_grid.grid_datasets(config) for m in methods}
 
 
