@@ -141,6 +141,27 @@ def test_masked_inputs_change_no_output(kw, data):
     assert torch.allclose(a_gate.sum(dim=1), torch.ones(n))
 
 
+@pytest.mark.parametrize("mods", [2, 3, 4])
+def test_m_modality_forward(mods):
+    net = small_net(mods=mods).eval()
+    n = 2**mods
+    present = torch.tensor([[(i >> j) & 1 for j in range(mods)] for i in range(n)], dtype=torch.bool)
+    x = {m: [torch.randn(n, 5), torch.randn(n, 3)] for m in net.modalities}
+    mask = {m: present[:, j : j + 1].expand(n, 2).clone() for j, m in enumerate(net.modalities)}
+    with torch.no_grad():
+        logits, gate = net.forward_all(x, mask)
+    assert logits.shape == (n, 3) and gate.shape == (n, mods + 2)
+    assert torch.isfinite(logits).all() and torch.allclose(gate.sum(1), torch.ones(n))
+    assert net.expert_names == [f"specific:m{j}" for j in range(mods)] + ["redundant", "synergistic"]
+    # every presence pattern gets its own static prompt, and its dynamic prompt uses only present features
+    assert len(set(pattern_ids(present, net.n_patterns).tolist())) == n
+    feats = torch.randn(n, mods, 8) * present[:, :, None]
+    complete = present.all(1)
+    dyn = net.dynamic_prompt(feats, present)
+    assert torch.allclose(dyn[complete], feats[complete].sum(1))
+    assert torch.equal(dyn[~present.any(1)], torch.zeros_like(dyn[~present.any(1)]))
+
+
 def test_missing_one_protocol_rates_and_seeding():
     n = 2000
     mask = {m: torch.ones(n, 2, dtype=torch.bool) for m in ("a", "b", "c")}
@@ -162,7 +183,7 @@ def test_missing_one_protocol_rates_and_seeding():
         Protocol("z", "missing_one", {"modalities": ["nope"], "p": 0.2}).apply(mask, torch.Generator())
 
 
-@pytest.mark.parametrize("mods", [2, 3, 4])
+@pytest.mark.parametrize("mods", [2, pytest.param(3, marks=pytest.mark.slow), pytest.param(4, marks=pytest.mark.slow)])
 def test_learns_with_m_modalities(mods):
     data = cohort(mods, seed=mods)
     tr, va, te = data.split_part("train"), data.split_part("val"), data.split_part("test")
