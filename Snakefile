@@ -18,6 +18,7 @@ include: "workflow/rules/extract.smk"
 include: "workflow/rules/moirai.smk"
 include: "workflow/rules/fit.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/cpimoe.smk"
 
 
 rule all:

@@ -261,6 +261,9 @@ def _check_runs(cfg: dict[str, Any]) -> None:
                 f"config key `method_params.{m}.baseline_lr`: removed; every neural method takes `lr` from "
                 f"`training` (use `method_params.{m}.lr` for a method-specific one)"
             )
+    from medmix import missing_grid  # CP-IMoE's missing grid and the datasets' modality roles
+
+    missing_grid.check(cfg)
 
 
 def committee(cfg: dict[str, Any], dataset: str, modality: str) -> tuple[list[Member], str | None]:

@@ -85,3 +85,30 @@ def parse_protocols(section: dict[str, Any] | None) -> list[Protocol]:
             raise KeyError(f"protocol {name!r}: unknown kind {kind!r}; known: {sorted(_KINDS)}")
         out.append(Protocol(name, kind, spec))
     return out
+
+
+@register_protocol_kind("missing_one")
+def _missing_one(modalities: list[str], p: float):
+    """CP-IMoE's missing-rate protocol: exactly ``round(p · N)`` samples, drawn at random, each lose
+    one modality chosen uniformly from ``modalities`` (one name: the primary / secondary setting;
+    several: the random setting). The reference drops a fixed fraction of each batch."""
+    if not modalities:
+        raise ValueError("missing_one: `modalities` must name at least one modality")
+    if not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"missing_one: p must be in [0, 1], got {p}")
+
+    def apply(mask: MaskDict, generator: torch.Generator) -> MaskDict:
+        unknown = [m for m in modalities if m not in mask]
+        if unknown:
+            raise KeyError(f"protocol drops unknown modalities {unknown}; modalities: {sorted(mask)}")
+        n = next(iter(mask.values())).shape[0]
+        chosen = torch.randperm(n, generator=generator)[: int(round(float(p) * n))]
+        which = torch.randint(len(modalities), (chosen.shape[0],), generator=generator)
+        out = dict(mask)
+        for j, m in enumerate(modalities):
+            drop = torch.zeros(n, dtype=torch.bool)
+            drop[chosen[which == j]] = True
+            out[m] = mask[m] & ~drop[:, None].to(mask[m].device)
+        return out
+
+    return apply

@@ -86,7 +86,9 @@ def fit_job(
     out_model: str,
     out_curves: str,
     out_info: str,
+    pretrained: dict[str, str] | None = None,
 ) -> None:
+    """``pretrained``: stage name -> folder of a staged method's pre-training outputs (medmix.pipeline.stage)."""
     t0 = time.perf_counter()
     data = load_dataset(cohort_path, committee, features, identities)
     # Feature scaling is fit on the training split only and saved with the model.
@@ -100,6 +102,10 @@ def fit_job(
     log.info("%s (method %s): train %d, val %d samples; modalities %s; seeds %s; train protocol %s", run, method,
              train.n, val.n, data.modalities, seeds, train_protocol.name)
     model = create_method(method, params)
+    if pretrained:
+        if not hasattr(model, "load_stages"):
+            raise TypeError(f"{method}: pre-training stage outputs were passed but the method has no stages")
+        model.load_stages(pretrained)
     model.fit(train, val, seeds, train_protocol)
     t_fit = time.perf_counter() - t0
     files = model.save(out_model)

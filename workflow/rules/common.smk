@@ -74,7 +74,7 @@ def dataset_config(dataset):
 
 
 #: Dataset keys that relate datasets or pick experts; they never change the cohort table.
-NOT_COHORT_KEYS = ("external",)
+NOT_COHORT_KEYS = ("external", "modality_roles")
 NOT_COHORT_MODALITY_KEYS = ("committee", "teacher")
 
 
@@ -289,6 +289,32 @@ def method_code(run, job_module):
     return code_inputs(get_method_class(run_spec(config, run).method).__module__, job_module)
 
 
+def train_protocol_spec(dataset, protocol):
+    """A train protocol's spec: `protocols.train`, else the missing grid's (medmix.missing_grid)."""
+    from medmix import missing_grid
+
+    return missing_grid.train_protocol_spec(config, dataset, protocol)
+
+
+def test_protocol_specs(dataset, method, protocol):
+    """`protocols.test` plus a missing-grid run's matching test protocol (medmix.missing_grid)."""
+    from medmix import missing_grid
+
+    return missing_grid.test_protocol_specs(config, dataset, method, protocol)
+
+
+def stage_dirs(dataset, method):
+    """Pre-training stage outputs a staged method's fit reads (empty for other methods)."""
+    from medmix.pipeline.stage import stage_module, stage_owner
+
+    method = run_spec(config, method).method
+    stages = stage_module(method)
+    if stages is None:
+        return []
+    modalities = list(dataset_config(dataset)["modalities"])
+    return [f"results/{dataset}/stages/{stage_owner(method)}/{s}" for s in stages.stage_plan(modalities)]
+
+
 def run_dir(dataset, method, protocol):
     return f"results/{dataset}/runs/{method}/{protocol}"
 
@@ -307,10 +333,15 @@ def prediction_files():
     ]
 
 
+#: Hooks returning extra targets of `all` (e.g. the CP-IMoE tables, see cpimoe.smk).
+TARGET_HOOKS = []
+
+
 def all_targets():
     return [
         *[f"results/{d}/summary.json" for d in DATASETS],
         *[feature_path(d, m, e) for d, m, e in EXTRACTION_JOBS],
         *prediction_files(),
         "results/tables/main.md",
+        *[t for hook in TARGET_HOOKS for t in hook()],
     ]

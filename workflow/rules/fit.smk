@@ -4,6 +4,7 @@ rule fit:
         cohort=lambda wc: cohort_path(wc.dataset),
         features=lambda wc: dataset_features(wc.dataset, wc.method),
         code=lambda wc: method_code(wc.method, "medmix.pipeline.fit"),
+        pretrained=lambda wc: stage_dirs(wc.dataset, wc.method),
     output:
         model=directory("results/{dataset}/runs/{method}/{protocol}/model"),
         curves="results/{dataset}/runs/{method}/{protocol}/curves.csv",
@@ -15,7 +16,7 @@ rule fit:
         identities=lambda wc: identities_json(wc.dataset, wc.method),
         training=lambda wc: canonical_json(training_params(config, wc.method)),
         seeds=canonical_json(config["seeds"]),
-        train_protocol=lambda wc: canonical_json(config["protocols"].get("train", {}).get(wc.protocol, {"kind": "none"})),
+        train_protocol=lambda wc: canonical_json(train_protocol_spec(wc.dataset, wc.protocol)),
     log:
         "logs/fit/{dataset}/{method}/{protocol}.log",
     benchmark:
@@ -43,7 +44,7 @@ rule evaluate:
         committee=lambda wc: canonical_json(committee_spec(wc.cohort, wc.method)),
         feature_keys=lambda wc: canonical_json(feature_keys(wc.cohort, wc.method)),
         identities=lambda wc: identities_json(wc.cohort, wc.method),
-        test_protocols=canonical_json(config["protocols"]["test"]),
+        test_protocols=lambda wc: canonical_json(test_protocol_specs(wc.dataset, wc.method, wc.protocol)),
     log:
         "logs/evaluate/{dataset}/{method}/{protocol}/{cohort}.log",
     benchmark:

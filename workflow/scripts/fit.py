@@ -1,6 +1,7 @@
 """Thin adapter: the ``fit`` rule -> medmix.pipeline.fit.fit_job."""
 
 import json
+from pathlib import Path
 
 from medmix.cohort import read_cohort_schemas
 from medmix.config import with_expected_dims
@@ -26,4 +27,5 @@ fit_job(
     out_model=sm.output.model,
     out_curves=sm.output.curves,
     out_info=sm.output.info,
+    pretrained={Path(p).name: p for p in sm.input.pretrained},
 )

@@ -1,0 +1,74 @@
+"""The CP-IMoE missing grid in config (issue 14): expansion into protocols and runs, the matching
+test protocol of a train-and-test run, test-only mode, and config errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medmix import missing_grid
+from medmix.config import ConfigError, validate_config
+from medmix.protocols import parse_protocols
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def cfg():
+    out = yaml.safe_load((REPO / "config.yaml").read_text())
+    out["missing_grid"] = {"methods": ["cpimoe", "medmix", "momke"], "rates": [0.2, 0.8]}
+    return validate_config(out)
+
+
+def test_grid_expands_to_protocols_and_runs(cfg):
+    protos = missing_grid.dataset_protocols(cfg, "demo_openi")
+    assert list(protos) == ["miss_primary_20", "miss_primary_80", "miss_secondary_20", "miss_secondary_80",
+                            "miss_random_20", "miss_random_80"]
+    assert protos["miss_primary_80"] == {"kind": "missing_one", "modalities": ["frontal"], "p": 0.8}
+    assert protos["miss_random_20"]["modalities"] == ["frontal", "note"]
+    assert missing_grid.dataset_protocols(cfg, "demo_mimic") == {}  # declares no roles
+    runs = missing_grid.grid_runs(cfg)
+    methods = {m for _, m, _ in runs}
+    assert methods <= {"cpimoe", "medmix", "momke"} and {"cpimoe", "medmix"} <= methods
+    assert len([r for r in runs if r[1] == "cpimoe"]) == 6
+    # every grid protocol parses into a registered kind
+    assert [p.kind for p in parse_protocols(protos)][1:] == ["missing_one"] * 6
+
+
+def test_train_and_test_run_is_evaluated_under_its_own_protocol(cfg):
+    spec = missing_grid.train_protocol_spec(cfg, "demo_openi", "miss_secondary_80")
+    assert spec == {"kind": "missing_one", "modalities": ["note"], "p": 0.8}
+    tests = missing_grid.test_protocol_specs(cfg, "demo_openi", "cpimoe", "miss_secondary_80")
+    assert list(tests) == [*cfg["protocols"]["test"], "miss_secondary_80"] and tests["miss_secondary_80"] == spec
+    # methods outside the grid and clean runs keep the configured test protocols only
+    assert missing_grid.test_protocol_specs(cfg, "demo_openi", "meanavg", "none") == cfg["protocols"]["test"]
+    assert missing_grid.test_protocol_specs(cfg, "demo_openi", "cpimoe", "none") == cfg["protocols"]["test"]
+    with pytest.raises(ConfigError, match="neither in `protocols.train`"):
+        missing_grid.train_protocol_spec(cfg, "demo_openi", "miss_primary_55")
+
+
+def test_test_only_mode_evaluates_the_clean_run_under_every_cell(cfg):
+    cfg["missing_grid"]["mode"] = "test_only"
+    assert {p for _, _, p in missing_grid.grid_runs(cfg)} == {"none"}
+    tests = missing_grid.test_protocol_specs(cfg, "demo_openi", "cpimoe", "none")
+    assert set(tests) == set(cfg["protocols"]["test"]) | set(missing_grid.dataset_protocols(cfg, "demo_openi"))
+    with pytest.raises(ConfigError):
+        missing_grid.train_protocol_spec(cfg, "demo_openi", "miss_primary_20")
+
+
+@pytest.mark.parametrize(("mutate", "needle"), [
+    (lambda c: c["datasets"]["demo_openi"].__setitem__("modality_roles", {"primary": "ct", "secondary": "note"}),
+     "datasets.demo_openi.modality_roles.primary"),
+    (lambda c: c["datasets"]["demo_openi"].__setitem__("modality_roles", {"primary": "note", "secondary": "note"}),
+     "must differ"),
+    (lambda c: c["missing_grid"].__setitem__("methods", ["cpimeo"]), "missing_grid.methods"),
+    (lambda c: c["missing_grid"].__setitem__("rates", [1.5]), "missing_grid"),
+    (lambda c: c["missing_grid"].__setitem__("setings", ["primary"]), "setings"),
+])
+def test_config_errors_name_the_key(mutate, needle):
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    mutate(raw)
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        validate_config(raw)

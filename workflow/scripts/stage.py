@@ -1,0 +1,26 @@
+"""Thin adapter: the ``stage`` rule -> medmix.pipeline.stage.stage_job."""
+
+import json
+from pathlib import Path
+
+from medmix.cohort import read_cohort_schemas
+from medmix.config import with_expected_dims
+from medmix.pipeline import set_threads, setup_logging
+from medmix.pipeline.stage import stage_job
+
+setup_logging(snakemake.log[0])  # noqa: F821
+sm = snakemake  # noqa: F821
+set_threads(sm.threads)
+stage_job(
+    method=sm.wildcards.method,
+    stage=sm.wildcards.stage,
+    cohort_path=sm.input.cohort,
+    committee=json.loads(sm.params.committee),
+    features=dict(zip(json.loads(sm.params.feature_keys), sm.input.features, strict=True)),
+    identities=with_expected_dims(json.loads(sm.params.identities), json.loads(sm.params.feature_keys),
+                                  read_cohort_schemas(sm.input.cohort)),
+    params=json.loads(sm.params.training),
+    seeds=json.loads(sm.params.seeds),
+    needs={Path(p).name: p for p in sm.input.needs},
+    out_dir=sm.output.stage,
+)
