@@ -10,6 +10,8 @@ configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/extract_common.smk"
+include: "workflow/rules/cpimoe_common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/rag_common.smk"
@@ -19,6 +21,18 @@ include: "workflow/rules/moirai.smk"
 include: "workflow/rules/fit.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/cpimoe.smk"
+
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_]+",
+    modality="[A-Za-z0-9_]+",
+    expert="[A-Za-z0-9_]+",
+    method=RUN_NAME_PATTERN,
+    protocol="[A-Za-z0-9_]+",
+    cohort="[A-Za-z0-9_]+",
+    shard="[0-9]+",
+    shards="[0-9]+",
+    stage="[A-Za-z0-9_]+",
 
 
 rule all:

@@ -38,14 +38,6 @@ EXTRACTION_JOBS = extraction_jobs(config)
 EXPERT_INPUT_HOOKS = []
 
 
-wildcard_constraints:
-    dataset="[A-Za-z0-9_]+",
-    modality="[A-Za-z0-9_]+",
-    expert="[A-Za-z0-9_]+",
-    method=RUN_NAME_PATTERN,
-    protocol="[A-Za-z0-9_]+",
-    cohort="[A-Za-z0-9_]+",
-
 
 def code_inputs(*modules):
     """The closure of the modules' imports inside the repository (medmix.code_closure); `local`:
@@ -54,7 +46,7 @@ def code_inputs(*modules):
 
 
 def rule_resources(rule_name, **defaults):
-    """Default resources of a rule (`runtime`: 60 minutes unless given), overridden by config
+    """Default resources of a job of `rule_name` (`runtime`: 60 minutes unless given), overridden by config
     `resources.<rule>` (cluster profiles); a `threads` override there goes to `rule_threads`."""
     over = {k: v for k, v in config.get("resources", {}).get(rule_name, {}).items() if k != "threads"}
     return {"runtime": 60, **defaults, **over}
