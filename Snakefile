@@ -21,6 +21,7 @@ include: "workflow/rules/moirai.smk"
 include: "workflow/rules/fit.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/cpimoe.smk"
+include: "workflow/rules/contribution.smk"
 
 
 wildcard_constraints:

@@ -14,8 +14,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-#: A run name is a path component and a Snakemake wildcard value: letters, digits, ``_``, ``+``, ``-``.
-RUN_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_+\-]*"
+#: A method or variant name is a path component and a Snakemake wildcard value: letters, digits, ``_``, ``+``, ``-``.
+VARIANT_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_+\-]*"
+#: Every run name: a method or variant name, optionally ``@`` + a modality subset of the sweep
+#: (:mod:`medmix.sweep`, e.g. ``gbdt@frontal+note``); ``@`` occurs in no other name.
+RUN_NAME_PATTERN = VARIANT_NAME_PATTERN + r"(@[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*)?"
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,14 @@ class RunSpec:
 
 
 def run_spec(cfg: dict[str, Any], name: str) -> RunSpec:
-    """The spec of run ``name``: a variant of ``cfg['variants']`` or a registered method."""
+    """The spec of run ``name``: a variant of ``cfg['variants']``, a registered method, or a sweep
+    run ``<method or variant>@<modality>+...`` (that run restricted to the listed modalities)."""
+    from medmix.sweep import parse_sweep_name
+
+    swept = parse_sweep_name(name)
+    if swept is not None:
+        base = run_spec(cfg, swept[0])
+        return RunSpec(name=name, method=base.method, params=base.params, modalities=swept[1], roles=base.roles)
     variants = cfg.get("variants") or {}
     if name in variants:
         v = variants[name]
@@ -55,8 +65,8 @@ def run_spec(cfg: dict[str, Any], name: str) -> RunSpec:
 
 
 def check_run_name(name: str, where: str) -> None:
-    if not re.fullmatch(RUN_NAME_PATTERN, name):
-        raise ValueError(f"{where}: run name {name!r} must match {RUN_NAME_PATTERN} (it names result folders)")
+    if not re.fullmatch(VARIANT_NAME_PATTERN, name):
+        raise ValueError(f"{where}: run name {name!r} must match {VARIANT_NAME_PATTERN} (it names result folders)")
 
 
 def run_specs(cfg: dict[str, Any]) -> dict[str, RunSpec]:

@@ -56,9 +56,8 @@ def required_subsets(modalities: Sequence[str], permutations: int = 64, seed: in
     return sorted(subsets, key=lambda s: (len(s), sorted(s)))
 
 
+#: Separates a sweep run's base run from its subset (the wildcard pattern: :data:`medmix.runs.RUN_NAME_PATTERN`).
 RUN_SEP = "@"
-#: The wildcard pattern of a run name, sweep runs included.
-RUN_NAME_PATTERN = r"[A-Za-z0-9_]+(@[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*)?"
 
 
 def sweep_run_name(method: str, subset) -> str:
@@ -126,10 +125,18 @@ def check_sweep(cfg: dict[str, Any]) -> None:
     from medmix.methods import is_known_method, known_methods
 
     sweep = sweep_settings(cfg)
+    variants = cfg.get("variants") or {}
     for m in sweep["methods"]:
-        if not is_known_method(m):
-            raise ValueError(f"config key `sweep.methods`: unknown method {m!r}{_hint(m, known_methods())}; "
-                             f"known: {known_methods()}")
+        if m in variants:
+            if variants[m].get("modalities") is not None:
+                raise ValueError(f"config key `sweep.methods`: variant {m!r} restricts its modalities; the sweep "
+                                 "chooses the modalities (sweep its method or a variant without `modalities`)")
+        elif not is_known_method(m):
+            raise ValueError(f"config key `sweep.methods`: unknown method or variant {m!r}"
+                             f"{_hint(m, [*known_methods(), *variants])}; known: {known_methods()}")
+    if sweep["methods"] and "none" not in cfg.get("protocols", {}).get("train", {"none": {}}):
+        raise ValueError("config key `sweep`: the sweep scores clean runs, so `protocols.train` needs a protocol "
+                         "named `none` ({kind: none})")
     development = [n for n, d in cfg["datasets"].items() if d.get("role", "development") == "development"]
     for d in sweep.get("datasets", []):
         if d not in development:

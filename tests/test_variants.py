@@ -111,3 +111,38 @@ def test_variants_train_from_the_same_cache_and_are_rows_of_the_tables(tmp_path)
     assert set(preds.method) == {"meanavg_note"}
     metrics = pd.read_csv(tmp_path / "results/tables/metrics.csv")
     assert set(metrics.method) == set(cfg["methods"])
+
+
+def test_sweep_runs_are_their_base_run_restricted_to_the_subset():
+    import re
+
+    from medmix.runs import RUN_NAME_PATTERN
+
+    cfg = _config(medmix_no_rag={"method": "medmix", "roles": ["biomed", "general"], "params": {"lr": 0.01}})
+    spec = run_spec(cfg, "medmix_no_rag@note")
+    assert (spec.method, spec.modalities, spec.roles, spec.params) == ("medmix", ("note",), ("biomed", "general"),
+                                                                      {"lr": 0.01})
+    assert select_committee(COMMITTEE, spec, "d") == {"note": {"committee": [["text_keywords", "biomed"],
+                                                                             ["minilm_l6", "general"]],
+                                                               "teacher": "minilm_l6"}}
+    assert training_params(cfg, "medmix_no_rag@note")["lr"] == 0.01
+    assert run_spec(cfg, "gbdt@frontal+note").modalities == ("frontal", "note")
+    assert re.fullmatch(RUN_NAME_PATTERN, "gbdt@frontal+note") and not re.fullmatch(RUN_NAME_PATTERN, "a@b@c")
+    with pytest.raises(KeyError, match="unknown run 'medmixx'"):
+        run_spec(cfg, "medmixx@note")
+
+
+@pytest.mark.parametrize(("sweep", "message"), [
+    ({"methods": ["medmix_note_only"]}, "restricts its modalities"),
+    ({"methods": ["medmixx"]}, "unknown method or variant 'medmixx'"),
+])
+def test_bad_sweeps_are_config_errors(sweep, message):
+    cfg = _config(medmix_note_only={"method": "medmix", "modalities": ["note"]})
+    cfg["sweep"] = sweep
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
+
+
+def test_a_variant_name_may_not_contain_the_sweep_separator():
+    with pytest.raises(ConfigError, match="must match"):
+        validate_config(_config(**{"medmix@note": {"method": "medmix"}}))

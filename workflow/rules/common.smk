@@ -22,6 +22,7 @@ from medmix.config import (
 from medmix.methods import get_method_class
 from medmix.protocols import parse_protocols
 from medmix.runs import RUN_NAME_PATTERN
+from medmix.sweep import sweep_plan
 from medmix.store import FeatureStoreError, read_metadata
 from medmix.store.inputs import folder_fingerprint, read_input_view
 
@@ -325,8 +326,24 @@ def prediction_files():
     ]
 
 
+def sweep_prediction_files():
+    """Clean-run (train protocol `none`) test-cohort predictions of the sweep's runs and of the
+    swept methods' own runs (medmix.sweep; empty while `sweep.methods` is empty)."""
+    return sorted({f"{run_dir(d, run, 'none')}/predictions/{d}.parquet"
+                   for d, methods in sweep_plan(config).items()
+                   for spec in methods.values() for run in spec["runs"].values()})
+
+
 #: Hooks returning extra targets of `all` (e.g. the CP-IMoE tables, see cpimoe.smk).
 TARGET_HOOKS = []
+
+
+def contribution_targets():
+    """The subset / contribution tables when the sweep is on (contribution.smk)."""
+    return ["results/tables/contribution.md"] if sweep_prediction_files() else []
+
+
+TARGET_HOOKS.append(contribution_targets)
 
 
 def all_targets():

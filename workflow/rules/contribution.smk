@@ -1,0 +1,29 @@
+rule contribution:
+    """Performance by modality subset and each modality's Shapley contribution (medmix.sweep,
+    medmix.evaluation.contribution), from the clean test predictions of the sweep's runs."""
+    input:
+        predictions=sweep_prediction_files(),
+        code=code_inputs("medmix.evaluation.contribution", "medmix.sweep"),
+    output:
+        sweep_md="results/tables/sweep.md",
+        sweep_csv="results/tables/sweep.csv",
+        sweep_png="results/tables/sweep.png",
+        contribution_md="results/tables/contribution.md",
+        contribution_csv="results/tables/contribution.csv",
+        contribution_png="results/tables/contribution.png",
+    params:
+        plan=lambda wc: canonical_json(sweep_plan(config)),
+        tasks=canonical_json({d: dataset_config(d)["task"] for d in DATASETS}),
+        seeds=canonical_json(config["seeds"]),
+        permutations=config.get("sweep", {}).get("permutations", 64),
+        permutation_seed=config.get("sweep", {}).get("permutation_seed", 0),
+    log:
+        "logs/contribution.log",
+    benchmark:
+        "results/benchmarks/contribution.tsv"
+    resources:
+        **rule_resources("contribution", mem_mb=2000),
+    conda:
+        "../envs/medmix.yaml"
+    script:
+        "../scripts/contribution.py"
