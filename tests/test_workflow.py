@@ -34,6 +34,7 @@ def tiny_config() -> dict:
     cfg["seeds"] = [0]
     # A fixed, small set of runs: the tests here are about the DAG, not about every method.
     cfg["methods"] = ["medmix", "medmix_nodistill", "meanavg"]
+    cfg["missing_grid"]["methods"] = []  # CP-IMoE's grid has its own tests (test_missing_grid.py)
     cfg["demo"]["cohorts"] = {
         "demo_openi": {"kind": "cxr", "n_patients": 40, "seed": 1},
         "demo_mimic": {"kind": "icu", "n_patients": 40, "seed": 2},
