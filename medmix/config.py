@@ -263,7 +263,10 @@ def _check_runs(cfg: dict[str, Any]) -> None:
             )
     from medmix import missing_grid  # CP-IMoE's missing grid and the datasets' modality roles
 
-    missing_grid.check(cfg)
+    try:
+        missing_grid.check(cfg)
+    except missing_grid.GridError as err:
+        raise ConfigError(str(err)) from None
 
 
 def committee(cfg: dict[str, Any], dataset: str, modality: str) -> tuple[list[Member], str | None]:

@@ -22,37 +22,31 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from medmix.config import ConfigError
-
 log = logging.getLogger("medmix.missing_grid")
 SETTINGS = ("primary", "secondary", "random")
-#: Methods another branch is adding: listed in `missing_grid.methods`, they are skipped (with a log
-#: line) until registered, instead of failing the config check.
-PENDING_METHODS = ("momke",)
 MODES = ("train_and_test", "test_only")
 
 
-class GridError(ConfigError):
-    """The missing grid or a dataset's modality roles are invalid."""
+class GridError(ValueError):
+    """The missing grid or a dataset's modality roles are invalid (the config check turns it into a
+    ``ConfigError``)."""
 
 
 def grid(cfg: dict[str, Any]) -> dict[str, Any]:
-    return cfg.get("missing_grid") or {}
+    """The ``missing_grid`` section, or ``{}`` when it is off (absent, or no methods listed)."""
+    g = cfg.get("missing_grid") or {}
+    return g if g.get("methods") else {}
 
 
 def grid_methods(cfg: dict[str, Any]) -> list[str]:
-    """``missing_grid.methods`` that are registered (pending ones are skipped until they are)."""
+    """``missing_grid.methods`` (each must be a registered method)."""
     from medmix.methods import is_known_method
 
-    out = []
-    for m in grid(cfg).get("methods", []):
-        if is_known_method(m):
-            out.append(m)
-        elif m in PENDING_METHODS:
-            log.info("missing_grid: method %r is not registered yet; left out of the grid", m)
-        else:
+    methods = list(grid(cfg).get("methods", []))
+    for m in methods:
+        if not is_known_method(m):
             raise GridError(f"config key `missing_grid.methods`: unknown method {m!r}")
-    return out
+    return methods
 
 
 def protocol_name(setting: str, rate: float) -> str:
@@ -148,4 +142,4 @@ def check(cfg: dict[str, Any]) -> None:
         if pname in own:
             raise GridError(f"config key `missing_grid`: protocol name {pname!r} is also declared in `protocols`")
     if not grid_datasets(cfg):
-        raise GridError("config key `missing_grid`: no development dataset declares `modality_roles`")
+        log.warning("missing_grid: no development dataset declares `modality_roles`; the grid has nothing to run")

@@ -39,7 +39,7 @@ import torch
 from medmix.data import TensorData
 from medmix.methods import register_method
 from medmix.methods.base import FusionMethod, Prediction
-from medmix.methods.simple_fusion import TaskObjective, check_lr_params
+from medmix.methods.simple_fusion import NetEnsembleState, TaskObjective, check_lr_params
 from medmix.models.cpimoe import CPIMoENet
 from medmix.protocols import Protocol
 from medmix.training import cpimoe_stages as stages
@@ -58,7 +58,7 @@ LAST_STAGE_KEYS = ("prompts", "static_prompt", "max_patterns")
 
 
 @register_method("cpimoe")
-class CPIMoE(FusionMethod):
+class CPIMoE(NetEnsembleState, FusionMethod):
     extra_params: ClassVar[tuple[str, ...]] = (*stages.STAGE_KEYS, *LAST_STAGE_KEYS)
     #: Pre-training stages: their module (stage_plan / stage_params / run_stage) and the method
     #: name whose params and output folder they use (shared by ``cpimoe_router``).
@@ -152,22 +152,6 @@ class CPIMoE(FusionMethod):
         prob = np.stack([np.concatenate(p) if p else np.zeros((0, n_out), np.float32) for p in probs])
         gate = np.stack([np.concatenate(g) if g else np.zeros((0, n_exp), np.float32) for g in gates])
         return Prediction(prob, {"gate": gate}, {"gate": self.models[0].expert_names})
-
-    def curves(self) -> pd.DataFrame:
-        return self._curves
-
-    def export(self) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]]:
-        return dict(self.settings), [{k: v.detach().cpu() for k, v in n.state_dict().items()} for n in self.models]
-
-    def restore(self, settings: dict[str, Any], states: list[dict[str, torch.Tensor]]) -> None:
-        device, _ = resolve_runtime(self.train_config)
-        self.settings = dict(settings)
-        self.settings["dims"] = {m: [int(d) for d in ds] for m, ds in settings["dims"].items()}
-        self.models = []
-        for state in states:
-            net = self.build(self.settings)
-            net.load_state_dict(state)
-            self.models.append(net.to(device).eval())
 
 
 @register_method("cpimoe_router")

@@ -95,6 +95,28 @@ class FusionNet(nn.Module):
         return self.head(self.pool(self.project(x, present), present)).float()
 
 
+class NetEnsembleState:
+    """Mixin of a method that keeps one ``torch`` network per seed (``self.models``), built from
+    ``self.settings`` by ``self.build``, and its training curves (``self._curves``): curves, export
+    and restore of the method contract."""
+
+    def curves(self) -> pd.DataFrame:
+        return self._curves
+
+    def export(self) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]]:
+        return dict(self.settings), [{k: v.detach().cpu() for k, v in n.state_dict().items()} for n in self.models]
+
+    def restore(self, settings: dict[str, Any], states: list[dict[str, torch.Tensor]]) -> None:
+        device, _ = resolve_runtime(self.train_config)
+        self.settings = dict(settings)
+        self.settings["dims"] = {m: [int(d) for d in ds] for m, ds in settings["dims"].items()}
+        self.models = []
+        for state in states:
+            net = self.build(self.settings)
+            net.load_state_dict(state)
+            self.models.append(net.to(device).eval())
+
+
 class TaskObjective:
     """The task loss alone (no auxiliary terms)."""
 
@@ -111,7 +133,7 @@ class TaskObjective:
         return model(batch.x, batch.mask)
 
 
-class SimpleFusion(FusionMethod):
+class SimpleFusion(NetEnsembleState, FusionMethod):
     """A :class:`FusionNet` per seed trained by the ensemble trainer; subclasses set :attr:`net_class`.
 
     Params: every :class:`TrainConfig` key (``lr`` included) plus ``hidden_dim`` (default 256) and
@@ -195,22 +217,6 @@ class SimpleFusion(FusionMethod):
                  for m, ds in want.items() for k in range(len(ds))]
         out = {key: np.stack([np.concatenate(e[key]) for e in extras]) for key in extras[0]}
         return Prediction(prob, out, {key: names for key in out})
-
-    def curves(self) -> pd.DataFrame:
-        return self._curves
-
-    def export(self) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]]:
-        return dict(self.settings), [{k: v.detach().cpu() for k, v in n.state_dict().items()} for n in self.models]
-
-    def restore(self, settings: dict[str, Any], states: list[dict[str, torch.Tensor]]) -> None:
-        device, _ = resolve_runtime(self.train_config)
-        self.settings = dict(settings)
-        self.settings["dims"] = {m: [int(d) for d in ds] for m, ds in settings["dims"].items()}
-        self.models = []
-        for state in states:
-            net = self.build(self.settings)
-            net.load_state_dict(state)
-            self.models.append(net.to(device).eval())
 
 
 def masked_softmax(scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
