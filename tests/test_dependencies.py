@@ -32,6 +32,10 @@ NOT_IMPORTED = {
     "pyjpegls": "pydicom JPEG-LS plugin (dev; declared with the DICOM reader work, never imported)",
     "ruff": "lint command line (README: Development)",
     "import-linter": "`lint-imports` command line (tests/test_layering.py)",
+    "snakemake-executor-plugin-slurm": "Snakemake executor plugin, loaded by name (`--executor slurm`, profile slurm)",
+    "snakemake-executor-plugin-kubernetes": "Snakemake executor plugin, loaded by name (profile kubernetes)",
+    "snakemake-executor-plugin-cluster-generic": "Snakemake executor plugin, loaded by name (tests/test_scale.py)",
+    "snakemake-storage-plugin-fs": "Snakemake storage plugin, loaded by name (profile kubernetes' shared volume)",
 }
 #: Import name -> distribution for optional packages that may be absent here (e.g. the lowest-versions venv).
 NOT_INSTALLED = {"merlin": "merlin-vlm", "chronos": "chronos-forecasting", "einops": "einops"}

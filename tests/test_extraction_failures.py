@@ -94,7 +94,7 @@ def test_extract_job_passes_max_failed_fraction(tmp_path: Path) -> None:
 
     cfg = validate_schema({"datasets": {"d": {"adapter": "manifest", "task": "binary", "labels": ["y"]}},
                            "experts": {"profile": "p", "profiles": {"p": {}}}})
-    assert cfg["extraction"] == {"max_failed_fraction": 0.5}
+    assert cfg["extraction"]["max_failed_fraction"] == 0.5
     cohort = tmp_path / "inputs.parquet"
     values = [str(_series(tmp_path, "a", 48)), str(_series(tmp_path, "b", 48))]
     write_input_view(cohort, InputView("icu48", ["a", "b"], {"ehr": "timeseries"}, {"ehr": values}))

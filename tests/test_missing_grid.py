@@ -45,7 +45,7 @@ def test_train_and_test_run_is_evaluated_under_its_own_protocol(cfg):
     # methods outside the grid and clean runs keep the configured test protocols only
     assert missing_grid.test_protocol_specs(cfg, "demo_openi", "meanavg", "none") == cfg["protocols"]["test"]
     assert missing_grid.test_protocol_specs(cfg, "demo_openi", "cpimoe", "none") == cfg["protocols"]["test"]
-    with pytest.raises(ConfigError, match="neither in `protocols.train`"):
+    with pytest.raises(missing_grid.GridError, match="neither in `protocols.train`"):
         missing_grid.train_protocol_spec(cfg, "demo_openi", "miss_primary_55")
 
 
@@ -54,7 +54,7 @@ def test_test_only_mode_evaluates_the_clean_run_under_every_cell(cfg):
     assert {p for _, _, p in missing_grid.grid_runs(cfg)} == {"none"}
     tests = missing_grid.test_protocol_specs(cfg, "demo_openi", "cpimoe", "none")
     assert set(tests) == set(cfg["protocols"]["test"]) | set(missing_grid.dataset_protocols(cfg, "demo_openi"))
-    with pytest.raises(ConfigError):
+    with pytest.raises(missing_grid.GridError, match="miss_primary_20"):
         missing_grid.train_protocol_spec(cfg, "demo_openi", "miss_primary_20")
 
 
@@ -72,3 +72,14 @@ def test_config_errors_name_the_key(mutate, needle):
     mutate(raw)
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         validate_config(raw)
+
+
+def test_grid_is_off_without_methods_or_datasets_with_roles():
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    raw["missing_grid"]["methods"] = []
+    assert missing_grid.grid_runs(validate_config(raw)) == []
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    for ds in raw["datasets"].values():
+        ds.pop("modality_roles", None)
+    cfg = validate_config(raw)  # a grid with nothing to run on is valid (a warning), not an error
+    assert missing_grid.grid_datasets(cfg) == [] and missing_grid.grid_runs(cfg) == []
