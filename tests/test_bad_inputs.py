@@ -32,8 +32,9 @@ from bad_inputs import (
     write_cohort,
     write_manifest,
 )
+from config_helpers import default_config
 from PIL import Image
-from test_workflow import REPO, snakemake
+from test_workflow import snakemake
 
 from medmix.store import read_features, read_metadata, write_features
 
@@ -41,7 +42,7 @@ DATASET = "mycohort"
 
 
 def base_config(datasets: dict) -> dict:
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg = default_config()
     cfg["seeds"] = [0]
     cfg["demo"] = {"cohorts": {}}
     cfg["methods"] = ["meanavg"]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_workflow import REPO, snakemake
+from config_helpers import default_config
+from test_workflow import snakemake
 from test_workflow_manifest import _manifest_config, _write_cohort
 
 from medmix.config import ConfigError, run_spec, run_specs, select_committee, training_params, validate_config
@@ -21,7 +22,7 @@ COMMITTEE = {
 
 
 def _config(**variants) -> dict:
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg = default_config()
     cfg["variants"] = variants
     cfg["methods"] = ["medmix", *variants]
     return cfg

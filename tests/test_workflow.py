@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from config_helpers import default_config
 from PIL import Image
 
 from medmix.config import extraction_jobs, validate_config
@@ -30,11 +31,10 @@ pytestmark = pytest.mark.slow
 
 
 def tiny_config() -> dict:
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg = default_config()  # CP-IMoE's grid and the sweep have their own tests
     cfg["seeds"] = [0]
     # A fixed, small set of runs: the tests here are about the DAG, not about every method.
     cfg["methods"] = ["medmix", "medmix_nodistill", "meanavg"]
-    cfg["missing_grid"]["methods"] = []  # CP-IMoE's grid has its own tests (test_missing_grid.py)
     cfg["demo"]["cohorts"] = {
         "demo_openi": {"kind": "cxr", "n_patients": 40, "seed": 1},
         "demo_mimic": {"kind": "icu", "n_patients": 40, "seed": 2},

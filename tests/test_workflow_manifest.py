@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from config_helpers import default_config
 from PIL import Image
 from test_workflow import REPO, planned_jobs, snakemake
 
@@ -44,7 +45,7 @@ def _write_cohort(folder, n=60, seed=0):
 @pytest.mark.slow
 def test_manifest_cohort_end_to_end(tmp_path):
     _write_cohort(tmp_path / "cohort")
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg = default_config()
     cfg["seeds"] = [0]
     cfg["demo"] = {"cohorts": {}}
     cfg["methods"] = ["medmix"]
@@ -86,7 +87,7 @@ def test_paper_profile_plans_every_expert(tmp_path):
 
 
 def _manifest_config(tmp_path) -> dict:
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg = default_config()
     cfg["seeds"] = [0]
     cfg["demo"] = {"cohorts": {}}
     cfg["methods"] = ["meanavg"]
