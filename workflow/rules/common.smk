@@ -354,3 +354,21 @@ def all_targets():
         "results/tables/main.md",
         *[t for hook in TARGET_HOOKS for t in hook()],
     ]
+
+
+#: The paper's tables (medmix.evaluation.paper_tables) and figures (medmix.evaluation.figures).
+PAPER_TABLE_FILES = [f"results/tables/{t}.{ext}" for t in
+                     ("table1", "table2", "tableE2", "tableE3", "tableE4", "tableE5", "tableE7", "tableE8")
+                     for ext in ("md", "tex", "csv")]
+FIGURE_NAMES = ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation")
+
+
+def run_methods_json():
+    """Each configured run -> its registered method (the tables tell MedMIX ablations apart by it)."""
+    return canonical_json({r: run_spec(config, r).method for r in config["methods"]})
+
+
+def table_protocols_json():
+    """The configured train / test protocols (the missing grid's own are CP-IMoE's tables')."""
+    section = config.get("protocols", {})
+    return canonical_json({"train": section.get("train", {}), "test": section.get("test", {})})

@@ -1,0 +1,101 @@
+"""The paper's figures from the tables' per-seed rows (matplotlib, PNG + PDF).
+
+* ``fig2_one_modality_drop``: metric vs drop rate, one line per (method, dropped modality); top row
+  train-time drop (Table E2), bottom row test-time drop (Table E3); one column per metric.
+* ``fig3_random_drop``: the same for the multi-random drop (Tables E4 / E5), one line per method.
+* ``fig4_ablation``: Table E7's bars, one group per metric, one bar per run (mean ± std over seeds).
+
+Each figure is drawn per development dataset as a row block; a figure without data is a page
+saying which config setting produces it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medmix.evaluation.metrics import METRICS
+from medmix.evaluation.paper_tables import HEADERS, HOW, PaperTable, summarise
+from medmix.store.atomic import atomic_path
+
+FIGURES = ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation")
+
+
+def _save(fig, paths: list[str]) -> None:
+    for path in paths:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix[1:], dpi=120, bbox_inches="tight")
+
+
+def _empty(plt, text: str):
+    fig, ax = plt.subplots(figsize=(6, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9)
+    return fig
+
+
+def _rate_figure(plt, tables: list[PaperTable], by_modality: bool):
+    sums = [(t, summarise(t)) for t in tables]
+    datasets = list(dict.fromkeys(d for _, s in sums for d in s.get("dataset", [])))
+    if not datasets:
+        return _empty(plt, "Not configured: " + "; ".join(HOW[t.name] for t in tables))
+    nrows = len(datasets) * len(tables)
+    fig, axes = plt.subplots(nrows, len(METRICS), figsize=(3.2 * len(METRICS), 2.6 * nrows), squeeze=False)
+    for i, (dataset, (table, s)) in enumerate((d, ts) for d in datasets for ts in sums):
+        part = s[s.dataset == dataset] if len(s) else s
+        for j, m in enumerate(METRICS):
+            ax = axes[i, j]
+            groups = part.groupby(["method", "modality"] if by_modality else ["method"], sort=False) if len(part) else []
+            for key, g in groups:
+                g = g.sort_values("rate")
+                label = " / ".join(key) if isinstance(key, tuple) else str(key)
+                ax.errorbar(g.rate, g[f"{m}_mean"], yerr=g[f"{m}_std"], marker="o", capsize=2, label=label)
+            ax.set_title(f"{dataset}: {table.name[5:]} {HEADERS[m]}", fontsize=8)
+            ax.set_xlabel("drop rate", fontsize=8)
+            if not len(part):
+                ax.text(0.5, 0.5, "not configured", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+            elif j == 0:
+                ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def _ablation_figure(plt, table: PaperTable):
+    s = summarise(table)
+    if s.empty:
+        return _empty(plt, f"Not configured: {HOW[table.name]}")
+    datasets = list(dict.fromkeys(s.dataset))
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(8, 3 * len(datasets)), squeeze=False)
+    for ax, dataset in zip(axes[:, 0], datasets, strict=True):
+        part = s[s.dataset == dataset]
+        width = 0.8 / len(part)
+        x = np.arange(len(METRICS))
+        for k, (_, r) in enumerate(part.iterrows()):
+            ax.bar(x + k * width, [r[f"{m}_mean"] for m in METRICS], width,
+                   yerr=[r[f"{m}_std"] for m in METRICS], capsize=2, label=r.method)
+        ax.set_xticks(x + width * (len(part) - 1) / 2, [HEADERS[m] for m in METRICS])
+        ax.set_title(f"{dataset}: structural ablations (Table E7)", fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def write_figures(tables: dict[str, PaperTable], outputs: list[str]) -> None:
+    """Write every ``results/figures/<figure>.<png|pdf>`` of ``outputs``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    makers = {
+        "fig2_one_modality_drop": lambda: _rate_figure(plt, [tables["tableE2"], tables["tableE3"]], True),
+        "fig3_random_drop": lambda: _rate_figure(plt, [tables["tableE4"], tables["tableE5"]], False),
+        "fig4_ablation": lambda: _ablation_figure(plt, tables["tableE7"]),
+    }
+    for name, make in makers.items():
+        paths = [p for p in outputs if Path(p).stem == name]
+        if paths:
+            fig = make()
+            _save(fig, paths)
+            plt.close(fig)
