@@ -13,10 +13,20 @@ rule tables:
         datasets="results/tables/datasets.md",
         labels="results/tables/metrics_per_label.csv",
         patterns_md="results/tables/patterns.md",
-        patterns_csv="results/tables/patterns.csv",
-        significance="results/tables/significance.csv",
-        paper=PAPER_TABLE_FILES,
-        figures=[f"results/figures/{f}.{ext}" for f in FIGURE_NAMES for ext in ("png", "pdf")],
+        patterns_csv=report("results/tables/patterns.csv", caption="../report/patterns.rst", category="Tables",
+                            subcategory="Missingness patterns"),
+        significance=report("results/tables/significance.csv", caption="../report/significance.rst",
+                            category="Tables", subcategory="Significance"),
+        paper=[
+            report(f, caption=f"../report/{Path(f).stem}.rst", category="Tables", subcategory="Paper tables")
+            if f.endswith(".csv") else f
+            for f in PAPER_TABLE_FILES
+        ],
+        figures=[
+            report(f, caption=f"../report/{Path(f).stem[:4]}.rst", category="Figures")
+            if f.endswith(".png") else f
+            for f in FIGURE_FILES
+        ],
     params:
         seeds=canonical_json(config["seeds"]),
         tasks=canonical_json({d: dataset_config(d)["task"] for d in DATASETS}),
