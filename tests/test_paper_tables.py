@@ -8,7 +8,8 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from medmix.evaluation import paper_tables as pt
-from medmix.evaluation.significance import _ap_rows, _auroc_rows, boot_metrics, paired_p, table_significance
+from medmix.evaluation.metrics import ap_rows, auroc_rows
+from medmix.evaluation.significance import boot_metrics, paired_p, table_significance
 from medmix.evaluation.tables import collect_all
 
 PROTOCOLS = {"train": {"none": {"kind": "none"}, "rd50": {"kind": "random_drop", "p": 0.5}},
@@ -87,8 +88,8 @@ def test_fast_bootstrap_metrics_equal_sklearn_with_ties():
         p, y = np.round(rng.random(n), 1), (rng.random(n) < 0.4).astype(float)
         if y.min() == y.max():
             continue
-        assert np.isclose(_auroc_rows(p[None], y[None])[0], roc_auc_score(y, p), atol=1e-12)
-        assert np.isclose(_ap_rows(p[None], y[None])[0], average_precision_score(y, p), atol=1e-12)
+        assert np.isclose(auroc_rows(p[None], y[None])[0], roc_auc_score(y, p), atol=1e-12)
+        assert np.isclose(ap_rows(p[None], y[None])[0], average_precision_score(y, p), atol=1e-12)
     from medmix.evaluation.metrics import compute_metrics
 
     prob, y, thr = rng.random((30, 2)), (rng.random((30, 2)) < 0.5).astype(float), np.array([0.4, 0.6])

@@ -137,3 +137,14 @@ def test_collect_all_gives_per_label_rows_and_load_runs_groups_files(tmp_path):
     macro = res.metrics.set_index("seed").mf1
     per = res.labels.groupby("seed").mf1.mean()
     assert np.allclose(macro.sort_index(), per.sort_index())
+
+
+def test_compute_metrics_ranking_equals_scikit_learns():
+    from medmix.evaluation.ranking import macro_ranking
+
+    rng = np.random.default_rng(11)
+    prob = np.round(rng.random((70, 3)), 2)  # with ties
+    y = (rng.random((70, 3)) < 0.3).astype(float)
+    y[5, 2] = np.nan
+    got, want = compute_metrics(prob, y, "multilabel"), macro_ranking(prob, y, "multilabel")
+    assert np.isclose(got["auroc"], want["auroc"], atol=1e-12) and np.isclose(got["auprc"], want["auprc"], atol=1e-12)

@@ -25,7 +25,7 @@ FIGURES = ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation")
 def _save(fig, paths: list[str]) -> None:
     for path in paths:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=Path(path).suffix[1:], dpi=120, bbox_inches="tight")
+            fig.savefig(tmp, format=Path(path).suffix[1:], dpi=100)
 
 
 def _empty(plt, text: str):

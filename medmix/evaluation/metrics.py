@@ -11,9 +11,10 @@ no AUROC/AUPRC (NaN, left out of the macro mean); :func:`split_notes` names such
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 from sklearn.metrics import f1_score
 
-from medmix.evaluation.ranking import label_ranking, macro_ranking
+from medmix.evaluation.ranking import macro_ranking
 
 METRICS = ("auroc", "auprc", "mf1", "acc")
 
@@ -34,6 +35,35 @@ def _binary_f1s(yc: np.ndarray, pred: np.ndarray) -> np.ndarray:
     f1_pos = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
     f1_neg = 2 * tn / np.maximum(2 * tn + fn + fp, 1)
     return np.stack([f1_neg, f1_pos], -1)
+
+
+def auroc_rows(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """AUROC per row of (B, n) scores ``p`` / 0-1 labels ``y``; NaN for rows with one class."""
+    ranks = stats.rankdata(p, axis=1)
+    n1 = y.sum(1)
+    n0 = y.shape[1] - n1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = ((ranks * y).sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+    out[(n1 == 0) | (n0 == 0)] = np.nan
+    return out
+
+
+def ap_rows(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Average precision per row (scikit-learn's definition: thresholds at distinct scores)."""
+    order = np.argsort(-p, axis=1, kind="stable")
+    ps = np.take_along_axis(p, order, 1)
+    ys = np.take_along_axis(y, order, 1)
+    tp = np.cumsum(ys, 1)
+    k = np.arange(1, p.shape[1] + 1)[None, :]
+    last = np.ones_like(ps, dtype=bool)  # the last position of each group of tied scores
+    last[:, :-1] = ps[:, 1:] != ps[:, :-1]
+    tp_at = np.where(last, tp, 0)
+    prev = np.maximum.accumulate(np.concatenate([np.zeros((p.shape[0], 1)), tp_at[:, :-1]], 1), axis=1)
+    pos = y.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (np.where(last, (tp - prev) * tp / k, 0.0)).sum(1) / pos
+    out[(pos == 0) | (pos == y.shape[1])] = np.nan
+    return out
 
 
 def binary_mf1(yc: np.ndarray, pred: np.ndarray) -> float:
@@ -73,7 +103,8 @@ def label_metrics(prob: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None
     for c in range(prob.shape[1]):
         known = ~np.isnan(y[:, c])
         yc, pc = y[known, c].astype(int), prob[known, c]
-        auroc, auprc = label_ranking(prob[:, c], y[:, c])
+        auroc, auprc = (float(auroc_rows(pc[None], yc[None])[0]), float(ap_rows(pc[None], yc[None])[0])) \
+            if yc.size else (float("nan"), float("nan"))
         pred = pc >= thresholds[c]
         out.append({"auroc": auroc, "auprc": auprc, "mf1": binary_mf1(yc, pred),
                     "acc": float((pred == yc).mean()) if yc.size else float("nan"), "n": int(yc.size)})
@@ -82,8 +113,8 @@ def label_metrics(prob: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None
 
 def compute_metrics(prob: np.ndarray, y: np.ndarray, task: str, thresholds: np.ndarray | None = None) -> dict[str, float]:
     """Macro-averaged AUROC, AUPRC, mF1, Acc (:data:`MF1_DEFINITION`); NaN where no label defines a metric."""
-    ranking = macro_ranking(prob, y, task)
     if task == "multiclass":
+        ranking = macro_ranking(prob, y, task)
         known = ~np.isnan(y).any(1)
         truth, pred = y[known].argmax(1), prob[known].argmax(1)
         if truth.size == 0:
@@ -93,7 +124,7 @@ def compute_metrics(prob: np.ndarray, y: np.ndarray, task: str, thresholds: np.n
                 "acc": float((pred == truth).mean())}
     per = label_metrics(prob, y, thresholds)
     mean = lambda k: float(np.nanmean(v)) if np.isfinite(v := np.array([p[k] for p in per])).any() else float("nan")  # noqa: E731
-    return {**ranking, "mf1": mean("mf1"), "acc": mean("acc")}
+    return {"auroc": mean("auroc"), "auprc": mean("auprc"), "mf1": mean("mf1"), "acc": mean("acc")}
 
 
 def split_notes(y: np.ndarray, task: str, labels: list[str], where: str) -> list[str]:

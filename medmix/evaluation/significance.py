@@ -18,39 +18,10 @@ import warnings
 import numpy as np
 from scipy import stats
 
-from medmix.evaluation.metrics import METRICS
+from medmix.evaluation.metrics import METRICS, ap_rows, auroc_rows
 
 N_BOOT = 200
 BOOT_SEED = 0
-
-
-def _auroc_rows(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """AUROC per row of (B, n) scores ``p`` / 0-1 labels ``y``; NaN for rows with one class."""
-    ranks = stats.rankdata(p, axis=1)
-    n1 = y.sum(1)
-    n0 = y.shape[1] - n1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = ((ranks * y).sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0)
-    out[(n1 == 0) | (n0 == 0)] = np.nan
-    return out
-
-
-def _ap_rows(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Average precision per row (scikit-learn's definition: thresholds at distinct scores)."""
-    order = np.argsort(-p, axis=1, kind="stable")
-    ps = np.take_along_axis(p, order, 1)
-    ys = np.take_along_axis(y, order, 1)
-    tp = np.cumsum(ys, 1)
-    k = np.arange(1, p.shape[1] + 1)[None, :]
-    last = np.ones_like(ps, dtype=bool)  # the last position of each group of tied scores
-    last[:, :-1] = ps[:, 1:] != ps[:, :-1]
-    tp_at = np.where(last, tp, 0)
-    prev = np.maximum.accumulate(np.concatenate([np.zeros((p.shape[0], 1)), tp_at[:, :-1]], 1), axis=1)
-    pos = y.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (np.where(last, (tp - prev) * tp / k, 0.0)).sum(1) / pos
-    out[(pos == 0) | (pos == y.shape[1])] = np.nan
-    return out
 
 
 def _mf1_acc_rows(pred: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,8 +49,8 @@ def boot_metrics(prob: np.ndarray, y: np.ndarray, thresholds: np.ndarray, idx: n
         draw = idx if sub.size == idx.shape[1] else \
             np.random.default_rng(BOOT_SEED + 1 + c).choice(sub, size=(idx.shape[0], sub.size))
         pc, yc = prob[draw, c], y[draw, c]
-        per["auroc"].append(_auroc_rows(pc, yc))
-        per["auprc"].append(_ap_rows(pc, yc))
+        per["auroc"].append(auroc_rows(pc, yc))
+        per["auprc"].append(ap_rows(pc, yc))
         mf1, acc = _mf1_acc_rows(pc >= thresholds[c], yc)
         per["mf1"].append(mf1)
         per["acc"].append(acc)
