@@ -101,10 +101,12 @@ def build_tables(metrics: pd.DataFrame, label_metrics: pd.DataFrame, protocols: 
     if len(lm):
         lm = main_rows(lm[lm.dataset.map(lambda d: tasks.get(d) in ("multitask", "multilabel"))])
     out["tableE8"] = PaperTable("tableE8", lm, ["dataset", "label"])
+    datasets = {d: i for i, d in enumerate(tasks)}  # config order
     for t in out.values():
         if len(t.frame):
-            key = t.frame.method.map(lambda r: order.get(r, len(order)))
-            t.frame = t.frame.assign(_o=key).sort_values([*t.block, "_o"], kind="stable").drop(columns="_o")
+            f = t.frame.assign(_d=t.frame.dataset.map(lambda d: datasets.get(d, len(datasets))),
+                               _o=t.frame.method.map(lambda r: order.get(r, len(order))))
+            t.frame = f.sort_values(["_d", *t.block[1:], "_o"], kind="stable").drop(columns=["_d", "_o"])
     return out
 
 
@@ -216,4 +218,6 @@ def to_csv_frame(table: PaperTable, significance: pd.DataFrame | None = None) ->
                                         values=["other", "diff", "p_paired", "ci_low", "ci_high"])
         wide.columns = [f"{metric}_{what}" for what, metric in wide.columns]
         summary = summary.merge(wide.reset_index(), on=[*table.block, "method"], how="left")
-    return summary
+    per_metric = [f"{m}_{k}" for m in METRICS for k in ("mean", "std", "best", "other", "diff", "p_paired", "ci_low",
+                                                         "ci_high")]
+    return summary[[*table.block, "method", "seeds", *[c for c in per_metric if c in summary.columns]]]
