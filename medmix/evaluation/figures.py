@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from medmix.evaluation.metrics import METRICS
 from medmix.evaluation.paper_tables import HEADERS, HOW, PaperTable, summarise
@@ -35,8 +36,10 @@ def _empty(plt, text: str):
     return fig
 
 
-def _rate_figure(plt, tables: list[PaperTable], by_modality: bool):
+def _rate_figure(plt, tables: list[PaperTable], by_modality: bool, clean: PaperTable):
+    """Rows: dataset × table; the clean run (Table 1) is each line's point at rate 0."""
     sums = [(t, summarise(t)) for t in tables]
+    base = summarise(clean)
     datasets = list(dict.fromkeys(d for _, s in sums for d in s.get("dataset", [])))
     if not datasets:
         return _empty(plt, "Not configured: " + "; ".join(HOW[t.name] for t in tables))
@@ -48,11 +51,13 @@ def _rate_figure(plt, tables: list[PaperTable], by_modality: bool):
             ax = axes[i, j]
             groups = part.groupby(["method", "modality"] if by_modality else ["method"], sort=False) if len(part) else []
             for key, g in groups:
-                g = g.sort_values("rate")
-                label = " / ".join(key) if isinstance(key, tuple) else str(key)
-                ax.errorbar(g.rate, g[f"{m}_mean"], yerr=g[f"{m}_std"], marker="o", capsize=2, label=label)
+                key = key if isinstance(key, tuple) else (key,)
+                anchor = base[(base.dataset == dataset) & (base.method == key[0])] if len(base) else base
+                g = pd.concat([anchor.assign(rate=0.0), g]).sort_values("rate")
+                ax.errorbar(g.rate, g[f"{m}_mean"], yerr=g[f"{m}_std"], marker="o", capsize=2, label=" / ".join(key))
             ax.set_title(f"{dataset}: {table.name[5:]} {HEADERS[m]}", fontsize=8)
-            ax.set_xlabel("drop rate", fontsize=8)
+            ax.set_xlabel("drop rate (0: clean)", fontsize=8)
+            ax.set_xlim(-0.05, 1.0)
             if not len(part):
                 ax.text(0.5, 0.5, "not configured", ha="center", va="center", transform=ax.transAxes, fontsize=8)
             elif j == 0:
@@ -89,8 +94,10 @@ def write_figures(tables: dict[str, PaperTable], outputs: list[str]) -> None:
     import matplotlib.pyplot as plt
 
     makers = {
-        "fig2_one_modality_drop": lambda: _rate_figure(plt, [tables["tableE2"], tables["tableE3"]], True),
-        "fig3_random_drop": lambda: _rate_figure(plt, [tables["tableE4"], tables["tableE5"]], False),
+        "fig2_one_modality_drop": lambda: _rate_figure(plt, [tables["tableE2"], tables["tableE3"]], True,
+                                                               tables["table1"]),
+        "fig3_random_drop": lambda: _rate_figure(plt, [tables["tableE4"], tables["tableE5"]], False,
+                                                         tables["table1"]),
         "fig4_ablation": lambda: _ablation_figure(plt, tables["tableE7"]),
     }
     for name, make in makers.items():
