@@ -9,7 +9,8 @@ from medmix.evaluation.tables_job import tables_job
 
 PAPER = [f"{t}.{e}" for t in ("table1", "table2", "tableE2", "tableE3", "tableE4", "tableE5", "tableE7", "tableE8")
          for e in ("md", "tex", "csv")]
-FIGS = [f"{f}.{e}" for f in ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation") for e in ("png", "pdf")]
+FIGS = [f"{f}.{e}" for f in ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation",
+                                                             "fig_per_label_f1") for e in ("png", "pdf")]
 
 
 def _predictions(method, train_protocol, signal, rng, n=60):

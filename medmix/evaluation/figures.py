@@ -4,6 +4,7 @@
   train-time drop (Table E2), bottom row test-time drop (Table E3); one column per metric.
 * ``fig3_random_drop``: the same for the multi-random drop (Tables E4 / E5), one line per method.
 * ``fig4_ablation``: Table E7's bars, one group per metric, one bar per run (mean ± std over seeds).
+* ``fig_per_label_f1``: per-label (per-task / per-class) mF1 bars per method from Table E8's rows.
 
 Each figure is drawn per development dataset as a row block; a figure without data is a page
 saying which config setting produces it.
@@ -20,7 +21,7 @@ from medmix.evaluation.metrics import METRICS
 from medmix.evaluation.paper_tables import HEADERS, HOW, PaperTable, summarise
 from medmix.store.atomic import atomic_path
 
-FIGURES = ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation")
+FIGURES = ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation", "fig_per_label_f1")
 
 
 def _save(fig, paths: list[str]) -> None:
@@ -86,6 +87,28 @@ def _ablation_figure(plt, table: PaperTable):
     return fig
 
 
+def _per_label_figure(plt, table: PaperTable):
+    s = summarise(table)
+    if s.empty:
+        return _empty(plt, f"Not configured: {HOW[table.name]}")
+    datasets = list(dict.fromkeys(s.dataset))
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(8, 3 * len(datasets)), squeeze=False)
+    for ax, dataset in zip(axes[:, 0], datasets, strict=True):
+        part = s[s.dataset == dataset]
+        labels, methods = list(dict.fromkeys(part.label)), list(dict.fromkeys(part.method))
+        width = 0.8 / len(methods)
+        x = np.arange(len(labels))
+        for k, method in enumerate(methods):
+            rows = part[part.method == method].set_index("label").reindex(labels)
+            ax.bar(x + k * width, rows.mf1_mean, width, yerr=rows.mf1_std, capsize=2, label=method)
+        ax.set_xticks(x + width * (len(methods) - 1) / 2, labels, fontsize=7, rotation=20)
+        ax.set_ylabel("mF1", fontsize=8)
+        ax.set_title(f"{dataset}: per-label mF1 (both classes; Table E8)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def write_figures(tables: dict[str, PaperTable], outputs: list[str]) -> None:
     """Write every ``results/figures/<figure>.<png|pdf>`` of ``outputs``."""
     import matplotlib
@@ -99,6 +122,7 @@ def write_figures(tables: dict[str, PaperTable], outputs: list[str]) -> None:
         "fig3_random_drop": lambda: _rate_figure(plt, [tables["tableE4"], tables["tableE5"]], False,
                                                          tables["table1"]),
         "fig4_ablation": lambda: _ablation_figure(plt, tables["tableE7"]),
+        "fig_per_label_f1": lambda: _per_label_figure(plt, tables["tableE8"]),
     }
     for name, make in makers.items():
         paths = [p for p in outputs if Path(p).stem == name]

@@ -367,8 +367,8 @@ def all_targets():
 PAPER_TABLE_FILES = [f"results/tables/{t}.{ext}" for t in
                      ("table1", "table2", "tableE2", "tableE3", "tableE4", "tableE5", "tableE7", "tableE8")
                      for ext in ("md", "tex", "csv")]
-FIGURE_FILES = [f"results/figures/{f}.{ext}" for f in ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation")
-                for ext in ("png", "pdf")]
+FIGURE_FILES = [f"results/figures/{f}.{ext}" for f in ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation",
+                                                "fig_per_label_f1") for ext in ("png", "pdf")]
 
 
 def run_methods_json():

@@ -23,7 +23,7 @@ rule tables:
             for f in PAPER_TABLE_FILES
         ],
         figures=[
-            report(f, caption=f"../report/{Path(f).stem[:4]}.rst", category="Figures")
+            report(f, caption=f"../report/{Path(f).stem}.rst", category="Figures")
             if f.endswith(".png") else f
             for f in FIGURE_FILES
         ],
