@@ -15,7 +15,7 @@ from medmix.evaluation.tables import collect_all
 PROTOCOLS = {"train": {"none": {"kind": "none"}, "rd50": {"kind": "random_drop", "p": 0.5}},
              "test": {"none": {"kind": "none"}, "note30": {"kind": "drop_one", "modality": "note", "p": 0.3},
                       "rd30": {"kind": "random_drop", "p": 0.3}}}
-RUNS = {"meanavg": "meanavg", "medmix_nodistill": "medmix_nodistill", "medmix": "medmix"}
+RUNS = {"medmix": "medmix", "meanavg": "meanavg", "medmix_nodistill": "medmix_nodistill"}  # MedMIX goes last
 
 
 def _metrics():
@@ -44,6 +44,10 @@ def test_tables_follow_configured_protocols_and_runs():
     assert set(tables) == set(pt.PAPER_TABLES)
     assert list(pt.summarise(tables["table1"]).method) == ["meanavg", "medmix"]  # the ablation is E7's
     assert list(pt.summarise(tables["tableE7"]).method) == ["medmix_nodistill", "medmix"]
+    two = pd.concat([m, m.assign(dataset="a_second")])
+    ordered = pt.build_tables(two, _labels(two), PROTOCOLS, RUNS, {"dev": "binary", "a_second": "binary"},
+                              dataset_order=["dev", "a_second"])
+    assert list(dict.fromkeys(pt.summarise(ordered["table1"]).dataset)) == ["dev", "a_second"]
     assert set(pt.summarise(tables["table2"]).cohort) == {"ext"}
     e3 = pt.summarise(tables["tableE3"])
     assert set(zip(e3.rate, e3.modality, strict=True)) == {(0.3, "note")} and len(e3) == 2

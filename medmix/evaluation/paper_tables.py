@@ -73,9 +73,15 @@ def _protocol_conditions(specs: dict[str, dict[str, Any]], kind: str) -> pd.Data
 
 
 def build_tables(metrics: pd.DataFrame, label_metrics: pd.DataFrame, protocols: dict[str, dict[str, Any]],
-                 run_methods: dict[str, str], tasks: dict[str, str]) -> dict[str, PaperTable]:
-    """Every paper table from per-seed ``metrics`` (macro) and ``label_metrics`` (per label)."""
-    order = {r: i for i, r in enumerate(run_methods)}
+                 run_methods: dict[str, str], tasks: dict[str, str],
+                 dataset_order: Sequence[str] | None = None) -> dict[str, PaperTable]:
+    """Every paper table from per-seed ``metrics`` (macro) and ``label_metrics`` (per label).
+
+    Rows: datasets in ``dataset_order`` (default: ``tasks``' order), runs in ``run_methods``' order
+    with MedMIX last (the paper's layout).
+    """
+    runs = [r for r in run_methods if r != REFERENCE] + [r for r in run_methods if r == REFERENCE]
+    order = {r: i for i, r in enumerate(runs)}
     ablation = {r for r, m in run_methods.items() if is_ablation(r, m)}
     test = metrics[metrics.eval_set == "test"]
     clean = test[(test.train_protocol == "none") & (test.test_protocol == "none")]
@@ -101,7 +107,7 @@ def build_tables(metrics: pd.DataFrame, label_metrics: pd.DataFrame, protocols: 
     if len(lm):
         lm = main_rows(lm[lm.dataset.map(lambda d: tasks.get(d) in ("multitask", "multilabel"))])
     out["tableE8"] = PaperTable("tableE8", lm, ["dataset", "label"])
-    datasets = {d: i for i, d in enumerate(tasks)}  # config order
+    datasets = {d: i for i, d in enumerate(dataset_order or tasks)}
     for t in out.values():
         if len(t.frame):
             f = t.frame.assign(_d=t.frame.dataset.map(lambda d: datasets.get(d, len(datasets))),

@@ -27,6 +27,7 @@ def _csv(frame: pd.DataFrame, path: str) -> None:
 
 def tables_job(*, prediction_files: Sequence[str], summaries: Sequence[str], tasks: dict[str, str],
                seeds: Sequence[int], protocols: dict[str, Any], run_methods: dict[str, str],
+               dataset_order: Sequence[str] | None = None,
                out: dict[str, str], paper_outputs: Sequence[str], figure_outputs: Sequence[str] = ()) -> None:
     """Write the legacy tables (``out``: main, metrics, robustness, datasets, labels, patterns_md,
     patterns_csv, significance) and every ``results/tables/<table>.<md|tex|csv>`` of ``paper_outputs``."""
@@ -40,7 +41,7 @@ def tables_job(*, prediction_files: Sequence[str], summaries: Sequence[str], tas
     parts = [re.sub(r"^(#+) ", r"#\1 ", Path(p).read_text(), flags=re.M) for p in summaries]
     write_text_atomic(out["datasets"], "# Datasets\n\n" + "\n\n".join(p.strip() for p in parts) + "\n")
 
-    tables = pt.build_tables(res.metrics, res.labels, protocols, run_methods, tasks)
+    tables = pt.build_tables(res.metrics, res.labels, protocols, run_methods, tasks, dataset_order)
     sig_all = []
     by_path = {Path(p).name: p for p in paper_outputs}
     for name, table in tables.items():

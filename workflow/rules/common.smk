@@ -372,8 +372,9 @@ FIGURE_FILES = [f"results/figures/{f}.{ext}" for f in ("fig2_one_modality_drop",
 
 
 def run_methods_json():
-    """Each configured run -> its registered method (the tables tell MedMIX ablations apart by it)."""
-    return canonical_json({r: run_spec(config, r).method for r in config["methods"]})
+    """[run, registered method] of each configured run, in config order (the tables tell MedMIX
+    ablations apart by the method and order their rows by the list)."""
+    return canonical_json([[r, run_spec(config, r).method] for r in config["methods"]])
 
 
 def table_protocols_json():

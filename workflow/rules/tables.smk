@@ -32,6 +32,7 @@ rule tables:
         tasks=canonical_json({d: dataset_config(d)["task"] for d in DATASETS}),
         protocols=table_protocols_json(),
         run_methods=run_methods_json(),
+        datasets=canonical_json(DATASETS),
     log:
         "logs/tables.log",
     benchmark:
