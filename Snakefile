@@ -9,6 +9,9 @@ min_version("8.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/extract_common.smk"
 include: "workflow/rules/cpimoe_common.smk"

@@ -92,9 +92,23 @@ def grid_runs(cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
     return list(dict.fromkeys(runs))
 
 
+def applies(spec: dict[str, Any], modalities: list[str]) -> bool:
+    """Whether a configured protocol runs on a dataset with ``modalities``: a ``drop_one`` protocol only
+    where its modality exists (the paper's per-modality rows differ by dataset); every other kind always."""
+    return spec.get("kind") != "drop_one" or spec.get("modality") in modalities
+
+
+def own_protocols(cfg: dict[str, Any], dataset: str, side: str) -> dict[str, dict[str, Any]]:
+    """``protocols.<side>`` (train / test) restricted to the protocols that apply to ``dataset``."""
+    default = {"none": {"kind": "none"}} if side == "test" else {}
+    section = cfg.get("protocols", {}).get(side, default)
+    mods = list(cfg["datasets"][dataset].get("modalities", {}))
+    return {name: spec for name, spec in section.items() if applies(spec, mods)}
+
+
 def train_protocol_spec(cfg: dict[str, Any], dataset: str, protocol: str) -> dict[str, Any]:
     """A train protocol: ``protocols.train`` first, then the dataset's grid protocols."""
-    own = cfg.get("protocols", {}).get("train", {})
+    own = own_protocols(cfg, dataset, "train")
     if protocol in own:
         return own[protocol]
     if grid(cfg).get("mode", "train_and_test") == "train_and_test" and protocol in dataset_protocols(cfg, dataset):
@@ -106,7 +120,7 @@ def train_protocol_spec(cfg: dict[str, Any], dataset: str, protocol: str) -> dic
 
 def test_protocol_specs(cfg: dict[str, Any], dataset: str, method: str, protocol: str) -> dict[str, Any]:
     """``protocols.test`` plus, for a grid run, its matching test protocol(s) (appended, in order)."""
-    out = dict(cfg.get("protocols", {}).get("test", {"none": {"kind": "none"}}))
+    out = own_protocols(cfg, dataset, "test")
     g = grid(cfg)
     if not g or dataset not in grid_datasets(cfg) or method not in grid_methods(cfg):
         return out

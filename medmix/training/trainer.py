@@ -473,7 +473,7 @@ class EnsembleTrainer:
     @torch.no_grad()
     def validation_metric(self, model: nn.Module, data: _DeviceData, val: TensorData) -> float:
         """Validation macro AUROC or AUPRC (``early_stopping``) of ``model``'s probabilities."""
-        from medmix.evaluation.metrics import compute_metrics
+        from medmix.evaluation.ranking import macro_ranking
         from medmix.training.losses import to_probabilities
 
         fn = getattr(self.objective, "val_logits", None)
@@ -487,7 +487,7 @@ class EnsembleTrainer:
             with autocast(self.device, self.dtype):
                 probs.append(to_probabilities(fn(model, data.full_masked(lo, hi)).float(), val.task).cpu())
         prob = torch.cat(probs).numpy()
-        value = compute_metrics(prob, val.y.numpy(), val.task)[self.config.early_stopping.removeprefix("val_")]
+        value = macro_ranking(prob, val.y.numpy(), val.task)[self.config.early_stopping.removeprefix("val_")]
         return float(value) if value == value else 0.0
 
     @torch.no_grad()

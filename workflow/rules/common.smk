@@ -296,6 +296,13 @@ def test_protocol_specs(dataset, method, protocol):
     return missing_grid.test_protocol_specs(config, dataset, method, protocol)
 
 
+def train_protocols(dataset):
+    """`none` plus the `protocols.train` entries that apply to the dataset (drop_one: its modality exists)."""
+    from medmix import missing_grid
+
+    return [p.name for p in parse_protocols(missing_grid.own_protocols(config, dataset, "train"))]
+
+
 def stage_dirs(dataset, method):
     """Pre-training stage outputs a staged method's fit reads (empty for other methods)."""
     from medmix.pipeline.stage import stage_module, stage_owner
@@ -321,7 +328,7 @@ def prediction_files():
         f"{run_dir(d, m, p)}/predictions/{c}.parquet"
         for d in DEV_DATASETS
         for m in config["methods"]
-        for p in TRAIN_PROTOCOLS
+        for p in train_protocols(d)
         for c in evaluation_cohorts(d)
     ]
 
@@ -354,3 +361,23 @@ def all_targets():
         "results/tables/main.md",
         *[t for hook in TARGET_HOOKS for t in hook()],
     ]
+
+
+#: The paper's tables (medmix.evaluation.paper_tables) and figures (medmix.evaluation.figures).
+PAPER_TABLE_FILES = [f"results/tables/{t}.{ext}" for t in
+                     ("table1", "table2", "tableE2", "tableE3", "tableE4", "tableE5", "tableE7", "tableE8")
+                     for ext in ("md", "tex", "csv")]
+FIGURE_FILES = [f"results/figures/{f}.{ext}" for f in ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation",
+                                                "fig_per_label_f1") for ext in ("png", "pdf")]
+
+
+def run_methods_json():
+    """[run, registered method] of each configured run, in config order (the tables tell MedMIX
+    ablations apart by the method and order their rows by the list)."""
+    return canonical_json([[r, run_spec(config, r).method] for r in config["methods"]])
+
+
+def table_protocols_json():
+    """The configured train / test protocols (the missing grid's own are CP-IMoE's tables')."""
+    section = config.get("protocols", {})
+    return canonical_json({"train": section.get("train", {}), "test": section.get("test", {})})

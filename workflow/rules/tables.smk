@@ -1,18 +1,38 @@
 rule tables:
-    """Metrics (thresholds tuned on validation) and the paper-style tables from cached predictions."""
+    """Metrics (thresholds tuned on validation), the paper's tables, significance tests, metrics per
+    missingness pattern and the figures, from cached predictions (medmix.evaluation.tables_job)."""
     input:
         predictions=prediction_files(),
         cohorts=[cohort_path(d) for d in DATASETS],
         summaries=[f"results/{d}/summary.md" for d in DATASETS],
-        code=code_inputs("medmix.evaluation.tables"),
+        code=code_inputs("medmix.evaluation.tables_job", "medmix.evaluation.figures"),
     output:
         main="results/tables/main.md",
         metrics="results/tables/metrics.csv",
         robustness="results/tables/robustness.md",
         datasets="results/tables/datasets.md",
+        labels="results/tables/metrics_per_label.csv",
+        patterns_md="results/tables/patterns.md",
+        patterns_csv=report("results/tables/patterns.csv", caption="../report/patterns.rst", category="Tables",
+                            subcategory="Missingness patterns"),
+        significance=report("results/tables/significance.csv", caption="../report/significance.rst",
+                            category="Tables", subcategory="Significance"),
+        paper=[
+            report(f, caption=f"../report/{Path(f).stem}.rst", category="Tables", subcategory="Paper tables")
+            if f.endswith(".csv") else f
+            for f in PAPER_TABLE_FILES
+        ],
+        figures=[
+            report(f, caption=f"../report/{Path(f).stem}.rst", category="Figures")
+            if f.endswith(".png") else f
+            for f in FIGURE_FILES
+        ],
     params:
         seeds=canonical_json(config["seeds"]),
         tasks=canonical_json({d: dataset_config(d)["task"] for d in DATASETS}),
+        protocols=table_protocols_json(),
+        run_methods=run_methods_json(),
+        datasets=canonical_json(DATASETS),
     log:
         "logs/tables.log",
     benchmark:

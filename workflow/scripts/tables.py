@@ -1,20 +1,22 @@
-"""Thin adapter: the ``tables`` rule -> medmix.evaluation.tables."""
+"""Thin adapter: the ``tables`` rule -> medmix.evaluation.tables_job."""
 
 import json
-import re
 
-from medmix.evaluation.tables import collect, main_table_markdown, robustness_markdown
+from medmix.evaluation.tables_job import tables_job
 from medmix.pipeline import setup_logging
-from medmix.store.atomic import atomic_path, write_text_atomic
 
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
-metrics = collect(list(sm.input.predictions), json.loads(sm.params.tasks))
-with atomic_path(sm.output.metrics) as tmp:
-    metrics.to_csv(tmp, index=False)
-seeds = json.loads(sm.params.seeds)
-write_text_atomic(sm.output.main, main_table_markdown(metrics, seeds))
-write_text_atomic(sm.output.robustness, robustness_markdown(metrics))
-# Each dataset's summary (splits, prevalence, modality availability) next to the tables.
-parts = [re.sub(r"^(#+) ", r"#\1 ", open(path).read(), flags=re.M) for path in sm.input.summaries]
-write_text_atomic(sm.output.datasets, "# Datasets\n\n" + "\n\n".join(p.strip() for p in parts) + "\n")
+named = ("main", "metrics", "robustness", "datasets", "labels", "patterns_md", "patterns_csv", "significance")
+tables_job(
+    prediction_files=list(sm.input.predictions),
+    summaries=list(sm.input.summaries),
+    tasks=json.loads(sm.params.tasks),
+    seeds=json.loads(sm.params.seeds),
+    protocols=json.loads(sm.params.protocols),
+    run_methods=dict(json.loads(sm.params.run_methods)),
+    dataset_order=json.loads(sm.params.datasets),
+    out={k: getattr(sm.output, k) for k in named},
+    paper_outputs=list(sm.output.paper),
+    figure_outputs=list(sm.output.figures),
+)

@@ -1,0 +1,132 @@
+"""The paper's figures from the tables' per-seed rows (matplotlib, PNG + PDF).
+
+* ``fig2_one_modality_drop``: metric vs drop rate, one line per (method, dropped modality); top row
+  train-time drop (Table E2), bottom row test-time drop (Table E3); one column per metric.
+* ``fig3_random_drop``: the same for the multi-random drop (Tables E4 / E5), one line per method.
+* ``fig4_ablation``: Table E7's bars, one group per metric, one bar per run (mean ± std over seeds).
+* ``fig_per_label_f1``: per-label (per-task / per-class) mF1 bars per method from Table E8's rows.
+
+Each figure is drawn per development dataset as a row block; a figure without data is a page
+saying which config setting produces it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medmix.evaluation.metrics import METRICS
+from medmix.evaluation.paper_tables import HEADERS, HOW, PaperTable, summarise
+from medmix.store.atomic import atomic_path
+
+FIGURES = ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation", "fig_per_label_f1")
+
+
+def _save(fig, paths: list[str]) -> None:
+    for path in paths:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix[1:], dpi=100)
+
+
+def _empty(plt, text: str):
+    fig, ax = plt.subplots(figsize=(6, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9)
+    return fig
+
+
+def _rate_figure(plt, tables: list[PaperTable], by_modality: bool, clean: PaperTable):
+    """Rows: dataset × table; the clean run (Table 1) is each line's point at rate 0."""
+    sums = [(t, summarise(t)) for t in tables]
+    base = summarise(clean)
+    datasets = list(dict.fromkeys(d for _, s in sums for d in s.get("dataset", [])))
+    if not datasets:
+        return _empty(plt, "Not configured: " + "; ".join(HOW[t.name] for t in tables))
+    nrows = len(datasets) * len(tables)
+    fig, axes = plt.subplots(nrows, len(METRICS), figsize=(3.2 * len(METRICS), 2.6 * nrows), squeeze=False)
+    for i, (dataset, (table, s)) in enumerate((d, ts) for d in datasets for ts in sums):
+        part = s[s.dataset == dataset] if len(s) else s
+        for j, m in enumerate(METRICS):
+            ax = axes[i, j]
+            groups = part.groupby(["method", "modality"] if by_modality else ["method"], sort=False) if len(part) else []
+            for key, g in groups:
+                key = key if isinstance(key, tuple) else (key,)
+                anchor = base[(base.dataset == dataset) & (base.method == key[0])] if len(base) else base
+                g = pd.concat([anchor.assign(rate=0.0), g]).sort_values("rate")
+                ax.errorbar(g.rate, g[f"{m}_mean"], yerr=g[f"{m}_std"], marker="o", capsize=2, label=" / ".join(key))
+            ax.set_title(f"{dataset}: {table.name[5:]} {HEADERS[m]}", fontsize=8)
+            ax.set_xlabel("drop rate (0: clean)", fontsize=8)
+            ax.set_xlim(-0.05, 1.0)
+            if not len(part):
+                ax.text(0.5, 0.5, "not configured", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+            elif j == 0:
+                ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def _ablation_figure(plt, table: PaperTable):
+    s = summarise(table)
+    if s.empty:
+        return _empty(plt, f"Not configured: {HOW[table.name]}")
+    datasets = list(dict.fromkeys(s.dataset))
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(8, 3 * len(datasets)), squeeze=False)
+    for ax, dataset in zip(axes[:, 0], datasets, strict=True):
+        part = s[s.dataset == dataset]
+        width = 0.8 / len(part)
+        x = np.arange(len(METRICS))
+        for k, (_, r) in enumerate(part.iterrows()):
+            ax.bar(x + k * width, [r[f"{m}_mean"] for m in METRICS], width,
+                   yerr=[r[f"{m}_std"] for m in METRICS], capsize=2, label=r.method)
+        ax.set_xticks(x + width * (len(part) - 1) / 2, [HEADERS[m] for m in METRICS])
+        ax.set_title(f"{dataset}: structural ablations (Table E7)", fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def _per_label_figure(plt, table: PaperTable):
+    s = summarise(table)
+    if s.empty:
+        return _empty(plt, f"Not configured: {HOW[table.name]}")
+    datasets = list(dict.fromkeys(s.dataset))
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(8, 3 * len(datasets)), squeeze=False)
+    for ax, dataset in zip(axes[:, 0], datasets, strict=True):
+        part = s[s.dataset == dataset]
+        labels, methods = list(dict.fromkeys(part.label)), list(dict.fromkeys(part.method))
+        width = 0.8 / len(methods)
+        x = np.arange(len(labels))
+        for k, method in enumerate(methods):
+            rows = part[part.method == method].set_index("label").reindex(labels)
+            ax.bar(x + k * width, rows.mf1_mean, width, yerr=rows.mf1_std, capsize=2, label=method)
+        ax.set_xticks(x + width * (len(methods) - 1) / 2, labels, fontsize=7, rotation=20)
+        ax.set_ylabel("mF1", fontsize=8)
+        ax.set_title(f"{dataset}: per-label mF1 (both classes; Table E8)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def write_figures(tables: dict[str, PaperTable], outputs: list[str]) -> None:
+    """Write every ``results/figures/<figure>.<png|pdf>`` of ``outputs``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    makers = {
+        "fig2_one_modality_drop": lambda: _rate_figure(plt, [tables["tableE2"], tables["tableE3"]], True,
+                                                               tables["table1"]),
+        "fig3_random_drop": lambda: _rate_figure(plt, [tables["tableE4"], tables["tableE5"]], False,
+                                                         tables["table1"]),
+        "fig4_ablation": lambda: _ablation_figure(plt, tables["tableE7"]),
+        "fig_per_label_f1": lambda: _per_label_figure(plt, tables["tableE8"]),
+    }
+    for name, make in makers.items():
+        paths = [p for p in outputs if Path(p).stem == name]
+        if paths:
+            fig = make()
+            _save(fig, paths)
+            plt.close(fig)

@@ -1,0 +1,70 @@
+"""The tables job end to end on tiny synthetic prediction files: every table and CSV, a PNG and a PDF figure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from medmix.evaluation.tables_job import tables_job
+
+PAPER = [f"{t}.{e}" for t in ("table1", "table2", "tableE2", "tableE3", "tableE4", "tableE5", "tableE7", "tableE8")
+         for e in ("md", "tex", "csv")]
+# A subset of the figures (rendering dominates the test's time): one PNG and one PDF of each kind.
+FIGS = ["fig2_one_modality_drop.png", "fig4_ablation.pdf", "fig_per_label_f1.png"]
+
+
+def _predictions(method, train_protocol, signal, rng, n=60):
+    y = (rng.random((n, 2)) < 0.4).astype(float)
+    rows = []
+    for seed in (0, 1):
+        for eval_set, tests in (("val", ["none"]), ("test", ["none", "rd30", "note50"])):
+            for test in tests:
+                noise = 0.2 if test != "none" else 0.0
+                prob = np.clip(signal * y + (1 - signal - noise) * rng.random((n, 2)) + noise * 0.5, 0, 1)
+                rows.append(pd.DataFrame({
+                    "dataset": "dev", "method": method, "train_protocol": train_protocol, "cohort": "dev",
+                    "eval_set": eval_set, "test_protocol": test, "seed": seed,
+                    "sample_id": [f"s{i:02d}" for i in range(n)], "prob:a": prob[:, 0], "prob:b": prob[:, 1],
+                    "label:a": y[:, 0], "label:b": y[:, 1], "present:img": np.arange(n) % 3 > 0,
+                    "present:note": test != "note50"}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_tables_job_writes_every_output(tmp_path):
+    rng = np.random.default_rng(0)
+    files = []
+    for method, train, signal in (("meanavg", "none", 0.2), ("medmix", "none", 0.5), ("medmix", "rd50", 0.45),
+                                  ("meanavg", "rd50", 0.15), ("medmix_nodistill", "none", 0.4),
+                                  ("medmix_nodistill", "rd50", 0.4)):
+        path = tmp_path / f"{method}_{train}.parquet"
+        _predictions(method, train, signal, rng).to_parquet(path)
+        files.append(str(path))
+    (tmp_path / "summary.md").write_text("# Dataset summary: dev\n")
+    out = {k: str(tmp_path / f"{k}.out") for k in ("main", "metrics", "robustness", "datasets", "labels",
+                                                    "patterns_md", "patterns_csv", "significance")}
+    protocols = {"train": {"none": {"kind": "none"}, "rd50": {"kind": "random_drop", "p": 0.5}},
+                 "test": {"none": {"kind": "none"}, "rd30": {"kind": "random_drop", "p": 0.3},
+                          "note50": {"kind": "drop_one", "modality": "note", "p": 0.5}}}
+    tables_job(prediction_files=files, summaries=[str(tmp_path / "summary.md")], tasks={"dev": "multitask"},
+               seeds=[0, 1], protocols=protocols,
+               run_methods={"meanavg": "meanavg", "medmix_nodistill": "medmix_nodistill", "medmix": "medmix"},
+               out=out, paper_outputs=[str(tmp_path / p) for p in PAPER],
+               figure_outputs=[str(tmp_path / f) for f in FIGS])
+    for name in [*PAPER, *FIGS]:
+        assert (tmp_path / name).stat().st_size > 0, name
+    t1 = (tmp_path / "table1.md").read_text()
+    assert "| dev | medmix |" in t1 and "| dev | medmix_nodistill |" not in t1 and "p = " in t1
+    assert "Not configured" in (tmp_path / "table2.md").read_text()  # no external cohort
+    assert "Not configured" in (tmp_path / "tableE2.md").read_text()  # no drop_one train protocol
+    e5 = pd.read_csv(tmp_path / "tableE5.csv")
+    assert set(e5.rate) == {0.3} and set(e5.method) == {"meanavg", "medmix"}
+    e4 = pd.read_csv(tmp_path / "tableE4.csv")
+    assert set(e4.rate) == {0.5}
+    assert set(pd.read_csv(tmp_path / "tableE8.csv").label) == {"a", "b"}
+    sig = pd.read_csv(out["significance"])
+    assert {"table1", "tableE3", "tableE4", "tableE5", "tableE7"} <= set(sig.table)
+    assert sig[sig.table == "table1"].p_paired.notna().all() and sig.ci_low.notna().all()
+    patterns = pd.read_csv(out["patterns_csv"])
+    assert {"all samples", "note", "img+note"} <= set(patterns.pattern)
+    assert (tmp_path / "fig2_one_modality_drop.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "fig4_ablation.pdf").read_bytes()[:4] == b"%PDF"
