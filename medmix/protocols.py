@@ -7,6 +7,8 @@ New kinds register with :func:`register_protocol_kind`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +45,13 @@ class Protocol:
     @property
     def is_identity(self) -> bool:
         return self.kind == "none"
+
+    def seed(self, offset: int = 0) -> int:
+        """A generator seed from the protocol's name, kind and parameters (never its position in
+        config): reordering or adding protocols changes no mask, and a protocol's masks are the same
+        for every method."""
+        text = json.dumps([self.name, self.kind, self.params], sort_keys=True, default=str)
+        return offset + int.from_bytes(hashlib.sha256(text.encode()).digest()[:6], "big")
 
 
 def _drop(mask: MaskDict, modalities: list[str], p: float, generator: torch.Generator) -> MaskDict:

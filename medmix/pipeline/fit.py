@@ -36,7 +36,8 @@ from medmix.protocols import Protocol, parse_protocols
 from medmix.store.atomic import atomic_path, write_text_atomic
 
 log = logging.getLogger("medmix.fit")
-#: Test-time protocols draw their masks from this seed offset (+ the protocol's position in config).
+#: Test-time protocols draw their masks from this seed offset (+ :meth:`Protocol.seed`: the
+#: protocol's name, kind and parameters, never its position in config).
 TEST_PROTOCOL_SEED = 10_000
 SCALER_FILE = "standardizer.safetensors"
 
@@ -143,10 +144,10 @@ def _frame(data: TensorData, prob: np.ndarray, extras: dict, extra_cols: dict, s
 
 
 def predict_protocols(method, data: TensorData, protocols: list[tuple[int, Protocol]], keys: dict[str, str]) -> list[pd.DataFrame]:
-    """Predictions under each ``(position, protocol)``; masks drawn from ``TEST_PROTOCOL_SEED + position``."""
+    """Predictions under each ``(position, protocol)``; masks drawn from ``protocol.seed(TEST_PROTOCOL_SEED)``."""
     out = []
     for position, protocol in protocols:
-        gen = torch.Generator().manual_seed(TEST_PROTOCOL_SEED + position)
+        gen = torch.Generator().manual_seed(protocol.seed(TEST_PROTOCOL_SEED))
         view = data if protocol.is_identity else data.with_mask(protocol.apply(data.mask, gen))
         pred = method.predict(view)
         if not np.isfinite(pred.prob).all():
