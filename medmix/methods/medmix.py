@@ -26,6 +26,15 @@ departures from the paper"):
   bottleneck projection lost what a linear probe keeps (``findings`` alone: probe 0.970 / 0.787,
   MedMIX 0.960 / 0.669); with the read-out all 5 seeds reach 0.967 ± 0.001 / 0.741 ± 0.003.
 
+**Named option, off by default** (``probe_readout``, with ``probe_lr_mult``, ``probe_wd_mult``,
+``probe_l2``, ``probe_init``; :mod:`medmix.methods.probe_readout`): a linear probe of every
+expert's standardised embedding and presence flag added to the fused logits (replacing
+``linear_readout``), in its own parameter group, regularised with the linear probe's own L2
+penalty (its ``C`` chosen on validation) and started from that probe's coefficients, so the
+read-out alone sits at the probe's optimum and the adapters / router / heads add to it.
+Evidence: README "MedMIX: three departures from the paper" and
+``tests/benchmarks/results/iu_dev_probe_readout.md``.
+
 ``early_stopping`` (a :class:`TrainConfig` key shared by every neural method; default
 ``val_loss``, the paper's) can stop and checkpoint on the validation macro AUROC / AUPRC instead.
 
