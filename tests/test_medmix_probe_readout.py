@@ -114,6 +114,26 @@ def test_bad_group_multipliers_are_rejected():
         ProbeSettings.from_params({"probe_init": "yes"})
 
 
+def test_config_accepts_the_keys_and_checks_their_values():
+    import copy
+    from pathlib import Path
+
+    import yaml
+
+    from medmix.config import ConfigError, validate_config
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    ok = copy.deepcopy(cfg)
+    ok["method_params"] = {"medmix": {"probe_readout": True, "probe_lr_mult": 3.0, "probe_init": False,
+                                      "lp_c_grid": [0.1, 1.0]}}
+    validate_config(ok)
+    assert validate_config(copy.deepcopy(cfg))["training"]["probe_readout"] is False
+    bad = copy.deepcopy(cfg)
+    bad["method_params"] = {"medmix": {"probe_readout": True, "probe_lr_mult": 0}}
+    with pytest.raises(ConfigError, match="probe_lr_mult"):
+        validate_config(bad)
+
+
 def test_paper_form_keeps_it_off():
     assert PAPER_FORM["probe_readout"] is False
     method = create_method("medmix_paper", {**FAST, "probe_readout": True})

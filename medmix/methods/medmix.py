@@ -266,6 +266,11 @@ class MedMIX(FusionMethod):
 
     extra_params = ("router", "lp_c_grid")
 
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Config-time check of the ``probe_readout`` settings (raises ``ValueError`` naming the key)."""
+        ProbeSettings.from_params(params)
+
     def __init__(self, params: dict[str, Any]):
         super().__init__(params)
         self.train_config = TrainConfig.from_params(self.params)
