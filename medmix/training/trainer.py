@@ -7,7 +7,8 @@ masking, dropout) and its gradient clipping, and no operation mixes two seeds' t
 gives bit-identical results on CPU whether it is trained alone or together with other seeds.
 
 Schedule (MedMIX Appendix C, all from :class:`TrainConfig`): AdamW (decoupled weight decay on
-every parameter), grad-norm clip per seed, base rate ``lr`` with routers at ``router_lr_mult`` ×,
+every parameter; a member's parameter group may scale it by its own multiplier, e.g. MedMIX's
+``probe_readout`` group), grad-norm clip per seed, base rate ``lr`` with routers at ``router_lr_mult`` ×,
 linear warm-up per step over the first ``warmup_epochs`` epochs then constant, early stop after
 ``patience`` epochs without a better validation criterion, best-validation checkpoint restored
 at the end. The criterion (``early_stopping``) is the paper's validation loss (the task loss on
