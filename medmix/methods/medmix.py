@@ -26,6 +26,15 @@ departures from the paper"):
   bottleneck projection lost what a linear probe keeps (``findings`` alone: probe 0.970 / 0.787,
   MedMIX 0.960 / 0.669); with the read-out all 5 seeds reach 0.967 ± 0.001 / 0.741 ± 0.003.
 
+**Named option, off by default** (``probe_readout``, with ``probe_lr_mult``, ``probe_wd_mult``,
+``probe_l2``, ``probe_init``; :mod:`medmix.methods.probe_readout`): a linear probe of every
+expert's standardised embedding and presence flag added to the fused logits (replacing
+``linear_readout``), in its own parameter group, regularised with the linear probe's own L2
+penalty (its ``C`` chosen on validation) and started from that probe's coefficients, so the
+read-out alone sits at the probe's optimum and the adapters / router / heads add to it.
+Evidence: README "MedMIX: three departures from the paper" and
+``tests/benchmarks/results/iu_dev_probe_readout.md``.
+
 ``early_stopping`` (a :class:`TrainConfig` key shared by every neural method; default
 ``val_loss``, the paper's) can stop and checkpoint on the validation macro AUROC / AUPRC instead.
 
@@ -53,6 +62,7 @@ import torch
 from medmix.data import TensorData
 from medmix.methods import register_method
 from medmix.methods.base import FusionMethod, Prediction
+from medmix.methods.probe_readout import ProbeSettings, fit_reference_probe, l2_penalty
 from medmix.models.medmix import MedMIXConfig, MedMIXNet, TeacherHeads
 from medmix.protocols import Protocol
 from medmix.training.distill import distill_loss, distill_weight
@@ -69,7 +79,8 @@ from medmix.training.trainer import (
 )
 
 #: The settings that turn this implementation's departures off (the paper's MedMIX).
-PAPER_FORM = {"linear_readout": False, "fusion_warmup_epochs": 0, "modality_loss_weight": 0.0}
+PAPER_FORM = {"linear_readout": False, "fusion_warmup_epochs": 0, "modality_loss_weight": 0.0,
+              "probe_readout": False}
 
 
 class MedMIXObjective:
@@ -81,9 +92,11 @@ class MedMIXObjective:
     docstring for why it exists.
     """
 
-    def __init__(self, task: str, config: TrainConfig):
+    def __init__(self, task: str, config: TrainConfig, probe_l2: float = 0.0):
         self.task = task
         self.config = config
+        #: λ of the ``probe_readout`` L2 term (0: none; see :mod:`medmix.methods.probe_readout`).
+        self.probe_l2 = float(probe_l2)
 
     def loss(self, member: Member, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         member.model.fusion_mix.fill_(fusion_mix(epoch, self.config.fusion_warmup_epochs))
@@ -94,6 +107,10 @@ class MedMIXObjective:
             modality = modality_task_loss(out.modality_logits, batch.y, out.present, self.task)
             loss = loss + self.config.modality_loss_weight * modality
             parts["modality_loss"] = modality.detach()
+        if self.probe_l2 > 0 and member.model.probe is not None:
+            penalty = l2_penalty(member.model.probe.penalised(), self.probe_l2)
+            loss = loss + penalty
+            parts["probe_l2"] = penalty.detach()
         weight = distill_weight(epoch, self.config.distill_max, self.config.distill_ramp_epochs)
         if member.aux is not None and weight > 0:
             projected = member.aux(batch.teacher)
@@ -164,6 +181,8 @@ def routing_diagnostics(model: MedMIXNet, out, mask: dict[str, torch.Tensor]) ->
 
 
 def model_config(data: TensorData, params: dict[str, Any]) -> MedMIXConfig:
+    """The network's config; ``probe_readout`` replaces (turns off) ``linear_readout``."""
+    probe = ProbeSettings.from_params(params).enabled
     return MedMIXConfig(
         dims=data.dims(),
         n_out=len(data.labels),
@@ -172,8 +191,9 @@ def model_config(data: TensorData, params: dict[str, Any]) -> MedMIXConfig:
         dropout=float(params.get("dropout", 0.1)),
         expert_names={m: list(v) for m, v in data.expert_names.items()},
         labels=list(data.labels),
-        linear_readout=bool(params.get("linear_readout", True)),
+        linear_readout=bool(params.get("linear_readout", True)) and not probe,
         router="learned" if params.get("router", "learned") == "learned" else "uniform",
+        probe_readout=probe,
     )
 
 
@@ -213,10 +233,14 @@ def restrict(data: TensorData, selected: dict[str, int], modalities: Sequence[st
 
 
 def build_members(
-    config: MedMIXConfig, teacher_dims: dict[str, int], seeds: Sequence[int], router_lr_mult: float
+    config: MedMIXConfig, teacher_dims: dict[str, int], seeds: Sequence[int], router_lr_mult: float,
+    probe: ProbeSettings | None = None,
 ) -> list[Member]:
     """One freshly initialised model (and teacher heads if ``teacher_dims``) per seed; the
-    intra-modality routers form their own parameter group at ``router_lr_mult`` × the base rate."""
+    intra-modality routers form their own parameter group at ``router_lr_mult`` × the base rate,
+    and the ``probe_readout`` parameters (if any) one at ``probe.lr_mult`` × the rate and
+    ``probe.wd_mult`` × the weight decay."""
+    probe = probe or ProbeSettings()
 
     def build():
         model = MedMIXNet(config)
@@ -225,11 +249,14 @@ def build_members(
     members = []
     for seed in seeds:
         model, heads = seeded_init(int(seed), build)
-        routers = {id(p) for p in model.router_parameters()}
-        rest = [p for p in model.parameters() if id(p) not in routers]
+        own = {id(p) for p in model.router_parameters() + model.probe_parameters()}
+        rest = [p for p in model.parameters() if id(p) not in own]
         if heads is not None:
             rest += list(heads.parameters())
-        members.append(Member(int(seed), model, heads, [(rest, 1.0), (model.router_parameters(), router_lr_mult)]))
+        groups = [(rest, 1.0), (model.router_parameters(), router_lr_mult)]
+        if model.probe_parameters():
+            groups.append((model.probe_parameters(), probe.lr_mult, probe.wd_mult))
+        members.append(Member(int(seed), model, heads, groups))
     return members
 
 
@@ -237,11 +264,17 @@ def build_members(
 class MedMIX(FusionMethod):
     """MedMIX (intra-modality MoE + masked logit fusion + training-only distillation)."""
 
-    extra_params = ("router",)
+    extra_params = ("router", "lp_c_grid")
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Config-time check of the ``probe_readout`` settings (raises ``ValueError`` naming the key)."""
+        ProbeSettings.from_params(params)
 
     def __init__(self, params: dict[str, Any]):
         super().__init__(params)
         self.train_config = TrainConfig.from_params(self.params)
+        self.probe_settings = ProbeSettings.from_params(self.params)
         self.router = str(self.params.get("router", "learned"))
         if self.router not in ROUTER_OPTIONS:
             raise ValueError(f"{self.name}: router must be one of {ROUTER_OPTIONS}, got {self.router!r}")
@@ -260,10 +293,18 @@ class MedMIX(FusionMethod):
         config = model_config(train, self.params)
         teacher_dims = {m: d for m, d in train.teacher_dims().items() if m in config.dims}
         distill = self.train_config.distill_max > 0 and bool(teacher_dims)
-        members = build_members(config, teacher_dims if distill else {}, seeds, self.train_config.router_lr_mult)
-        trainer = EnsembleTrainer(self.train_config, MedMIXObjective(train.task, self.train_config))
+        ps = self.probe_settings
+        members = build_members(config, teacher_dims if distill else {}, seeds, self.train_config.router_lr_mult, ps)
+        probe = fit_reference_probe(train, val, self.params) if ps.needs_probe else None
+        if probe is not None and ps.init:
+            for member in members:
+                member.model.probe.load_probe(probe.coef, probe.intercept)
+        l2 = probe.l2 if probe is not None and ps.l2 else 0.0
+        trainer = EnsembleTrainer(self.train_config, MedMIXObjective(train.task, self.train_config, l2))
         self._curves = trainer.fit(members, train, val, protocol, config.modalities)
         self.selection = trainer.selection
+        if probe is not None:  # the probe's validation-chosen C, next to the trainer's choices
+            self.selection = [{**entry, "probe_C": probe.c} for entry in self.selection]
         self.models = [m.model for m in members]
         self.seeds = [m.seed for m in members]
 

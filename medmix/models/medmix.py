@@ -23,12 +23,15 @@ Choices where the paper is silent (documented here and in the report):
 - router, head and fusion scorer are single linear layers;
 - **a sample with every modality missing** has all fusion weights 0, so its fused logits are
   exactly 0: probability 0.5 per label for sigmoid tasks, the uniform distribution for
-  multiclass. Nothing is NaN;
+  multiclass (with ``probe_readout``: the read-out's bias, the probe's all-absent prediction).
+  Nothing is NaN;
 - scores and softmaxes are computed in float32 even under bf16 autocast.
 
-Two named options go beyond the paper (both off in :class:`MedMIXConfig` / the model; the
+Three named options go beyond the paper (all off in :class:`MedMIXConfig` / the model; the
 method's defaults and the evidence are in :mod:`medmix.methods.medmix`): ``linear_readout``
-(a linear path from every expert to its modality's logits, :class:`ModalityBlock`) and the
+(a linear path from every expert to its modality's logits, :class:`ModalityBlock`),
+``probe_readout`` (instead, one linear probe of every expert and presence flag added to the fused
+logits, outside the fusion weights, :class:`ProbeReadout`) and the
 ``fusion_mix`` buffer (``w = mix · softmax(s̃) + (1 − mix) · uniform over present modalities``,
 which the fusion warm-up ramps from 0 to 1; it is 1, the paper's fusion, after the warm-up).
 """
@@ -73,10 +76,15 @@ class MedMIXConfig:
     #: Intra-modality router: ``learned`` (the paper) or ``uniform`` (Table E7 ablation: the mean
     #: over the present experts, the router's scorer unused).
     router: str = "learned"
+    #: NOT in the paper: a linear probe of every expert's standardised embedding and presence flag
+    #: added to the *fused* logits (:class:`ProbeReadout`); replaces ``linear_readout``.
+    probe_readout: bool = False
 
     def __post_init__(self) -> None:
         if self.router not in ROUTERS:
             raise ValueError(f"router must be one of {ROUTERS}, got {self.router!r}")
+        if self.probe_readout and self.linear_readout:
+            raise ValueError("probe_readout replaces linear_readout: set at most one of them")
         if not self.dims:
             raise ValueError("MedMIX needs at least one modality")
         for m, ds in self.dims.items():
@@ -174,6 +182,50 @@ class ModalityBlock(nn.Module):
         return z, gates, logits, self.scorer(z).squeeze(-1).float()
 
 
+class ProbeReadout(nn.Module):
+    """A linear probe inside the model: ``R(x) = b + F·flags + Σ_{m,k} mask_{m,k} R_{m,k} e_{m,k}``.
+
+    One bias-free ``Linear(d_k, C)`` per expert (modality order, then committee order), one
+    ``Linear(K, C)`` over the ``K`` 0/1 presence flags with the bias ``b`` — exactly the
+    function class of :mod:`medmix.methods.linear_probe` (absent expert = 0 plus its flag), so
+    its coefficients can be copied in (:meth:`load_probe`). Zero-initialised (the model then
+    starts as without it).
+    """
+
+    def __init__(self, dims: dict[str, list[int]], n_out: int):
+        super().__init__()
+        self.experts = nn.ModuleDict({m: nn.ModuleList(nn.Linear(d, n_out, bias=False) for d in ds)
+                                      for m, ds in dims.items()})
+        self.flags = nn.Linear(sum(len(ds) for ds in dims.values()), n_out)
+        for p in self.parameters():
+            nn.init.zeros_(p)
+
+    def forward(self, x: dict[str, list[torch.Tensor]], mask: dict[str, torch.Tensor]) -> torch.Tensor:
+        flags = torch.cat([mask[m].bool() for m in self.experts], dim=1)
+        logits = self.flags(flags.to(self.flags.weight.dtype)).float()
+        for m, readouts in self.experts.items():
+            for k, readout in enumerate(readouts):
+                logits = logits + torch.where(mask[m][:, k:k + 1].bool(), readout(x[m][k]).float(), 0.0)
+        return logits
+
+    def penalised(self) -> list[nn.Parameter]:
+        """The weights an L2 penalty applies to (every weight; the bias is not penalised, as in the probe)."""
+        return [p for name, p in self.named_parameters() if name != "flags.bias"]
+
+    @torch.no_grad()
+    def load_probe(self, coef: torch.Tensor, intercept: torch.Tensor) -> None:
+        """Copy a probe's ``coef`` [C, Σ d_k + K] (features in :func:`probe_features` order) and ``intercept`` [C]."""
+        widths = [r.in_features for rs in self.experts.values() for r in rs]
+        if tuple(coef.shape) != (self.flags.out_features, sum(widths) + self.flags.in_features):
+            raise ValueError(f"probe coefficients {tuple(coef.shape)} do not fit the read-out "
+                             f"({self.flags.out_features}, {sum(widths)} + {self.flags.in_features})")
+        parts = torch.split(coef.float(), [*widths, self.flags.in_features], dim=1)
+        for readout, part in zip([r for rs in self.experts.values() for r in rs], parts, strict=False):
+            readout.weight.copy_(part)
+        self.flags.weight.copy_(parts[-1])
+        self.flags.bias.copy_(intercept.float())
+
+
 @dataclass
 class MedMIXOutput:
     """``logits`` [N, C]; ``router[m]`` [N, K_m]; ``fusion`` [N, M]; ``z[m]`` [N, hidden];
@@ -202,6 +254,8 @@ class MedMIXNet(nn.Module):
         #: (1 = the paper's fusion; the trainer lowers it during ``fusion_warmup_epochs``). A
         #: buffer, so a checkpoint taken during the warm-up predicts as it was validated.
         self.register_buffer("fusion_mix", torch.ones(()))
+        #: The fused-level linear probe (``probe_readout``), or None.
+        self.probe = ProbeReadout(config.dims, config.n_out) if config.probe_readout else None
 
     @property
     def modalities(self) -> list[str]:
@@ -210,6 +264,10 @@ class MedMIXNet(nn.Module):
     def router_parameters(self) -> list[nn.Parameter]:
         """The intra-modality router scorers (trained at ``router_lr_mult`` × the base rate)."""
         return [p for block in self.blocks.values() for p in block.router.parameters()]
+
+    def probe_parameters(self) -> list[nn.Parameter]:
+        """The ``probe_readout`` parameters (their own group at ``probe_lr_mult``; empty without it)."""
+        return list(self.probe.parameters()) if self.probe is not None else []
 
     def set_dropout_generator(self, generator: torch.Generator | None) -> None:
         for module in self.modules():
@@ -240,6 +298,8 @@ class MedMIXNet(nn.Module):
         fusion = self.fusion_mix * fusion + (1 - self.fusion_mix) * uniform
         per_modality = torch.stack(logits, dim=1)
         fused = (fusion.unsqueeze(-1) * per_modality).sum(dim=1)
+        if self.probe is not None:
+            fused = fused + self.probe(x, mask)
         return MedMIXOutput(fused, router, fusion, z, present_t, per_modality)
 
 

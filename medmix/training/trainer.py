@@ -7,7 +7,8 @@ masking, dropout) and its gradient clipping, and no operation mixes two seeds' t
 gives bit-identical results on CPU whether it is trained alone or together with other seeds.
 
 Schedule (MedMIX Appendix C, all from :class:`TrainConfig`): AdamW (decoupled weight decay on
-every parameter), grad-norm clip per seed, base rate ``lr`` with routers at ``router_lr_mult`` ×,
+every parameter; a member's parameter group may scale it by its own multiplier, e.g. MedMIX's
+``probe_readout`` group), grad-norm clip per seed, base rate ``lr`` with routers at ``router_lr_mult`` ×,
 linear warm-up per step over the first ``warmup_epochs`` epochs then constant, early stop after
 ``patience`` epochs without a better validation criterion, best-validation checkpoint restored
 at the end. The criterion (``early_stopping``) is the paper's validation loss (the task loss on
@@ -205,17 +206,31 @@ class Batch:
 class Member:
     """One seed's model, its training-only modules and its parameter groups.
 
-    ``param_groups`` is a list of ``(parameters, lr multiplier)``; ``model`` is what gets
-    deployed, ``aux`` (e.g. teacher heads) is trained alongside and then dropped.
+    ``param_groups`` is a list of ``(parameters, lr multiplier)`` or ``(parameters, lr multiplier,
+    weight-decay multiplier)`` (default 1: the run's weight decay); ``model`` is what gets deployed,
+    ``aux`` (e.g. teacher heads) is trained alongside and then dropped.
     """
 
     seed: int
     model: nn.Module
     aux: nn.Module | None = None
-    param_groups: list[tuple[list[nn.Parameter], float]] = field(default_factory=list)
+    param_groups: list[tuple] = field(default_factory=list)
 
     def parameters(self) -> list[nn.Parameter]:
-        return [p for params, _ in self.param_groups for p in params]
+        return [p for group in self.param_groups for p in group[0]]
+
+    def groups(self) -> list[tuple[list[nn.Parameter], float, float]]:
+        """``param_groups`` as ``(parameters, lr multiplier, weight-decay multiplier)``."""
+        out = []
+        for group in self.param_groups:
+            if len(group) not in (2, 3):
+                raise ValueError(f"seed {self.seed}: a parameter group is (params, lr_mult[, wd_mult]), got {len(group)} items")
+            params, lr_mult, wd_mult = (*group, 1.0) if len(group) == 2 else group
+            if lr_mult <= 0 or wd_mult < 0:
+                raise ValueError(f"seed {self.seed}: lr multiplier must be > 0 and weight-decay multiplier >= 0, "
+                                 f"got {lr_mult} / {wd_mult}")
+            out.append((list(params), float(lr_mult), float(wd_mult)))
+        return out
 
 
 class Objective(TypingProtocol):
@@ -319,15 +334,17 @@ class EnsembleTrainer:
     def _optimizer(
         self, members: Sequence[Member], points: Sequence[tuple[float, float]] | None = None
     ) -> torch.optim.Optimizer:
-        """One fused AdamW over every member; a parameter group per (lr, weight decay, multiplier),
-        with ``points[i]`` the (lr, weight decay) of ``members[i]`` (default: the config's)."""
+        """One fused AdamW over every member; a parameter group per (lr, weight decay, lr multiplier,
+        weight-decay multiplier), with ``points[i]`` the (lr, weight decay) of ``members[i]``
+        (default: the config's); a group's rate is ``lr × lr_mult``, its decay ``wd × wd_mult``."""
         points = points or [(self.config.lr, self.config.weight_decay)] * len(members)
-        by_key: dict[tuple[float, float, float], list[nn.Parameter]] = {}
+        by_key: dict[tuple[float, float, float, float], list[nn.Parameter]] = {}
         for member, (lr, wd) in zip(members, points, strict=True):
-            for params, mult in member.param_groups:
-                by_key.setdefault((lr, wd, float(mult)), []).extend(params)
-        groups = [{"params": ps, "lr": lr * mult, "base_lr": lr * mult, "lr_mult": mult, "weight_decay": wd}
-                  for (lr, wd, mult), ps in by_key.items() if ps]
+            for params, mult, wd_mult in member.groups():
+                by_key.setdefault((lr, wd, mult, wd_mult), []).extend(params)
+        groups = [{"params": ps, "lr": lr * mult, "base_lr": lr * mult, "lr_mult": mult,
+                   "weight_decay": wd * wd_mult}
+                  for (lr, wd, mult, wd_mult), ps in by_key.items() if ps]
         c = self.config
         return torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay, fused=True)
 

@@ -1,0 +1,207 @@
+"""MedMIX's ``probe_readout`` option: model wiring, parameter groups, the probe's L2 and init, paper form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medmix.methods import create_method
+from medmix.methods.linear_probe import LinearProbe, probe_features
+from medmix.methods.medmix import PAPER_FORM, MedMIXObjective, build_members, model_config
+from medmix.methods.probe_readout import ProbeSettings, fit_reference_probe, known_targets
+from medmix.models import MedMIXConfig, MedMIXNet
+from medmix.protocols import Protocol
+from medmix.training.synthetic import synthetic_data
+from medmix.training.trainer import Batch, EnsembleTrainer, Member, TrainConfig
+
+FAST = dict(lr=3e-3, warmup_epochs=2, max_epochs=12, patience=4, batch_size=64, hidden_dim=16, precision="fp32",
+            threads=1, distill_max=0.0)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    data = synthetic_data(n=300, dims={"a": [12, 8], "b": [6]}, informative={"a": [0], "b": [0]}, n_labels=2,
+                          noise=2.0, seed=3)
+    return tuple(data.split_part(s) for s in ("train", "val", "test"))
+
+
+def _inputs(n=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = {"a": [torch.randn(n, 12, generator=gen), torch.randn(n, 8, generator=gen)], "b": [torch.randn(n, 6, generator=gen)]}
+    mask = {"a": torch.rand(n, 2, generator=gen) > 0.3, "b": torch.rand(n, 1, generator=gen) > 0.3}
+    return x, mask
+
+
+def test_probe_readout_is_a_linear_probe_added_to_the_fused_logits():
+    cfg = MedMIXConfig(dims={"a": [12, 8], "b": [6]}, n_out=3, task="multilabel", hidden_dim=16, dropout=0.0,
+                       probe_readout=True)
+    torch.manual_seed(0)
+    model = MedMIXNet(cfg).eval()
+    x, mask = _inputs()
+    before = model(x, mask)
+    base = before.logits  # zero-initialised read-out: the model without it
+    coef, intercept = torch.randn(3, 12 + 8 + 6 + 3), torch.randn(3)
+    model.probe.load_probe(coef, intercept)
+    out = model(x, mask)
+    feats = []
+    for m in ("a", "b"):
+        for k, t in enumerate(x[m]):
+            feats.append(torch.where(mask[m][:, k:k + 1], t, 0.0))
+    flags = torch.cat([mask["a"], mask["b"]], 1).float()
+    expected = base + torch.cat(feats + [flags], 1) @ coef.T + intercept
+    torch.testing.assert_close(out.logits, expected, rtol=1e-5, atol=1e-5)
+    # the per-modality logits (heads, modality loss) and the fusion weights do not see the read-out
+    torch.testing.assert_close(out.modality_logits, before.modality_logits)
+    torch.testing.assert_close(out.fusion, before.fusion)
+    with pytest.raises(ValueError, match="probe_readout replaces linear_readout"):
+        MedMIXConfig(dims={"a": [4]}, n_out=1, task="binary", linear_readout=True, probe_readout=True)
+
+
+def test_masked_values_never_reach_the_probe_readout():
+    cfg = MedMIXConfig(dims={"a": [12, 8], "b": [6]}, n_out=2, task="multilabel", hidden_dim=16, dropout=0.0,
+                       probe_readout=True)
+    model = MedMIXNet(cfg).eval()
+    model.probe.load_probe(torch.randn(2, 29), torch.randn(2))
+    x, mask = _inputs(seed=1)
+    ref = model(x, mask).logits
+    x2 = {m: [torch.where(mask[m][:, k:k + 1], t, torch.nan) for k, t in enumerate(xs)] for m, xs in x.items()}
+    torch.testing.assert_close(model(x2, mask).logits, ref)
+
+
+def test_param_groups_get_the_stated_lr_and_weight_decay(planted):
+    train, _, _ = planted
+    params = {**FAST, "probe_readout": True, "probe_lr_mult": 5.0, "probe_wd_mult": 0.5, "weight_decay": 0.02}
+    cfg = model_config(train, params)
+    assert cfg.probe_readout and not cfg.linear_readout
+    (member,) = build_members(cfg, {}, [0], 0.3, ProbeSettings.from_params(params))
+    probe_ids = {id(p) for p in member.model.probe_parameters()}
+    assert probe_ids and len(member.model.probe_parameters()) == 3 + 1 + 1  # 3 experts, flag weight, bias
+    trainer = EnsembleTrainer(TrainConfig.from_params(params), MedMIXObjective(train.task, TrainConfig()))
+    opt = trainer._optimizer([member])
+    seen = set()
+    for group in opt.param_groups:
+        ids = {id(p) for p in group["params"]}
+        seen |= ids
+        if ids & probe_ids:
+            assert ids == probe_ids
+            assert group["lr"] == pytest.approx(3e-3 * 5.0) and group["weight_decay"] == pytest.approx(0.01)
+        else:
+            assert group["weight_decay"] == pytest.approx(0.02)
+            assert group["lr"] in (pytest.approx(3e-3), pytest.approx(3e-3 * 0.3))
+    assert seen == {id(p) for p in member.model.parameters()}
+
+
+def test_without_the_option_groups_and_optimizer_are_unchanged(planted):
+    train, _, _ = planted
+    cfg = model_config(train, FAST)
+    assert cfg.linear_readout and not cfg.probe_readout
+    (member,) = build_members(cfg, {}, [0], 0.3)
+    assert member.model.probe is None and len(member.param_groups) == 2
+    assert all(len(g) == 2 for g in member.param_groups)  # (params, lr mult): the trainer's old form
+    opt = EnsembleTrainer(TrainConfig.from_params(FAST), None)._optimizer([member])
+    assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx(sorted([3e-3, 3e-3 * 0.3]))
+    assert all(g["weight_decay"] == 0.01 for g in opt.param_groups)
+
+
+def test_bad_group_multipliers_are_rejected():
+    p = torch.nn.Parameter(torch.zeros(1))
+    with pytest.raises(ValueError, match="multiplier"):
+        Member(0, torch.nn.Linear(1, 1), None, [([p], 1.0, -1.0)]).groups()
+    with pytest.raises(ValueError, match="probe_lr_mult"):
+        ProbeSettings.from_params({"probe_lr_mult": 0})
+    with pytest.raises(ValueError, match="probe_init"):
+        ProbeSettings.from_params({"probe_init": "yes"})
+
+
+def test_config_accepts_the_keys_and_checks_their_values():
+    import copy
+    from pathlib import Path
+
+    import yaml
+
+    from medmix.config import ConfigError, validate_config
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    ok = copy.deepcopy(cfg)
+    ok["method_params"] = {"medmix": {"probe_readout": True, "probe_lr_mult": 3.0, "probe_init": False,
+                                      "lp_c_grid": [0.1, 1.0]}}
+    validate_config(ok)
+    assert validate_config(copy.deepcopy(cfg))["training"]["probe_readout"] is False
+    bad = copy.deepcopy(cfg)
+    bad["method_params"] = {"medmix": {"probe_readout": True, "probe_lr_mult": 0}}
+    with pytest.raises(ConfigError, match="probe_lr_mult"):
+        validate_config(bad)
+
+
+def test_paper_form_keeps_it_off():
+    assert PAPER_FORM["probe_readout"] is False
+    method = create_method("medmix_paper", {**FAST, "probe_readout": True})
+    assert not method.probe_settings.enabled
+
+
+def test_reference_probe_matches_linear_probe_and_l2_is_its_penalty(planted):
+    train, val, _ = planted
+    ref = fit_reference_probe(train, val, {})
+    lp = LinearProbe({})
+    lp.fit(train, val, [0], Protocol("none"))
+    assert ref.c == lp.settings["c"]
+    np.testing.assert_allclose(ref.coef.numpy(), lp.coef, rtol=1e-6, atol=1e-7)
+    k = known_targets(train)
+    assert k == int((~torch.isnan(train.y)).sum()) and ref.l2 == pytest.approx(1.0 / (ref.c * k))
+    # mean BCE + λ/2 ||W||² is the probe's objective / K: its gradient in W vanishes at the probe's optimum
+    x = torch.from_numpy(probe_features(train)).float()
+
+    def grad_at(coef):
+        w = coef.clone().requires_grad_(True)
+        logits = x @ w.T + ref.intercept
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, train.y) + 0.5 * ref.l2 * w.pow(2).sum()
+        return torch.autograd.grad(loss, w)[0]
+
+    assert grad_at(ref.coef).abs().max() < 0.01 * grad_at(torch.zeros_like(ref.coef)).abs().max()
+
+
+def test_objective_adds_the_l2_term_only_with_the_option(planted):
+    train, _, _ = planted
+    cfg = model_config(train, {**FAST, "probe_readout": True})
+    (member,) = build_members(cfg, {}, [0], 0.3, ProbeSettings(enabled=True))
+    member.model.probe.load_probe(torch.ones(2, 29), torch.zeros(2))
+    n = 10
+    batch = Batch({m: [t[:n] for t in xs] for m, xs in train.x.items()}, {m: t[:n].bool() for m, t in train.mask.items()},
+                  train.y[:n])
+    config = TrainConfig.from_params(FAST)
+    member.model.eval()
+    plain, parts0 = MedMIXObjective(train.task, config).loss(member, batch, 0)
+    with_l2, parts = MedMIXObjective(train.task, config, probe_l2=0.1).loss(member, batch, 0)
+    assert "probe_l2" not in parts0
+    assert float(parts["probe_l2"]) == pytest.approx(0.5 * 0.1 * 2 * 29)  # bias not penalised
+    assert float((with_l2 - plain).detach()) == pytest.approx(float(parts["probe_l2"]), rel=1e-5)
+
+
+def test_tiny_fit_starts_from_the_probe_runs_and_is_deterministic_per_seed(planted):
+    train, val, test = planted
+    params = {**FAST, "probe_readout": True}
+    a = create_method("medmix", params)
+    a.fit(train, val, [0, 1], Protocol("none"))
+    b = create_method("medmix", params)
+    b.fit(train, val, [1], Protocol("none"))
+    pa, pb = a.predict(test).prob, b.predict(test).prob
+    assert np.isfinite(pa).all()
+    np.testing.assert_array_equal(pa[1], pb[0])  # seed 1 alone == seed 1 next to seed 0
+    assert not np.array_equal(pa[0], pa[1])
+    assert all(entry["probe_C"] == a.selection[0]["probe_C"] for entry in a.selection)
+    assert "probe_l2" in a.curves().columns and (a.curves()["probe_l2"] > 0).all()
+
+
+
+@pytest.mark.parametrize("init", [True, False])
+def test_probe_init_starts_the_readout_from_the_probe(planted, init):
+    train, val, _ = planted
+    ref = fit_reference_probe(train, val, {})
+    method = create_method("medmix", {**FAST, "probe_readout": True, "probe_init": init, "lr": 1e-12, "max_epochs": 1})
+    method.fit(train, val, [0], Protocol("none"))
+    probe = method.models[0].probe
+    expected = ref.intercept if init else torch.zeros_like(ref.intercept)
+    torch.testing.assert_close(probe.flags.bias.detach(), expected, atol=1e-6, rtol=1e-5)
+    first = ref.coef[:, :12] if init else torch.zeros(2, 12)
+    torch.testing.assert_close(probe.experts["a"][0].weight.detach(), first, atol=1e-6, rtol=1e-5)
