@@ -275,8 +275,8 @@ def test_the_table_step_reads_every_methods_predictions(planted, fitted, tmp_pat
     files = []
     for name in ALL:
         keys = {"dataset": "syn", "method": fitted[name].name, "train_protocol": "none", "cohort": "syn"}
-        frames = predict_protocols(fitted[name], val, [(0, Protocol("none"))], {**keys, "eval_set": "val"})
-        frames += predict_protocols(fitted[name], test, [(0, Protocol("none")), (1, Protocol("rd", "random_drop", {"p": 0.5}))],
+        frames = predict_protocols(fitted[name], val, [Protocol("none")], {**keys, "eval_set": "val"})
+        frames += predict_protocols(fitted[name], test, [Protocol("none"), Protocol("rd", "random_drop", {"p": 0.5})],
                                     {**keys, "eval_set": "test"})
         path = tmp_path / f"{name}.parquet"
         pd.concat(frames, ignore_index=True).to_parquet(path)
@@ -328,7 +328,7 @@ def test_attention_weights_are_reported_per_expert(planted, fitted):
     present = np.concatenate([test.mask[m].numpy() for m in test.modalities], 1)
     assert (w[:, ~present] == 0).all()
     np.testing.assert_allclose(w.sum(-1), np.broadcast_to(present.any(1), w.shape[:2]).astype(float), atol=1e-6)
-    frame = predict_protocols(fitted["attention"], test, [(0, Protocol("none"))],
+    frame = predict_protocols(fitted["attention"], test, [Protocol("none")],
                               {"dataset": "syn", "method": "attention", "train_protocol": "none", "cohort": "syn", "eval_set": "test"})[0]
     assert "attention:b:b_expert0_informative" in frame.columns
 

@@ -143,10 +143,10 @@ def _frame(data: TensorData, prob: np.ndarray, extras: dict, extra_cols: dict, s
     return pd.concat(frames, ignore_index=True)
 
 
-def predict_protocols(method, data: TensorData, protocols: list[tuple[int, Protocol]], keys: dict[str, str]) -> list[pd.DataFrame]:
-    """Predictions under each ``(position, protocol)``; masks drawn from ``protocol.seed(TEST_PROTOCOL_SEED)``."""
+def predict_protocols(method, data: TensorData, protocols: list[Protocol], keys: dict[str, str]) -> list[pd.DataFrame]:
+    """Predictions under each protocol; masks drawn from ``protocol.seed(TEST_PROTOCOL_SEED)``."""
     out = []
-    for position, protocol in protocols:
+    for protocol in protocols:
         gen = torch.Generator().manual_seed(protocol.seed(TEST_PROTOCOL_SEED))
         view = data if protocol.is_identity else data.with_mask(protocol.apply(data.mask, gen))
         pred = method.predict(view)
@@ -177,13 +177,13 @@ def evaluate_job(
     method = load_method(model_dir)
     scaler = Standardizer.load(Path(model_dir) / SCALER_FILE)
     data = scaler.apply(load_dataset(cohort_path, committee, features, identities))
-    protocols = list(enumerate(parse_protocols(test_protocols)))
+    protocols = parse_protocols(test_protocols)
     # The run name (a method or a variant of one) identifies the rows in every table.
     keys = {"dataset": dataset, "method": run or method.name, "train_protocol": train_protocol, "cohort": cohort}
     frames = []
     if cohort == dataset:
         val, test = data.split_part("val"), data.split_part("test")
-        clean = [(i, p) for i, p in protocols if p.is_identity][:1]
+        clean = [p for p in protocols if p.is_identity][:1]
         if not clean:
             raise ValueError("protocols.test needs an identity protocol (kind: none) to tune thresholds on validation")
         frames += predict_protocols(method, val, clean, {**keys, "eval_set": "val"})
