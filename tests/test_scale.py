@@ -259,9 +259,10 @@ def test_cluster_generic_run_with_shards_and_groups_equals_a_local_run(tmp_path)
         (folder / "config.yaml").write_text(yaml.safe_dump(tiny_config(shards)))
     _snakemake(local, "--cores", "2", "all")
     submissions = tmp_path / "submissions.jsonl"
-    _snakemake(cluster, "--executor", "cluster-generic", "--jobs", "4", "--latency-wait", "5",
+    # --groups / --group-components take several values: a single-valued option goes before the target
+    _snakemake(cluster, "--executor", "cluster-generic", "--latency-wait", "5",
                "--cluster-generic-submit-cmd", str(REPO / "tests/cluster/local_submit.sh"),
-               "--groups", "fit=fusion", "evaluate=fusion", "--group-components", "fusion=20", "all",
+               "--groups", "fit=fusion", "evaluate=fusion", "--group-components", "fusion=20", "--jobs", "4", "all",
                env={"MEDMIX_SUBMISSIONS": str(submissions)})
     jobs = [json.loads(line) for line in submissions.read_text().splitlines()]
     singles = sorted(j["rule"] for j in jobs if j["type"] == "single")
