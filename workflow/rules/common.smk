@@ -290,10 +290,14 @@ def train_protocol_spec(dataset, protocol):
 
 
 def test_protocol_specs(dataset, method, protocol):
-    """`protocols.test` plus a missing-grid run's matching test protocol (medmix.missing_grid)."""
+    """`protocols.test` plus a missing-grid run's matching test protocol (medmix.missing_grid),
+    less the `drop_one` protocols of modalities the run does not read (a sweep run or a variant on a
+    subset of the modalities: there is nothing to drop, so no rows either)."""
     from medmix import missing_grid
 
-    return missing_grid.test_protocol_specs(config, dataset, method, protocol)
+    specs = missing_grid.test_protocol_specs(config, dataset, method, protocol)
+    read = list(committee_spec(dataset, method))
+    return {name: spec for name, spec in specs.items() if missing_grid.applies(spec, read)}
 
 
 def train_protocols(dataset):
