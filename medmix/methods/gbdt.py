@@ -26,11 +26,14 @@ at most ``gbdt_max_rounds``); per (seed, label) the grid point with the lowest v
 log-loss at its best iteration is kept, truncated to that iteration. The test split never reaches
 fit.
 
-Binning (speed, not the model's definition): per seed, the training features are binned **once**
-(at most ``gbdt_max_bin`` bins per feature, default 255, LightGBM's own default) and the
-validation features with the same bin mappers; every label and every grid point then trains on a
-row subset of those binned Datasets (``Dataset.subset``, which shares the bin mappers; the label is
-set after), instead of re-binning the wide matrix per label. The histogram layout is forced (as
+Binning (speed, not the model's definition): the training features are binned **once** (at most
+``gbdt_max_bin`` bins per feature, default 255, LightGBM's own default) and the validation
+features with the same bin mappers; every label, grid point and seed then trains on a row subset
+of those binned Datasets (``Dataset.subset``, which shares the bin mappers; the label is set
+after), instead of re-binning the wide matrix per label. The bins are a function of the training
+features alone while the training split has at most :data:`BIN_SAMPLE` rows (LightGBM then bins
+from every row, not a seeded sample), so they are shared across seeds; a train-time protocol
+(which masks the rows per seed) or a larger split bins once per seed. The histogram layout is forced (as
 determinism requires): column-wise when there are at least as many features as training rows
 (the wide cached concatenation), row-wise otherwise.
 
@@ -79,6 +82,8 @@ DEFAULTS: dict[str, Any] = {
     "gbdt_max_bin": 255,
 }
 EPS = 1e-7
+#: LightGBM's ``bin_construct_sample_cnt``: up to this many rows, bins are computed from every row.
+BIN_SAMPLE = 200_000
 
 
 def gbdt_features(data: TensorData, dims: dict[str, list[int]] | None = None) -> np.ndarray:
@@ -251,16 +256,19 @@ class GBDT(FusionMethod):
         n_out = yt_all.shape[1]
         self.seeds = [int(s) for s in seeds]
         self.models, rows = [], []
+        shared = protocol.is_identity and train.n <= BIN_SAMPLE  # the same bins for every seed
+        binned = None
         for seed in self.seeds:
-            view = train
-            if not protocol.is_identity:
-                view = train.with_mask(protocol.apply(train.mask, torch.Generator().manual_seed(seed)))
-            xt = gbdt_features(view, dims)
-            col_wise = self.col_wise(*xt.shape)
-            objective = "multiclass" if task == "multiclass" else "binary"
-            base = self._lgb_params(seed, self.cfg["gbdt_num_leaves"][0], self.cfg["gbdt_learning_rate"][0], objective,
-                                    n_out, col_wise)
-            binned = self._binned(xt, xv, base)
+            if binned is None or not shared:
+                view = train
+                if not protocol.is_identity:
+                    view = train.with_mask(protocol.apply(train.mask, torch.Generator().manual_seed(seed)))
+                xt = gbdt_features(view, dims)
+                col_wise = self.col_wise(*xt.shape)
+                objective = "multiclass" if task == "multiclass" else "binary"
+                base = self._lgb_params(seed, self.cfg["gbdt_num_leaves"][0], self.cfg["gbdt_learning_rate"][0],
+                                        objective, n_out, col_wise)
+                binned = self._binned(xt, xv, base)
             models: list[str | list[float]] = []
             if task == "multiclass":
                 kt, kv = ~np.isnan(yt_all).any(1), ~np.isnan(yv_all).any(1)
