@@ -126,12 +126,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             files_out.append(path)
         plan[DATASET][name] = {"modalities": sorted(iu.SECTIONS), "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
-    out = {k: args.out / f"iu_dev_{k.replace('_', '.', 1)}" for k in
-           ("sweep_md", "sweep_csv", "sweep_png", "contribution_md", "contribution_csv", "contribution_png")}
+    names = {"sweep_md": "subsets.md", "sweep_csv": "subsets.csv", "sweep_png": "subsets.png",
+             "contribution_md": "contribution.md", "contribution_csv": "contribution.csv",
+             "contribution_png": "contribution.png"}
+    out = {k: args.out / f"iu_dev_{v}" for k, v in names.items()}
     write_outputs(files_out, plan, {DATASET: "multilabel"}, args.seeds, out)
-    for k in ("sweep_md", "contribution_md"):
-        print(out[k].read_text())
-    print("fit seconds:", {k: round(v, 1) for k, v in seconds.items()})
+    report = "\n\n".join([
+        f"# IU X-ray dev: modality-subset sweep and Shapley values ({', '.join(args.methods)}; seeds {args.seeds})",
+        "Written by `tests/benchmarks/bench_iu_sweep.py` (command: `python tests/benchmarks/bench_iu_sweep.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]) + "`). Tables and figures by "
+        "`medmix.evaluation.contribution.write_outputs` (the `contribution` rule's code); ★ marks single-modality "
+        "subsets. Figures: `iu_dev_subsets.png`, `iu_dev_contribution.png`.",
+        out["sweep_md"].read_text(), out["contribution_md"].read_text(),
+        "Fit seconds of the runs fitted in this invocation (shared 2-core machine): "
+        + (", ".join(f"`{k}` {v:.0f}" for k, v in seconds.items()) or "none (all reused)")])
+    (args.out / "iu_dev_sweep.md").write_text(report + "\n")
+    print(report)
     return {"plan": plan, "seconds": seconds, "outputs": out}
 
 
