@@ -111,6 +111,37 @@ def test_deterministic_per_seed(data, fitted):
     assert fitted.models[0] != fitted.models[1]  # bagging / feature sampling follow the seed
 
 
+def test_features_binned_once_per_fit(data, monkeypatch):
+    from medmix.methods.gbdt import GBDT
+
+    calls = []
+    original = GBDT._binned
+    monkeypatch.setattr(GBDT, "_binned", lambda self, *a: calls.append(1) or original(self, *a))
+    params = {**FAST, "gbdt_num_leaves": [7], "gbdt_learning_rate": [0.1]}
+    create_method("gbdt", params).fit(data.split_part("train"), data.split_part("val"), [0, 1], Protocol("none"))
+    assert len(calls) == 1  # every label, grid point and seed trains on subsets of one binning
+    create_method("gbdt", params).fit(data.split_part("train"), data.split_part("val"), [0, 1],
+                                      Protocol("rd", "random_drop", {"p": 0.5}))
+    assert len(calls) == 3  # a train-time protocol masks rows per seed: binned per seed
+
+
+def test_shared_binning_gives_the_per_label_model(data, fitted):
+    """Label 0 (no unknown rows), seed 1: the stored booster equals one trained on a fresh Dataset of that label."""
+    import lightgbm as lgb
+
+    train, val, test = (data.split_part(s) for s in ("train", "val", "test"))
+    xt, xv, xs = (gbdt_features(d, train.dims()) for d in (train, val, test))
+    curves = fitted.curves()
+    row = curves[(curves.seed == 1) & (curves.label == train.labels[0]) & curves.chosen].iloc[0]
+    params = fitted._lgb_params(1, int(row.num_leaves), float(row.learning_rate), "binary", 1,
+                                fitted.col_wise(*xt.shape))
+    dtrain = lgb.Dataset(xt, np.ascontiguousarray(train.y[:, 0].numpy(), dtype=np.float64))
+    fresh = lgb.train(params, dtrain, num_boost_round=int(row.best_iteration))
+    stored = lgb.Booster(model_str=fitted.models[1][0])
+    np.testing.assert_array_equal(stored.predict(xs), fresh.predict(xs))
+    assert not np.isnan(train.y[:, 0].numpy()).any() and val.n > 0
+
+
 def test_save_load_identical(data, fitted, tmp_path):
     files = fitted.save(tmp_path / "gbdt")
     assert {f.name for f in files} == {"method.json", "seed0.safetensors", "seed1.safetensors"}
@@ -144,7 +175,7 @@ def test_constant_label_and_multiclass():
 
 @pytest.mark.parametrize("key, value", [("gbdt_num_leaves", [1]), ("gbdt_num_leaves", []), ("gbdt_learning_rate", [0]),
                                         ("gbdt_max_rounds", 0), ("gbdt_feature_fraction", 1.5),
-                                        ("gbdt_num_leaves", [7.5])])
+                                        ("gbdt_num_leaves", [7.5]), ("gbdt_max_bin", 1), ("gbdt_max_bin", True)])
 def test_bad_settings_refused_at_config_time(key, value):
     with pytest.raises(ValueError, match=f"method_params.gbdt.{key}"):
         create_method("gbdt", {key: value})

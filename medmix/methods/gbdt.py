@@ -4,8 +4,8 @@ What a HAIM user compares against first (Soenksen et al., npj Digit. Med. 2022: 
 concatenated per-modality embeddings). We use **LightGBM** rather than XGBoost: it handles
 missing values natively (each split learns the side absent values go to, so an absent expert is
 simply NaN and there is no imputation code of ours), trains fast on a couple of CPU cores with
-histogram binning, has a deterministic mode (``deterministic`` + ``force_row_wise`` + a fixed
-``seed`` and ``num_threads``) and ships a small self-contained wheel.
+histogram binning, has a deterministic mode (``deterministic`` + a forced histogram layout + a
+fixed ``seed`` and ``num_threads``) and ships a small self-contained wheel.
 
 Features: for every modality and expert, in the committee's order, the expert's embedding as the
 method receives it (standardised on the training split by the fit job; a monotone transform,
@@ -25,6 +25,17 @@ early stopping on the validation log-loss (``gbdt_early_stopping`` rounds withou
 at most ``gbdt_max_rounds``); per (seed, label) the grid point with the lowest validation
 log-loss at its best iteration is kept, truncated to that iteration. The test split never reaches
 fit.
+
+Binning (speed, not the model's definition): the training features are binned **once** (at most
+``gbdt_max_bin`` bins per feature, default 255, LightGBM's own default) and the validation
+features with the same bin mappers; every label, grid point and seed then trains on a row subset
+of those binned Datasets (``Dataset.subset``, which shares the bin mappers; the label is set
+after), instead of re-binning the wide matrix per label. The bins are a function of the training
+features alone while the training split has at most :data:`BIN_SAMPLE` rows (LightGBM then bins
+from every row, not a seeded sample), so they are shared across seeds; a train-time protocol
+(which masks the rows per seed) or a larger split bins once per seed. The histogram layout is forced (as
+determinism requires): column-wise when there are at least as many features as training rows
+(the wide cached concatenation), row-wise otherwise.
 
 Seeds: row bagging (``gbdt_bagging_fraction``) and feature sub-sampling
 (``gbdt_feature_fraction``) draw from LightGBM's ``seed``, one model set per seed (so the std over
@@ -68,8 +79,11 @@ DEFAULTS: dict[str, Any] = {
     "gbdt_feature_fraction": 0.5,
     "gbdt_bagging_fraction": 0.8,
     "gbdt_lambda_l2": 1.0,
+    "gbdt_max_bin": 255,
 }
 EPS = 1e-7
+#: LightGBM's ``bin_construct_sample_cnt``: up to this many rows, bins are computed from every row.
+BIN_SAMPLE = 200_000
 
 
 def gbdt_features(data: TensorData, dims: dict[str, list[int]] | None = None) -> np.ndarray:
@@ -110,6 +124,8 @@ def _check(params: dict[str, Any]) -> dict[str, Any]:
     for key in ("gbdt_max_rounds", "gbdt_early_stopping", "gbdt_min_data_in_leaf"):
         if isinstance(out[key], bool) or not isinstance(out[key], int) or out[key] < 1:
             raise bad(key, "an integer >= 1")
+    if isinstance(out["gbdt_max_bin"], bool) or not isinstance(out["gbdt_max_bin"], int) or out["gbdt_max_bin"] < 2:
+        raise bad("gbdt_max_bin", "an integer >= 2")
     for key in ("gbdt_feature_fraction", "gbdt_bagging_fraction"):
         if isinstance(out[key], bool) or not isinstance(out[key], int | float) or not 0 < out[key] <= 1:
             raise bad(key, "a number in (0, 1]")
@@ -156,40 +172,70 @@ class GBDT(FusionMethod):
         self._curves = pd.DataFrame(columns=["seed", "epoch", "train_loss", "val_loss"])
 
     # -- fitting ---------------------------------------------------------------------------
-    def _lgb_params(self, seed: int, num_leaves: int, lr: float, objective: str, n_class: int) -> dict[str, Any]:
+    def _lgb_params(self, seed: int, num_leaves: int, lr: float, objective: str, n_class: int,
+                    col_wise: bool) -> dict[str, Any]:
         params = {
             "objective": objective, "num_leaves": num_leaves, "learning_rate": lr,
             "min_data_in_leaf": self.cfg["gbdt_min_data_in_leaf"], "feature_fraction": self.cfg["gbdt_feature_fraction"],
             "bagging_fraction": self.cfg["gbdt_bagging_fraction"], "bagging_freq": 1 if self.cfg["gbdt_bagging_fraction"] < 1 else 0,
-            "lambda_l2": self.cfg["gbdt_lambda_l2"], "seed": seed, "deterministic": True, "force_row_wise": True,
-            "num_threads": max(1, torch.get_num_threads()), "verbosity": -1, "use_missing": True, "zero_as_missing": False,
+            "lambda_l2": self.cfg["gbdt_lambda_l2"], "seed": seed, "deterministic": True,
+            "force_col_wise": col_wise, "force_row_wise": not col_wise, "max_bin": self.cfg["gbdt_max_bin"],
+            "num_threads": self._threads(), "verbosity": -1, "use_missing": True, "zero_as_missing": False,
             "feature_pre_filter": False,
         }
         if objective == "multiclass":
             params["num_class"] = n_class
         return params
 
-    def _fit_one(self, xt: np.ndarray, yt: np.ndarray, xv: np.ndarray, yv: np.ndarray, seed: int, objective: str,
-                 n_class: int, what: str) -> tuple[str, list[dict[str, Any]]]:
-        """Grid × early stopping for one output model; returns the chosen model string and the grid's rows."""
+    @staticmethod
+    def col_wise(n_rows: int, n_features: int) -> bool:
+        """The forced histogram layout: column-wise for wide data (features >= rows), else row-wise."""
+        return n_features >= n_rows
+
+    def _threads(self) -> int:
+        """The job's threads: the ``threads`` setting when > 0, else torch's intra-op thread count."""
+        return int(self.params.get("threads") or 0) or max(1, torch.get_num_threads())
+
+    def _binned(self, xt: np.ndarray, xv: np.ndarray, params: dict[str, Any]) -> tuple[Any, Any]:
+        """The seed's training features binned once, and the validation features with its bin mappers.
+
+        Raw data is freed after binning, so a later parameter change that would need re-binning
+        raises instead of silently re-binning per label.
+        """
+        import lightgbm as lgb
+
+        dtrain = lgb.Dataset(xt, np.zeros(len(xt)), params=params, free_raw_data=True).construct()
+        dval = lgb.Dataset(xv, np.zeros(len(xv)), reference=dtrain, params=params, free_raw_data=True).construct()
+        return dtrain, dval
+
+    @staticmethod
+    def _rows(binned: Any, rows: np.ndarray, y: np.ndarray) -> Any:
+        """Rows ``rows`` of a binned Dataset (shared bin mappers, no re-binning) labelled ``y``."""
+        return binned.subset(rows.tolist()).construct().set_label(y)
+
+    def _fit_one(self, binned: tuple[Any, Any], x: tuple[np.ndarray, np.ndarray], idx: tuple[np.ndarray, np.ndarray],
+                 yt: np.ndarray, yv: np.ndarray, seed: int, objective: str, n_class: int, col_wise: bool,
+                 what: str) -> tuple[str, list[dict[str, Any]]]:
+        """Grid × early stopping for one output model on rows ``idx`` (train, val) of the seed's binned
+        Datasets (raw features ``x`` for the losses); returns the chosen model string and the grid's rows."""
         import lightgbm as lgb
 
         if yv.size == 0:
             raise ValueError(f"gbdt: {what} has no labelled validation rows to early-stop and choose the grid on")
+        dtrain, dval = self._rows(binned[0], idx[0], yt), self._rows(binned[1], idx[1], yv)
+        xt, xv = x[0][idx[0]], x[1][idx[1]]
         rows, best = [], None
-        # Binned once per output model and reused over the grid (the grid changes no dataset parameter).
-        dtrain = lgb.Dataset(xt, yt, free_raw_data=False)
-        dval = lgb.Dataset(xv, yv, reference=dtrain, free_raw_data=False)
         for num_leaves in self.cfg["gbdt_num_leaves"]:
             for lr in self.cfg["gbdt_learning_rate"]:
-                params = self._lgb_params(seed, num_leaves, lr, objective, n_class)
+                params = self._lgb_params(seed, num_leaves, lr, objective, n_class, col_wise)
                 booster = lgb.train(params, dtrain, num_boost_round=self.cfg["gbdt_max_rounds"], valid_sets=[dval],
                                     valid_names=["val"],
                                     callbacks=[lgb.early_stopping(self.cfg["gbdt_early_stopping"], verbose=False)])
                 it = int(booster.best_iteration) or booster.current_iteration()
                 text = booster.model_to_string(num_iteration=it)
                 rebuilt = lgb.Booster(model_str=text)
-                pt, pv = rebuilt.predict(xt), rebuilt.predict(xv)
+                threads = self._threads()
+                pt, pv = rebuilt.predict(xt, num_threads=threads), rebuilt.predict(xv, num_threads=threads)
                 if objective == "multiclass":
                     tl, vl = _multi_loss(yt.astype(int), pt), _multi_loss(yv.astype(int), pv)
                 else:
@@ -210,11 +256,19 @@ class GBDT(FusionMethod):
         n_out = yt_all.shape[1]
         self.seeds = [int(s) for s in seeds]
         self.models, rows = [], []
+        shared = protocol.is_identity and train.n <= BIN_SAMPLE  # the same bins for every seed
+        binned = None
         for seed in self.seeds:
-            view = train
-            if not protocol.is_identity:
-                view = train.with_mask(protocol.apply(train.mask, torch.Generator().manual_seed(seed)))
-            xt = gbdt_features(view, dims)
+            if binned is None or not shared:
+                view = train
+                if not protocol.is_identity:
+                    view = train.with_mask(protocol.apply(train.mask, torch.Generator().manual_seed(seed)))
+                xt = gbdt_features(view, dims)
+                col_wise = self.col_wise(*xt.shape)
+                objective = "multiclass" if task == "multiclass" else "binary"
+                base = self._lgb_params(seed, self.cfg["gbdt_num_leaves"][0], self.cfg["gbdt_learning_rate"][0],
+                                        objective, n_out, col_wise)
+                binned = self._binned(xt, xv, base)
             models: list[str | list[float]] = []
             if task == "multiclass":
                 kt, kv = ~np.isnan(yt_all).any(1), ~np.isnan(yv_all).any(1)
@@ -223,8 +277,9 @@ class GBDT(FusionMethod):
                     freq = np.bincount(ct, minlength=n_out) / max(ct.size, 1) if ct.size else np.full(n_out, 1 / n_out)
                     models.append([float(v) for v in freq])
                 else:
-                    text, grid = self._fit_one(xt[kt], ct.astype(float), xv[kv], cv.astype(float), seed, "multiclass",
-                                               n_out, "the multiclass model")
+                    text, grid = self._fit_one(binned, (xt, xv), (np.flatnonzero(kt), np.flatnonzero(kv)),
+                                               ct.astype(float), cv.astype(float), seed, "multiclass", n_out, col_wise,
+                                               "the multiclass model")
                     models.append(text)
                     rows += [{"seed": seed, "label": "*", **r} for r in grid]
             else:
@@ -234,7 +289,8 @@ class GBDT(FusionMethod):
                     if yt.size == 0 or yt.min() == yt.max():
                         models.append([float(np.clip(yt.mean() if yt.size else 0.5, 1e-4, 1 - 1e-4))])
                         continue
-                    text, grid = self._fit_one(xt[kt], yt, xv[kv], yv_all[kv, j], seed, "binary", 1, f"label {label!r}")
+                    text, grid = self._fit_one(binned, (xt, xv), (np.flatnonzero(kt), np.flatnonzero(kv)), yt,
+                                               yv_all[kv, j], seed, "binary", 1, col_wise, f"label {label!r}")
                     models.append(text)
                     rows += [{"seed": seed, "label": label, **r} for r in grid]
             self.models.append(models)
@@ -261,7 +317,7 @@ class GBDT(FusionMethod):
             raise RuntimeError("gbdt.predict called before fit (or load_method)")
         x = gbdt_features(data, self.settings["dims"])
         n_out = len(self.settings["labels"])
-        threads = max(1, torch.get_num_threads())
+        threads = self._threads()
         out = []
         for models in self._booster_sets():
             prob = np.zeros((data.n, n_out))
