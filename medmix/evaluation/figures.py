@@ -67,14 +67,22 @@ def _rate_figure(plt, tables: list[PaperTable], by_modality: bool, clean: PaperT
     return fig
 
 
-def _ablation_figure(plt, table: PaperTable):
+def _bar_panels(plt, table: PaperTable, draw) -> object:
+    """One bar panel per development dataset of ``table``'s summary (``draw(ax, dataset, rows)``), or
+    the page saying which config setting produces the table."""
     s = summarise(table)
     if s.empty:
         return _empty(plt, f"Not configured: {HOW[table.name]}")
     datasets = list(dict.fromkeys(s.dataset))
     fig, axes = plt.subplots(len(datasets), 1, figsize=(8, 3 * len(datasets)), squeeze=False)
     for ax, dataset in zip(axes[:, 0], datasets, strict=True):
-        part = s[s.dataset == dataset]
+        draw(ax, dataset, s[s.dataset == dataset])
+    fig.tight_layout()
+    return fig
+
+
+def _ablation_figure(plt, table: PaperTable):
+    def draw(ax, dataset, part):
         width = 0.8 / len(part)
         x = np.arange(len(METRICS))
         for k, (_, r) in enumerate(part.iterrows()):
@@ -83,18 +91,12 @@ def _ablation_figure(plt, table: PaperTable):
         ax.set_xticks(x + width * (len(part) - 1) / 2, [HEADERS[m] for m in METRICS])
         ax.set_title(f"{dataset}: structural ablations (Table E7)", fontsize=9)
         ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    return fig
+
+    return _bar_panels(plt, table, draw)
 
 
 def _per_label_figure(plt, table: PaperTable):
-    s = summarise(table)
-    if s.empty:
-        return _empty(plt, f"Not configured: {HOW[table.name]}")
-    datasets = list(dict.fromkeys(s.dataset))
-    fig, axes = plt.subplots(len(datasets), 1, figsize=(8, 3 * len(datasets)), squeeze=False)
-    for ax, dataset in zip(axes[:, 0], datasets, strict=True):
-        part = s[s.dataset == dataset]
+    def draw(ax, dataset, part):
         labels, methods = list(dict.fromkeys(part.label)), list(dict.fromkeys(part.method))
         width = 0.8 / len(methods)
         x = np.arange(len(labels))
@@ -105,8 +107,8 @@ def _per_label_figure(plt, table: PaperTable):
         ax.set_ylabel("mF1", fontsize=8)
         ax.set_title(f"{dataset}: per-label mF1 (both classes; Table E8)", fontsize=9)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+
+    return _bar_panels(plt, table, draw)
 
 
 def write_figures(tables: dict[str, PaperTable], outputs: list[str]) -> None:
