@@ -137,6 +137,8 @@ def check_sweep(cfg: dict[str, Any]) -> None:
     if sweep["methods"] and "none" not in cfg.get("protocols", {}).get("train", {"none": {}}):
         raise ValueError("config key `sweep`: the sweep scores clean runs, so `protocols.train` needs a protocol "
                          "named `none` ({kind: none})")
+    if not sweep["methods"]:
+        return  # off: its other keys (e.g. the default's datasets under a user's config) are unused
     development = [n for n, d in cfg["datasets"].items() if d.get("role", "development") == "development"]
     for d in sweep.get("datasets", []):
         if d not in development:

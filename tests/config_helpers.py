@@ -15,5 +15,7 @@ def default_config(*, extra_runs: bool = False) -> dict:
     ``methods`` runs exactly those."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     if not extra_runs:
-        cfg["variants"], cfg["sweep"], cfg["missing_grid"] = {}, {}, {}
+        # Explicit empty lists, not empty sections: Snakemake merges a `--configfile` over the
+        # Snakefile's `configfile:` key by key, so `{}` would leave the default's sections in place.
+        cfg["variants"], cfg["sweep"], cfg["missing_grid"] = {}, {"methods": []}, {"methods": []}
     return cfg

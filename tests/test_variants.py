@@ -147,3 +147,11 @@ def test_bad_sweeps_are_config_errors(sweep, message):
 def test_a_variant_name_may_not_contain_the_sweep_separator():
     with pytest.raises(ConfigError, match="must match"):
         validate_config(_config(**{"medmix@note": {"method": "medmix"}}))
+
+
+def test_a_sweep_without_methods_is_off_and_its_other_keys_unused():
+    """A user's config over the default keeps the default's `sweep.datasets` when it empties the
+    methods (Snakemake merges config files key by key): that must not be an error."""
+    cfg = _config()
+    cfg["sweep"] = {"methods": [], "datasets": ["no_such_dataset"]}
+    validate_config(cfg)
