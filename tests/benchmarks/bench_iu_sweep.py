@@ -73,7 +73,7 @@ def fit_predict(name: str, params: dict[str, Any], data, seeds: list[int], run: 
     method.fit(data.split_part("train"), data.split_part("val"), seeds, Protocol("none"))
     seconds = time.perf_counter() - t0
     keys = {"dataset": DATASET, "method": run, "train_protocol": "none", "eval_set": "test"}
-    frame = pd.concat(predict_protocols(method, data.split_part("test"), [(0, Protocol("none"))], keys),
+    frame = pd.concat(predict_protocols(method, data.split_part("test"), [Protocol("none")], keys),
                       ignore_index=True)
     return frame, seconds
 
