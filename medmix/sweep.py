@@ -134,11 +134,11 @@ def check_sweep(cfg: dict[str, Any]) -> None:
         elif not is_known_method(m):
             raise ValueError(f"config key `sweep.methods`: unknown method or variant {m!r}"
                              f"{_hint(m, [*known_methods(), *variants])}; known: {known_methods()}")
-    if sweep["methods"] and "none" not in cfg.get("protocols", {}).get("train", {"none": {}}):
-        raise ValueError("config key `sweep`: the sweep scores clean runs, so `protocols.train` needs a protocol "
-                         "named `none` ({kind: none})")
     if not sweep["methods"]:
         return  # off: its other keys (e.g. the default's datasets under a user's config) are unused
+    if "none" not in cfg.get("protocols", {}).get("train", {"none": {}}):
+        raise ValueError("config key `sweep`: the sweep scores clean runs, so `protocols.train` needs a protocol "
+                         "named `none` ({kind: none})")
     development = [n for n, d in cfg["datasets"].items() if d.get("role", "development") == "development"]
     for d in sweep.get("datasets", []):
         if d not in development:
