@@ -100,5 +100,9 @@ def module_closure(module: str) -> tuple[str, ...]:
 
 def closure_files(*modules: str) -> list[str]:
     """Absolute source files of the union of the modules' closures (rule inputs)."""
-    files = {str(_module_file(m)) for mod in modules for m in module_closure(mod)}
-    return sorted(files)
+    return list(_closure_files(modules))
+
+
+@cache
+def _closure_files(modules: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted({str(_module_file(m)) for mod in modules for m in module_closure(mod)}))

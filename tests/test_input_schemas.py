@@ -21,7 +21,7 @@ from extractors.registry import create_extractor
 from medmix.cohort import CohortError, read_cohort, write_cohort
 from medmix.config import REPO_ROOT, ConfigError, validate_config
 from medmix.datasets.manifest import load_manifest_dataset
-from medmix.datasets.schema import adopt_reference
+from medmix.datasets.schema import adopt_reference, series_header
 from medmix.store import read_features
 from medmix.store.inputs import read_input_view, write_input_view
 
@@ -265,3 +265,21 @@ def test_expected_widths_follow_the_datasets_schema():
     dims = with_expected_dims(identities, ["ehr/ts_summary", "vitals/tabular_raw"], schemas)
     assert dims["ts_summary"]["dim"] == 276 and dims["ehr/ts_summary"]["dim"] == 288
     assert dims["vitals/tabular_raw"]["dim"] == 1 + 3 + 2
+
+
+@pytest.mark.parametrize("text", [
+    "time,a,b\n0,1,2\n",
+    "\ufefftime,a,\"b,c\"\n0,1,2\n",  # BOM, quoted comma
+    "\ntime,a\n0,1\n",  # blank first line: pandas skips it
+    "a,a,b\n1,2,3\n",  # duplicate names: pandas renames them
+    "time,,b\n0,1,2\n",  # empty name
+    " a , b\r\n1,2\r\n",
+])
+def test_series_header_reads_the_names_pandas_reads(tmp_path, text):
+    """The fast header reader (used once per series file when the DAG is planned) agrees with pandas."""
+    path = tmp_path / "s.csv"
+    path.write_text(text, encoding="utf-8")
+    expected = [c for c in pd.read_csv(path, nrows=0).columns if c.strip().lower() != "time"]
+    assert series_header(path) == expected
+    (tmp_path / "empty.csv").write_text("")
+    assert series_header(tmp_path / "empty.csv") is None

@@ -83,3 +83,31 @@ def test_grid_is_off_without_methods_or_datasets_with_roles():
         ds.pop("modality_roles", None)
     cfg = validate_config(raw)  # a grid with nothing to run on is valid (a warning), not an error
     assert missing_grid.grid_datasets(cfg) == [] and missing_grid.grid_runs(cfg) == []
+
+
+def test_mixing_weights_per_cell_are_cpimoe_router_or_medmix_fusion_weights(tmp_path):
+    """gate_means: CP-IMoE's `gate:` columns, MedMIX's `fusion:` columns, averaged over the test rows of
+    the run's own cell (train_and_test); validation rows and other methods are left out; the heatmap is drawn."""
+    import pandas as pd
+
+    from medmix.evaluation.cpimoe_tables import gate_heatmap, gate_means
+
+    cells = [("primary", 0.4, "miss_primary_40"), ("secondary", 0.4, "miss_secondary_40")]
+    files = []
+    for method, cols in (("cpimoe", {"gate:spec_a": [0.2, 0.4, 0.9], "gate:syn": [0.8, 0.6, 0.1]}),
+                         ("medmix", {"fusion:a": [1.0, 0.0, 0.5], "fusion:b": [0.0, 1.0, 0.5]})):
+        for _, _, protocol in cells:
+            frame = pd.DataFrame({"dataset": "d", "method": method, "train_protocol": protocol,
+                                  "test_protocol": protocol, "eval_set": ["test", "test", "val"], **cols})
+            files.append(tmp_path / f"{method}_{protocol}.parquet")
+            frame.to_parquet(files[-1])
+    gates = gate_means([str(f) for f in files], cells, "train_and_test", ["cpimoe", "medmix"])
+    assert len(gates) == 8
+    row = gates[(gates.method == "cpimoe") & (gates.expert == "spec_a") & (gates.setting == "primary")].iloc[0]
+    assert row.weight == pytest.approx(0.3) and row.kind == "router"  # the val row (0.9) is not averaged
+    fusion = gates[gates.method == "medmix"]
+    assert set(fusion.kind) == {"fusion"} and set(fusion.expert) == {"a", "b"}
+    assert fusion.weight.tolist() == pytest.approx([0.5] * 4)
+    assert gate_means([str(f) for f in files], cells, "train_and_test", ["medmix"]).method.unique().tolist() == ["medmix"]
+    gate_heatmap(gates, "d", "medmix", tmp_path / "fusion.png")
+    assert (tmp_path / "fusion.png").stat().st_size > 0

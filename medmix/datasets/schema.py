@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,17 @@ def declared_variables(where: str, mod: str, spec: dict[str, Any]) -> list[str] 
     return names
 
 
+def _csv_header(path: Path) -> list[str]:
+    """A CSV's column names as ``pandas.read_csv`` names them. The header line is read with the
+    ``csv`` module (planning reads one per series file, and pandas costs ~1 ms each); a header
+    pandas would treat otherwise (blank first line, empty or duplicate names) is left to pandas."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        names = next(csv.reader(fh), [])
+    if not names or not all(n.strip() for n in names) or len(set(names)) != len(names):
+        return [str(c) for c in pd.read_csv(path, nrows=0).columns]  # blank first line, odd names, empty file
+    return names
+
+
 def series_header(path: str | Path) -> list[str] | None:
     """The variable columns of a CSV/Parquet series file (time columns left out); ``None`` if unreadable."""
     path = Path(path)
@@ -52,7 +64,7 @@ def series_header(path: str | Path) -> list[str] | None:
 
             names = list(pq.read_schema(path).names)
         else:
-            names = [str(c) for c in pd.read_csv(path, nrows=0).columns]
+            names = _csv_header(path)
     except (OSError, ValueError, UnicodeDecodeError):  # the expert's reader records it absent
         return None
     return [n for n in names if n.strip().lower() not in TIME_COLUMNS]

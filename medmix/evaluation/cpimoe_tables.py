@@ -135,12 +135,14 @@ def per_class_markdown(metrics: pd.DataFrame) -> str:
 
 def gate_means(prediction_files: Sequence[str], cells: Sequence[tuple[str, float, str]], mode: str,
                methods: Sequence[str]) -> pd.DataFrame:
-    """Router weights averaged over test samples and seeds per (dataset, method, setting, rate, expert)."""
+    """Mixing weights averaged over test samples and seeds per (dataset, method, setting, rate, expert):
+    CP-IMoE's router weights over its experts (``gate:<expert>``) or, for a method without them,
+    MedMIX's fusion weights over the modalities (``fusion:<modality>``; 0 where a modality is absent)."""
     by_protocol = {p: (s, r) for s, r, p in cells}
     rows = []
     for path in prediction_files:
         frame = pd.read_parquet(path, columns=None)
-        gcols = [c for c in frame.columns if c.startswith("gate:")]
+        gcols = [c for c in frame.columns if c.startswith("gate:")] or [c for c in frame.columns if c.startswith("fusion:")]
         if not gcols:
             continue
         frame = frame[(frame.eval_set == "test") & frame.method.isin(methods)]
@@ -151,13 +153,15 @@ def gate_means(prediction_files: Sequence[str], cells: Sequence[tuple[str, float
                 continue
             setting, rate = by_protocol[protocol]
             for c in gcols:
+                kind, _, name = c.partition(":")
                 rows.append({"dataset": dataset, "method": method, "setting": setting, "rate": rate,
-                             "expert": c.removeprefix("gate:"), "weight": float(part[c].mean())})
+                             "expert": name, "weight": float(part[c].mean()),
+                             "kind": "router" if kind == "gate" else "fusion"})
     return pd.DataFrame(rows)
 
 
 def gate_heatmap(gates: pd.DataFrame, dataset: str, method: str, out_png: str | Path) -> None:
-    """Heatmap: rows (setting, rate), columns experts, colour = mean router weight (matplotlib, lazy)."""
+    """Heatmap: rows (setting, rate), columns experts (or modalities), colour = mean weight (matplotlib, lazy)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,7 +179,8 @@ def gate_heatmap(gates: pd.DataFrame, dataset: str, method: str, out_png: str | 
         for j in range(table.shape[1]):
             v = table.iat[i, j]
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
-    ax.set_title(f"{method} router weights — {dataset}", fontsize=10)
+    kind = part["kind"].iloc[0] if "kind" in part and len(part) else "router"
+    ax.set_title(f"{method} {kind} weights — {dataset}", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     with atomic_path(out_png) as tmp:

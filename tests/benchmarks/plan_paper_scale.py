@@ -5,6 +5,7 @@ paper's sizes — an OpenI-like one (frontal + lateral CXR, note), a MIMIC-like 
 lateral CXR, note, EHR series) with a MIMIC-III-like external cohort, and a ccRCC-like one (CT
 volume, whole-slide image, note) — and a config with the paper committee (``experts.profile:
 paper``, teachers and RAG experts included), 5 seeds, every registered fusion method, the
+Table E7 variants, the modality sweep of gbdt and MedMIX on every development dataset, the
 paper's protocol grid (train and test: none, multi-random drop p in {0.1, 0.3, 0.5, 0.7},
 one-modality drop of the note, the one modality all three datasets share, p in {0.3, 0.5, 0.7})
 and ``--shards`` extraction shards per expert (MOIRAI, run in its own environment, is not
@@ -77,7 +78,9 @@ def paper_config(root: Path, shards: int, scale: float) -> dict:
     cfg["demo"] = {"cohorts": {}}
     cfg["experts"]["profile"] = "paper"
     cfg["rag"].update({"knowledge_base": "medlineplus", "medlineplus_dir": str(REPO.parent / "shared/data/medlineplus")})
-    cfg["methods"] = [m for m in known_methods() if "<" not in m]  # not the template entry
+    # every registered method (not the template entry) and config.yaml's Table E7 variants
+    cfg["methods"] = [m for m in known_methods() if "<" not in m] + list(cfg.get("variants") or {})
+    cfg["sweep"] = {"methods": ["gbdt", "medmix"]}  # every development dataset, every modality subset
     grid = {"none": {"kind": "none"}}
     grid.update({f"random_drop_{int(p * 100)}": {"kind": "random_drop", "p": p} for p in (0.1, 0.3, 0.5, 0.7)})
     grid.update({f"drop_note_{int(p * 100)}": {"kind": "drop_one", "modality": "note", "p": p} for p in (0.3, 0.5, 0.7)})

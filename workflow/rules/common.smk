@@ -159,9 +159,19 @@ def current_view(dataset):
     return view
 
 
+_SOURCE_FINGERPRINTS = {}
+
+
 def view_fingerprint(dataset, modality):
-    """Fingerprint of what an extraction of the modality reads (inputs + file names/sizes/mtimes + schema)."""
-    return current_view(dataset).fingerprint(modality)
+    """Fingerprint of what an extraction of the modality reads (inputs + file names/sizes/mtimes + schema).
+    A source view's is computed once per (dataset, modality): every shard job of every expert asks."""
+    view = current_view(dataset)
+    if _SOURCE_VIEWS.get(dataset) is not view:
+        return view.fingerprint(modality)
+    key = (dataset, modality)
+    if key not in _SOURCE_FINGERPRINTS:
+        _SOURCE_FINGERPRINTS[key] = view.fingerprint(modality)
+    return _SOURCE_FINGERPRINTS[key]
 
 
 def input_fingerprint_param(wildcards):
