@@ -112,7 +112,8 @@ def add_effscore(frame: pd.DataFrame) -> pd.DataFrame:
         perf0 = float(ref.perf.iloc[0]) if len(ref) else np.nan
         part["effscore"] = (part.perf / perf0) / part.cost
         bound = part[[f"{c}_lower_bound" for c in COSTS]].any(axis=1)
-        part["effscore_approx"] = bound | (bool(bound[ref.index].any()) if len(ref) else False)
+        ref_bound = bool(bound[ref.index].any()) if len(ref) else False
+        part["effscore_approx"] = (bound | ref_bound) & (part.method != REFERENCE)  # MedMIX's is 1 by definition
         out.append(part)
     return pd.concat(out)
 
@@ -156,6 +157,10 @@ def notes(frame: pd.DataFrame) -> list[str]:
     for dataset, part in frame.groupby("dataset", sort=False) if len(frame) else []:
         if not (part.method == REFERENCE).any():
             out.append(f"{dataset}: no `{REFERENCE}` run is configured, so no EffScore (list it in `methods`).")
+        measured = part[part.params_fusion.notna()]
+        if len(measured):
+            where = ", ".join(sorted({f"{r.device} (batch {r.batch_size})" for r in measured.itertuples()}))
+            out.append(f"{dataset}: fusion costs measured on {where}.")
         missing = part[part.params_fusion.isna()].method.tolist()
         if missing:
             out.append(f"{dataset}: no cost record in fit.json for {', '.join(missing)} (refit to measure).")

@@ -120,7 +120,8 @@ def _efficiency_figure(plt, frame: pd.DataFrame | None):
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     methods = list(dict.fromkeys(frame.method))
     datasets = list(dict.fromkeys(frame.dataset))
-    colours = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}
+    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    colours = {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
     markers = {d: "osD^v<>P*X"[i % 10] for i, d in enumerate(datasets)}
     for ax, (cost, label) in zip(axes[:3], (("params", "parameters"), ("flops", "FLOPs"), ("mem", "peak memory")),
                                  strict=True):
@@ -128,6 +129,7 @@ def _efficiency_figure(plt, frame: pd.DataFrame | None):
             if np.isfinite(r[f"{cost}_ratio"]) and r[f"{cost}_ratio"] > 0:
                 ax.scatter(r[f"{cost}_ratio"], r.perf, color=colours[r.method], marker=markers[r.dataset], s=30)
         ax.set_xscale("log")
+        ax.tick_params(axis="x", which="minor", labelbottom=False)
         ax.set_xlabel(f"relative {label} (MedMIX = 1)", fontsize=8)
         ax.set_ylabel("Perf", fontsize=8)
         ax.axvline(1.0, color="grey", lw=0.5, ls="--")
