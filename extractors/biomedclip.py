@@ -32,6 +32,7 @@ CONFIG_FILE = "open_clip_config.json"
 @register_expert(
     ExpertSpec(
         name="biomedclip",
+        cost_note="not declared (the model card states no count for the ViT-B/16 image tower)",
         kinds=("image",),
         role="biomed",
         dim=512,

@@ -127,6 +127,9 @@ class ChronosExpert(HubExpert):
 @register_expert(
     ExpertSpec(
         name="chronos_small",
+        params=46_000_000,
+        cost_note=("≈46M (amazon/chronos-t5-small model card; the whole T5, of which only the encoder runs: "
+                   "an upper bound); FLOPs not declared"),
         kinds=("timeseries",),
         role="general",
         dim=512,
@@ -149,6 +152,8 @@ class ChronosSmall(ChronosExpert):
 @register_expert(
     ExpertSpec(
         name="chronos_large",
+        params=710_000_000,
+        cost_note="≈710M (amazon/chronos-t5-large model card; whole T5, encoder only runs); FLOPs not declared",
         kinds=("timeseries",),
         role="teacher",
         dim=1024,

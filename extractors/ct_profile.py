@@ -37,6 +37,9 @@ def depth_profile(volume: np.ndarray, n: int, bands: int, bins: int, min_depth: 
 @register_expert(
     ExpertSpec(
         name="ct_intensity_profile",
+        params=0,
+        flops_per_sample=None,
+        cost_note="non-neural: no learned parameters; FLOPs not counted",
         kinds=("volume",),
         role="general",
         dim=N_BANDS * N_BINS,

@@ -22,6 +22,9 @@ from extractors.texture_features import TEXTURE_DIM, texture_features
 @register_expert(
     ExpertSpec(
         name="ct_texture25d",
+        params=0,
+        flops_per_sample=None,
+        cost_note="non-neural: no learned parameters; FLOPs not counted",
         kinds=("volume",),
         role="biomed",
         dim=TEXTURE_DIM,

@@ -40,6 +40,8 @@ IMAGE_PREPROCESSING = {
 @register_expert(
     ExpertSpec(
         name="dinov2_base",
+        params=86_600_000,
+        cost_note="≈86.6M (ViT-B/14, facebook/dinov2-base model card); FLOPs not declared",
         kinds=("image",),
         role="general",
         dim=768,
@@ -61,6 +63,8 @@ class DinoV2Base(HFViTExpert):
 @register_expert(
     ExpertSpec(
         name="dinov2_ct25d",
+        params=86_600_000,
+        cost_note="≈86.6M (ViT-B/14, facebook/dinov2-base model card); FLOPs not declared (48 slices per volume)",
         kinds=("volume",),
         role="general",
         dim=768,

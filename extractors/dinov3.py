@@ -21,6 +21,8 @@ REVISION = "ea8dc2863c51be0a264bab82070e3e8836b02d51"
 @register_expert(
     ExpertSpec(
         name="dinov3_vitl",
+        params=300_000_000,
+        cost_note="teacher (training only): ≈300M (facebook/dinov3-vitl16 model card, ViT-L/16 distilled)",
         kinds=("image",),
         role="teacher",
         dim=1024,

@@ -34,6 +34,8 @@ REVISION = "78b867169b09bc34972c2c497aa323e94deb79d3"
 @register_expert(
     ExpertSpec(
         name="gatortron_base",
+        params=345_000_000,
+        cost_note="≈345M (UFNLP/gatortron-base model card: Megatron-BERT 345M); FLOPs not declared",
         kinds=("text",),
         role="biomed",
         dim=1024,

@@ -32,6 +32,9 @@ def intensity_grid_features(images: np.ndarray, grid: int = 8, bins: int = 32) -
 @register_expert(
     ExpertSpec(
         name="image_intensity_grid",
+        params=0,
+        flops_per_sample=None,
+        cost_note="non-neural: no learned parameters; FLOPs not counted",
         kinds=("image", "slide"),
         role="general",
         dim=160,

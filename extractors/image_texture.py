@@ -42,6 +42,9 @@ from extractors.texture_features import (
 @register_expert(
     ExpertSpec(
         name="image_texture",
+        params=0,
+        flops_per_sample=None,
+        cost_note="non-neural: no learned parameters; FLOPs not counted",
         kinds=("image", "slide"),
         role="biomed",
         dim=TEXTURE_DIM,

@@ -197,6 +197,7 @@ def merlin_preprocess(
 @register_expert(
     ExpertSpec(
         name="merlin",
+        cost_note="not declared (no parameter count stated with confidence)",
         kinds=("volume",),
         role="biomed",
         dim=2048,

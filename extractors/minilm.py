@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from extractors.base import Extractor, InputError, resolve_device
+from extractors.costs import MINILM_L6_CONFIG, bert_params, encoder_flops_per_sample
 from extractors.hf_common import pretrained_complete
 from extractors.inputs import read_text
 from extractors.registry import ExpertSpec, register_expert
@@ -44,6 +45,11 @@ def bundled_model_path() -> str | None:
 @register_expert(
     ExpertSpec(
         name="minilm_l6",
+        params=bert_params(MINILM_L6_CONFIG),
+        flops_per_sample=encoder_flops_per_sample(MINILM_L6_CONFIG, MAX_SEQ_LENGTH),
+        cost_note=("BertModel from the config.json (vocab 30522, hidden 384, 6 layers, FFN 1536, 512 positions, "
+                   "2 token types), pooler included; FLOPs ≈ 2 × encoder-layer params × 256 tokens per window "
+                   "(attention scores not counted; a long note runs up to 32 windows)"),
         kinds=("text",),
         role="general",
         dim=384,

@@ -107,6 +107,8 @@ ENV_HELP = (
 @register_expert(
     ExpertSpec(
         name="moirai",
+        params=14_000_000,
+        cost_note="≈14M (MOIRAI-small, Salesforce/moirai-1.0-R-small model card / paper); FLOPs not declared",
         kinds=("timeseries",),
         role="biomed",
         dim=384,

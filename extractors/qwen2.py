@@ -27,6 +27,8 @@ PREPROCESSING = {
 @register_expert(
     ExpertSpec(
         name="qwen2_05b",
+        params=494_000_000,
+        cost_note="≈0.49B (Qwen/Qwen2-0.5B model card, 494M on the hub); FLOPs not declared",
         kinds=("text",),
         role="general",
         dim=896,
@@ -49,6 +51,7 @@ class Qwen2Small(HFTextExpert):
 @register_expert(
     ExpertSpec(
         name="qwen2_7b",
+        cost_note="teacher (training only); not declared",
         kinds=("text",),
         role="teacher",
         dim=3584,

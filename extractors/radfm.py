@@ -100,6 +100,7 @@ def radfm_preprocess(volume_zyx: np.ndarray, size: int = 512, hu_range: tuple[fl
 @register_expert(
     ExpertSpec(
         name="radfm",
+        cost_note="teacher (training only); not declared",
         kinds=("volume",),
         role="teacher",
         dim=768,

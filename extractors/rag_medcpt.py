@@ -143,6 +143,7 @@ class _RagExpert(Extractor):
 @register_expert(
     ExpertSpec(
         name="rag_minilm",
+        cost_note="RAG stage: cached, excluded from the deployed cost (Table E6)",
         kinds=("text", "timeseries"),
         role="rag",
         dim=384,
@@ -202,6 +203,7 @@ class RagMiniLM(_RagExpert):
 @register_expert(
     ExpertSpec(
         name="rag_medcpt_qwen2",
+        cost_note="RAG stage: cached, excluded from the deployed cost (Table E6)",
         kinds=("text", "timeseries", "image", "volume", "slide"),
         role="rag",
         dim=896,

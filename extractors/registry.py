@@ -49,6 +49,12 @@ class ExpertSpec:
     batch_sizes: dict[str, int] = field(default_factory=lambda: {"cpu": 32, "cuda": 64})
     #: Wall-clock minutes one unsharded job over ~10k samples may take (the job's ``runtime``).
     runtime_min: int = 60
+    #: Deployed parameters (Table E6): 0 for a non-neural expert; None: not declared.
+    params: int | None = None
+    #: Inference FLOPs per sample (Table E6); None: not counted / not declared (say why in ``cost_note``).
+    flops_per_sample: float | None = None
+    #: Where ``params`` / ``flops_per_sample`` come from (model card, config, formula) or why they are absent.
+    cost_note: str = ""
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kinds if k not in MODALITY_KINDS]
@@ -59,6 +65,10 @@ class ExpertSpec:
         bad_sizes = {k: v for k, v in self.batch_sizes.items() if k not in DEVICE_TYPES or int(v) < 1}
         if bad_sizes:
             raise ValueError(f"expert {self.name!r}: batch_sizes {bad_sizes}: keys must be {DEVICE_TYPES}, values >= 1")
+
+    def cost(self) -> dict[str, Any]:
+        """The declared deployment cost (a plain dict for the tables job)."""
+        return {"params": self.params, "flops_per_sample": self.flops_per_sample, "cost_note": self.cost_note}
 
     def batch_size_for(self, device: str) -> int:
         """The declared batch size for ``device`` (``cuda:1`` counts as ``cuda``)."""

@@ -37,6 +37,9 @@ REVISION = "main"
 @register_expert(
     ExpertSpec(
         name="resnet50",
+        params=25_600_000,
+        flops_per_sample=2 * 4.1e9,
+        cost_note="≈25.6M params, 4.1 GMACs at 224 px (timm resnet50.a1_in1k model card); FLOPs = 2 × MACs",
         kinds=("image",),
         role="general",
         dim=2048,

@@ -30,6 +30,8 @@ DEFAULT_N_FEATURES = 16
 @register_expert(
     ExpertSpec(
         name="tabular_raw",
+        params=0,
+        cost_note="non-neural (the encoded table values themselves); FLOPs not counted",
         kinds=("tabular",),
         role="general",
         dim=2 * DEFAULT_N_FEATURES,

@@ -32,6 +32,9 @@ def char_ngram_vector(text: str, dim: int = DIM) -> np.ndarray:
 @register_expert(
     ExpertSpec(
         name="text_char_ngrams",
+        params=0,
+        flops_per_sample=None,
+        cost_note="non-neural: no learned parameters; FLOPs not counted",
         kinds=("text",),
         role="general",
         dim=DIM,

@@ -31,6 +31,9 @@ def hashed_ngrams(text: str, dim: int = DIM) -> np.ndarray:
 @register_expert(
     ExpertSpec(
         name="text_keywords",
+        params=0,
+        flops_per_sample=None,
+        cost_note="non-neural: no learned parameters; FLOPs not counted",
         kinds=("text",),
         role="biomed",
         dim=DIM,

@@ -95,6 +95,9 @@ def minirocket_features(batch: list[np.ndarray], positions: list[tuple[int, int,
 @register_expert(
     ExpertSpec(
         name="ts_minirocket",
+        params=0,
+        flops_per_sample=None,
+        cost_note="non-neural: fixed (not learned) kernels and biases, no learned parameters; FLOPs not counted",
         kinds=("timeseries",),
         role="biomed",
         dim=2 * N_KERNELS * len(DILATIONS) * len(BIASES),

@@ -61,6 +61,9 @@ def summary_features(batch: list[np.ndarray]) -> np.ndarray:
 @register_expert(
     ExpertSpec(
         name="ts_summary",
+        params=0,
+        flops_per_sample=None,
+        cost_note="non-neural: no learned parameters; FLOPs not counted",
         kinds=("timeseries",),
         role="general",
         dim=len(STATS) * N_VARIABLES,

@@ -26,6 +26,8 @@ NOT_OUTPUT_AFFECTING: dict[str, str] = {
     "embeddings independent of batch composition (tested per expert), and failure policy is enforced, not written",
     "extractors.registry": "name -> class lookup and the ExpertSpec record; identity fields that reach the "
     "cache (model id, revision, preprocessing) are rule params already",
+    "extractors.costs": "parameter / FLOP counts an expert declares for the efficiency table (ExpertSpec "
+    "cost fields); never reaches an embedding",
     "medmix.store": "the feature-store writer/reader: stores the values it is given (verified on read-back)",
     "medmix.store.atomic": "temp file + fsync + rename; never changes the bytes written",
     "medmix.store.inputs": "reads the input view and fingerprints it; the fingerprint is a rule param already",

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
 from medmix.evaluation.tables_job import tables_job
 
-PAPER = [f"{t}.{e}" for t in ("table1", "table2", "tableE2", "tableE3", "tableE4", "tableE5", "tableE7", "tableE8")
+PAPER = [f"{t}.{e}" for t in ("table1", "table2", "tableE2", "tableE3", "tableE4", "tableE5", "tableE6", "tableE7",
+                               "tableE8")
          for e in ("md", "tex", "csv")]
 # A subset of the figures (rendering dominates the test's time): one PNG and one PDF of each kind.
-FIGS = ["fig2_one_modality_drop.png", "fig4_ablation.pdf", "fig_per_label_f1.png"]
+FIGS = ["fig2_one_modality_drop.png", "fig4_ablation.pdf", "fig_per_label_f1.png", "fig5_efficiency.png"]
 
 
 def _predictions(method, train_protocol, signal, rng, n=60):
@@ -45,11 +48,21 @@ def test_tables_job_writes_every_output(tmp_path):
     protocols = {"train": {"none": {"kind": "none"}, "rd50": {"kind": "random_drop", "p": 0.5}},
                  "test": {"none": {"kind": "none"}, "rd30": {"kind": "random_drop", "p": 0.3},
                           "note50": {"kind": "drop_one", "modality": "note", "p": 0.5}}}
+    fits = []
+    for run, params in (("meanavg", 1000), ("medmix", 2000), ("medmix_nodistill", 2000)):
+        path = tmp_path / f"fit_{run}.json"
+        path.write_text(json.dumps({"run": run, "cost": {"params": params, "flops_per_sample": 2.0 * params,
+                                                         "peak_mem_bytes": 4 * params, "flops_kind": "flops"}}))
+        fits.append(str(path))
+    expert = {"modality": "note", "name": "enc", "role": "general", "params": None, "flops_per_sample": None,
+              "cost_note": ""}
     tables_job(prediction_files=files, summaries=[str(tmp_path / "summary.md")], tasks={"dev": "multitask"},
                seeds=[0, 1], protocols=protocols,
                run_methods={"meanavg": "meanavg", "medmix_nodistill": "medmix_nodistill", "medmix": "medmix"},
                out=out, paper_outputs=[str(tmp_path / p) for p in PAPER],
-               figure_outputs=[str(tmp_path / f) for f in FIGS])
+               figure_outputs=[str(tmp_path / f) for f in FIGS],
+               fit_files=fits, fit_keys=[["dev", "meanavg"], ["dev", "medmix"], ["dev", "medmix_nodistill"]],
+               expert_costs={"dev": {"meanavg": [expert], "medmix": [expert]}})
     for name in [*PAPER, *FIGS]:
         assert (tmp_path / name).stat().st_size > 0, name
     t1 = (tmp_path / "table1.md").read_text()
@@ -68,3 +81,7 @@ def test_tables_job_writes_every_output(tmp_path):
     assert {"all samples", "note", "img+note"} <= set(patterns.pattern)
     assert (tmp_path / "fig2_one_modality_drop.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "fig4_ablation.pdf").read_bytes()[:4] == b"%PDF"
+    e6 = (tmp_path / "tableE6.md").read_text()
+    assert "| dev | medmix |" in e6 and "| dev | medmix_nodistill |" not in e6 and "enc" in e6
+    assert pd.read_csv(tmp_path / "tableE6.csv").set_index("method").effscore["medmix"] == 1.0
+    assert (tmp_path / "fig5_efficiency.png").read_bytes()[:4] == b"\x89PNG"

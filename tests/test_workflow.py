@@ -105,7 +105,8 @@ def test_run_writes_tables_with_real_numbers(workflow_run):
     assert "Not configured" in (tables / "tableE2.md").read_text()  # no train-time drop in the demo grid
     assert set(pd.read_csv(tables / "tableE5.csv").rate) == {0.5}
     assert "external validation" in (tables / "table2.md").read_text()
-    for fig in ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation", "fig_per_label_f1"):
+    assert "| demo_openi | medmix |" in (tables / "tableE6.md").read_text()
+    for fig in ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation", "fig_per_label_f1", "fig5_efficiency"):
         assert (workdir / f"results/figures/{fig}.png").stat().st_size > 0
     summary = (workdir / "results/demo_mimic/summary.md").read_text()
     assert "ehr" in summary and "ct" in summary
@@ -118,7 +119,7 @@ def test_report_references_every_table_and_figure(workflow_run):
     snakemake(workdir, "--cores", "1", "--report", "results/report.html")
     html = (workdir / "results/report.html").read_text(errors="replace")
     for name in ("fig2_one_modality_drop.png", "fig3_random_drop.png", "fig4_ablation.png", "fig_per_label_f1.png",
-                 "table1.csv",
+                 "fig5_efficiency.png", "table1.csv", "tableE6.csv",
                  "tableE5.csv", "significance.csv", "patterns.csv"):
         assert name in html, name
 

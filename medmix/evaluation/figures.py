@@ -5,6 +5,8 @@
 * ``fig3_random_drop``: the same for the multi-random drop (Tables E4 / E5), one line per method.
 * ``fig4_ablation``: Table E7's bars, one group per metric, one bar per run (mean ± std over seeds).
 * ``fig_per_label_f1``: per-label (per-task / per-class) mF1 bars per method from Table E8's rows.
+* ``fig5_efficiency``: Perf against the total parameter, FLOP and peak-memory ratios to MedMIX
+  (one point per dataset × method; log x) and the EffScore bars (Table E6's rows).
 
 Each figure is drawn per development dataset as a row block; a figure without data is a page
 saying which config setting produces it.
@@ -21,7 +23,7 @@ from medmix.evaluation.metrics import METRICS
 from medmix.evaluation.paper_tables import HEADERS, HOW, PaperTable, summarise
 from medmix.store.atomic import atomic_path
 
-FIGURES = ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation", "fig_per_label_f1")
+FIGURES = ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation", "fig_per_label_f1", "fig5_efficiency")
 
 
 def _save(fig, paths: list[str]) -> None:
@@ -111,8 +113,45 @@ def _per_label_figure(plt, table: PaperTable):
     return _bar_panels(plt, table, draw)
 
 
-def write_figures(tables: dict[str, PaperTable], outputs: list[str]) -> None:
-    """Write every ``results/figures/<figure>.<png|pdf>`` of ``outputs``."""
+def _efficiency_figure(plt, frame: pd.DataFrame | None):
+    """Three Perf-vs-relative-cost panels and the EffScore bars (Table E6)."""
+    if frame is None or frame.empty or not np.isfinite(frame.get("effscore", pd.Series(dtype=float))).any():
+        return _empty(plt, "Not configured: Table E6 needs a `medmix` run and the other runs' fit.json cost records")
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    methods = list(dict.fromkeys(frame.method))
+    datasets = list(dict.fromkeys(frame.dataset))
+    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    colours = {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
+    markers = {d: "osD^v<>P*X"[i % 10] for i, d in enumerate(datasets)}
+    for ax, (cost, label) in zip(axes[:3], (("params", "parameters"), ("flops", "FLOPs"), ("mem", "peak memory")),
+                                 strict=True):
+        for _, r in frame.iterrows():
+            if np.isfinite(r[f"{cost}_ratio"]) and r[f"{cost}_ratio"] > 0:
+                ax.scatter(r[f"{cost}_ratio"], r.perf, color=colours[r.method], marker=markers[r.dataset], s=30)
+        ax.set_xscale("log")
+        ax.tick_params(axis="x", which="minor", labelbottom=False)
+        ax.set_xlabel(f"relative {label} (MedMIX = 1)", fontsize=8)
+        ax.set_ylabel("Perf", fontsize=8)
+        ax.axvline(1.0, color="grey", lw=0.5, ls="--")
+    width = 0.8 / len(datasets)
+    x = np.arange(len(methods))
+    for k, d in enumerate(datasets):
+        part = frame[frame.dataset == d].set_index("method").reindex(methods)
+        axes[3].bar(x + k * width, part.effscore, width, label=d)
+    axes[3].set_xticks(x + width * (len(datasets) - 1) / 2, methods, fontsize=7, rotation=45, ha="right")
+    axes[3].set_ylabel("EffScore", fontsize=8)
+    axes[3].axhline(1.0, color="grey", lw=0.5, ls="--")
+    axes[3].legend(fontsize=7)
+    handles = [plt.Line2D([], [], color=colours[m], marker="o", ls="", label=m) for m in methods]
+    handles += [plt.Line2D([], [], color="k", marker=markers[d], ls="", label=d) for d in datasets]
+    axes[0].legend(handles=handles, fontsize=6, ncol=2)
+    fig.suptitle("Efficiency (Table E6): lower cost and higher Perf are better", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def write_figures(tables: dict[str, PaperTable], outputs: list[str], efficiency: pd.DataFrame | None = None) -> None:
+    """Write every ``results/figures/<figure>.<png|pdf>`` of ``outputs`` (``efficiency``: Table E6's frame)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,6 +164,7 @@ def write_figures(tables: dict[str, PaperTable], outputs: list[str]) -> None:
                                                          tables["table1"]),
         "fig4_ablation": lambda: _ablation_figure(plt, tables["tableE7"]),
         "fig_per_label_f1": lambda: _per_label_figure(plt, tables["tableE8"]),
+        "fig5_efficiency": lambda: _efficiency_figure(plt, efficiency),
     }
     for name, make in makers.items():
         paths = [p for p in outputs if Path(p).stem == name]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from medmix.evaluation import efficiency_table as eff
 from medmix.evaluation import paper_tables as pt
 from medmix.evaluation.patterns import pattern_metrics, patterns_markdown
 from medmix.evaluation.significance import table_significance
@@ -28,9 +29,15 @@ def _csv(frame: pd.DataFrame, path: str) -> None:
 def tables_job(*, prediction_files: Sequence[str], summaries: Sequence[str], tasks: dict[str, str],
                seeds: Sequence[int], protocols: dict[str, Any], run_methods: dict[str, str],
                dataset_order: Sequence[str] | None = None,
-               out: dict[str, str], paper_outputs: Sequence[str], figure_outputs: Sequence[str] = ()) -> None:
+               out: dict[str, str], paper_outputs: Sequence[str], figure_outputs: Sequence[str] = (),
+               fit_files: Sequence[str] = (), fit_keys: Sequence[Sequence[str]] = (),
+               expert_costs: dict[str, dict[str, list[dict[str, Any]]]] | None = None) -> None:
     """Write the legacy tables (``out``: main, metrics, robustness, datasets, labels, patterns_md,
-    patterns_csv, significance) and every ``results/tables/<table>.<md|tex|csv>`` of ``paper_outputs``."""
+    patterns_csv, significance) and every ``results/tables/<table>.<md|tex|csv>`` of ``paper_outputs``.
+
+    Table E6 (``tableE6.*`` among ``paper_outputs``): ``fit_files`` are the clean runs' ``fit.json``
+    (``fit_keys``: their [dataset, run]); ``expert_costs``: dataset -> run -> the deployed experts'
+    declared costs (medmix.evaluation.efficiency_table)."""
     t0 = time.perf_counter()
     runs = load_runs(list(prediction_files))
     res = collect_all(runs, tasks)
@@ -52,6 +59,11 @@ def tables_job(*, prediction_files: Sequence[str], summaries: Sequence[str], tas
         _csv(pt.to_csv_frame(table, sig), by_path[f"{name}.csv"])
         if len(sig):
             sig_all.append(sig.assign(table=name))
+    efficiency = eff.efficiency_frame(tables["table1"], eff.read_fit_costs(fit_files, fit_keys), expert_costs or {})
+    if "tableE6.md" in by_path:
+        write_text_atomic(by_path["tableE6.md"], eff.to_markdown(efficiency))
+        write_text_atomic(by_path["tableE6.tex"], eff.to_latex(efficiency))
+        _csv(eff.to_csv_frame(efficiency), by_path["tableE6.csv"])
     sig_cols = ["table", "dataset", "metric", "method", "other", "diff", "p_paired", "ci_low", "ci_high"]
     sig_frame = pd.concat(sig_all, ignore_index=True) if sig_all else pd.DataFrame(columns=sig_cols)
     _csv(sig_frame[[*sig_cols, *[c for c in sig_frame.columns if c not in sig_cols]]], out["significance"])
@@ -62,6 +74,6 @@ def tables_job(*, prediction_files: Sequence[str], summaries: Sequence[str], tas
     if figure_outputs:
         from medmix.evaluation.figures import write_figures
 
-        write_figures(tables, list(figure_outputs))
+        write_figures(tables, list(figure_outputs), efficiency)
     log.info("tables: %d runs, %d metric rows, %d paper tables in %.1fs", len(runs), len(res.metrics), len(tables),
              time.perf_counter() - t0)

@@ -29,6 +29,7 @@ import torch
 
 from medmix.cohort import read_cohort
 from medmix.data import Standardizer, TensorData, from_bundle
+from medmix.evaluation.efficiency import fit_cost
 from medmix.features import assemble
 from medmix.methods import create_method
 from medmix.methods.base import chosen_values, load_method
@@ -113,10 +114,13 @@ def fit_job(
     files.append(scaler.save(Path(out_model) / SCALER_FILE))
     with atomic_path(out_curves) as tmp:
         model.curves().to_csv(tmp, index=False)
+    # Deployment cost of one seed's model (Table E6; medmix.evaluation.efficiency).
+    cost = fit_cost(model, val)
     info = {
         "run": run, "method": method, "seeds": seeds, "train_protocol": train_protocol.name,
         "n": {"train": train.n, "val": val.n}, "params": params, "committee": committee,
         "files": [str(f) for f in files], "selection": model.selection, "seconds_fit": round(t_fit, 2), "torch_threads": torch.get_num_threads(),
+        "cost": cost,
     }
     write_text_atomic(out_info, json.dumps(info, indent=2, default=str))
     log.info("%s fitted in %.1fs", run, t_fit)

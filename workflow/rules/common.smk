@@ -379,10 +379,32 @@ def all_targets():
 
 #: The paper's tables (medmix.evaluation.paper_tables) and figures (medmix.evaluation.figures).
 PAPER_TABLE_FILES = [f"results/tables/{t}.{ext}" for t in
-                     ("table1", "table2", "tableE2", "tableE3", "tableE4", "tableE5", "tableE7", "tableE8")
+                     ("table1", "table2", "tableE2", "tableE3", "tableE4", "tableE5", "tableE6", "tableE7", "tableE8")
                      for ext in ("md", "tex", "csv")]
 FIGURE_FILES = [f"results/figures/{f}.{ext}" for f in ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation",
-                                                "fig_per_label_f1") for ext in ("png", "pdf")]
+                                                "fig_per_label_f1", "fig5_efficiency") for ext in ("png", "pdf")]
+
+
+def clean_fit_keys():
+    """[dataset, run] of every clean run (train protocol `none`) of the development datasets (Table E6)."""
+    return [[d, m] for d in DEV_DATASETS for m in config["methods"]]
+
+
+def clean_fit_files():
+    return [f"{run_dir(d, m, 'none')}/fit.json" for d, m in clean_fit_keys()]
+
+
+def expert_costs_json():
+    """dataset -> run -> the deployed experts' declared costs (registry ExpertSpec; Table E6), a plain
+    JSON string. Deployed: medmix.evaluation.efficiency_table.deployed_experts (no RAG, no teachers)."""
+    from medmix.evaluation.efficiency_table import deployed_experts
+
+    out = {}
+    for d, m in clean_fit_keys():
+        pairs = deployed_experts(committee_spec(d, m), run_spec(config, m).method)
+        out.setdefault(d, {})[m] = [{"modality": mod, "name": name, "role": get_spec(name).role,
+                                     **get_spec(name).cost()} for mod, name in pairs]
+    return canonical_json(out)
 
 
 def run_methods_json():
