@@ -4,7 +4,8 @@ Sections, each the verbatim output of a script in this folder (ratios are measur
 run, so they hold on other machines better than the absolute times):
 
 1. **No-op rerun** of ``snakemake --cores 2 all`` in a finished demo run folder (``--demo-dir``;
-   skipped without one): the time to find that nothing is to be done.
+   skipped without one): the time to find that nothing is to be done. The folder must have been run
+   with this checkout's ``Snakefile`` (another checkout's rules are other code: Snakemake reruns).
 2. **Paper-scale plan** (:mod:`plan_paper_scale`): job count and ``snakemake -n`` time.
 3. **Extraction throughput** (:mod:`bench_extractors`): the pipeline's throughput as a fraction of
    the pure model forward's, per expert (CPU; GPU where one is present).
