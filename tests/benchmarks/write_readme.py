@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -57,8 +58,15 @@ def machine() -> str:
            f"{os.getloadavg()[0]:.1f}"
 
 
+#: Progress-bar and weight-loading lines (tqdm) carry no figure: left out of the write-up.
+PROGRESS = re.compile(r"(\d+/\d+ \[[^\]]*\]\s*$)|^Loading weights")
+
+
 def section(title: str, command: str, output: str, wall: float) -> str:
-    return f"## {title}\n\n`{command}` ({wall:.0f} s)\n\n```\n{output}\n```\n"
+    lines = [line for line in output.splitlines() if not PROGRESS.search(line)]
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    command = command.replace(f"{REPO}/", "")
+    return f"## {title}\n\n`{command}` ({wall:.0f} s)\n\n```\n{text}\n```\n"
 
 
 def main() -> None:
