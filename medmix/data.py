@@ -19,7 +19,10 @@ class TensorData:
     - ``x[m][k]``: float32 ``[N, d_k]`` of expert ``k`` of modality ``m`` (zeros where absent);
     - ``mask[m]``: bool ``[N, K_m]``, expert presence;
     - ``teacher[m]`` / ``teacher_mask[m]``: optional teacher embedding ``[N, d_T]`` and ``[N]``;
-    - ``y``: float32 ``[N, C]`` (NaN = unknown label).
+    - ``y``: float32 ``[N, C]`` (NaN = unknown label);
+    - ``groups``: optional patient id per sample (folds inside the training split keep a patient together);
+    - ``fold``: optional long ``[N]`` cross-fitting fold per sample (training-only, e.g. MedMIX's
+      ``probe_crossfit``; ``-1`` = none).
     """
 
     sample_ids: list[str]
@@ -33,6 +36,8 @@ class TensorData:
     split: np.ndarray
     teacher: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_mask: dict[str, torch.Tensor] = field(default_factory=dict)
+    groups: np.ndarray | None = None
+    fold: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -63,6 +68,8 @@ class TensorData:
             split=self.split[idx.numpy()],
             teacher={m: t[idx] for m, t in self.teacher.items()},
             teacher_mask={m: t[idx] for m, t in self.teacher_mask.items()},
+            groups=None if self.groups is None else self.groups[idx.numpy()],
+            fold=None if self.fold is None else self.fold[idx],
         )
 
     def split_part(self, name: str) -> TensorData:
@@ -87,7 +94,9 @@ def from_bundle(cohort: Cohort, bundle: FeatureBundle) -> TensorData:
     tmask = {m: torch.from_numpy(b.mask.copy()) for m, b in bundle.teachers.items()}
     y = torch.from_numpy(np.array(cohort.label_matrix(), dtype=np.float32))
     split = cohort.frame["split"].astype(str).to_numpy()
-    return TensorData(bundle.sample_ids, cohort.task, cohort.labels, x, mask, names, roles, y, split, teacher, tmask)
+    groups = cohort.frame["patient_id"].astype(str).to_numpy()
+    return TensorData(bundle.sample_ids, cohort.task, cohort.labels, x, mask, names, roles, y, split, teacher, tmask,
+                      groups)
 
 
 @dataclass

@@ -23,7 +23,9 @@ from medmix.methods import create_method
 from medmix.protocols import Protocol
 
 EXPERTS = ("image_texture", "image_intensity_grid")
-PARAMS = {"lr": 1e-3, "warmup_epochs": 5, "max_epochs": 80, "patience": 15, "threads": 1}
+# The router's own learning: without the stacked probe read-out (MedMIX's default), which reads
+# every expert linearly and leaves the routed path only the probe's residual errors.
+PARAMS = {"lr": 1e-3, "warmup_epochs": 5, "max_epochs": 80, "patience": 15, "threads": 1, "probe_readout": False}
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -71,7 +73,8 @@ def test_masked_values_never_reach_the_probe_readout():
 
 def test_param_groups_get_the_stated_lr_and_weight_decay(planted):
     train, _, _ = planted
-    params = {**FAST, "probe_readout": True, "probe_lr_mult": 5.0, "probe_wd_mult": 0.5, "weight_decay": 0.02}
+    params = {**FAST, "probe_readout": True, "probe_crossfit": 0, "probe_lr_mult": 5.0, "probe_wd_mult": 0.5,
+              "weight_decay": 0.02}
     cfg = model_config(train, params)
     assert cfg.probe_readout and not cfg.linear_readout
     (member,) = build_members(cfg, {}, [0], 0.3, ProbeSettings.from_params(params))
@@ -94,7 +97,7 @@ def test_param_groups_get_the_stated_lr_and_weight_decay(planted):
 
 def test_without_the_option_groups_and_optimizer_are_unchanged(planted):
     train, _, _ = planted
-    cfg = model_config(train, FAST)
+    cfg = model_config(train, {**FAST, "probe_readout": False})
     assert cfg.linear_readout and not cfg.probe_readout
     (member,) = build_members(cfg, {}, [0], 0.3)
     assert member.model.probe is None and len(member.param_groups) == 2
@@ -125,9 +128,15 @@ def test_config_accepts_the_keys_and_checks_their_values():
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
     ok = copy.deepcopy(cfg)
     ok["method_params"] = {"medmix": {"probe_readout": True, "probe_lr_mult": 3.0, "probe_init": False,
-                                      "lp_c_grid": [0.1, 1.0]}}
+                                      "probe_crossfit": 0, "lp_c_grid": [0.1, 1.0]}}
     validate_config(ok)
-    assert validate_config(copy.deepcopy(cfg))["training"]["probe_readout"] is False
+    defaults = validate_config(copy.deepcopy(cfg))["training"]
+    assert defaults["probe_readout"] is True and defaults["probe_crossfit"] == 5
+    assert defaults["modality_loss_weight"] == 0.0
+    stale = copy.deepcopy(cfg)
+    stale["method_params"] = {"medmix": {"probe_init": False}}  # the default cross-fitting needs the probe's init
+    with pytest.raises(ConfigError, match="probe_init"):
+        validate_config(stale)
     bad = copy.deepcopy(cfg)
     bad["method_params"] = {"medmix": {"probe_readout": True, "probe_lr_mult": 0}}
     with pytest.raises(ConfigError, match="probe_lr_mult"):
@@ -178,9 +187,10 @@ def test_objective_adds_the_l2_term_only_with_the_option(planted):
     assert float((with_l2 - plain).detach()) == pytest.approx(float(parts["probe_l2"]), rel=1e-5)
 
 
-def test_tiny_fit_starts_from_the_probe_runs_and_is_deterministic_per_seed(planted):
+@pytest.mark.parametrize("crossfit", [0, 3])
+def test_tiny_fit_starts_from_the_probe_runs_and_is_deterministic_per_seed(planted, crossfit):
     train, val, test = planted
-    params = {**FAST, "probe_readout": True}
+    params = {**FAST, "probe_readout": True, "probe_crossfit": crossfit}
     a = create_method("medmix", params)
     a.fit(train, val, [0, 1], Protocol("none"))
     b = create_method("medmix", params)
@@ -190,7 +200,10 @@ def test_tiny_fit_starts_from_the_probe_runs_and_is_deterministic_per_seed(plant
     np.testing.assert_array_equal(pa[1], pb[0])  # seed 1 alone == seed 1 next to seed 0
     assert not np.array_equal(pa[0], pa[1])
     assert all(entry["probe_C"] == a.selection[0]["probe_C"] for entry in a.selection)
-    assert "probe_l2" in a.curves().columns and (a.curves()["probe_l2"] > 0).all()
+    if crossfit:  # the read-out is frozen: no L2 term
+        assert "probe_l2" not in a.curves().columns
+    else:
+        assert "probe_l2" in a.curves().columns and (a.curves()["probe_l2"] > 0).all()
 
 
 
@@ -198,10 +211,90 @@ def test_tiny_fit_starts_from_the_probe_runs_and_is_deterministic_per_seed(plant
 def test_probe_init_starts_the_readout_from_the_probe(planted, init):
     train, val, _ = planted
     ref = fit_reference_probe(train, val, {})
-    method = create_method("medmix", {**FAST, "probe_readout": True, "probe_init": init, "lr": 1e-12, "max_epochs": 1})
+    method = create_method("medmix", {**FAST, "probe_readout": True, "probe_init": init, "probe_crossfit": 0,
+                                      "lr": 1e-12, "max_epochs": 1})
     method.fit(train, val, [0], Protocol("none"))
     probe = method.models[0].probe
     expected = ref.intercept if init else torch.zeros_like(ref.intercept)
     torch.testing.assert_close(probe.flags.bias.detach(), expected, atol=1e-6, rtol=1e-5)
     first = ref.coef[:, :12] if init else torch.zeros(2, 12)
     torch.testing.assert_close(probe.experts["a"][0].weight.detach(), first, atol=1e-6, rtol=1e-5)
+
+
+def test_crossfit_folds_keep_patients_together_and_are_balanced(planted):
+    from medmix.methods.probe_readout import crossfit_folds
+
+    train = planted[0]
+    groups = np.array([f"p{i // 2}" for i in range(train.n)])  # two rows per patient
+    folds = crossfit_folds(replace(train, groups=groups), 4)
+    assert set(folds.tolist()) == {0, 1, 2, 3}
+    for patient in np.unique(groups):
+        assert len(set(folds[groups == patient].tolist())) == 1
+    counts = np.bincount(folds)
+    assert counts.max() - counts.min() <= 2  # patients dealt round-robin
+    np.testing.assert_array_equal(folds, crossfit_folds(replace(train, groups=groups), 4))  # fixed seed
+    with pytest.raises(ValueError, match="at least 400 training patients"):
+        crossfit_folds(train, 400)
+
+
+def test_out_of_fold_logits_take_each_rows_own_fold_probe():
+    from medmix.methods.medmix import out_of_fold_logits
+    from medmix.models.medmix import ProbeReadout
+
+    dims = {"a": [12, 8], "b": [6]}
+    readouts = []
+    for k in range(3):
+        r = ProbeReadout(dims, 2)
+        r.load_probe(torch.randn(2, 12 + 8 + 6 + 3, generator=torch.Generator().manual_seed(k)), torch.full((2,), float(k)))
+        readouts.append(r)
+    x, mask = _inputs(n=7)
+    fold = torch.tensor([0, 2, 1, 1, 0, 2, 2])
+    got = out_of_fold_logits(readouts, x, mask, fold)
+    for i, k in enumerate(fold.tolist()):
+        expected = readouts[k]({m: [t[i:i + 1] for t in v] for m, v in x.items()}, {m: v[i:i + 1] for m, v in mask.items()})
+        torch.testing.assert_close(got[i:i + 1], expected)
+
+
+def test_crossfit_freezes_the_readout_at_the_probe_and_trains_on_out_of_fold_logits(planted):
+    train, val, test = planted
+    params = {**FAST, "probe_readout": True, "probe_crossfit": 3}
+    method = create_method("medmix", params)
+    method.fit(train, val, [0], Protocol("none"))
+    reference = fit_reference_probe(train, val, params)
+    probe = method.models[0].probe
+    probe_coef = torch.cat([r.weight for rs in probe.experts.values() for r in rs] + [probe.flags.weight], 1)
+    torch.testing.assert_close(probe_coef, reference.coef)  # frozen: never trained
+    torch.testing.assert_close(probe.flags.bias, reference.intercept)
+    assert np.isfinite(method.predict(test).prob).all()
+    assert ProbeSettings.from_params({"probe_readout": False, "probe_crossfit": 3}).crossfit == 0  # inert
+    with pytest.raises(ValueError, match="needs probe_init: true"):
+        ProbeSettings.from_params({"probe_readout": True, "probe_crossfit": 3, "probe_init": False})
+    with pytest.raises(ValueError, match="number of folds >= 2"):
+        ProbeSettings.from_params({"probe_readout": True, "probe_crossfit": 1})
+
+
+def test_crossfit_training_loss_reads_the_out_of_fold_probes(planted):
+    from medmix.models.medmix import ProbeReadout
+
+    train = planted[0]
+    params = {**FAST, "probe_readout": True}
+    config = model_config(train, params)
+    member = build_members(config, {}, [0], 1.0, ProbeSettings.from_params({**params, "probe_crossfit": 2}))[0]
+    assert all(not p.requires_grad for p in member.model.probe_parameters())
+    assert not any(p is q for g in member.param_groups for p in g[0] for q in member.model.probe_parameters())
+    x = {m: [t[:16] for t in v] for m, v in train.x.items()}
+    mask = {m: v[:16] for m, v in train.mask.items()}
+    y = train.y[:16]
+    zero = ProbeReadout(config.dims, config.n_out)  # all-zero out-of-fold probes
+    tc = TrainConfig.from_params(params)
+    member.model.eval()  # no dropout: the two losses see the same network
+    with torch.no_grad():
+        plain, _ = MedMIXObjective(train.task, tc).loss(member, Batch(x, mask, y), epoch=0)
+        member.model.probe.load_probe(torch.randn_like(torch.cat(
+            [r.weight for rs in member.model.probe.experts.values() for r in rs] + [member.model.probe.flags.weight], 1)),
+            torch.zeros(config.n_out))
+        fold = torch.zeros(16, dtype=torch.long)
+        stacked, _ = MedMIXObjective(train.task, tc, fold_readouts=[zero, zero]).loss(member, Batch(x, mask, y, fold=fold),
+                                                                                      epoch=0)
+    # the full (now non-zero) probe is swapped out for the all-zero out-of-fold ones: the loss of the bare network
+    torch.testing.assert_close(stacked, plain)

@@ -55,8 +55,8 @@ EARLY_STOPPING = ("val_loss", "val_auroc", "val_auprc")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings; defaults are the paper's (Appendix C), except
-    ``modality_loss_weight`` (not in the paper; 0 gives the paper's objective)."""
+    """Optimisation settings; defaults are the paper's (Appendix C), except the MedMIX-only keys
+    marked NOT in the paper (``modality_loss_weight`` defaults to 0, the paper's objective)."""
 
     lr: float = 1e-5
     router_lr_mult: float = 0.3
@@ -71,7 +71,7 @@ class TrainConfig:
     distill_ramp_epochs: int = 30
     rkd_weight: float = 0.05
     #: MedMIX only, NOT in the paper: weight of the per-modality head loss (see medmix.methods.medmix).
-    modality_loss_weight: float = 1.0
+    modality_loss_weight: float = 0.0
     #: MedMIX only, NOT in the paper: epochs of uniform fusion weights, then as many epochs of a
     #: linear ramp to the learned weights (0 = the paper: learned from the start).
     fusion_warmup_epochs: int = 10
@@ -200,6 +200,8 @@ class Batch:
     y: torch.Tensor
     teacher: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_mask: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: Cross-fitting fold per row (``TensorData.fold``), or None.
+    fold: torch.Tensor | None = None
 
 
 @dataclass
@@ -279,6 +281,7 @@ class _DeviceData:
             if teachers and m in self.modalities
         }
         self.teacher_mask = {m: data.teacher_mask[m].bool().to(device) for m in self.teacher}
+        self.fold = data.fold.to(device) if data.fold is not None else None
         self.device = device
 
     def batch(self, idx: torch.Tensor, mask: dict[str, torch.Tensor]) -> Batch:
@@ -288,6 +291,7 @@ class _DeviceData:
             self.y.index_select(0, idx),
             {m: t.index_select(0, idx) for m, t in self.teacher.items()},
             {m: t.index_select(0, idx) for m, t in self.teacher_mask.items()},
+            None if self.fold is None else self.fold.index_select(0, idx),
         )
 
     def full_masked(self, start: int, stop: int) -> Batch:
@@ -298,6 +302,7 @@ class _DeviceData:
             self.y[start:stop],
             {m: t[start:stop] for m, t in self.teacher.items()},
             {m: t[start:stop] for m, t in self.teacher_mask.items()},
+            None if self.fold is None else self.fold[start:stop],
         )
 
 
