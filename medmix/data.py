@@ -21,8 +21,8 @@ class TensorData:
     - ``teacher[m]`` / ``teacher_mask[m]``: optional teacher embedding ``[N, d_T]`` and ``[N]``;
     - ``y``: float32 ``[N, C]`` (NaN = unknown label);
     - ``groups``: optional patient id per sample (folds inside the training split keep a patient together);
-    - ``fold``: optional long ``[N]`` cross-fitting fold per sample (training-only, e.g. MedMIX's
-      ``probe_crossfit``; ``-1`` = none).
+    - ``fold``: optional long ``[N]`` cross-fitting fold per sample (training split only, set by
+      MedMIX's ``probe_crossfit``).
     """
 
     sample_ids: list[str]
