@@ -8,6 +8,7 @@ pair; the ``missing_grid`` section the grid::
       settings: [primary, secondary, random]
       rates: [0.2, 0.4, 0.6, 0.8]
       mode: train_and_test             # or test_only
+      n_seeds: 1                       # the grid's own runs train the first n of `seeds` (default: all)
 
 Each (setting, rate) is a protocol ``miss_<setting>_<percent>`` of kind ``missing_one``
 (:mod:`medmix.protocols`): the primary or the secondary modality, or one of the two at random, is
@@ -15,6 +16,10 @@ removed from exactly ``rate`` of the samples. ``train_and_test`` (the reference 
 one run per (dataset, method, protocol) trained under the protocol and evaluated under the same
 protocol (its *matching* test protocol, added to the run's test protocols). ``test_only``: the
 clean run (train protocol ``none``) is evaluated under every grid protocol.
+
+``n_seeds`` (``train_and_test`` only; default: all): the grid's own runs train the first
+``n_seeds`` of the top-level ``seeds``. The pre-training stages they share with the clean runs are
+trained for every seed, so a grid run reads the stages of its seeds.
 """
 
 from __future__ import annotations
@@ -134,6 +139,21 @@ def test_protocol_specs(cfg: dict[str, Any], dataset: str, method: str, protocol
     return out
 
 
+def grid_seeds(cfg: dict[str, Any]) -> list[int]:
+    """Seeds of the grid's runs: the first ``missing_grid.n_seeds`` of ``seeds`` under ``train_and_test``
+    (default: all); under ``test_only`` the grid reads the clean runs, which train every seed."""
+    g = grid(cfg)
+    if g.get("mode", "train_and_test") == "test_only" or g.get("n_seeds") is None:
+        return list(cfg["seeds"])
+    return list(cfg["seeds"])[: int(g["n_seeds"])]
+
+
+def is_grid_run(cfg: dict[str, Any], dataset: str, protocol: str) -> bool:
+    """Whether ``protocol`` on ``dataset`` is one of the grid's own train protocols (not in ``protocols``)."""
+    return (grid(cfg).get("mode", "train_and_test") == "train_and_test"
+            and protocol not in own_protocols(cfg, dataset, "train") and protocol in dataset_protocols(cfg, dataset))
+
+
 def check(cfg: dict[str, Any]) -> None:
     """Semantic checks of ``missing_grid`` and ``modality_roles`` (names the offending key)."""
     for name, ds in cfg["datasets"].items():
@@ -151,6 +171,9 @@ def check(cfg: dict[str, Any]) -> None:
     if not g:
         return
     grid_methods(cfg)  # unknown methods are errors
+    if g.get("n_seeds") is not None and g.get("mode", "train_and_test") == "test_only":
+        raise GridError("config key `missing_grid.n_seeds`: a test_only grid evaluates the clean runs, which train "
+                        "every seed in `seeds`; drop `missing_grid.n_seeds` or use mode train_and_test")
     own = set(cfg.get("protocols", {}).get("train", {})) | set(cfg.get("protocols", {}).get("test", {}))
     for _setting, _rate, pname in grid_cells(cfg):
         if pname in own:

@@ -95,3 +95,17 @@ def select_committee(committee: dict[str, Any], spec: RunSpec, dataset: str) -> 
             f"{sorted({m[1] for e in committee.values() for m in e['committee']})})"
         )
     return out
+
+
+def run_seeds(cfg: dict[str, Any], dataset: str, run: str, protocol: str) -> list[int]:
+    """The seeds a fit of ``run`` under train protocol ``protocol`` trains: ``missing_grid.seeds`` for
+    the missing grid's own runs (:mod:`medmix.missing_grid`), ``sweep.seeds`` for the sweep's subset
+    runs (:mod:`medmix.sweep`), ``seeds`` for every other run (the tables' rows)."""
+    from medmix import missing_grid
+    from medmix.sweep import parse_sweep_name, sweep_seeds
+
+    if missing_grid.is_grid_run(cfg, dataset, protocol):
+        return missing_grid.grid_seeds(cfg)
+    if parse_sweep_name(run) is not None:
+        return sweep_seeds(cfg)
+    return list(cfg["seeds"])

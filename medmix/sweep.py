@@ -8,12 +8,15 @@ Config (``sweep:``; off unless ``methods`` lists something)::
       datasets: [demo_openi]     # default: every development dataset
       permutations: 64           # Shapley orderings sampled beyond 6 modalities
       permutation_seed: 0
+      n_seeds: 1                 # the subset runs train the first n of `seeds` (default: all)
 
 ``subsets: all`` is every non-empty subset of a dataset's modalities up to 6 modalities (what the
 exact Shapley values need) and, beyond 6, the subsets the sampled orderings visit
 (:func:`required_subsets`). A listed subset applies to every swept
 dataset that has all its modalities. The full set of a dataset is the method's own run (its name
-is the method's), so the sweep adds no duplicate of it.
+is the method's), so the sweep adds no duplicate of it. The subset runs train the first
+``n_seeds`` of the top-level ``seeds`` (default: all); the subset scores and Shapley values use the
+seeds every subset's run has (:mod:`medmix.evaluation.contribution` intersects them).
 
 Run names: ``<method>@<modality>+<modality>...`` (modalities sorted), e.g. ``gbdt@frontal+note``:
 ``@`` and ``+`` cannot occur in a method or modality name (``[A-Za-z0-9_]+``), are plain
@@ -74,6 +77,13 @@ def parse_sweep_name(name: str) -> tuple[str, tuple[str, ...]] | None:
 
 def sweep_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"methods": [], "subsets": "all", "permutations": 64, "permutation_seed": 0, **cfg.get("sweep", {})}
+
+
+def sweep_seeds(cfg: dict[str, Any]) -> list[int]:
+    """Seeds of the sweep's subset runs: the first ``sweep.n_seeds`` of ``seeds`` (default: all). The
+    full set's run is the method's own and trains every seed; the scores use the seeds both have."""
+    n = cfg.get("sweep", {}).get("n_seeds")
+    return list(cfg["seeds"]) if n is None else list(cfg["seeds"])[: int(n)]
 
 
 def swept_datasets(cfg: dict[str, Any]) -> list[str]:

@@ -66,12 +66,31 @@ def test_test_only_mode_evaluates_the_clean_run_under_every_cell(cfg):
     (lambda c: c["missing_grid"].__setitem__("methods", ["cpimeo"]), "missing_grid.methods"),
     (lambda c: c["missing_grid"].__setitem__("rates", [1.5]), "missing_grid"),
     (lambda c: c["missing_grid"].__setitem__("setings", ["primary"]), "setings"),
+    (lambda c: c["missing_grid"].__setitem__("n_seeds", 0), "missing_grid"),
+    (lambda c: c["missing_grid"].update(n_seeds=1, mode="test_only"), "missing_grid.n_seeds"),
 ])
 def test_config_errors_name_the_key(mutate, needle):
     raw = yaml.safe_load((REPO / "config.yaml").read_text())
     mutate(raw)
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         validate_config(raw)
+
+
+def test_grid_runs_train_the_grid_seeds_and_every_other_run_all_seeds(cfg):
+    from medmix.runs import run_seeds
+
+    assert missing_grid.grid_seeds(cfg) == cfg["seeds"]  # default: every seed
+    assert run_seeds(cfg, "demo_openi", "cpimoe", "miss_primary_20") == cfg["seeds"]
+    cfg["missing_grid"]["n_seeds"] = 2
+    assert run_seeds(cfg, "demo_openi", "cpimoe", "miss_primary_20") == cfg["seeds"][:2]
+    assert run_seeds(cfg, "demo_openi", "medmix", "miss_random_80") == cfg["seeds"][:2]
+    assert run_seeds(cfg, "demo_openi", "cpimoe", "none") == cfg["seeds"]  # the clean run: a table row
+    assert run_seeds(cfg, "demo_mimic", "cpimoe", "none") == cfg["seeds"]
+    # a grid protocol name that is also a declared train protocol is no grid run (config refuses the clash)
+    assert not missing_grid.is_grid_run(cfg, "demo_openi", "none")
+    cfg["missing_grid"]["mode"] = "test_only"  # the grid reads the clean runs
+    assert missing_grid.grid_seeds(cfg) == cfg["seeds"]
+    assert not missing_grid.is_grid_run(cfg, "demo_openi", "miss_primary_20")
 
 
 def test_grid_is_off_without_methods_or_datasets_with_roles():

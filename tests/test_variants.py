@@ -136,12 +136,26 @@ def test_sweep_runs_are_their_base_run_restricted_to_the_subset():
 @pytest.mark.parametrize(("sweep", "message"), [
     ({"methods": ["medmix_note_only"]}, "restricts its modalities"),
     ({"methods": ["medmixx"]}, "unknown method or variant 'medmixx'"),
+    ({"methods": ["medmix"], "n_seeds": 0}, "sweep"),
 ])
 def test_bad_sweeps_are_config_errors(sweep, message):
     cfg = _config(medmix_note_only={"method": "medmix", "modalities": ["note"]})
     cfg["sweep"] = sweep
     with pytest.raises(ConfigError, match=message):
         validate_config(cfg)
+
+
+def test_sweep_subset_runs_train_the_sweep_seeds():
+    from medmix.runs import run_seeds
+
+    cfg = _config()
+    cfg["seeds"] = [0, 1, 2]
+    cfg["sweep"] = {"methods": ["medmix"], "n_seeds": 1}
+    cfg = validate_config(cfg)
+    assert run_seeds(cfg, "demo_openi", "medmix@note", "none") == [0]
+    assert run_seeds(cfg, "demo_openi", "medmix", "none") == [0, 1, 2]  # the full set: the method's own run
+    del cfg["sweep"]["n_seeds"]
+    assert run_seeds(cfg, "demo_openi", "medmix@note", "none") == [0, 1, 2]
 
 
 def test_a_variant_name_may_not_contain_the_sweep_separator():

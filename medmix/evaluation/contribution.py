@@ -130,7 +130,7 @@ def _mean_std(values) -> tuple[float, float]:
     v = v[np.isfinite(v)]
     if v.size == 0:
         return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan")  # one seed: no spread
 
 
 def contribution_frames(prediction_files: Sequence[str | Path], plan: Mapping[str, Any], tasks: Mapping[str, str],
@@ -197,14 +197,17 @@ def contribution_frames(prediction_files: Sequence[str | Path], plan: Mapping[st
 
 # -- tables -------------------------------------------------------------------------------------------
 def _fmt(mean: float, std: float, digits: int = 4) -> str:
-    return "n/a" if not np.isfinite(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    """``mean ± std``; the mean alone where the std is undefined (one seed)."""
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if np.isfinite(std) else "")
 
 
 def sweep_summary(sweep: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std over seeds per dataset × method × subset (numeric columns, for the CSV and figure)."""
     keys = ["dataset", "method", "subset", "n_modalities", "single", "run"]
     agg = sweep.groupby(keys, sort=False).agg(
-        **{f"{s}_mean": (s, "mean") for s in SCORES}, **{f"{s}_std": (s, lambda x: x.std(ddof=1) if len(x) > 1 else 0.0)
+        **{f"{s}_mean": (s, "mean") for s in SCORES}, **{f"{s}_std": (s, lambda x: x.std(ddof=1) if len(x) > 1 else float("nan"))
                                                          for s in SCORES},
         seeds=("seed", "nunique"), n=("n", "first")).reset_index()
     return agg.sort_values(["dataset", "method", "n_modalities", "subset"], kind="stable").reset_index(drop=True)

@@ -95,7 +95,7 @@ def _fmt(values: pd.Series) -> str:
     v = v[np.isfinite(v)]
     if v.size == 0:
         return "n/a"
-    return f"{v.mean():.2f}±{v.std(ddof=1) if v.size > 1 else 0.0:.2f}"
+    return f"{v.mean():.2f}" + (f"±{v.std(ddof=1):.2f}" if v.size > 1 else "")  # one seed: the value alone
 
 
 def table_s3_markdown(metrics: pd.DataFrame, seeds: Sequence[int], mode: str) -> str:

@@ -46,6 +46,7 @@ from torch import nn
 
 from medmix.data import TensorData
 from medmix.protocols import Protocol
+from medmix.training.optim import FusedAdamW
 
 #: Early-stopping / checkpoint criteria: the validation task loss (the paper's), or the
 #: validation macro AUROC / AUPRC over labels with both classes present (higher is better; ties
@@ -338,10 +339,10 @@ class EnsembleTrainer:
 
     def _optimizer(
         self, members: Sequence[Member], points: Sequence[tuple[float, float]] | None = None
-    ) -> torch.optim.Optimizer:
-        """One fused AdamW over every member; a parameter group per (lr, weight decay, lr multiplier,
-        weight-decay multiplier), with ``points[i]`` the (lr, weight decay) of ``members[i]``
-        (default: the config's); a group's rate is ``lr × lr_mult``, its decay ``wd × wd_mult``."""
+    ) -> FusedAdamW:
+        """One fused AdamW (:class:`~medmix.training.optim.FusedAdamW`) over every member; a parameter
+        group per (lr, weight decay, lr multiplier, weight-decay multiplier), with ``points[i]`` the
+        (lr, weight decay) of ``members[i]`` (default: the config's); a group's rate is ``lr × lr_mult``, its decay ``wd × wd_mult``."""
         points = points or [(self.config.lr, self.config.weight_decay)] * len(members)
         by_key: dict[tuple[float, float, float, float], list[nn.Parameter]] = {}
         for member, (lr, wd) in zip(members, points, strict=True):
@@ -351,7 +352,7 @@ class EnsembleTrainer:
                    "weight_decay": wd * wd_mult}
                   for (lr, wd, mult, wd_mult), ps in by_key.items() if ps]
         c = self.config
-        return torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay, fused=True)
+        return FusedAdamW(groups, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
 
     def fit(
         self, members: Sequence[Member], train: TensorData, val: TensorData, protocol: Protocol,

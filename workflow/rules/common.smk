@@ -21,8 +21,8 @@ from medmix.config import (
 )
 from medmix.methods import get_method_class
 from medmix.protocols import parse_protocols
-from medmix.runs import RUN_NAME_PATTERN
-from medmix.sweep import sweep_plan
+from medmix.runs import RUN_NAME_PATTERN, run_seeds
+from medmix.sweep import sweep_plan, sweep_seeds
 from medmix.store import FeatureStoreError, read_metadata
 from medmix.store.inputs import folder_fingerprint, read_input_view
 

@@ -14,7 +14,7 @@ rule contribution:
     params:
         plan=lambda wc: canonical_json(sweep_plan(config)),
         tasks=canonical_json({d: dataset_config(d)["task"] for d in DATASETS}),
-        seeds=canonical_json(config["seeds"]),
+        seeds=canonical_json(sweep_seeds(config)),
         permutations=config.get("sweep", {}).get("permutations", 64),
         permutation_seed=config.get("sweep", {}).get("permutation_seed", 0),
     log:

@@ -48,7 +48,7 @@ rule cpimoe_tables:
     params:
         cells=canonical_json(GRID_CELLS),
         mode=missing_grid.grid(config).get("mode", "train_and_test"),
-        seeds=canonical_json(config["seeds"]),
+        seeds=canonical_json(missing_grid.grid_seeds(config)),
         tasks=canonical_json({d: dataset_config(d)["task"] for d in DATASETS}),
         figure_methods=canonical_json(missing_grid.grid(config).get("figure_methods", [])),
         figure_keys=canonical_json(list(grid_figures())),

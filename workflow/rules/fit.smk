@@ -15,7 +15,7 @@ rule fit:
         feature_keys=lambda wc: canonical_json(feature_keys(wc.dataset, wc.method)),
         identities=lambda wc: identities_json(wc.dataset, wc.method),
         training=lambda wc: canonical_json(training_params(config, wc.method)),
-        seeds=canonical_json(config["seeds"]),
+        seeds=lambda wc: canonical_json(run_seeds(config, wc.dataset, wc.method, wc.protocol)),
         train_protocol=lambda wc: canonical_json(train_protocol_spec(wc.dataset, wc.protocol)),
     log:
         "logs/fit/{dataset}/{method}/{protocol}.log",
