@@ -169,18 +169,31 @@ def test_no_medmix_says_so():
     assert "no `medmix` run is configured" in et.to_markdown(frame)
 
 
-# ----------------------------------------------------------------------------- the fit job
-def test_fit_job_writes_cost(tmp_path, monkeypatch):
+# ----------------------------------------------------------------------------- the evaluate job
+def test_evaluate_dataset_job_writes_predictions_and_the_table_runs_costs(tmp_path, monkeypatch):
     from medmix.pipeline import fit as fit_mod
     from medmix.protocols import Protocol
 
     data = synthetic_data(n=120, dims={"a": [8], "b": [6]}, n_labels=2, seed=3)
     monkeypatch.setattr(fit_mod, "load_dataset", lambda *a, **k: data)
-    info = tmp_path / "fit.json"
-    fit_mod.fit_job(method="linear_probe", cohort_path="unused", committee={}, features={}, identities={},
-                    params={}, seeds=[0, 1], train_protocol=Protocol("none"), out_model=str(tmp_path / "model"),
-                    out_curves=str(tmp_path / "curves.csv"), out_info=str(info))
-    cost = json.loads(info.read_text())["cost"]
+    for run in ("probe", "probe_grid"):
+        fit_mod.fit_job(method="linear_probe", run=run, cohort_path="unused", committee={}, features={},
+                        identities={}, params={}, seeds=[0, 1], train_protocol=Protocol("none"),
+                        out_model=str(tmp_path / run / "model"), out_curves=str(tmp_path / run / "curves.csv"),
+                        out_info=str(tmp_path / run / "fit.json"))
+    assert "cost" not in json.loads((tmp_path / "probe/fit.json").read_text())  # measured by evaluate
+    cohort = {"cohort": "dev", "cohort_path": "unused", "committee": {}, "features": {}, "identities": {}}
+    runs = [{"run": run, "train_protocol": "none", "model_dir": str(tmp_path / run / "model"), "cost": run == "probe",
+             "test_protocols": {"none": {"kind": "none"}},
+             "cohorts": [{**cohort, "out": str(tmp_path / run / "dev.parquet")}]} for run in ("probe", "probe_grid")]
+    costs = tmp_path / "costs.json"
+    fit_mod.evaluate_dataset_job(dataset="dev", runs=runs, out_costs=str(costs))
+    for run in ("probe", "probe_grid"):
+        pred = pd.read_parquet(tmp_path / run / "dev.parquet")
+        assert set(pred.method) == {run} and set(pred.eval_set) == {"val", "test"} and set(pred.seed) == {0, 1}
+    doc = json.loads(costs.read_text())
+    assert doc["dataset"] == "dev" and list(doc["costs"]) == ["probe"]  # only the runs marked `cost`
+    cost = et.read_costs([str(costs)])[("dev", "probe")]
     d, c = 8 + 6 + 2, 2  # embeddings + one presence flag per expert; two labels
     assert cost["params"] == d * c + c and cost["flops_per_sample"] == 2 * d * c
     assert cost["batch_size"] == int((data.split == "val").sum()) and cost["device"] == "cpu"

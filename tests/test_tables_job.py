@@ -48,12 +48,10 @@ def test_tables_job_writes_every_output(tmp_path):
     protocols = {"train": {"none": {"kind": "none"}, "rd50": {"kind": "random_drop", "p": 0.5}},
                  "test": {"none": {"kind": "none"}, "rd30": {"kind": "random_drop", "p": 0.3},
                           "note50": {"kind": "drop_one", "modality": "note", "p": 0.5}}}
-    fits = []
-    for run, params in (("meanavg", 1000), ("medmix", 2000), ("medmix_nodistill", 2000)):
-        path = tmp_path / f"fit_{run}.json"
-        path.write_text(json.dumps({"run": run, "cost": {"params": params, "flops_per_sample": 2.0 * params,
-                                                         "peak_mem_bytes": 4 * params, "flops_kind": "flops"}}))
-        fits.append(str(path))
+    costs = tmp_path / "costs.json"
+    costs.write_text(json.dumps({"dataset": "dev", "costs": {
+        run: {"params": params, "flops_per_sample": 2.0 * params, "peak_mem_bytes": 4 * params, "flops_kind": "flops"}
+        for run, params in (("meanavg", 1000), ("medmix", 2000), ("medmix_nodistill", 2000))}}))
     expert = {"modality": "note", "name": "enc", "role": "general", "params": None, "flops_per_sample": None,
               "cost_note": ""}
     tables_job(prediction_files=files, summaries=[str(tmp_path / "summary.md")], tasks={"dev": "multitask"},
@@ -61,7 +59,7 @@ def test_tables_job_writes_every_output(tmp_path):
                run_methods={"meanavg": "meanavg", "medmix_nodistill": "medmix_nodistill", "medmix": "medmix"},
                out=out, paper_outputs=[str(tmp_path / p) for p in PAPER],
                figure_outputs=[str(tmp_path / f) for f in FIGS],
-               fit_files=fits, fit_keys=[["dev", "meanavg"], ["dev", "medmix"], ["dev", "medmix_nodistill"]],
+               cost_files=[str(costs)],
                expert_costs={"dev": {"meanavg": [expert], "medmix": [expert]}})
     for name in [*PAPER, *FIGS]:
         assert (tmp_path / name).stat().st_size > 0, name

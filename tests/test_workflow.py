@@ -138,8 +138,13 @@ def test_expert_edit_reruns_only_that_expert(workflow_run):
     assert jobs.get("extract") == 4, jobs
     assert "demo_cohort" not in jobs and "prepare_dataset" not in jobs
     assert jobs.get("fit") == 2 * len(cfg["methods"])  # both development datasets, every method
-    # demo_openi (itself) + demo_mimic (itself and its external cohort), every method
-    assert jobs.get("evaluate") == 3 * len(cfg["methods"])
+    # one evaluate job per development dataset (its runs on every cohort)
+    assert evaluations(jobs) == {"evaluate_demo_openi": 1, "evaluate_demo_mimic": 1}
+
+
+def evaluations(jobs: dict[str, int]) -> dict[str, int]:
+    """The planned evaluate jobs (one rule per development dataset, ``evaluate_<dataset>``)."""
+    return {rule: n for rule, n in jobs.items() if rule.startswith("evaluate_")}
 
 
 def _planned_after_edit(workdir, cfg, module: Path) -> dict[str, int]:
@@ -159,7 +164,7 @@ def test_editing_an_extractor_module_reruns_only_the_experts_that_import_it(work
     jobs = _planned_after_edit(workdir, cfg, REPO / "extractors" / "ct_profile.py")
     assert jobs.get("extract") == 2, jobs  # demo_mimic, demo_mimic_ext
     assert jobs.get("fit") == len(cfg["methods"])  # only demo_mimic's models
-    assert jobs.get("evaluate") == 2 * len(cfg["methods"])  # demo_mimic and its external cohort
+    assert evaluations(jobs) == {"evaluate_demo_mimic": 1}  # demo_mimic and its external cohort
     # the texture helper: image_texture (openi frontal + lateral, mimic + ext frontal) and ct_texture25d (2)
     assert _planned_after_edit(workdir, cfg, REPO / "extractors" / "texture_features.py").get("extract") == 6
     assert planned_jobs(workdir, cfg) == {}
@@ -180,7 +185,7 @@ def test_adding_a_test_protocol_or_external_cohort_plans_no_fit(workflow_run):
     edited["protocols"]["test"]["random_drop_30"] = {"kind": "random_drop", "p": 0.3}
     jobs = planned_jobs(workdir, edited)
     assert "fit" not in jobs and "extract" not in jobs, jobs
-    assert jobs.get("evaluate") == 3 * len(cfg["methods"])
+    assert evaluations(jobs) == {"evaluate_demo_openi": 1, "evaluate_demo_mimic": 1}
     edited = copy.deepcopy(cfg)
     edited["demo"]["cohorts"]["demo_openi_ext"] = {"kind": "cxr", "n_patients": 20, "seed": 5, "shift": True}
     edited["datasets"]["demo_openi_ext"] = {**cfg["datasets"]["demo_openi"], "role": "external",
@@ -188,7 +193,7 @@ def test_adding_a_test_protocol_or_external_cohort_plans_no_fit(workflow_run):
     edited["datasets"]["demo_openi"]["external"] = ["demo_openi_ext"]
     jobs = planned_jobs(workdir, edited)
     assert "fit" not in jobs, jobs
-    assert jobs.get("evaluate") == len(cfg["methods"])  # only the new cohort's predictions
+    assert evaluations(jobs) == {"evaluate_demo_openi": 1}  # the dataset the new cohort belongs to
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
@@ -228,7 +233,7 @@ def test_runtime_settings_plan_no_extraction(workflow_run):
     edited["training"]["batch_size"] = 64
     jobs = planned_jobs(workdir, edited)
     assert "extract" not in jobs and jobs.get("fit") == len(cfg["methods"]) * 2
-    assert jobs.get("evaluate") == len(cfg["methods"]) * 3
+    assert evaluations(jobs) == {"evaluate_demo_openi": 1, "evaluate_demo_mimic": 1}
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 

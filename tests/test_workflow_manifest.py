@@ -120,7 +120,7 @@ def test_labels_rerun_fusion_only_and_inputs_rerun_their_extraction(tmp_path):
     table.to_csv(manifest, index=False)
     jobs = planned_jobs(tmp_path, cfg)
     assert "extract" not in jobs, jobs
-    assert jobs.get("prepare_dataset") == 1 and jobs.get("fit") == 1 and jobs.get("evaluate") == 1
+    assert jobs.get("prepare_dataset") == 1 and jobs.get("fit") == 1 and jobs.get("evaluate_mycohort") == 1
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "results/mycohort/features").rglob("*.parquet")}
     snakemake(tmp_path, "--cores", "2", "all")
     assert {p: p.stat().st_mtime_ns for p in before} == before  # no feature file was rewritten

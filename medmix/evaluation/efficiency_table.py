@@ -1,8 +1,8 @@
-"""Table E6 (efficiency) from the fit jobs' cost records and the experts' declared costs.
+"""Table E6 (efficiency) from the measured cost records and the experts' declared costs.
 
-Per (development dataset, run) of Table 1: the fusion model's cost as the fit job measured it
-(``fit.json`` → ``cost``; :mod:`medmix.evaluation.efficiency`) plus the deployed expert feature
-extractors' declared cost (the committee members the run reads; the RAG stage is cached and the
+Per (development dataset, run) of Table 1: the fusion model's cost as the dataset's evaluate job
+measured it on the fitted model (``results/<dataset>/costs.json``; :mod:`medmix.evaluation.efficiency`)
+plus the deployed expert feature extractors' declared cost (the committee members the run reads; the RAG stage is cached and the
 teachers train only, so both are excluded; a ``large_ref_<modality>`` run deploys that teacher).
 
 * Params: fusion + each distinct deployed expert once.
@@ -49,9 +49,13 @@ def deployed_experts(committee: Mapping[str, Mapping[str, Any]], method: str) ->
     return [(mod, name) for mod, spec in committee.items() for name, role in spec["committee"] if role != "rag"]
 
 
-def read_fit_costs(files: Sequence[str], keys: Sequence[Sequence[str]]) -> dict[tuple[str, str], dict[str, Any] | None]:
-    """(dataset, run) -> the ``cost`` record of its clean ``fit.json`` (None where it has none)."""
-    return {(d, r): json.loads(Path(f).read_text()).get("cost") for f, (d, r) in zip(files, keys, strict=True)}
+def read_costs(files: Sequence[str]) -> dict[tuple[str, str], dict[str, Any] | None]:
+    """(dataset, run) -> its cost record, from the evaluate jobs' ``costs.json`` (``{"dataset", "costs"}``)."""
+    out: dict[tuple[str, str], dict[str, Any] | None] = {}
+    for f in files:
+        doc = json.loads(Path(f).read_text())
+        out.update({(doc["dataset"], run): record for run, record in doc["costs"].items()})
+    return out
 
 
 def expert_totals(experts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -143,7 +147,7 @@ def notes(frame: pd.DataFrame) -> list[str]:
         "Perf = (AUROC + AUPRC + mF1 + Acc) / 4 (Table 1, clean test split, mean over seeds). EffScore = "
         "(Perf / Perf_MedMIX) / Cost, Cost = geometric mean of the total params, FLOPs and peak-memory ratios to "
         "MedMIX on the same dataset (EffScore of MedMIX = 1).",
-        "Fusion: one seed's model as the fit job measured it (a batch of the validation split; params = elements "
+        "Fusion: one seed's fitted model as the evaluate job measured it (a batch of the validation split; params = elements "
         "of one seed's state; FLOPs = torch FlopCounterMode, matrix products only; memory = one seed's state + the "
         "batch + the predict's peak: CUDA allocator peak, or on the CPU the peak of live tensor storage / numpy "
         "buffers). Total = fusion + the deployed expert feature extractors' declared cost (registry "
@@ -163,7 +167,7 @@ def notes(frame: pd.DataFrame) -> list[str]:
             out.append(f"{dataset}: fusion costs measured on {where}.")
         missing = part[part.params_fusion.isna()].method.tolist()
         if missing:
-            out.append(f"{dataset}: no cost record in fit.json for {', '.join(missing)} (refit to measure).")
+            out.append(f"{dataset}: no cost record in costs.json for {', '.join(missing)} (rerun the dataset's evaluate job to measure).")
         undeclared = sorted({n for u in part.undeclared for n in u.split(", ") if n})
         if undeclared:
             out.append(f"{dataset}: cost not declared (totals marked ≥ are lower bounds, EffScores marked ≈ use "

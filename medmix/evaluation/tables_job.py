@@ -30,13 +30,13 @@ def tables_job(*, prediction_files: Sequence[str], summaries: Sequence[str], tas
                seeds: Sequence[int], protocols: dict[str, Any], run_methods: dict[str, str],
                dataset_order: Sequence[str] | None = None,
                out: dict[str, str], paper_outputs: Sequence[str], figure_outputs: Sequence[str] = (),
-               fit_files: Sequence[str] = (), fit_keys: Sequence[Sequence[str]] = (),
+               cost_files: Sequence[str] = (),
                expert_costs: dict[str, dict[str, list[dict[str, Any]]]] | None = None) -> None:
     """Write the legacy tables (``out``: main, metrics, robustness, datasets, labels, patterns_md,
     patterns_csv, significance) and every ``results/tables/<table>.<md|tex|csv>`` of ``paper_outputs``.
 
-    Table E6 (``tableE6.*`` among ``paper_outputs``): ``fit_files`` are the clean runs' ``fit.json``
-    (``fit_keys``: their [dataset, run]); ``expert_costs``: dataset -> run -> the deployed experts'
+    Table E6 (``tableE6.*`` among ``paper_outputs``): ``cost_files`` are the evaluate jobs'
+    ``results/<dataset>/costs.json`` (the tables' runs' measured costs); ``expert_costs``: dataset -> run -> the deployed experts'
     declared costs (medmix.evaluation.efficiency_table)."""
     t0 = time.perf_counter()
     runs = load_runs(list(prediction_files))
@@ -59,7 +59,7 @@ def tables_job(*, prediction_files: Sequence[str], summaries: Sequence[str], tas
         _csv(pt.to_csv_frame(table, sig), by_path[f"{name}.csv"])
         if len(sig):
             sig_all.append(sig.assign(table=name))
-    efficiency = eff.efficiency_frame(tables["table1"], eff.read_fit_costs(fit_files, fit_keys), expert_costs or {})
+    efficiency = eff.efficiency_frame(tables["table1"], eff.read_costs(cost_files), expert_costs or {})
     if "tableE6.md" in by_path:
         write_text_atomic(by_path["tableE6.md"], eff.to_markdown(efficiency))
         write_text_atomic(by_path["tableE6.tex"], eff.to_latex(efficiency))

@@ -2,10 +2,17 @@
 
 ``fit`` trains one method under one train-time protocol for every seed and saves the trained
 method (:meth:`~medmix.methods.base.FusionMethod.save`) with the feature scaling fit on the
-training split. ``evaluate`` loads them and writes predictions for one cohort: the development
+training split. ``evaluate`` loads them and writes predictions for each cohort: the development
 cohort's validation split (clean, for threshold tuning) and test split under every test-time
 protocol, or every row of an external cohort. Adding a test protocol or an external cohort
 therefore never retrains.
+
+The workflow runs one ``evaluate`` job per development dataset (:func:`evaluate_dataset_job`)
+over every fitted run of it: evaluating a run takes well under a second, while a job process
+takes ~2.5 s to start (Python, torch, pandas), so one job per run and cohort spent most of its
+time starting. The same job measures the deployment cost of the table runs (Table E6,
+:func:`~medmix.evaluation.efficiency.fit_cost`): the CPU memory tracker is a torch dispatch mode,
+whose first use imports ``torch._dynamo`` (1.3 s), so it is paid once per dataset, not per fit.
 
 Predictions are long-form, one row per (seed, eval_set, test_protocol, sample), with the
 columns ``dataset``, ``method``, ``train_protocol``, ``cohort``, ``eval_set``,
@@ -114,13 +121,11 @@ def fit_job(
     files.append(scaler.save(Path(out_model) / SCALER_FILE))
     with atomic_path(out_curves) as tmp:
         model.curves().to_csv(tmp, index=False)
-    # Deployment cost of one seed's model (Table E6; medmix.evaluation.efficiency).
-    cost = fit_cost(model, val)
     info = {
         "run": run, "method": method, "seeds": seeds, "train_protocol": train_protocol.name,
         "n": {"train": train.n, "val": val.n}, "params": params, "committee": committee,
-        "files": [str(f) for f in files], "selection": model.selection, "seconds_fit": round(t_fit, 2), "torch_threads": torch.get_num_threads(),
-        "cost": cost,
+        "files": [str(f) for f in files], "selection": model.selection, "seconds_fit": round(t_fit, 2),
+        "torch_threads": torch.get_num_threads(),
     }
     write_text_atomic(out_info, json.dumps(info, indent=2, default=str))
     log.info("%s fitted in %.1fs", run, t_fit)
@@ -175,16 +180,23 @@ def evaluate_job(
     identities: dict[str, dict[str, Any]],
     test_protocols: dict[str, Any],
     out_predictions: str,
-) -> None:
-    """Predictions of a fitted method on ``cohort`` (the development dataset itself or an external one)."""
+    method=None,
+    cost: bool = False,
+) -> dict[str, Any] | None:
+    """Predictions of a fitted method on ``cohort`` (the development dataset itself or an external one).
+
+    ``method``: the method already loaded from ``model_dir`` (default: load it). ``cost``: also return
+    the deployment cost record of one seed's model on the validation split (development cohort only).
+    """
     t0 = time.perf_counter()
-    method = load_method(model_dir)
+    method = method if method is not None else load_method(model_dir)
     scaler = Standardizer.load(Path(model_dir) / SCALER_FILE)
     data = scaler.apply(load_dataset(cohort_path, committee, features, identities))
     protocols = parse_protocols(test_protocols)
     # The run name (a method or a variant of one) identifies the rows in every table.
     keys = {"dataset": dataset, "method": run or method.name, "train_protocol": train_protocol, "cohort": cohort}
     frames = []
+    record = None
     if cohort == dataset:
         val, test = data.split_part("val"), data.split_part("test")
         clean = [p for p in protocols if p.is_identity][:1]
@@ -193,9 +205,42 @@ def evaluate_job(
         frames += predict_protocols(method, val, clean, {**keys, "eval_set": "val"})
         if test.n:
             frames += predict_protocols(method, test, protocols, {**keys, "eval_set": "test"})
+        if cost:
+            record = fit_cost(method, val)  # Table E6 (medmix.evaluation.efficiency)
     else:
+        if cost:
+            raise ValueError(f"{keys['method']}: the deployment cost is measured on the development cohort, not {cohort}")
         frames += predict_protocols(method, data, protocols, {**keys, "eval_set": f"external:{cohort}"})
     predictions = pd.concat(frames, ignore_index=True)
     with atomic_path(out_predictions) as tmp:
         predictions.to_parquet(tmp, index=False)
-    log.info("%s on %s: %d prediction rows in %.1fs", method.name, cohort, len(predictions), time.perf_counter() - t0)
+    log.info("%s on %s: %d prediction rows in %.1fs", keys["method"], cohort, len(predictions), time.perf_counter() - t0)
+    return record
+
+
+def evaluate_dataset_job(*, dataset: str, runs: list[dict[str, Any]], out_costs: str) -> None:
+    """Every fitted run of development dataset ``dataset`` on its cohorts, and the table runs' costs.
+
+    ``runs``: per run ``{"run", "train_protocol", "model_dir", "test_protocols", "cost": bool,
+    "cohorts": [{"cohort", "cohort_path", "committee", "features", "identities", "out"}, ...]}``
+    (:func:`evaluate_job`'s arguments). ``out_costs``: JSON ``{"dataset", "costs": {run: record}}``
+    of the runs with ``cost`` true (Table E6). Each prediction file is written atomically as soon
+    as it is done.
+    """
+    t0 = time.perf_counter()
+    costs: dict[str, Any] = {}
+    for spec in runs:
+        method = load_method(spec["model_dir"])
+        for c in spec["cohorts"]:
+            record = evaluate_job(
+                dataset=dataset, run=spec["run"], cohort=c["cohort"], train_protocol=spec["train_protocol"],
+                model_dir=spec["model_dir"], cohort_path=c["cohort_path"], committee=c["committee"],
+                features=c["features"], identities=c["identities"], test_protocols=spec["test_protocols"],
+                out_predictions=c["out"], method=method, cost=bool(spec.get("cost")) and c["cohort"] == dataset)
+            if record is not None:
+                costs[spec["run"]] = record
+    missing = [s["run"] for s in runs if s.get("cost") and s["run"] not in costs]
+    if missing:
+        raise ValueError(f"{dataset}: no cost measured for {missing} (their development cohort was not evaluated)")
+    write_text_atomic(out_costs, json.dumps({"dataset": dataset, "costs": costs}, indent=2, default=str))
+    log.info("%s: %d runs evaluated in %.1fs", dataset, len(runs), time.perf_counter() - t0)

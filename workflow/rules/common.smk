@@ -1,3 +1,4 @@
+import json
 import logging
 from pathlib import Path
 
@@ -355,6 +356,55 @@ def sweep_prediction_files():
                    for spec in methods.values() for run in spec["runs"].values()})
 
 
+def evaluation_runs(dataset):
+    """(run, train protocol, cohorts) of every fitted run of development dataset `dataset`, in a fixed
+    order: the tables' runs on the dataset and its external cohorts, then the sweep's and the missing
+    grid's other runs on the dataset (medmix.sweep, medmix.missing_grid)."""
+    from medmix import missing_grid
+
+    rows = {(m, p): evaluation_cohorts(dataset) for m in config["methods"] for p in train_protocols(dataset)}
+    extra = [(run, "none") for spec in sweep_plan(config).get(dataset, {}).values() for run in spec["runs"].values()]
+    extra += [(m, p) for d, m, p in missing_grid.grid_runs(config) if d == dataset]
+    for key in extra:
+        rows.setdefault(key, [dataset])
+    return [(run, protocol, cohorts) for (run, protocol), cohorts in rows.items()]
+
+
+def evaluation_plan(dataset):
+    """The `evaluate_<dataset>` job's work (medmix.pipeline.fit.evaluate_dataset_job): per run its model,
+    test protocols, whether its deployment cost is measured (the tables' clean runs, Table E6) and, per
+    cohort, what it reads and the predictions file it writes."""
+    plan = []
+    for run, protocol, cohorts in evaluation_runs(dataset):
+        folder = run_dir(dataset, run, protocol)
+        plan.append({
+            "run": run, "train_protocol": protocol, "model_dir": f"{folder}/model",
+            "test_protocols": test_protocol_specs(dataset, run, protocol),
+            "cost": run in config["methods"] and protocol == "none",
+            "cohorts": [{"cohort": c, "cohort_path": cohort_path(c), "committee": committee_spec(c, run),
+                         "feature_keys": feature_keys(c, run), "features": dataset_features(c, run),
+                         "identities": json.loads(identities_json(c, run)),
+                         "out": f"{folder}/predictions/{c}.parquet"} for c in cohorts],
+        })
+    return plan
+
+
+def evaluation_code(dataset):
+    """Code inputs of an `evaluate_<dataset>` job: the closures of its runs' method modules and the job body."""
+    methods = sorted({get_method_class(run_spec(config, run).method).__module__ for run, _, _ in evaluation_runs(dataset)})
+    return code_inputs(*methods, "medmix.pipeline.fit")
+
+
+def literal_param(value):
+    """A params value used as is (a plain string with braces, e.g. JSON, is not a wildcard pattern)."""
+    return lambda wildcards: value
+
+
+def costs_path(dataset):
+    """Deployment cost records of the dataset's table runs (Table E6), written by its evaluate job."""
+    return f"results/{dataset}/costs.json"
+
+
 #: Hooks returning extra targets of `all` (e.g. the CP-IMoE tables, see cpimoe.smk).
 TARGET_HOOKS = []
 
@@ -388,10 +438,6 @@ FIGURE_FILES = [f"results/figures/{f}.{ext}" for f in ("fig2_one_modality_drop",
 def clean_fit_keys():
     """[dataset, run] of every clean run (train protocol `none`) of the development datasets (Table E6)."""
     return [[d, m] for d in DEV_DATASETS for m in config["methods"]]
-
-
-def clean_fit_files():
-    return [f"{run_dir(d, m, 'none')}/fit.json" for d, m in clean_fit_keys()]
 
 
 def expert_costs_json():

@@ -30,29 +30,37 @@ rule fit:
         "../scripts/fit.py"
 
 
-rule evaluate:
-    """Predictions of a fitted method on one cohort: the development dataset's validation split
-    (clean) and test split under every test-time protocol, or an external cohort. Never trains."""
-    input:
-        model="results/{dataset}/runs/{method}/{protocol}/model",
-        cohort=lambda wc: cohort_path(wc.cohort),
-        features=lambda wc: dataset_features(wc.cohort, wc.method),
-        code=lambda wc: method_code(wc.method, "medmix.pipeline.fit"),
-    output:
-        predictions="results/{dataset}/runs/{method}/{protocol}/predictions/{cohort}.parquet",
-    params:
-        committee=lambda wc: canonical_json(committee_spec(wc.cohort, wc.method)),
-        feature_keys=lambda wc: canonical_json(feature_keys(wc.cohort, wc.method)),
-        identities=lambda wc: identities_json(wc.cohort, wc.method),
-        test_protocols=lambda wc: canonical_json(test_protocol_specs(wc.dataset, wc.method, wc.protocol)),
-    log:
-        "logs/evaluate/{dataset}/{method}/{protocol}/{cohort}.log",
-    benchmark:
-        "results/benchmarks/evaluate/{dataset}/{method}/{protocol}/{cohort}.tsv"
-    threads: 1
-    resources:
-        **rule_resources("evaluate", mem_mb=4000),
-    conda:
-        "../envs/medmix.yaml"
-    script:
-        "../scripts/evaluate.py"
+# Evaluation: one job per development dataset over every fitted run of it (medmix.pipeline.fit:
+# evaluating a run takes under a second, starting a job process ~2.5 s). Adding a test protocol or an
+# external cohort reruns this job, never a fit.
+for _dataset in DEV_DATASETS:
+    _plan = evaluation_plan(_dataset)
+
+    rule:
+        """Predictions of every fitted run of one development dataset: the validation split (clean) and
+        the test split under every test-time protocol, and each external cohort; the deployment cost
+        of the tables' runs (Table E6). Never trains."""
+        name:
+            f"evaluate_{_dataset}"
+        input:
+            models=[run["model_dir"] for run in _plan],
+            cohorts=sorted({c["cohort_path"] for run in _plan for c in run["cohorts"]}),
+            features=sorted({f for run in _plan for c in run["cohorts"] for f in c["features"]}),
+            code=evaluation_code(_dataset),
+        output:
+            predictions=[c["out"] for run in _plan for c in run["cohorts"]],
+            costs=costs_path(_dataset),
+        params:
+            dataset=_dataset,
+            plan=literal_param(canonical_json(_plan)),
+        log:
+            f"logs/evaluate/{_dataset}.log",
+        benchmark:
+            f"results/benchmarks/evaluate/{_dataset}.tsv"
+        threads: 1
+        resources:
+            **rule_resources("evaluate", mem_mb=4000),
+        conda:
+            "../envs/medmix.yaml"
+        script:
+            "../scripts/evaluate.py"

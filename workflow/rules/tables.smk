@@ -5,7 +5,7 @@ rule tables:
         predictions=prediction_files(),
         cohorts=[cohort_path(d) for d in DATASETS],
         summaries=[f"results/{d}/summary.md" for d in DATASETS],
-        fits=clean_fit_files(),
+        costs=[costs_path(d) for d in DEV_DATASETS],
         code=code_inputs("medmix.evaluation.tables_job", "medmix.evaluation.figures"),
     output:
         main="results/tables/main.md",
@@ -34,7 +34,6 @@ rule tables:
         protocols=table_protocols_json(),
         run_methods=run_methods_json(),
         datasets=canonical_json(DATASETS),
-        fit_keys=canonical_json(clean_fit_keys()),
         expert_costs=expert_costs_json(),
     log:
         "logs/tables.log",

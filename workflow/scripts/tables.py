@@ -19,7 +19,6 @@ tables_job(
     out={k: getattr(sm.output, k) for k in named},
     paper_outputs=list(sm.output.paper),
     figure_outputs=list(sm.output.figures),
-    fit_files=list(sm.input.fits),
-    fit_keys=json.loads(sm.params.fit_keys),
+    cost_files=list(sm.input.costs),
     expert_costs=json.loads(sm.params.expert_costs),
 )
