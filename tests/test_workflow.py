@@ -197,6 +197,17 @@ def test_adding_a_test_protocol_or_external_cohort_plans_no_fit(workflow_run):
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
+def test_evaluation_in_parts_plans_one_job_per_part_and_no_fit(workflow_run):
+    workdir, cfg, _ = workflow_run
+    edited = copy.deepcopy(cfg)
+    edited["evaluation"] = {"runs_per_job": 2}
+    jobs = planned_jobs(workdir, edited)
+    assert "fit" not in jobs and "extract" not in jobs, jobs
+    # 3 runs per development dataset in parts of 2: runs 0-1 and run 2
+    assert evaluations(jobs) == {f"evaluate_{d}_{k}": 1 for d in ("demo_openi", "demo_mimic") for k in (0, 1)}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
 def test_replacing_an_input_file_in_place_reruns_its_extraction(workflow_run):
     workdir, cfg, _ = workflow_run
     image = sorted((workdir / "resources/demo/demo_openi/images").glob("*_frontal.png"))[0]

@@ -1,7 +1,8 @@
 """Table E6 (efficiency) from the measured cost records and the experts' declared costs.
 
 Per (development dataset, run) of Table 1: the fusion model's cost as the dataset's evaluate job
-measured it on the fitted model (``results/<dataset>/costs.json``; :mod:`medmix.evaluation.efficiency`)
+measured it on the fitted model (``results/costs/<dataset>[_<k>].json``;
+:mod:`medmix.evaluation.efficiency`)
 plus the deployed expert feature extractors' declared cost (the committee members the run reads; the RAG stage is cached and the
 teachers train only, so both are excluded; a ``large_ref_<modality>`` run deploys that teacher).
 
@@ -50,7 +51,7 @@ def deployed_experts(committee: Mapping[str, Mapping[str, Any]], method: str) ->
 
 
 def read_costs(files: Sequence[str]) -> dict[tuple[str, str], dict[str, Any] | None]:
-    """(dataset, run) -> its cost record, from the evaluate jobs' ``costs.json`` (``{"dataset", "costs"}``)."""
+    """(dataset, run) -> its cost record, from the evaluate jobs' cost files (``{"dataset", "costs"}``)."""
     out: dict[tuple[str, str], dict[str, Any] | None] = {}
     for f in files:
         doc = json.loads(Path(f).read_text())
@@ -167,7 +168,7 @@ def notes(frame: pd.DataFrame) -> list[str]:
             out.append(f"{dataset}: fusion costs measured on {where}.")
         missing = part[part.params_fusion.isna()].method.tolist()
         if missing:
-            out.append(f"{dataset}: no cost record in costs.json for {', '.join(missing)} (rerun the dataset's evaluate job to measure).")
+            out.append(f"{dataset}: no cost record from its evaluate job for {', '.join(missing)} (rerun the dataset's evaluate job to measure).")
         undeclared = sorted({n for u in part.undeclared for n in u.split(", ") if n})
         if undeclared:
             out.append(f"{dataset}: cost not declared (totals marked ≥ are lower bounds, EffScores marked ≈ use "

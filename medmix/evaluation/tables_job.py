@@ -36,8 +36,8 @@ def tables_job(*, prediction_files: Sequence[str], summaries: Sequence[str], tas
     patterns_csv, significance) and every ``results/tables/<table>.<md|tex|csv>`` of ``paper_outputs``.
 
     Table E6 (``tableE6.*`` among ``paper_outputs``): ``cost_files`` are the evaluate jobs'
-    ``results/<dataset>/costs.json`` (the tables' runs' measured costs); ``expert_costs``: dataset -> run -> the deployed experts'
-    declared costs (medmix.evaluation.efficiency_table)."""
+    ``results/costs/<dataset>[_<k>].json`` (the tables' runs' measured costs); ``expert_costs``:
+    dataset -> run -> the deployed experts' declared costs (medmix.evaluation.efficiency_table)."""
     t0 = time.perf_counter()
     runs = load_runs(list(prediction_files))
     res = collect_all(runs, tasks)

@@ -80,12 +80,13 @@ def paper_config(root: Path, shards: int, scale: float) -> dict:
     cfg["rag"].update({"knowledge_base": "medlineplus", "medlineplus_dir": str(REPO.parent / "shared/data/medlineplus")})
     # every registered method (not the template entry) and config.yaml's Table E7 variants
     cfg["methods"] = [m for m in known_methods() if "<" not in m] + list(cfg.get("variants") or {})
-    cfg["sweep"] = {"methods": ["gbdt", "medmix"]}  # every development dataset, every modality subset
+    cfg["sweep"] = {"methods": ["gbdt", "medmix"], "n_seeds": None}  # every dataset and subset, every seed
     grid = {"none": {"kind": "none"}}
     grid.update({f"random_drop_{int(p * 100)}": {"kind": "random_drop", "p": p} for p in (0.1, 0.3, 0.5, 0.7)})
     grid.update({f"drop_note_{int(p * 100)}": {"kind": "drop_one", "modality": "note", "p": p} for p in (0.3, 0.5, 0.7)})
     cfg["protocols"] = {"train": grid, "test": grid}
     cfg["extraction"] = {"shards": shards}
+    cfg["evaluation"] = {"runs_per_job": 20}  # paper-scale runs take seconds each to evaluate: parallel jobs
     cfg["datasets"] = {}
     for name, (n, modalities) in COHORTS.items():
         write_cohort(root, name, max(4, int(n * scale)), modalities)

@@ -400,9 +400,24 @@ def literal_param(value):
     return lambda wildcards: value
 
 
-def costs_path(dataset):
-    """Deployment cost records of the dataset's table runs (Table E6), written by its evaluate job."""
-    return f"results/{dataset}/costs.json"
+def evaluation_parts(dataset):
+    """The dataset's evaluation plan in parts of `evaluation.runs_per_job` runs (0: one part), one
+    evaluate job each: `evaluate_<dataset>`, or `evaluate_<dataset>_<k>` when there are several."""
+    plan = evaluation_plan(dataset)
+    size = int(config.get("evaluation", {}).get("runs_per_job", 0)) or max(1, len(plan))
+    parts = [plan[i : i + size] for i in range(0, len(plan), size)] or [[]]
+    names = [f"evaluate_{dataset}" if len(parts) == 1 else f"evaluate_{dataset}_{k}" for k in range(len(parts))]
+    return list(zip(names, parts))
+
+
+def costs_path(rule_name):
+    """Deployment cost records (Table E6) of the tables' runs an evaluate job measured."""
+    dataset_and_part = rule_name.removeprefix("evaluate_")
+    return f"results/costs/{dataset_and_part}.json"
+
+
+def costs_files():
+    return [costs_path(name) for d in DEV_DATASETS for name, _ in evaluation_parts(d)]
 
 
 #: Hooks returning extra targets of `all` (e.g. the CP-IMoE tables, see cpimoe.smk).

@@ -30,18 +30,18 @@ rule fit:
         "../scripts/fit.py"
 
 
-# Evaluation: one job per development dataset over every fitted run of it (medmix.pipeline.fit:
-# evaluating a run takes under a second, starting a job process ~2.5 s). Adding a test protocol or an
-# external cohort reruns this job, never a fit.
-for _dataset in DEV_DATASETS:
-    _plan = evaluation_plan(_dataset)
+# Evaluation: one job per development dataset over every fitted run of it, or per part of
+# `evaluation.runs_per_job` runs (medmix.pipeline.fit: evaluating a run on the demo takes under a
+# second, starting a job process ~2.5 s). Adding a test protocol or an external cohort reruns
+# evaluation, never a fit.
+for _dataset, (_name, _plan) in [(d, part) for d in DEV_DATASETS for part in evaluation_parts(d)]:
 
     rule:
-        """Predictions of every fitted run of one development dataset: the validation split (clean) and
+        """Predictions of the fitted runs of one development dataset: the validation split (clean) and
         the test split under every test-time protocol, and each external cohort; the deployment cost
         of the tables' runs (Table E6). Never trains."""
         name:
-            f"evaluate_{_dataset}"
+            _name
         input:
             models=[run["model_dir"] for run in _plan],
             cohorts=sorted({c["cohort_path"] for run in _plan for c in run["cohorts"]}),
@@ -49,14 +49,14 @@ for _dataset in DEV_DATASETS:
             code=evaluation_code(_dataset),
         output:
             predictions=[c["out"] for run in _plan for c in run["cohorts"]],
-            costs=costs_path(_dataset),
+            costs=costs_path(_name),
         params:
             dataset=_dataset,
             plan=literal_param(canonical_json(_plan)),
         log:
-            f"logs/evaluate/{_dataset}.log",
+            f"logs/evaluate/{_name}.log",
         benchmark:
-            f"results/benchmarks/evaluate/{_dataset}.tsv"
+            f"results/benchmarks/evaluate/{_name}.tsv"
         threads: 1
         resources:
             **rule_resources("evaluate", mem_mb=4000),

@@ -5,7 +5,7 @@ rule tables:
         predictions=prediction_files(),
         cohorts=[cohort_path(d) for d in DATASETS],
         summaries=[f"results/{d}/summary.md" for d in DATASETS],
-        costs=[costs_path(d) for d in DEV_DATASETS],
+        costs=costs_files(),
         code=code_inputs("medmix.evaluation.tables_job", "medmix.evaluation.figures"),
     output:
         main="results/tables/main.md",
