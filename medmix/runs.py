@@ -98,9 +98,10 @@ def select_committee(committee: dict[str, Any], spec: RunSpec, dataset: str) -> 
 
 
 def run_seeds(cfg: dict[str, Any], dataset: str, run: str, protocol: str) -> list[int]:
-    """The seeds a fit of ``run`` under train protocol ``protocol`` trains: ``missing_grid.seeds`` for
-    the missing grid's own runs (:mod:`medmix.missing_grid`), ``sweep.seeds`` for the sweep's subset
-    runs (:mod:`medmix.sweep`), ``seeds`` for every other run (the tables' rows)."""
+    """The seeds a fit of ``run`` under train protocol ``protocol`` trains: the first
+    ``missing_grid.n_seeds`` of ``seeds`` for the missing grid's own runs (:mod:`medmix.missing_grid`),
+    the first ``sweep.n_seeds`` for the sweep's subset runs (:mod:`medmix.sweep`), all of ``seeds``
+    for every other run (the tables' rows)."""
     from medmix import missing_grid
     from medmix.sweep import parse_sweep_name, sweep_seeds
 

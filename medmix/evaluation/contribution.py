@@ -207,8 +207,8 @@ def sweep_summary(sweep: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std over seeds per dataset × method × subset (numeric columns, for the CSV and figure)."""
     keys = ["dataset", "method", "subset", "n_modalities", "single", "run"]
     agg = sweep.groupby(keys, sort=False).agg(
-        **{f"{s}_mean": (s, "mean") for s in SCORES}, **{f"{s}_std": (s, lambda x: x.std(ddof=1) if len(x) > 1 else float("nan"))
-                                                         for s in SCORES},
+        **{f"{s}_mean": (s, "mean") for s in SCORES},
+        **{f"{s}_std": (s, lambda x: x.std(ddof=1) if len(x) > 1 else float("nan")) for s in SCORES},
         seeds=("seed", "nunique"), n=("n", "first")).reset_index()
     return agg.sort_values(["dataset", "method", "n_modalities", "subset"], kind="stable").reset_index(drop=True)
 

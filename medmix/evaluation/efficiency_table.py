@@ -2,9 +2,9 @@
 
 Per (development dataset, run) of Table 1: the fusion model's cost as the dataset's evaluate job
 measured it on the fitted model (``results/costs/<dataset>[_<k>].json``;
-:mod:`medmix.evaluation.efficiency`)
-plus the deployed expert feature extractors' declared cost (the committee members the run reads; the RAG stage is cached and the
-teachers train only, so both are excluded; a ``large_ref_<modality>`` run deploys that teacher).
+:mod:`medmix.evaluation.efficiency`) plus the deployed expert feature extractors' declared cost
+(the committee members the run reads; the RAG stage is cached and the teachers train only, so
+both are excluded; a ``large_ref_<modality>`` run deploys that teacher).
 
 * Params: fusion + each distinct deployed expert once.
 * FLOPs per sample: fusion + each (modality, expert) the run reads (``gbdt`` counts comparisons).
@@ -148,7 +148,8 @@ def notes(frame: pd.DataFrame) -> list[str]:
         "Perf = (AUROC + AUPRC + mF1 + Acc) / 4 (Table 1, clean test split, mean over seeds). EffScore = "
         "(Perf / Perf_MedMIX) / Cost, Cost = geometric mean of the total params, FLOPs and peak-memory ratios to "
         "MedMIX on the same dataset (EffScore of MedMIX = 1).",
-        "Fusion: one seed's fitted model as the evaluate job measured it (a batch of the validation split; params = elements "
+        "Fusion: one seed's fitted model as the evaluate job measured it (a batch of the validation split; "
+        "params = elements "
         "of one seed's state; FLOPs = torch FlopCounterMode, matrix products only; memory = one seed's state + the "
         "batch + the predict's peak: CUDA allocator peak, or on the CPU the peak of live tensor storage / numpy "
         "buffers). Total = fusion + the deployed expert feature extractors' declared cost (registry "
@@ -168,7 +169,8 @@ def notes(frame: pd.DataFrame) -> list[str]:
             out.append(f"{dataset}: fusion costs measured on {where}.")
         missing = part[part.params_fusion.isna()].method.tolist()
         if missing:
-            out.append(f"{dataset}: no cost record from its evaluate job for {', '.join(missing)} (rerun the dataset's evaluate job to measure).")
+            out.append(f"{dataset}: no cost record from its evaluate job for {', '.join(missing)} "
+                       "(rerun the dataset's evaluate job to measure).")
         undeclared = sorted({n for u in part.undeclared for n in u.split(", ") if n})
         if undeclared:
             out.append(f"{dataset}: cost not declared (totals marked ≥ are lower bounds, EffScores marked ≈ use "

@@ -342,7 +342,8 @@ class EnsembleTrainer:
     ) -> FusedAdamW:
         """One fused AdamW (:class:`~medmix.training.optim.FusedAdamW`) over every member; a parameter
         group per (lr, weight decay, lr multiplier, weight-decay multiplier), with ``points[i]`` the
-        (lr, weight decay) of ``members[i]`` (default: the config's); a group's rate is ``lr × lr_mult``, its decay ``wd × wd_mult``."""
+        (lr, weight decay) of ``members[i]`` (default: the config's); a group's rate is ``lr × lr_mult``,
+        its decay ``wd × wd_mult``."""
         points = points or [(self.config.lr, self.config.weight_decay)] * len(members)
         by_key: dict[tuple[float, float, float, float], list[nn.Parameter]] = {}
         for member, (lr, wd) in zip(members, points, strict=True):

@@ -334,13 +334,18 @@ def run_dir(dataset, method, protocol):
     return f"results/{dataset}/runs/{method}/{protocol}"
 
 
+def prediction_path(dataset, run, protocol, cohort):
+    """A run's predictions on one cohort (written by the dataset's evaluate job)."""
+    return f"{run_dir(dataset, run, protocol)}/predictions/{cohort}.parquet"
+
+
 def evaluation_cohorts(dataset):
     return [dataset, *dataset_config(dataset).get("external", [])]
 
 
 def prediction_files():
     return [
-        f"{run_dir(d, m, p)}/predictions/{c}.parquet"
+        prediction_path(d, m, p, c)
         for d in DEV_DATASETS
         for m in config["methods"]
         for p in train_protocols(d)
@@ -351,7 +356,7 @@ def prediction_files():
 def sweep_prediction_files():
     """Clean-run (train protocol `none`) test-cohort predictions of the sweep's runs and of the
     swept methods' own runs (medmix.sweep; empty while `sweep.methods` is empty)."""
-    return sorted({f"{run_dir(d, run, 'none')}/predictions/{d}.parquet"
+    return sorted({prediction_path(d, run, "none", d)
                    for d, methods in sweep_plan(config).items()
                    for spec in methods.values() for run in spec["runs"].values()})
 
@@ -384,15 +389,16 @@ def evaluation_plan(dataset):
             "cohorts": [{"cohort": c, "cohort_path": cohort_path(c), "committee": committee_spec(c, run),
                          "feature_keys": feature_keys(c, run), "features": dataset_features(c, run),
                          "identities": json.loads(identities_json(c, run)),
-                         "out": f"{folder}/predictions/{c}.parquet"} for c in cohorts],
+                         "out": prediction_path(dataset, run, protocol, c)} for c in cohorts],
         })
     return plan
 
 
 def evaluation_code(dataset):
     """Code inputs of an `evaluate_<dataset>` job: the closures of its runs' method modules and the job body."""
-    methods = sorted({get_method_class(run_spec(config, run).method).__module__ for run, _, _ in evaluation_runs(dataset)})
-    return code_inputs(*methods, "medmix.pipeline.fit")
+    runs = evaluation_runs(dataset)
+    return code_inputs(*sorted({get_method_class(run_spec(config, run).method).__module__ for run, _, _ in runs}),
+                       "medmix.pipeline.fit")
 
 
 def literal_param(value):

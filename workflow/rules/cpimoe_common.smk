@@ -21,7 +21,7 @@ def stage_code(wildcards):
 
 
 def grid_prediction_files():
-    return [f"{run_dir(d, m, p)}/predictions/{d}.parquet" for d, m, p in GRID_RUNS]
+    return [prediction_path(d, m, p, d) for d, m, p in GRID_RUNS]
 
 
 def grid_figures():
