@@ -117,7 +117,7 @@ def _check_method_params(method: str, params: dict[str, Any], cfg: dict[str, Any
     check = getattr(get_method_class(method), "check_params", None)  # a method's own value checks
     if check is not None:
         try:
-            check(params)
+            check({**get_method_class(method).param_defaults, **params})
         except ValueError as err:
             raise ConfigError(str(err)) from None
 
@@ -367,15 +367,18 @@ def development_datasets(cfg: dict[str, Any]) -> list[str]:
 
 
 def training_params(cfg: dict[str, Any], run: str) -> dict[str, Any]:
-    """Settings of run ``run``: the ``training`` section, then ``method_params`` of the method's family
-    (e.g. ``large_ref`` for ``large_ref_note``), then of the method itself, then a variant's ``params``."""
+    """Settings of run ``run``: the ``training`` section, then the method class's own
+    ``param_defaults`` (e.g. ``medmix_stacked``'s read-out), then ``method_params`` of the method's
+    family (e.g. ``large_ref`` for ``large_ref_note``), then of the method itself, then a variant's
+    ``params``."""
     from medmix.methods import get_method_class
 
     spec = run_spec(cfg, run)
-    family = getattr(get_method_class(spec.method), "family", None)
+    cls = get_method_class(spec.method)
+    family = getattr(cls, "family", None)
     own = cfg.get("method_params", {})
-    return {**cfg.get("training", {}), **(own.get(family, {}) if family else {}), **own.get(spec.method, {}),
-            **spec.params}
+    return {**cfg.get("training", {}), **cls.param_defaults, **(own.get(family, {}) if family else {}),
+            **own.get(spec.method, {}), **spec.params}
 
 
 # ----------------------------------------------------------------------------- scale-out

@@ -16,6 +16,9 @@ from typing import Any
 import torch
 
 MaskDict = dict[str, torch.Tensor]
+#: Seed offset of the protocol draw that pre-fits see (:func:`prefit_view`); test-time draws use
+#: another offset (``medmix.pipeline.fit.TEST_PROTOCOL_SEED``).
+PREFIT_SEED = 7_000_003
 _KINDS: dict[str, Callable[..., Callable[[MaskDict, torch.Generator], MaskDict]]] = {}
 
 
@@ -35,6 +38,12 @@ class Protocol:
     kind: str = "none"
     params: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_spec(cls, name: str, spec: dict[str, Any]) -> Protocol:
+        """``Protocol(name, spec["kind"], rest of spec)`` (a config entry ``{kind: ..., **params}``)."""
+        spec = dict(spec)
+        return cls(name, spec.pop("kind", "none"), spec)
+
     def apply(self, mask: MaskDict, generator: torch.Generator) -> MaskDict:
         try:
             fn = _KINDS[self.kind]
@@ -46,12 +55,62 @@ class Protocol:
     def is_identity(self) -> bool:
         return self.kind == "none"
 
+    def prefit_mask(self, mask: MaskDict) -> MaskDict:
+        """The one draw of this protocol that a method's pre-fits see (:func:`prefit_view`)."""
+        if self.is_identity:
+            return mask
+        return self.apply(mask, torch.Generator().manual_seed(self.seed(PREFIT_SEED)))
+
     def seed(self, offset: int = 0) -> int:
         """A generator seed from the protocol's name, kind and parameters (never its position in
         config): reordering or adding protocols changes no mask, and a protocol's masks are the same
         for every method."""
         text = json.dumps([self.name, self.kind, self.params], sort_keys=True, default=str)
         return offset + int.from_bytes(hashlib.sha256(text.encode()).digest()[:6], "big")
+
+
+class ProtocolView:
+    """Base of a protocol applied through a method's own view of the data (e.g. AdaCoMed's teacher
+    slots, ``large_ref``'s one modality): subclasses define :meth:`apply`; the pre-fit draw is
+    seeded by the wrapped protocol, as :meth:`Protocol.prefit_mask`."""
+
+    protocol: Protocol
+
+    @property
+    def name(self) -> str:
+        return self.protocol.name
+
+    @property
+    def is_identity(self) -> bool:
+        return self.protocol.is_identity
+
+    def apply(self, mask: MaskDict, generator: torch.Generator) -> MaskDict:
+        raise NotImplementedError
+
+    def prefit_mask(self, mask: MaskDict) -> MaskDict:
+        if self.is_identity:
+            return mask
+        return self.apply(mask, torch.Generator().manual_seed(self.protocol.seed(PREFIT_SEED)))
+
+
+def prefit_view(data, protocol: Protocol | ProtocolView):
+    """What a train-time ``protocol`` leaves of ``data`` (a :class:`~medmix.data.TensorData`) for
+    every model fitted *before or outside* the per-epoch training loop: the feature standardiser,
+    probes, fold probes, expert selection, pre-training stages.
+
+    No such model may read values the protocol removes (issue 27's leak). The trainer redraws the
+    protocol every epoch, so a network sees each row's values in some epochs when ``p < 1``; a
+    pre-fit sees one seeded draw of the same protocol (:meth:`Protocol.prefit_mask`), with the
+    removed experts' embeddings zeroed. The identity protocol returns ``data`` itself.
+    """
+    if protocol.is_identity:
+        return data
+    from dataclasses import replace
+
+    view = data.with_mask(protocol.prefit_mask(data.mask))
+    kept = {m: view.teacher_mask[m] & view.mask[m].any(1) for m in view.teacher_mask if m in view.mask}
+    teacher = {m: t * kept[m][:, None].to(t.dtype) if m in kept else t for m, t in view.teacher.items()}
+    return replace(view, teacher=teacher, teacher_mask={**view.teacher_mask, **kept})
 
 
 def _drop(mask: MaskDict, modalities: list[str], p: float, generator: torch.Generator) -> MaskDict:

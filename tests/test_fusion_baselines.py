@@ -83,7 +83,7 @@ def _logloss(y, p):
 
 def test_registry_discovers_every_method_module():
     names = known_methods()
-    for name in [*RULES, "mask_only", "linear_probe", "medmix", "medmix_nodistill", "medmix_paper", "large_ref_<variant>"]:
+    for name in [*RULES, "mask_only", "linear_probe", "medmix", "medmix_nodistill", "medmix_stacked", "large_ref_<variant>"]:
         assert name in names
     import pkgutil
 

@@ -97,7 +97,7 @@ def test_param_groups_get_the_stated_lr_and_weight_decay(planted):
 
 def test_without_the_option_groups_and_optimizer_are_unchanged(planted):
     train, _, _ = planted
-    cfg = model_config(train, {**FAST, "probe_readout": False})
+    cfg = model_config(train, {**FAST, "probe_readout": False, "linear_readout": True})
     assert cfg.linear_readout and not cfg.probe_readout
     (member,) = build_members(cfg, {}, [0], 0.3)
     assert member.model.probe is None and len(member.param_groups) == 2
@@ -131,10 +131,10 @@ def test_config_accepts_the_keys_and_checks_their_values():
                                       "probe_crossfit": 0, "lp_c_grid": [0.1, 1.0]}}
     validate_config(ok)
     defaults = validate_config(copy.deepcopy(cfg))["training"]
-    assert defaults["probe_readout"] is True and defaults["probe_crossfit"] == 5
-    assert defaults["modality_loss_weight"] == 0.0
+    assert defaults["probe_readout"] is False and defaults["linear_readout"] is False  # the paper's MedMIX
+    assert defaults["modality_loss_weight"] == 0.0 and defaults["fusion_warmup_epochs"] == 0
     stale = copy.deepcopy(cfg)
-    stale["method_params"] = {"medmix": {"probe_init": False}}  # the default cross-fitting needs the probe's init
+    stale["method_params"] = {"medmix_stacked": {"probe_init": False}}  # its cross-fitting needs the probe's init
     with pytest.raises(ConfigError, match="probe_init"):
         validate_config(stale)
     bad = copy.deepcopy(cfg)
@@ -143,10 +143,10 @@ def test_config_accepts_the_keys_and_checks_their_values():
         validate_config(bad)
 
 
-def test_paper_form_keeps_it_off():
+def test_the_paper_model_has_it_off_and_the_stacked_variant_on():
     assert PAPER_FORM["probe_readout"] is False
-    method = create_method("medmix_paper", {**FAST, "probe_readout": True})
-    assert not method.probe_settings.enabled
+    assert not create_method("medmix", dict(FAST)).probe_settings.enabled
+    assert create_method("medmix_stacked", dict(FAST)).probe_settings.enabled
 
 
 def test_reference_probe_matches_linear_probe_and_l2_is_its_penalty(planted):
@@ -298,3 +298,40 @@ def test_crossfit_training_loss_reads_the_out_of_fold_probes(planted):
                                                                                       epoch=0)
     # the full (now non-zero) probe is swapped out for the all-zero out-of-fold ones: the loss of the bare network
     torch.testing.assert_close(stacked, plain)
+
+
+def test_per_modality_terms_sum_to_the_readout_without_its_bias():
+    cfg = MedMIXConfig(dims={"a": [12, 8], "b": [6]}, n_out=3, task="multilabel", hidden_dim=16, dropout=0.0,
+                       probe_readout=True)
+    model = MedMIXNet(cfg).eval()
+    model.probe.load_probe(torch.randn(3, 12 + 8 + 6 + 3), torch.randn(3))
+    x, mask = _inputs()
+    parts = model.probe.per_modality(x, mask)
+    assert parts.shape == (6, 2, 3)
+    torch.testing.assert_close(parts.sum(1) + model.probe.flags.bias, model.probe(x, mask), rtol=1e-5, atol=1e-5)
+    only_a = {"a": mask["a"], "b": torch.zeros_like(mask["b"])}
+    assert torch.equal(model.probe.per_modality(x, only_a)[:, 1], torch.zeros(6, 3))  # absent b: no term
+
+
+def test_readout_grid_is_end_to_end_and_chosen_per_seed_on_validation(planted, monkeypatch):
+    import medmix.methods.medmix as medmix_module
+
+    train, val, test = planted
+    called = []
+    monkeypatch.setattr(medmix_module, "fit_reference_probe", lambda *a, **k: called.append(1))
+    method = create_method("medmix_readout", {**FAST, "probe_c_grid": [0.01, 1.0]})
+    assert type(method).beyond_paper and method.probe_settings.c_grid == (0.01, 1.0)
+    method.fit(train, val, [0, 1], Protocol("none"))
+    assert not called  # no externally fitted probe: the read-out is the network's own
+    curves = method.curves()
+    assert set(curves.grid_probe_c) == {0.01, 1.0}
+    for entry in method.selection:
+        part = curves[curves.seed == entry["seed"]]
+        best = part.groupby("grid_probe_c").val_loss.min()
+        assert entry["probe_C"] == best.idxmin()  # the lower validation loss of the two points
+        assert part[part.selected].grid_probe_c.unique().tolist() == [entry["probe_C"]]
+    alone = create_method("medmix_readout", {**FAST, "probe_c_grid": [0.01, 1.0]})
+    alone.fit(train, val, [1], Protocol("none"))
+    np.testing.assert_array_equal(method.predict(test).prob[1], alone.predict(test).prob[0])
+    with pytest.raises(ValueError, match="probe_c_grid"):
+        create_method("medmix_readout", {**FAST, "probe_init": True})

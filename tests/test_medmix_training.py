@@ -284,14 +284,22 @@ def test_metric_early_stopping_restores_the_best_metric_epoch(planted, criterion
 
 
 def test_fusion_warmup_schedule_and_paper_form():
-    from medmix.methods.medmix import PAPER_FORM, fusion_mix
+    from medmix.methods.medmix import PAPER_FORM, fusion_mix, model_config
 
     assert [fusion_mix(e, 4) for e in (0, 3, 4, 6, 8, 50)] == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
     assert all(fusion_mix(e, 0) == 1.0 for e in range(5))
-    paper = create_method("medmix_paper", {"lr": 1e-3})
+    paper = create_method("medmix", {"lr": 1e-3})  # `medmix` is the paper's model
     assert paper.train_config.fusion_warmup_epochs == 0 and paper.train_config.modality_loss_weight == 0.0
-    assert paper.params["linear_readout"] is False and PAPER_FORM["linear_readout"] is False
-    assert create_method("medmix", {}).params.get("linear_readout", True) is True
+    assert not paper.probe_settings.enabled and not type(paper).beyond_paper
+    config = model_config(synthetic_data(n=40), paper.params)
+    assert not config.linear_readout and not config.probe_readout
+    assert PAPER_FORM == {"linear_readout": False, "fusion_warmup_epochs": 0, "modality_loss_weight": 0.0,
+                          "probe_readout": False}
+    stacked = create_method("medmix_stacked", {"lr": 1e-3})  # beyond the paper, under its own name
+    assert type(stacked).beyond_paper and stacked.probe_settings.enabled and stacked.probe_settings.crossfit == 5
+    assert stacked.train_config.fusion_warmup_epochs == 10
+    tuned = create_method("medmix_stacked", {"lr": 1e-3, "probe_crossfit": 3})  # its own keys still tune it
+    assert tuned.probe_settings.crossfit == 3
 
 
 def test_warmup_checkpoint_predicts_as_validated(planted):

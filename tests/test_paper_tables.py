@@ -135,3 +135,26 @@ def test_paired_test_and_significance_from_predictions():
                                                  ("no_rag", "medmix", True), ("meanavg", "meanavg", False)])
 def test_ablation_rows(run, method, expected):
     assert pt.is_ablation(run, method) is expected
+
+
+def test_improvements_beyond_the_paper_are_their_own_marked_rows():
+    runs = {**RUNS, "medmix_stacked": "medmix_stacked"}
+    assert pt.improvement_runs(runs) == {"medmix_stacked"}  # declared by the method class (beyond_paper)
+    m = _metrics()
+    m = pd.concat([m, m[m.method == "medmix"].assign(method="medmix_stacked", auroc=lambda f: f.auroc + 0.05)])
+    tables = pt.build_tables(m, _labels(m), PROTOCOLS, runs, {"dev": "multitask"})
+    assert list(pt.summarise(tables["table1"]).method) == ["meanavg", "medmix", "medmix_stacked"]
+    assert "medmix_stacked" not in set(tables["tableE7"].frame.method)  # an improvement, not an ablation
+    md = pt.to_markdown(tables["table1"], [0, 1, 2])
+    assert f"| medmix_stacked {pt.BEYOND_MARK} |" in md and "| medmix |" in md and pt.BEYOND_NOTE in md
+    assert "$^\\dagger$" in pt.to_latex(tables["table1"], [0, 1, 2])
+    assert pt.BEYOND_NOTE not in pt.to_markdown(tables["tableE7"], [0, 1, 2])
+    sig = table_significance(tables["table1"].frame, ["dataset"], {}, {}, {"dev": "multitask"}, n_boot=10,
+                             improvements=frozenset({"medmix_stacked"}))
+    auroc = sig[sig.metric == "auroc"]
+    # the paper's MedMIX vs the best *other* method (never its own improvement); the improvement vs both
+    assert set(zip(auroc.method, auroc.other, strict=True)) == {
+        ("medmix", "meanavg"), ("medmix_stacked", "meanavg"), ("medmix_stacked", "medmix")}
+    vs_paper = auroc[(auroc.method == "medmix_stacked") & (auroc.other == "medmix")].iloc[0]
+    assert vs_paper["diff"] == pytest.approx(0.05)
+    assert "medmix_stacked vs medmix" in pt.to_markdown(tables["table1"], [0, 1, 2], sig)

@@ -23,7 +23,9 @@ in ``v``, so the mean equals the Shapley value of the mean scores). For a method
 carry per-sample fusion weights (``fusion:<modality>``, MedMIX), the contribution table also
 reports the mean weight of each modality over the clean test samples of its full run (an absent
 modality has weight 0, so a sample's weights sum to 1), next to the Shapley share
-``φ_m / Σ φ`` of the same method.
+``φ_m / Σ φ`` of the same method; for a model with a linear-probe read-out (``probe:<modality>``,
+``medmix_stacked``) also each modality's share of the read-out's logit variance
+(:func:`probe_shares`), the other path from the modality to the logit.
 """
 
 from __future__ import annotations
@@ -112,6 +114,20 @@ def fusion_weights(predictions: pd.DataFrame, modalities: Sequence[str]) -> pd.D
     return out
 
 
+def probe_shares(predictions: pd.DataFrame, modalities: Sequence[str]) -> pd.DataFrame | None:
+    """Per seed, each modality's share of the probe read-out's logit variance over the clean test
+    samples: ``Var(P_m) / Σ_m' Var(P_m')`` with ``P_m`` the read-out's terms of modality ``m`` (its
+    experts and presence flags; ``probe:<m>``, ``medmix_stacked``). None without a read-out."""
+    cols = [f"probe:{m}" for m in modalities]
+    if not set(cols) <= set(predictions.columns):
+        return None
+    var = _clean_test(predictions).groupby("seed")[cols].var(ddof=0)
+    total = var.sum(axis=1).replace(0.0, np.nan)
+    out = var.div(total, axis=0)
+    out.columns = list(modalities)
+    return out
+
+
 def read_runs(prediction_files: Sequence[str | Path]) -> dict[tuple[str, str], pd.DataFrame]:
     """``(dataset, run name) -> predictions``, identified by the files' own columns."""
     runs: dict[tuple[str, str], list[pd.DataFrame]] = {}
@@ -160,7 +176,9 @@ def contribution_frames(prediction_files: Sequence[str | Path], plan: Mapping[st
                                        "n_modalities": len(subset), "single": len(subset) == 1, "run": run, **r})
             seeds = sorted(set.intersection(*(set(s.seed) for s in per_subset.values())))
             full = frozenset(mods)
-            weights = fusion_weights(runs[(dataset, spec["runs"][subset_label(full)])], mods) if full in per_subset else None
+            full_run = runs[(dataset, spec["runs"][subset_label(full)])] if full in per_subset else None
+            weights = fusion_weights(full_run, mods) if full_run is not None else None
+            probe = probe_shares(full_run, mods) if full_run is not None else None
             phis: dict[str, dict[str, list[float]]] = {s: {m: [] for m in mods} for s in SCORES}
             estimator, reason, ends = "", "", {s: ([], []) for s in SCORES}
             for sd in seeds:
@@ -189,7 +207,8 @@ def contribution_frames(prediction_files: Sequence[str | Path], plan: Mapping[st
                     row.update({f"shapley_{score}": mean, f"shapley_{score}_std": std, f"share_{score}": share,
                                 f"full_{score}": _mean_std(ends[score][0])[0], f"empty_{score}": _mean_std(ends[score][1])[0]})
                 wm, ws = _mean_std(weights[m]) if weights is not None else (float("nan"), float("nan"))
-                row.update({"fusion_weight": wm, "fusion_weight_std": ws,
+                pm, ps = _mean_std(probe[m]) if probe is not None else (float("nan"), float("nan"))
+                row.update({"fusion_weight": wm, "fusion_weight_std": ws, "probe_share": pm, "probe_share_std": ps,
                             "estimator": estimator if not reason else f"not computed: {reason}"})
                 contrib_rows.append(row)
     return pd.DataFrame(sweep_rows), pd.DataFrame(contrib_rows)
@@ -242,8 +261,11 @@ def contribution_markdown(contrib: pd.DataFrame, seeds: Sequence[int]) -> str:
              f"sweep's scores (per seed, then mean ± std over seeds {list(seeds)}); they sum to v(full) − v(∅). "
              "v(∅) is the score of the constant (prevalence) predictor on the same rows: AUROC 0.5, AUPRC the "
              "test prevalence. Share = φ / Σφ. Fusion weight: the method's own mean per-sample fusion weight of "
-             "the modality over the clean test samples of its full run (absent = 0; MedMIX), shown next to the "
-             "Shapley share it can be compared with.", ""]
+             "the modality over the clean test samples of its full run (absent = 0; MedMIX). In the paper's MedMIX "
+             "the fused logit is Σ_m w_m ℓ_m, so the fusion weight is the modality's only path to the logit. A "
+             "model with a linear-probe read-out (medmix_stacked) adds the probe's terms of every modality to the "
+             "fused logit: 'probe share' is each modality's share of the read-out's logit variance over the same "
+             "samples, the other path from that modality to the logit; '—' where the model has no read-out.", ""]
     for (dataset, method), part in contrib.groupby(["dataset", "method"], sort=False):
         first = part.iloc[0]
         table = pd.DataFrame({
@@ -253,7 +275,9 @@ def contribution_markdown(contrib: pd.DataFrame, seeds: Sequence[int]) -> str:
             "Shapley AUPRC": [_fmt(m, s) for m, s in zip(part.shapley_auprc, part.shapley_auprc_std, strict=True)],
             "share AUPRC": [f"{v:.1%}" if np.isfinite(v) else "n/a" for v in part.share_auprc],
             "fusion weight": [_fmt(m, s, 3) if np.isfinite(m) else "—"
-                              for m, s in zip(part.fusion_weight, part.fusion_weight_std, strict=True)]})
+                              for m, s in zip(part.fusion_weight, part.fusion_weight_std, strict=True)],
+            "probe share": [_fmt(m, s, 3) if np.isfinite(m) else "—"
+                            for m, s in zip(part.probe_share, part.probe_share_std, strict=True)]})
         lines += [f"## {dataset} — {method}", "",
                   f"v(full) AUROC {first.full_auroc:.4f}, v(∅) {first.empty_auroc:.4f}; v(full) AUPRC "
                   f"{first.full_auprc:.4f}, v(∅) {first.empty_auprc:.4f}; {first.estimator}; {first.n_seeds} seeds.", "",
@@ -310,7 +334,8 @@ def sweep_figure(summary: pd.DataFrame, path: str | Path) -> None:
 
 def contribution_figure(contrib: pd.DataFrame, path: str | Path) -> None:
     """Per dataset: each modality's Shapley share of the AUROC gain per method, and MedMIX's mean
-    fusion weight beside it (grey, hatched)."""
+    fusion weight beside it (grey, hatched ``xx``); for a model with a probe read-out also each
+    modality's share of the read-out's logit variance (light grey, hatched ``//``)."""
     from medmix.store.atomic import atomic_path
 
     plt = _pyplot()
@@ -324,6 +349,9 @@ def contribution_figure(contrib: pd.DataFrame, path: str | Path) -> None:
                 for i, m in enumerate(methods)]
         bars += [(f"fusion weight: {m}", part[part.method == m].set_index("modality").fusion_weight.reindex(mods), "xx", "0.7")
                  for m in methods if part[part.method == m].fusion_weight.notna().any()]
+        if "probe_share" in part:
+            bars += [(f"probe share: {m}", part[part.method == m].set_index("modality").probe_share.reindex(mods), "//",
+                      "0.9") for m in methods if part[part.method == m].probe_share.notna().any()]
         width = 0.8 / len(bars)
         for i, (label, values, hatch, color) in enumerate(bars):
             ax.bar(np.arange(len(mods)) + i * width, values.to_numpy(float), width=width, label=label, hatch=hatch,
@@ -331,7 +359,7 @@ def contribution_figure(contrib: pd.DataFrame, path: str | Path) -> None:
         ax.set_xticks(np.arange(len(mods)) + 0.4 - width / 2)
         ax.set_xticklabels(mods)
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_ylabel("share of v(full) − v(∅) (AUROC) / mean weight")
+        ax.set_ylabel("share of v(full) − v(∅) (AUROC) / mean weight / probe share")
         ax.set_title(f"{dataset}: modality contribution")
         ax.legend(fontsize="x-small")
     fig.tight_layout()

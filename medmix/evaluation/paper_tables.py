@@ -1,9 +1,11 @@
 """The paper's tables (1, 2, E2, E3, E4, E5, E7, E8) from per-seed metrics, as Markdown, LaTeX and CSV.
 
 Which rows a table holds follows from the configured protocols (``protocols.train`` /
-``protocols.test``: kind ``none``, ``drop_one`` or ``random_drop``) and runs (config ``methods``;
-a run whose registered method is ``medmix`` or ``medmix_*``, other than ``medmix`` itself, is an
-ablation of Table E7 and is left out of the comparison tables). A table with no rows is written
+``protocols.test``: kind ``none``, ``drop_one`` or ``random_drop``) and runs (config ``methods``).
+``medmix`` is the paper's model. A run whose method is registered as an improvement beyond the
+paper (``FusionMethod.beyond_paper``, e.g. ``medmix_stacked``) is its own row of every table,
+marked :data:`BEYOND_MARK`; any other run of ``medmix`` / ``medmix_*`` is an ablation of Table E7
+and is left out of the comparison tables. A table with no rows is written
 with a one-line note naming the setting that produces it. Within each block of rows that compare
 methods under the same condition, the best mean per metric is bold.
 """
@@ -21,7 +23,11 @@ from medmix.evaluation.metrics import METRICS, MF1_DEFINITION
 
 PAPER_TABLES = ("table1", "table2", "tableE2", "tableE3", "tableE4", "tableE5", "tableE7", "tableE8")
 HEADERS = {"auroc": "AUROC", "auprc": "AUPRC", "mf1": "mF1", "acc": "Acc"}
-REFERENCE = "medmix"  # the run significance tests compare against the best other method
+REFERENCE = "medmix"  # the paper's model: significance tests compare it against the best other method
+#: Marks an improvement beyond the paper in the tables (its own named row, never the paper's name).
+BEYOND_MARK = "†"
+BEYOND_NOTE = (f"{BEYOND_MARK} Beyond the paper: an improvement registered under its own name, not the paper's "
+               "MedMIX (README, methods).")
 
 TITLES = {
     "table1": "Table 1: in-domain results (natural missingness, clean test split)",
@@ -46,9 +52,19 @@ HOW = {
 }
 
 
-def is_ablation(run: str, method: str) -> bool:
-    """A MedMIX ablation row (Table E7): a run of ``medmix``/``medmix_*`` other than ``medmix`` itself."""
-    return run != REFERENCE and (method == REFERENCE or method.startswith(REFERENCE + "_") or run.startswith(REFERENCE + "_"))
+def improvement_runs(run_methods: dict[str, str]) -> frozenset[str]:
+    """The runs whose registered method is an improvement beyond the paper (``beyond_paper``)."""
+    from medmix.methods import get_method_class
+
+    return frozenset(r for r, m in run_methods.items() if getattr(get_method_class(m), "beyond_paper", False))
+
+
+def is_ablation(run: str, method: str, improvements: frozenset[str] = frozenset()) -> bool:
+    """A MedMIX ablation row (Table E7): a run of ``medmix``/``medmix_*`` other than ``medmix`` itself
+    and other than an improvement beyond the paper."""
+    if run == REFERENCE or run in improvements:
+        return False
+    return method == REFERENCE or method.startswith(REFERENCE + "_") or run.startswith(REFERENCE + "_")
 
 
 @dataclass
@@ -59,6 +75,8 @@ class PaperTable:
     frame: pd.DataFrame
     block: list[str]
     notes: list[str] = field(default_factory=list)
+    #: Runs shown with :data:`BEYOND_MARK` (improvements beyond the paper).
+    marked: frozenset[str] = frozenset()
 
     @property
     def title(self) -> str:
@@ -74,15 +92,19 @@ def _protocol_conditions(specs: dict[str, dict[str, Any]], kind: str) -> pd.Data
 
 def build_tables(metrics: pd.DataFrame, label_metrics: pd.DataFrame, protocols: dict[str, dict[str, Any]],
                  run_methods: dict[str, str], tasks: dict[str, str],
-                 dataset_order: Sequence[str] | None = None) -> dict[str, PaperTable]:
+                 dataset_order: Sequence[str] | None = None,
+                 improvements: frozenset[str] | None = None) -> dict[str, PaperTable]:
     """Every paper table from per-seed ``metrics`` (macro) and ``label_metrics`` (per label).
 
     Rows: datasets in ``dataset_order`` (default: ``tasks``' order), runs in ``run_methods``' order
-    with MedMIX last (the paper's layout).
+    with the paper's MedMIX after the other methods (the paper's layout) and the improvements beyond
+    the paper (``improvements``, default :func:`improvement_runs`) last, marked.
     """
-    runs = [r for r in run_methods if r != REFERENCE] + [r for r in run_methods if r == REFERENCE]
+    improvements = improvement_runs(run_methods) if improvements is None else frozenset(improvements)
+    runs = ([r for r in run_methods if r != REFERENCE and r not in improvements] + [r for r in run_methods if r == REFERENCE]
+            + [r for r in run_methods if r in improvements])
     order = {r: i for i, r in enumerate(runs)}
-    ablation = {r for r, m in run_methods.items() if is_ablation(r, m)}
+    ablation = {r for r, m in run_methods.items() if is_ablation(r, m, improvements)}
     test = metrics[metrics.eval_set == "test"]
     clean = test[(test.train_protocol == "none") & (test.test_protocol == "none")]
     main_rows = lambda f: f[~f.method.isin(ablation)]  # noqa: E731
@@ -109,6 +131,7 @@ def build_tables(metrics: pd.DataFrame, label_metrics: pd.DataFrame, protocols: 
     out["tableE8"] = PaperTable("tableE8", lm, ["dataset", "label"])
     datasets = {d: i for i, d in enumerate(dataset_order or tasks)}
     for t in out.values():
+        t.marked = improvements
         if len(t.frame):
             f = t.frame.assign(_d=t.frame.dataset.map(lambda d: datasets.get(d, len(datasets))),
                                _o=t.frame.method.map(lambda r: order.get(r, len(order))))
@@ -152,11 +175,13 @@ def _cell(mean: float, std: float, bold: bool, latex: bool) -> str:
     return f"**{text}**" if bold else text
 
 
-def _display(summary: pd.DataFrame, block: Sequence[str], latex: bool) -> pd.DataFrame:
+def _display(summary: pd.DataFrame, block: Sequence[str], latex: bool, marked: frozenset[str] = frozenset()) -> pd.DataFrame:
     bold = best_mask(summary, block)
     rows = []
     for i, r in summary.iterrows():
         row = {k: (f"{r[k]:g}" if k == "rate" else str(r[k])) for k in [*block, "method"]}
+        if r["method"] in marked:
+            row["method"] += f" {BEYOND_MARK}"
         row.update({HEADERS[m]: _cell(r[f"{m}_mean"], r[f"{m}_std"], bool(bold.at[i, m]), latex) for m in METRICS})
         row["seeds"] = str(int(r["seeds"]))
         rows.append(row)
@@ -164,8 +189,11 @@ def _display(summary: pd.DataFrame, block: Sequence[str], latex: bool) -> pd.Dat
 
 
 def footnote(table: PaperTable, seeds: Sequence[int]) -> str:
-    return (f"Mean ± std over seeds {list(seeds)} (std with ddof 1). {MF1_DEFINITION} Bold: best mean per column "
+    text = (f"Mean ± std over seeds {list(seeds)} (std with ddof 1). {MF1_DEFINITION} Bold: best mean per column "
             f"within each block ({', '.join(table.block)}).")
+    if table.marked & set(table.frame.get("method", [])):
+        text += " " + BEYOND_NOTE
+    return text
 
 
 def to_markdown(table: PaperTable, seeds: Sequence[int], significance: pd.DataFrame | None = None) -> str:
@@ -173,14 +201,15 @@ def to_markdown(table: PaperTable, seeds: Sequence[int], significance: pd.DataFr
     summary = summarise(table)
     if summary.empty:
         return "\n".join([*lines, f"Not configured: {HOW[table.name]}.", ""])
-    shown = _display(summary, table.block, latex=False)
+    shown = _display(summary, table.block, latex=False, marked=table.marked)
     cols = list(shown.columns)
     lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in shown.astype(str).to_numpy().tolist()]
     lines += ["", footnote(table, seeds)]
     if significance is not None and len(significance):
-        lines += ["", "Significance (MedMIX vs the best other method per metric; paired t-test across seeds, "
-                  "95 % bootstrap CI of the difference over test samples):", ""]
+        lines += ["", "Significance (the paper's MedMIX vs the best other method per metric, and each improvement "
+                  "beyond the paper vs that method and vs MedMIX; paired t-test across seeds, 95 % bootstrap CI of "
+                  "the difference over test samples):", ""]
         lines += [f"- {s}" for s in significance_lines(significance, table.block)]
     lines += [f"- note: {n}" for n in table.notes]
     return "\n".join([*lines, ""])
@@ -190,17 +219,18 @@ def significance_lines(sig: pd.DataFrame, block: Sequence[str]) -> list[str]:
     out = []
     for _, r in sig.iterrows():
         where = ", ".join(f"{b} {r[b]:g}" if b == "rate" else f"{b} {r[b]}" for b in block)
-        out.append(f"{where}: {HEADERS[r['metric']]} vs {r['other']}: Δ {r['diff']:+.4f}, p = {r['p_paired']:.3g}, "
+        out.append(f"{where}: {HEADERS[r['metric']]}, {r['method']} vs {r['other']}: Δ {r['diff']:+.4f}, "
+                   f"p = {r['p_paired']:.3g}, "
                    f"CI [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]")
     return out
 
 
 def to_latex(table: PaperTable, seeds: Sequence[int]) -> str:
     summary = summarise(table)
-    esc = lambda s: str(s).replace("_", "\\_").replace("%", "\\%")  # noqa: E731
+    esc = lambda s: str(s).replace("_", "\\_").replace("%", "\\%").replace("†", "$^\\dagger$")  # noqa: E731
     if summary.empty:
         return f"% {esc(table.title)}\n% Not configured: {esc(HOW[table.name])}.\n"
-    shown = _display(summary, table.block, latex=True)
+    shown = _display(summary, table.block, latex=True, marked=table.marked)
     cols = list(shown.columns)
     lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{esc(table.title)}. {esc(footnote(table, seeds))}}}",
              "\\begin{tabular}{" + "l" * (len(cols) - 5) + "ccccr}", "\\toprule",
@@ -220,6 +250,9 @@ def to_csv_frame(table: PaperTable, significance: pd.DataFrame | None = None) ->
     for m in METRICS:
         summary[f"{m}_best"] = bold[m]
     if significance is not None and len(significance):
+        # One comparison per run and metric: the best other method (an improvement's row vs MedMIX is in
+        # significance.csv).
+        significance = significance[significance.other != REFERENCE]
         wide = significance.pivot_table(index=[*table.block, "method"], columns="metric", aggfunc="first",
                                         values=["other", "diff", "p_paired", "ci_low", "ci_high"])
         wide.columns = [f"{metric}_{what}" for what, metric in wide.columns]

@@ -94,10 +94,14 @@ def bootstrap_diff(runs_a: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
 
 
 def table_significance(frame, block: list[str], runs: dict, thresholds: dict, tasks: dict[str, str],
-                       reference: str = "medmix", n_boot: int = N_BOOT):
-    """Per block and metric of a paper table's per-seed ``frame``: MedMIX (``reference``) vs the other
-    method with the best mean: ``other``, ``diff`` (mean difference), ``p_paired``, ``ci_low``, ``ci_high``.
+                       reference: str = "medmix", n_boot: int = N_BOOT, improvements: frozenset[str] = frozenset()):
+    """Per block and metric of a paper table's per-seed ``frame``: the paper's MedMIX (``reference``)
+    vs the other method with the best mean, then each named improvement (``improvements``, e.g.
+    ``medmix_stacked``) vs that same best other method and vs the paper's MedMIX. Columns: the
+    block, ``method`` (the compared run), ``metric``, ``other``, ``diff`` (mean difference),
+    ``p_paired``, ``ci_low``, ``ci_high``.
 
+    "Other methods" are the comparison's runs: neither the reference nor an improvement.
     ``runs``: (dataset, method, train_protocol) -> prediction frame; ``thresholds``: (dataset, method,
     train_protocol, seed) -> per-label thresholds. A ``label`` column in ``frame`` (Table E8) restricts
     the bootstrap to that label. Blocks without the reference or another method are skipped; multi-class
@@ -106,30 +110,38 @@ def table_significance(frame, block: list[str], runs: dict, thresholds: dict, ta
     import pandas as pd
 
     rows = []
+    columns = [*block, "method", "metric", "other", "diff", "p_paired", "ci_low", "ci_high"]
     if frame.empty or reference not in set(frame.method):
-        return pd.DataFrame(columns=[*block, "method", "metric", "other", "diff", "p_paired", "ci_low", "ci_high"])
+        return pd.DataFrame(columns=columns)
     for key, part in frame.groupby(block, sort=False):
         key = key if isinstance(key, tuple) else (key,)
+        where = dict(zip(block, key, strict=True))
         ref = part[part.method == reference]
-        others = part[part.method != reference]
+        others = part[(part.method != reference) & ~part.method.isin(improvements)]
         if ref.empty or others.empty:
             continue
         means = others.groupby("method", sort=False)[list(METRICS)].mean()
-        boot_cache: dict[str, dict] = {}
+        boot_cache: dict[tuple[str, str], dict] = {}
+        multiclass = tasks.get(ref.dataset.iloc[0]) == "multiclass"
+
+        def compare(a_name: str, a, b_name: str, b, m: str) -> dict:
+            paired = a[["seed", m]].merge(b[["seed", m]], on="seed", suffixes=("_a", "_b"))
+            if (a_name, b_name) not in boot_cache:
+                boot_cache[a_name, b_name] = {} if multiclass else _boot_pair(a, b, runs, thresholds, n_boot)
+            lo, hi = boot_cache[a_name, b_name].get(m, (np.nan, np.nan))
+            return {**where, "method": a_name, "metric": m, "other": b_name, "diff": float(a[m].mean() - b[m].mean()),
+                    "p_paired": paired_p(paired[f"{m}_a"], paired[f"{m}_b"]), "ci_low": lo, "ci_high": hi}
+
         for m in METRICS:
             if means[m].isna().all():
                 continue
-            other = str(means[m].idxmax())
-            o = others[others.method == other]
-            paired = ref[["seed", m]].merge(o[["seed", m]], on="seed", suffixes=("_a", "_b"))
-            if other not in boot_cache:
-                boot_cache[other] = {} if tasks.get(ref.dataset.iloc[0]) == "multiclass" else \
-                    _boot_pair(ref, o, runs, thresholds, n_boot)
-            lo, hi = boot_cache[other].get(m, (np.nan, np.nan))
-            rows.append({**dict(zip(block, key, strict=True)), "method": reference, "metric": m, "other": other,
-                         "diff": float(ref[m].mean() - o[m].mean()),
-                         "p_paired": paired_p(paired[f"{m}_a"], paired[f"{m}_b"]), "ci_low": lo, "ci_high": hi})
-    return pd.DataFrame(rows)
+            best = str(means[m].idxmax())
+            rows.append(compare(reference, ref, best, others[others.method == best], m))
+            for run in [r for r in dict.fromkeys(part.method) if r in improvements]:
+                imp = part[part.method == run]
+                rows.append(compare(run, imp, best, others[others.method == best], m))
+                rows.append(compare(run, imp, reference, ref, m))
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _boot_pair(ref, other, runs: dict, thresholds: dict, n_boot: int) -> dict[str, tuple[float, float]]:

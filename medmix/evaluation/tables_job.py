@@ -48,12 +48,13 @@ def tables_job(*, prediction_files: Sequence[str], summaries: Sequence[str], tas
     parts = [re.sub(r"^(#+) ", r"#\1 ", Path(p).read_text(), flags=re.M) for p in summaries]
     write_text_atomic(out["datasets"], "# Datasets\n\n" + "\n\n".join(p.strip() for p in parts) + "\n")
 
-    tables = pt.build_tables(res.metrics, res.labels, protocols, run_methods, tasks, dataset_order)
+    improvements = pt.improvement_runs(run_methods)
+    tables = pt.build_tables(res.metrics, res.labels, protocols, run_methods, tasks, dataset_order, improvements)
     sig_all = []
     by_path = {Path(p).name: p for p in paper_outputs}
     for name, table in tables.items():
         table.notes += [n for n in res.notes if n.split(" ", 1)[0] in set(table.frame.get("dataset", []))]
-        sig = table_significance(table.frame, table.block, runs, res.thresholds, tasks)
+        sig = table_significance(table.frame, table.block, runs, res.thresholds, tasks, improvements=improvements)
         write_text_atomic(by_path[f"{name}.md"], pt.to_markdown(table, seeds, sig))
         write_text_atomic(by_path[f"{name}.tex"], pt.to_latex(table, seeds))
         _csv(pt.to_csv_frame(table, sig), by_path[f"{name}.csv"])

@@ -17,6 +17,19 @@ large–small model collaboration, on the cached expert (and teacher) embeddings
   ``w_S = exp(−a²/2σ²)``, ``w_L = 1 − w_S`` (``σ = 1``) on the contrastive similarity ``a``;
   ``weighting: learnable`` — the reference code's other scheme, two learned logits through a
   softmax (not a similarity weighting).
+- *Training schedule* (``schedule``): the reference code (``Zoew420/AdaCoMed``, ``model.py``,
+  ``ContrastiveCoTaskTraining``) takes an already *trained* small model, freezes every one of its
+  parameters except its ``classifier`` (which it reuses as the shared task head), and trains the
+  large branch, the fusion weights and that classifier on the full objective.
+  ``schedule: two_stage`` (default) does the same in two fits: **stage 1** trains the small
+  branch with its classifier alone (``head(f_S)``, task loss; the committee slots only, no
+  teacher is read); **stage 2** freezes the small branch (``small_proj``, ``small_out``: no
+  gradient, no optimiser update, no weight decay) and trains everything else — the large branch,
+  ``fusion_logits`` and the classifier ``head`` — on the full objective (task loss on the fused
+  logits + ``contrastive_weight`` · InfoNCE). The small model's classifier *is* the network's
+  ``head`` (the reference shares it the same way), so no extra head is added.
+  ``schedule: joint`` — the earlier behaviour of this module, not the reference's: one fit of every
+  parameter from scratch on the full objective.
 
 **Decided here.**
 
@@ -36,9 +49,18 @@ large–small model collaboration, on the cached expert (and teacher) embeddings
   — a prediction would depend on the other patients of its batch. Here ``a`` is each sample's own
   alignment, ``(1 + cos(f_L, f_S)) / 2`` in [0, 1].
 - A sample with no large-model input uses the small branch alone (``w_L = 0``).
+- ``two_stage``: each stage is one run of the shared
+  :class:`~medmix.training.trainer.EnsembleTrainer` with the whole ``training`` budget
+  (``max_epochs``, ``patience``, ``early_stopping``, grid; each stage restarts the warm-up with its
+  own optimiser and keeps its best validation epoch, stage 1 judged on the small model's
+  validation logits). Every seed's stage 2 starts from its own stage-1 result, so a seed trains
+  the same alone or with others. Curves have a ``stage`` column (1, 2; stage 2's epochs follow
+  stage 1's ``max_epochs``); ``selection`` is stage 2's choice with stage 1's under ``stage1``.
+  Inference is the same network for both schedules.
 
 Params: the ``training`` keys plus ``hidden_dim``, ``dropout``, ``weighting``
-(``gaussian`` | ``learnable``), ``contrastive_weight`` (default 0.5). Prediction columns
+(``gaussian`` | ``learnable``), ``contrastive_weight`` (default 0.5), ``schedule`` (``two_stage``,
+the default, | ``joint``). Prediction columns
 ``adacomed:large`` hold ``w_L`` per sample.
 """
 
@@ -48,6 +70,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,13 +79,14 @@ from medmix.data import Standardizer, TensorData
 from medmix.methods import register_method
 from medmix.methods.simple_fusion import SimpleFusion
 from medmix.models.medmix import SeededDropout
-from medmix.protocols import Protocol
+from medmix.protocols import Protocol, ProtocolView, prefit_view
 from medmix.training.losses import task_loss
-from medmix.training.trainer import Batch, Member
+from medmix.training.trainer import Batch, EnsembleTrainer, Member, seeded_init
 
 TEACHER_SUFFIX = "@large"
 TEMPERATURE = 0.07
 WEIGHTINGS = ("gaussian", "learnable")
+SCHEDULES = ("two_stage", "joint")
 
 
 class _Expert(nn.Module):
@@ -114,12 +138,30 @@ class AdaCoMedNet(nn.Module):
             if isinstance(module, SeededDropout):
                 module.generator = generator
 
-    def features(self, x, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``f_L``, ``f_S`` ``[N, H]``, large presence ``[N]`` and the MoME gate ``[N, M+1]``."""
+    def small_branch_parameters(self) -> list[nn.Parameter]:
+        """The small multimodal model without its classifier (``small_proj``, ``small_out``):
+        frozen in stage 2 of ``schedule: two_stage``."""
+        return [*self.small_proj.parameters(), *self.small_out.parameters()]
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        """The small model's classifier, ``head`` (shared by both branches; trained in both stages)."""
+        return list(self.head.parameters())
+
+    def small_feature(self, x, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f_S`` ``[N, H]`` (committee experts only) and the modality presence ``[N, M]``."""
         small_present = torch.stack([mask[m].bool().any(1) for m in self.modalities], 1)
         small = sum(torch.where(small_present[:, i : i + 1], _masked_mean(self.small_proj[m], x[m], mask[m].bool()), 0.0)
                     for i, m in enumerate(self.modalities))
         small = self.small_out(F.gelu(small / small_present.float().sum(1, keepdim=True).clamp_min(1.0)))
+        return small, small_present
+
+    def small_logits(self, x, mask) -> torch.Tensor:
+        """The small model alone, ``head(f_S)`` (stage 1 of ``schedule: two_stage``)."""
+        return self.head(self.small_feature(x, mask)[0]).float()
+
+    def features(self, x, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``f_L``, ``f_S`` ``[N, H]``, large presence ``[N]`` and the MoME gate ``[N, M+1]``."""
+        small, small_present = self.small_feature(x, mask)
         tokens, present = [], []
         for i, m in enumerate(self.modalities):
             if m in self.teachers:
@@ -200,7 +242,23 @@ class _Objective:
         return task_loss(model(batch.x, batch.mask), batch.y, self.task)
 
 
-class _CommitteeOnly:
+class _SmallObjective:
+    """Stage 1 of ``schedule: two_stage``: the task loss of the small model alone, ``head(f_S)``."""
+
+    def __init__(self, task: str):
+        self.task = task
+
+    def loss(self, member: Member, batch: Batch, epoch: int):
+        return task_loss(member.model.small_logits(batch.x, batch.mask), batch.y, self.task), {}
+
+    def val_logits(self, model: AdaCoMedNet, batch: Batch) -> torch.Tensor:
+        return model.small_logits(batch.x, batch.mask)
+
+    def val_loss(self, model: AdaCoMedNet, batch: Batch) -> torch.Tensor:
+        return task_loss(model.small_logits(batch.x, batch.mask), batch.y, self.task)
+
+
+class _CommitteeOnly(ProtocolView):
     """A protocol applied to the real modalities only; the teacher slots keep their masks (the model
     ties each teacher to its modality's presence)."""
 
@@ -214,12 +272,15 @@ class _CommitteeOnly:
 
 @register_method("adacomed")
 class AdaCoMed(SimpleFusion):
-    extra_params = ("weighting", "contrastive_weight")
+    extra_params = ("weighting", "contrastive_weight", "schedule")
 
     def __init__(self, params: dict[str, Any]):
         super().__init__(params)
         if self.params.get("weighting", "gaussian") not in WEIGHTINGS:
             raise ValueError(f"adacomed: weighting must be one of {WEIGHTINGS}, got {self.params['weighting']!r}")
+        self.schedule = self.params.get("schedule", "two_stage")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"adacomed: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 
     def view(self, data: TensorData) -> TensorData:
         """The committee plus one slot ``<modality>@large`` per teacher embedding."""
@@ -257,7 +318,59 @@ class AdaCoMed(SimpleFusion):
         return _Objective(train.task, float(self.params.get("contrastive_weight", 0.5)))
 
     def fit(self, train: TensorData, val: TensorData, seeds: Sequence[int], protocol: Protocol) -> None:
-        super().fit(train, val, seeds, _CommitteeOnly(protocol, train.modalities))
+        if self.schedule == "joint":
+            super().fit(train, val, seeds, _CommitteeOnly(protocol, train.modalities))
+            return
+        self.fit_small_branch(train, val, seeds, protocol)
+        self._fit_large_branch(train, val, protocol)
+
+    def fit_small_branch(self, train: TensorData, val: TensorData, seeds: Sequence[int], protocol: Protocol) -> None:
+        """Stage 1 of ``schedule: two_stage`` alone: build every seed's network (teacher statistics
+        from :func:`~medmix.protocols.prefit_view`, as :meth:`SimpleFusion.fit`) and train its small
+        branch and classifier on the task loss of ``head(f_S)``; the large branch keeps its initial
+        weights. Sets ``models``, ``seeds``, ``selection`` and the stage-1 curves."""
+        committee = _CommitteeOnly(protocol, train.modalities)
+        train, val = self.view(train), self.view(val)
+        p = self.params
+        self.settings = {"dims": train.dims(), "n_out": len(train.labels), "hidden": int(p.get("hidden_dim", 256)),
+                         "dropout": float(p.get("dropout", 0.1)), **self.extra_settings(train)}
+        prefit = prefit_view(train, committee)  # training-derived buffers see what the protocol leaves
+        members = []
+        for seed in seeds:
+            net = seeded_init(int(seed), lambda: self.build(self.settings))
+            self.prepare(net, prefit)
+            members.append(Member(int(seed), net, None, [(net.small_branch_parameters() + net.classifier_parameters(), 1.0)]))
+        trainer = EnsembleTrainer(self.train_config, _SmallObjective(train.task))
+        # the committee slots only: the small model never reads a teacher
+        curves = trainer.fit(members, train, val, committee, self.settings["modalities"])
+        self._curves = curves.assign(stage=1)
+        self.selection = trainer.selection
+        self.models = [m.model for m in members]
+        self.seeds = [m.seed for m in members]
+
+    def _fit_large_branch(self, train: TensorData, val: TensorData, protocol: Protocol) -> None:
+        """Stage 2 on the networks :meth:`fit_small_branch` left: the small branch frozen except its
+        classifier, everything else trained on the full objective."""
+        committee = _CommitteeOnly(protocol, train.modalities)
+        train, val = self.view(train), self.view(val)
+        members = []
+        for seed, net in zip(self.seeds, self.models, strict=True):
+            frozen = {id(q) for q in net.small_branch_parameters()}
+            members.append(Member(seed, net, None, [([q for q in net.parameters() if id(q) not in frozen], 1.0)]))
+            for q in net.small_branch_parameters():
+                q.requires_grad_(False)
+        try:
+            trainer = EnsembleTrainer(self.train_config, self.objective(train))
+            curves = trainer.fit(members, train, val, committee, train.modalities)
+        finally:
+            for net in self.models:
+                for q in net.small_branch_parameters():
+                    q.requires_grad_(True)
+        curves["epoch"] += self.train_config.max_epochs  # after stage 1's budget
+        self._curves = pd.concat([self._curves, curves.assign(stage=2)], ignore_index=True)
+        stage1 = {int(e["seed"]): {k: v for k, v in e.items() if k != "seed"} for e in self.selection}
+        self.selection = [{**e, "stage1": stage1[int(e["seed"])]} for e in trainer.selection]
+        self.models = [m.model for m in members]
 
     def predict(self, data: TensorData):
         pred = super().predict(data)

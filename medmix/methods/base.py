@@ -55,9 +55,15 @@ class FusionMethod(ABC):
     #: Keys of ``method_params.<name>`` this method reads beyond the ``training`` section's (the
     #: config check refuses any other key there).
     extra_params: ClassVar[tuple[str, ...]] = ()
+    #: The method's own defaults: they override the ``training`` section and are overridden by
+    #: ``method_params.<name>`` and a variant's ``params`` (:func:`medmix.config.training_params`).
+    param_defaults: ClassVar[dict[str, Any]] = {}
+    #: True for an improvement beyond the paper it extends (e.g. ``medmix_stacked``): the tables
+    #: show it as its own row, marked as beyond the paper, never under the paper's name.
+    beyond_paper: ClassVar[bool] = False
 
     def __init__(self, params: dict[str, Any]):
-        self.params = dict(params)
+        self.params = {**self.param_defaults, **params}
         self.seeds: list[int] = []
         #: Per seed, the hyper-parameters chosen on validation (e.g. the trainer's grid point:
         #: ``{"seed", "lr", "weight_decay", ...}``); saved in ``method.json`` and ``fit.json``, and

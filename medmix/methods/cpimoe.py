@@ -41,7 +41,7 @@ from medmix.methods import register_method
 from medmix.methods.base import FusionMethod, Prediction
 from medmix.methods.simple_fusion import NetEnsembleState, TaskObjective, check_lr_params
 from medmix.models.cpimoe import CPIMoENet
-from medmix.protocols import Protocol
+from medmix.protocols import Protocol, prefit_view
 from medmix.training import cpimoe_stages as stages
 from medmix.training.losses import to_probabilities
 from medmix.training.trainer import (
@@ -116,7 +116,8 @@ class CPIMoE(NetEnsembleState, FusionMethod):
     # -- contract ---------------------------------------------------------------------------------
     def fit(self, train: TensorData, val: TensorData, seeds: Sequence[int], protocol: Protocol) -> None:
         self.settings = self._net_settings(train)
-        done = self.pretrained if self.pretrained is not None else stages.run_all_stages(train, val, seeds, self.params)
+        done = (self.pretrained if self.pretrained is not None
+                else stages.run_all_stages(prefit_view(train, protocol), val, seeds, self.params))
         members = []
         for seed in seeds:
             net = seeded_init(int(seed), lambda: self.build(self.settings))

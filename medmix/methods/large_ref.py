@@ -32,7 +32,7 @@ from medmix.data import Standardizer, TensorData
 from medmix.methods import register_method
 from medmix.methods.meanavg import MeanFusionNet
 from medmix.methods.simple_fusion import SimpleFusion
-from medmix.protocols import Protocol
+from medmix.protocols import Protocol, ProtocolView
 
 
 class TeacherRefNet(MeanFusionNet):
@@ -67,7 +67,7 @@ def prior_logits(y: torch.Tensor, task: str) -> torch.Tensor:
     return (prev / (1 - prev)).log().float()
 
 
-class _OneModality:
+class _OneModality(ProtocolView):
     """A train-time protocol applied to the whole modality set, read back for one modality.
 
     The network sees one modality, but a protocol names any of the dataset's (``drop_one`` of
@@ -122,7 +122,8 @@ class LargeRef(SimpleFusion):
     def prepare(self, net: torch.nn.Module, train: TensorData) -> None:
         m = self.variant
         rows = train.x[m][0][train.mask[m][:, 0]]
-        net.mean.copy_(rows.mean(0))
-        sd = rows.std(0)
-        net.std.copy_(torch.where(sd < 1e-4, torch.ones_like(sd), sd))
+        if rows.shape[0] >= 2:  # else (a train protocol removes the modality from every row): no scaling
+            net.mean.copy_(rows.mean(0))
+            sd = rows.std(0)
+            net.std.copy_(torch.where(sd < 1e-4, torch.ones_like(sd), sd))
         net.prior.copy_(self._prior)

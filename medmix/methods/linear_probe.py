@@ -18,6 +18,11 @@ averaged over labels (the same criterion the neural methods' early stopping uses
 the smaller ``C``. The chosen models are those fitted on the training split only; the
 validation split is used for the choice and nothing else, the test split never.
 
+Train-time protocols: the probe is fitted on what the protocol leaves of the training rows —
+one seeded draw of it (:func:`medmix.protocols.prefit_view`: removed experts read as absent,
+embedding 0 and flag 0), so a modality the protocol removes is never learned from; with ``p < 1``
+the probe learns from the kept rows and the presence flags absorb the removal.
+
 Seeds: ``lbfgs`` on a fixed problem is deterministic and nothing here is random, so every seed
 gives the same model; :meth:`fit` trains it once and every seed's checkpoint holds a copy (the
 std over seeds is 0 by construction).
@@ -36,7 +41,7 @@ import torch
 from medmix.data import TensorData
 from medmix.methods import register_method
 from medmix.methods.base import FusionMethod, Prediction
-from medmix.protocols import Protocol
+from medmix.protocols import Protocol, prefit_view
 
 #: The declared grid of inverse regularisation strengths (chosen on validation only).
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -143,10 +148,8 @@ class LinearProbe(FusionMethod):
         return float(np.mean(losses)) if losses else 0.0
 
     def fit(self, train: TensorData, val: TensorData, seeds: Sequence[int], protocol: Protocol) -> None:
-        if protocol.kind != "none":
-            # Train-time modality dropping would make the features random; this reference method has none.
-            warnings.warn(f"linear_probe ignores the train-time protocol {protocol.name!r}", stacklevel=2)
         dims = train.dims()
+        train = prefit_view(train, protocol)  # the training rows as the train-time protocol leaves them
         xt, xv = probe_features(train, dims), probe_features(val, dims)
         yt, yv = train.y.numpy().astype(np.float64), val.y.numpy().astype(np.float64)
         rows, best = [], None

@@ -57,7 +57,7 @@ from medmix.data import TensorData
 from medmix.methods import register_method
 from medmix.methods.simple_fusion import SimpleFusion
 from medmix.models.medmix import SeededDropout
-from medmix.protocols import Protocol
+from medmix.protocols import Protocol, prefit_view
 from medmix.training.losses import task_loss
 from medmix.training.trainer import Batch, Member, autocast, resolve_runtime
 
@@ -288,7 +288,7 @@ class M3Care(SimpleFusion):
             raise ValueError(f"m3care: bank_size must be >= 1, got {self.params.get('bank_size')}")
         # One bank of training patients for every seed (a seeded choice when the split is larger).
         rows = np.sort(np.random.default_rng(0).permutation(train.n)[:n_bank]) if n_bank < train.n else np.arange(train.n)
-        self._bank = train.subset(rows)
+        self._bank = prefit_view(train.subset(rows), protocol)  # what the train protocol leaves of them
         super().fit(train, val, seeds, protocol)
 
     def objective(self, train: TensorData):

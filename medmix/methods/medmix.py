@@ -1,43 +1,40 @@
 """MedMIX as a fusion method: one :class:`MedMIXNet` per seed, trained together by the ensemble trainer.
 
-Params (the ``training`` config section merged with ``method_params.medmix``): every
+Params (the ``training`` config section merged with ``method_params.<name>``): every
 :class:`~medmix.training.trainer.TrainConfig` key plus ``hidden_dim`` (default 256) and
 ``dropout`` (default 0.1). ``distill_max: 0`` (or a committee without teachers) trains without
 distillation. Teachers are only read in :meth:`MedMIX.fit`; prediction and checkpoints never
 touch them.
 
-**Departures from the paper** (named options; :data:`PAPER_FORM` turns them off and the
-``medmix_paper`` method runs the paper's form; evidence in README "MedMIX: departures from the
-paper, and the IU X-ray evidence"):
+``medmix`` is **the paper's model**: intra-modality routers over residual adapters, per-modality
+heads, masked-softmax fusion of the modality logits, ``L = L_task + λ_D · L_distill``
+(:data:`PAPER_FORM` are the schema defaults). Every departure below is off in ``medmix`` and is a
+named option; the improvements built from them are registered under their own names
+(``beyond_paper``: their own rows in every table, marked as beyond the paper):
 
-- ``probe_readout`` + ``probe_crossfit`` (default true / 5; :mod:`medmix.methods.probe_readout`):
-  the fused logits get a linear probe of every expert's standardised embedding and presence flag
-  (``linear_probe``'s features and function class), frozen at the probe fitted on the training
-  split with its ``C`` chosen on validation; the adapters / routers / heads are trained as a
-  **stacked residual** on top of it: each training row sees its *out-of-fold* probe (5
-  patient-grouped folds at the same ``C``), because the full probe nearly interpolates the
-  training split (IU X-ray dev: training log-loss 0.005) and leaves the network no error to learn
-  from. IU X-ray dev, 5 seeds: test macro AUROC / AUPRC 0.9874 ± 0.0005 / 0.8719 ± 0.0049, every
-  seed above the linear probe (0.9824 / 0.8350); the previous default (no probe,
-  ``linear_readout``, λ_M = 1) had 0.9671 ± 0.0009 / 0.7408 ± 0.0033. Zero-initialising the heads
-  (so the model starts exactly as the probe) slowed learning (0.9829 / 0.8371): not done. ``probe_crossfit: 0`` trains the read-out instead (from the
-  probe, with its L2: ``probe_lr_mult``, ``probe_wd_mult``, ``probe_l2``, ``probe_init``).
+- ``medmix_stacked`` (:data:`STACKED_FORM`): ``probe_readout`` + ``probe_crossfit`` (5 folds;
+  :mod:`medmix.methods.probe_readout`): the fused logits get a linear probe of every expert's
+  standardised embedding and presence flag (``linear_probe``'s features and function class),
+  frozen at the probe fitted on the training split with its ``C`` chosen on validation; the
+  adapters / routers / heads are trained as a **stacked residual** on top of it: each training row
+  sees its *out-of-fold* probe (5 patient-grouped folds at the same ``C``), because the full probe
+  nearly interpolates the training split (IU X-ray dev: training log-loss 0.005) and leaves the
+  network no error to learn from. Most of its logit is the probe (issue 27), which is why it is
+  not the MedMIX row. ``probe_crossfit: 0`` trains the read-out instead (``probe_lr_mult``,
+  ``probe_wd_mult``, ``probe_l2``, ``probe_init``).
 - ``modality_loss_weight`` (λ_M, default 0 = the paper's objective, a :class:`TrainConfig` key):
   ``L = L_task + λ_M · L_modality + λ_D · L_distill`` with ``L_modality`` the mean over
-  modalities of each modality head's own task loss where the modality is present. λ_M = 1 was the
-  fix for fusion collapse without the probe (IU X-ray dev, paper form: 2 of 5 seeds put 0.999 of
-  the fusion weight on ``impression``); with the stacked probe it trains each head as a
-  stand-alone predictor whose logits then double-count the probe's (fused training loss rose
-  from 0.097 to 0.128 in 4 epochs, best validation epoch 0; test 0.9823 / 0.8352), so it is 0.
-- ``fusion_warmup_epochs`` (default 10, a :class:`TrainConfig` key): uniform fusion weights over
-  the present modalities for that many epochs, then a linear ramp to the learned ones
-  (:func:`fusion_mix`, stored in the model's ``fusion_mix`` buffer). Every head learns before
-  the scorer can favour one; with λ_M = 0 (and the read-out) no seed of 5 collapsed (AUROC
-  std 0.0007).
-- ``linear_readout`` (a :class:`~medmix.models.medmix.MedMIXConfig` field; used only with
-  ``probe_readout: false``): a linear read-out of every present expert added to its modality's
-  logits. On IU X-ray dev the bottleneck projection lost what a linear probe keeps
-  (``findings`` alone: probe 0.970 / 0.787, MedMIX 0.960 / 0.669).
+  modalities of each modality head's own task loss where the modality is present.
+- ``fusion_warmup_epochs`` (default 0 = the paper; ``medmix_stacked``: 10): uniform fusion weights
+  over the present modalities for that many epochs, then a linear ramp to the learned ones
+  (:func:`fusion_mix`, stored in the model's ``fusion_mix`` buffer).
+- ``linear_readout`` (a :class:`~medmix.models.medmix.MedMIXConfig` field; default false; used
+  only without ``probe_readout``): a linear read-out of every present expert added to its
+  modality's logits.
+
+Train-time protocols: every model fitted before the training loop (the probe, the fold probes,
+``best_single``'s per-expert probes) sees what the protocol leaves of the training rows
+(:func:`medmix.protocols.prefit_view`); the network sees the trainer's per-epoch draws.
 
 ``early_stopping`` (a :class:`TrainConfig` key shared by every neural method; default
 ``val_loss``, the paper's) can stop and checkpoint on the validation macro AUROC / AUPRC instead.
@@ -71,10 +68,11 @@ from medmix.methods.probe_readout import (
     crossfit_folds,
     fit_fold_probes,
     fit_reference_probe,
+    known_targets,
     l2_penalty,
 )
 from medmix.models.medmix import MedMIXConfig, MedMIXNet, ProbeReadout, TeacherHeads
-from medmix.protocols import Protocol
+from medmix.protocols import Protocol, prefit_view
 from medmix.training.distill import distill_loss, distill_weight
 from medmix.training.losses import modality_task_loss, task_loss, to_probabilities
 from medmix.training.trainer import (
@@ -88,9 +86,16 @@ from medmix.training.trainer import (
     seeded_init,
 )
 
-#: The settings that turn this implementation's departures off (the paper's MedMIX).
+#: The settings of the paper's MedMIX: every departure off (the schema's defaults; ``medmix``).
 PAPER_FORM = {"linear_readout": False, "fusion_warmup_epochs": 0, "modality_loss_weight": 0.0,
-              "probe_readout": False, "probe_crossfit": 0}
+              "probe_readout": False}
+#: ``medmix_stacked`` (beyond the paper): the stacked linear-probe read-out with 5 cross-fitting
+#: folds and 10 epochs of uniform fusion before the learned weights.
+STACKED_FORM = {"probe_readout": True, "probe_crossfit": 5, "fusion_warmup_epochs": 10}
+#: ``medmix_readout`` (beyond the paper): the read-out trained end to end from zero, its L2 inverse
+#: strength ``C`` chosen per seed on validation from a declared grid (:mod:`.probe_readout`).
+READOUT_FORM = {"probe_readout": True, "probe_init": False, "probe_crossfit": 0, "probe_l2": True,
+                "probe_c_grid": [0.01, 0.1, 1.0]}
 
 
 class MedMIXObjective:
@@ -218,7 +223,7 @@ def model_config(data: TensorData, params: dict[str, Any]) -> MedMIXConfig:
         dropout=float(params.get("dropout", 0.1)),
         expert_names={m: list(v) for m, v in data.expert_names.items()},
         labels=list(data.labels),
-        linear_readout=bool(params.get("linear_readout", True)) and not probe,
+        linear_readout=bool(params.get("linear_readout", False)) and not probe,
         router="learned" if params.get("router", "learned") == "learned" else "uniform",
         probe_readout=probe,
     )
@@ -294,7 +299,7 @@ def build_members(
 class MedMIX(FusionMethod):
     """MedMIX (intra-modality MoE + masked logit fusion + training-only distillation)."""
 
-    extra_params = ("router", "lp_c_grid")
+    extra_params = ("router", "lp_c_grid", "probe_c_grid")
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> None:
@@ -317,24 +322,52 @@ class MedMIX(FusionMethod):
         return data if self.selected is None else restrict(data, self.selected)
 
     def fit(self, train: TensorData, val: TensorData, seeds: Sequence[int], protocol: Protocol) -> None:
+        prefit = prefit_view(train, protocol)  # what the train protocol leaves: every pre-fit reads this
         if self.router == "best_single":
-            self.selected = best_single_experts(train, val)
-            train, val = self.view(train), self.view(val)
+            self.selected = best_single_experts(prefit, val)
+            train, val, prefit = self.view(train), self.view(val), self.view(prefit)
+        ps = self.probe_settings
+        if not ps.c_grid:
+            self._fit_once(train, val, prefit, seeds, protocol)
+            return
+        # probe_c_grid: the read-out's L2 chosen per seed on validation, every point from the same init.
+        k = max(1, known_targets(train))
+        sign = 1.0 if self.train_config.early_stopping == "val_loss" else -1.0
+        best: dict[int, tuple[float, float, MedMIXNet, dict[str, Any]]] = {}
+        curves = []
+        for c in ps.c_grid:
+            self._fit_once(train, val, prefit, seeds, protocol, readout_l2=1.0 / (c * k))
+            curves.append(self._curves.assign(grid_probe_c=c))
+            for model, entry in zip(self.models, self.selection, strict=True):
+                score = sign * float(entry["value"])  # lower is better
+                if entry["seed"] not in best or score < best[entry["seed"]][0]:
+                    best[entry["seed"]] = (score, c, model, entry)
+        self.models = [best[s][2] for s in self.seeds]
+        self.selection = [{**best[s][3], "probe_C": best[s][1], "probe_c_grid": list(ps.c_grid)} for s in self.seeds]
+        merged = pd.concat(curves, ignore_index=True)
+        chosen = merged.grid_probe_c == merged.seed.map({s: best[s][1] for s in self.seeds})
+        self._curves = merged.assign(selected=merged.get("selected", True) & chosen)
+
+    def _fit_once(self, train: TensorData, val: TensorData, prefit: TensorData, seeds: Sequence[int],
+                  protocol: Protocol, readout_l2: float | None = None) -> None:
+        """One ensemble fit; ``readout_l2``: the read-out's L2 weight (else the reference probe's)."""
         config = model_config(train, self.params)
         teacher_dims = {m: d for m, d in train.teacher_dims().items() if m in config.dims}
         distill = self.train_config.distill_max > 0 and bool(teacher_dims)
         ps = self.probe_settings
         members = build_members(config, teacher_dims if distill else {}, seeds, self.train_config.router_lr_mult, ps)
-        probe = fit_reference_probe(train, val, self.params) if ps.needs_probe else None
+        probe = fit_reference_probe(prefit, val, self.params) if ps.needs_probe else None
         if probe is not None and ps.init:
             for member in members:
                 member.model.probe.load_probe(probe.coef, probe.intercept)
         l2 = probe.l2 if probe is not None and ps.l2 and ps.trains_readout else 0.0
+        if readout_l2 is not None:
+            l2 = readout_l2
         fold_readouts = []
         if probe is not None and ps.crossfit:
             folds = crossfit_folds(train, ps.crossfit)
             device, _ = resolve_runtime(self.train_config)
-            for fold_probe in fit_fold_probes(train, val, folds, probe.c):
+            for fold_probe in fit_fold_probes(prefit, val, folds, probe.c):
                 readout = ProbeReadout(config.dims, config.n_out)
                 readout.load_probe(fold_probe.coef, fold_probe.intercept)
                 fold_readouts.append(readout.requires_grad_(False).to(device))
@@ -358,10 +391,10 @@ class MedMIX(FusionMethod):
         device, dtype = resolve_runtime(self.train_config)
         config = self.models[0].config
         chunk = self.train_config.eval_batch_size
-        probs, routers, fusions = [], {m: [] for m in config.modalities}, []
+        probs, routers, fusions, probes = [], {m: [] for m in config.modalities}, [], []
         for model in self.models:
             model.eval()
-            p_parts, r_parts, f_parts = [], {m: [] for m in config.modalities}, []
+            p_parts, r_parts, f_parts, q_parts = [], {m: [] for m in config.modalities}, [], []
             for lo in range(0, data.n, chunk):
                 hi = min(data.n, lo + chunk)
                 x = {m: [t[lo:hi].to(device, dtype or torch.float32) for t in data.x[m]] for m in config.modalities}
@@ -370,10 +403,14 @@ class MedMIX(FusionMethod):
                     out = model(x, mask)
                 p_parts.append(to_probabilities(out.logits, config.task).cpu())
                 f_parts.append(out.fusion.float().cpu())
+                if model.probe is not None:  # the read-out's per-modality logit terms, mean over outputs
+                    q_parts.append(model.probe.per_modality(x, mask).mean(-1).cpu())
                 for m in config.modalities:
                     r_parts[m].append(out.router[m].float().cpu())
             probs.append(torch.cat(p_parts) if p_parts else torch.zeros(0, config.n_out))
             fusions.append(torch.cat(f_parts) if f_parts else torch.zeros(0, len(config.modalities)))
+            if model.probe is not None:
+                probes.append(torch.cat(q_parts) if q_parts else torch.zeros(0, len(config.modalities)))
             for m in config.modalities:
                 routers[m].append(torch.cat(r_parts[m]) if r_parts[m] else torch.zeros(0, len(config.dims[m])))
         extras = {f"router:{m}": torch.stack(v).numpy() for m, v in routers.items()}
@@ -383,6 +420,9 @@ class MedMIX(FusionMethod):
             for m in config.modalities
         }
         columns["fusion"] = list(config.modalities)
+        if probes:  # probe_readout: the other path from each modality to the logit (contribution table)
+            extras["probe"] = torch.stack(probes).numpy()
+            columns["probe"] = list(config.modalities)
         return Prediction(np.ascontiguousarray(torch.stack(probs).numpy()), extras, columns)
 
     def curves(self) -> pd.DataFrame:
@@ -409,13 +449,23 @@ class MedMIX(FusionMethod):
             self.models.append(model.to(device).eval())
 
 
-@register_method("medmix_paper")
-class MedMIXPaper(MedMIX):
-    """MedMIX exactly as the paper defines it: no linear read-out, fusion weights learned from the
-    first step, no per-modality head loss (the reference row for this implementation's options)."""
+@register_method("medmix_stacked")
+class MedMIXStacked(MedMIX):
+    """Beyond the paper: MedMIX with the stacked linear-probe read-out (:data:`STACKED_FORM`; the
+    ``probe_*`` keys of ``method_params.medmix_stacked`` tune it). Its own row in every table."""
 
-    def __init__(self, params: dict[str, Any]):
-        super().__init__({**params, **PAPER_FORM})
+    param_defaults = STACKED_FORM
+    beyond_paper = True
+
+
+@register_method("medmix_readout")
+class MedMIXReadout(MedMIX):
+    """Beyond the paper: MedMIX with a linear read-out of every expert and presence flag trained end to
+    end inside the network (:data:`READOUT_FORM`: from zero, its L2 strength chosen per seed on
+    validation from ``probe_c_grid``; no externally fitted model). Its own row in every table."""
+
+    param_defaults = READOUT_FORM
+    beyond_paper = True
 
 
 @register_method("medmix_nodistill")

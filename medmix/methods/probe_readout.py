@@ -2,8 +2,8 @@
 
 The read-out (:class:`medmix.models.medmix.ProbeReadout`) adds ``b + F·flags + Σ R_{m,k} e_{m,k}``
 to the fused logits, the function class of :mod:`medmix.methods.linear_probe`. Settings (method
-params, all inert unless ``probe_readout`` is true; :data:`PROBE_DEFAULTS`; the option is
-MedMIX's default, ``medmix_paper`` turns it off):
+params, all inert unless ``probe_readout`` is true; :data:`PROBE_DEFAULTS`; off in the paper's
+``medmix``, on in ``medmix_stacked``, an improvement beyond the paper with its own table row):
 
 - ``probe_lr_mult``: the read-out's own parameter group runs at ``probe_lr_mult × lr``;
 - ``probe_wd_mult``: its AdamW (decoupled) weight decay is ``probe_wd_mult × weight_decay``
@@ -15,6 +15,11 @@ MedMIX's default, ``medmix_paper`` turns it off):
   term is the probe's objective divided by ``K``, so the read-out alone has the probe's optimum;
 - ``probe_init``: start the read-out from that probe's coefficients (fitted on the training split
   only); otherwise from zero;
+- ``probe_c_grid`` (default empty; needs ``probe_init: false``, ``probe_crossfit: 0``): the
+  read-out is trained **end to end** from zero with the L2 term ``λ = 1 / (C · K)`` for every ``C``
+  of the grid, and per seed the ``C`` with the best validation criterion is kept (each point from
+  the same initial weights, with the same budget). No reference probe is fitted: the read-out is
+  the network's own. ``medmix_readout`` (beyond the paper) is this form;
 - ``probe_crossfit`` (``K``, default 5; 0 = off; needs ``probe_init``): stacked generalisation. The
   read-out is frozen at the reference probe, and while training each training row's read-out
   term is replaced by the **out-of-fold** probe's logits: ``K`` probes at the reference ``C``, each
@@ -26,7 +31,9 @@ MedMIX's default, ``medmix_paper`` turns it off):
   then correct. Validation, test and the saved model use the full reference probe.
 
 The probe is fitted once per :meth:`~medmix.methods.medmix.MedMIX.fit` (it is deterministic), on
-the same training / validation tensors the network gets; the test split is never read.
+what the train-time protocol leaves of the training split (:func:`medmix.protocols.prefit_view`:
+a modality the protocol removes is never read) and the validation split; the test split is never
+read.
 """
 
 from __future__ import annotations
@@ -42,8 +49,8 @@ from medmix.protocols import Protocol
 
 #: The option's method params and their defaults.
 PROBE_DEFAULTS: dict[str, Any] = {
-    "probe_readout": True, "probe_lr_mult": 1.0, "probe_wd_mult": 0.0, "probe_l2": True, "probe_init": True,
-    "probe_crossfit": 5,
+    "probe_readout": False, "probe_lr_mult": 1.0, "probe_wd_mult": 0.0, "probe_l2": True, "probe_init": True,
+    "probe_crossfit": 5, "probe_c_grid": [],
 }
 #: Seed of the patient-to-fold assignment of ``probe_crossfit`` (fixed: the folds are part of the method).
 CROSSFIT_SEED = 0
@@ -57,6 +64,9 @@ class ProbeSettings:
     l2: bool = True
     init: bool = True
     crossfit: int = 0
+    #: ``probe_c_grid``: inverse L2 strengths of the trained read-out, one chosen per seed on the
+    #: validation criterion (end to end: no reference probe is fitted); empty = the probe's ``C``.
+    c_grid: tuple[float, ...] = ()
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ProbeSettings:
@@ -68,8 +78,16 @@ class ProbeSettings:
         if isinstance(crossfit, bool) or not isinstance(crossfit, int) or crossfit < 0 or crossfit == 1:
             raise ValueError(f"medmix: probe_crossfit must be 0 (off) or a number of folds >= 2, got {crossfit!r}")
         # Inert without the read-out, like every probe_* setting.
+        grid = p["probe_c_grid"]
+        if not isinstance(grid, (list, tuple)) or any(isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0
+                                                     for c in grid):
+            raise ValueError(f"medmix: probe_c_grid must be a list of positive numbers, got {grid!r}")
         settings = cls(bool(p["probe_readout"]), float(p["probe_lr_mult"]), float(p["probe_wd_mult"]),
-                       p["probe_l2"], p["probe_init"], int(crossfit) if p["probe_readout"] else 0)
+                       p["probe_l2"], p["probe_init"], int(crossfit) if p["probe_readout"] else 0,
+                       tuple(float(c) for c in grid) if p["probe_readout"] else ())
+        if settings.c_grid and (settings.init or settings.crossfit or not settings.l2):
+            raise ValueError("medmix: probe_c_grid trains the read-out end to end with its L2 chosen on validation: "
+                             "it needs probe_init: false, probe_crossfit: 0 and probe_l2: true")
         if settings.crossfit and not settings.init:
             raise ValueError("medmix: probe_crossfit freezes the read-out at the reference probe: it needs "
                              "probe_init: true (or probe_crossfit: 0)")
@@ -81,7 +99,8 @@ class ProbeSettings:
 
     @property
     def needs_probe(self) -> bool:
-        return self.enabled and (self.l2 or self.init)
+        """Whether a reference probe is fitted (for its coefficients or its ``C``)."""
+        return self.enabled and (self.init or (self.l2 and not self.c_grid))
 
     @property
     def trains_readout(self) -> bool:

@@ -33,7 +33,7 @@ from torch import nn
 from medmix.data import TensorData
 from medmix.methods.base import FusionMethod, Prediction
 from medmix.models.medmix import SeededDropout
-from medmix.protocols import Protocol
+from medmix.protocols import Protocol, prefit_view
 from medmix.training.losses import task_loss, to_probabilities
 from medmix.training.trainer import (
     Batch,
@@ -156,7 +156,8 @@ class SimpleFusion(NetEnsembleState, FusionMethod):
         return data
 
     def prepare(self, net: nn.Module, train: TensorData) -> None:
-        """Set training-derived buffers on a freshly built network (none here)."""
+        """Set training-derived buffers on a freshly built network (none here); ``train`` is what
+        the train-time protocol leaves of the training split (:func:`~medmix.protocols.prefit_view`)."""
 
     def build(self, settings: dict[str, Any]) -> nn.Module:
         return self.net_class(settings["dims"], settings["n_out"], settings["hidden"], settings["dropout"])
@@ -176,9 +177,10 @@ class SimpleFusion(NetEnsembleState, FusionMethod):
         self.settings = {"dims": train.dims(), "n_out": len(train.labels), "hidden": int(p.get("hidden_dim", 256)),
                          "dropout": float(p.get("dropout", 0.1)), **self.extra_settings(train)}
         members = []
+        prefit = prefit_view(train, protocol)  # training-derived buffers see what the protocol leaves
         for seed in seeds:
             net = seeded_init(int(seed), lambda: self.build(self.settings))
-            self.prepare(net, train)
+            self.prepare(net, prefit)
             members.append(Member(int(seed), net, None, [(list(net.parameters()), 1.0)]))
         trainer = EnsembleTrainer(self.train_config, self.objective(train))
         self._curves = trainer.fit(members, train, val, protocol, train.modalities)

@@ -208,6 +208,21 @@ class ProbeReadout(nn.Module):
                 logits = logits + torch.where(mask[m][:, k:k + 1].bool(), readout(x[m][k]).float(), 0.0)
         return logits
 
+    def per_modality(self, x: dict[str, list[torch.Tensor]], mask: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[N, M, C]``: each modality's own terms of the read-out (its experts' embeddings and
+        presence flags; the bias in none), in the read-out's modality order. They sum to
+        ``forward(x, mask) − b``."""
+        out, col = [], 0
+        for m, readouts in self.experts.items():
+            k_m = len(readouts)
+            flags = mask[m].bool().to(self.flags.weight.dtype)
+            part = (flags @ self.flags.weight[:, col : col + k_m].T).float()
+            col += k_m
+            for k, readout in enumerate(readouts):
+                part = part + torch.where(mask[m][:, k:k + 1].bool(), readout(x[m][k]).float(), 0.0)
+            out.append(part)
+        return torch.stack(out, dim=1)
+
     def penalised(self) -> list[nn.Parameter]:
         """The weights an L2 penalty applies to (every weight; the bias is not penalised, as in the probe)."""
         return [p for name, p in self.named_parameters() if name != "flags.bias"]

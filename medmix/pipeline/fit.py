@@ -40,7 +40,7 @@ from medmix.evaluation.efficiency import fit_cost
 from medmix.features import assemble
 from medmix.methods import create_method
 from medmix.methods.base import chosen_values, load_method
-from medmix.protocols import Protocol, parse_protocols
+from medmix.protocols import Protocol, parse_protocols, prefit_view
 from medmix.store.atomic import atomic_path, write_text_atomic
 
 log = logging.getLogger("medmix.fit")
@@ -81,6 +81,31 @@ def load_dataset(cohort_path: str, committee: dict[str, Any], features: dict[str
     return from_bundle(cohort, assemble(cohort.sample_ids, members, teachers))
 
 
+def fit_method(data: TensorData, method: str, params: dict[str, Any], seeds: list[int], train_protocol: Protocol,
+               pretrained: dict[str, str] | None = None, *, source: str = "data", run: str | None = None):
+    """Standardise ``data`` and fit ``method``: returns ``(model, scaler)``.
+
+    The standardiser is fitted on what ``train_protocol`` leaves of the training split
+    (:func:`~medmix.protocols.prefit_view`), so no statistic reads values the protocol removes;
+    it is saved with the model and applied to every split. ``source`` names the data in errors.
+    """
+    scaler = Standardizer.fit(prefit_view(data.split_part("train"), train_protocol))
+    data = scaler.apply(data)
+    train, val = data.split_part("train"), data.split_part("val")
+    for name, part in (("train", train), ("val", val)):
+        if part.n == 0:
+            raise ValueError(f"{source}: the {name} split is empty")
+    log.info("%s (method %s): train %d, val %d samples; modalities %s; seeds %s; train protocol %s", run or method,
+             method, train.n, val.n, data.modalities, seeds, train_protocol.name)
+    model = create_method(method, params)
+    if pretrained:
+        if not hasattr(model, "load_stages"):
+            raise TypeError(f"{method}: pre-training stage outputs were passed but the method has no stages")
+        model.load_stages(pretrained)
+    model.fit(train, val, seeds, train_protocol)
+    return model, scaler
+
+
 def fit_job(
     *,
     method: str,
@@ -100,22 +125,9 @@ def fit_job(
     """``pretrained``: stage name -> folder of a staged method's pre-training outputs (medmix.pipeline.stage)."""
     t0 = time.perf_counter()
     data = load_dataset(cohort_path, committee, features, identities)
-    # Feature scaling is fit on the training split only and saved with the model.
-    scaler = Standardizer.fit(data.split_part("train"))
-    data = scaler.apply(data)
-    train, val = data.split_part("train"), data.split_part("val")
-    for name, part in (("train", train), ("val", val)):
-        if part.n == 0:
-            raise ValueError(f"{cohort_path}: the {name} split is empty")
     run = run or method
-    log.info("%s (method %s): train %d, val %d samples; modalities %s; seeds %s; train protocol %s", run, method,
-             train.n, val.n, data.modalities, seeds, train_protocol.name)
-    model = create_method(method, params)
-    if pretrained:
-        if not hasattr(model, "load_stages"):
-            raise TypeError(f"{method}: pre-training stage outputs were passed but the method has no stages")
-        model.load_stages(pretrained)
-    model.fit(train, val, seeds, train_protocol)
+    model, scaler = fit_method(data, method, params, seeds, train_protocol, pretrained, source=cohort_path, run=run)
+    train, val = data.split_part("train"), data.split_part("val")
     t_fit = time.perf_counter() - t0
     files = model.save(out_model)
     files.append(scaler.save(Path(out_model) / SCALER_FILE))

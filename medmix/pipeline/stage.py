@@ -3,8 +3,9 @@
 A method with pre-training stages names a *stage module* (``stage_module`` class attribute) that
 provides ``stage_plan(modalities) -> {stage: [stages it reads]}``, ``stage_params(params)`` (the
 params that change a stage's output) and ``run_stage(stage, train, val, seeds, params, needs)``,
-plus ``save_stage`` / ``load_stage``. Each stage is its own cached output, shared by every train
-protocol and by every method with the same ``stage_owner``; the ``fit`` job hands the folders to
+plus ``save_stage`` / ``load_stage``. Each stage is its own cached output per train-time protocol
+(it sees what the protocol leaves of the training split, :func:`~medmix.protocols.prefit_view`),
+shared by every method with the same ``stage_owner``; the ``fit`` job hands the folders to
 the method (``load_stages``), so a change to the last stage never retrains a frozen one.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from medmix.data import Standardizer
 from medmix.pipeline.fit import load_dataset
+from medmix.protocols import Protocol, prefit_view
 from medmix.store.atomic import atomic_path
 
 log = logging.getLogger("medmix.stage")
@@ -48,6 +50,7 @@ def stage_job(
     identities: dict[str, dict[str, Any]],
     params: dict[str, Any],
     seeds: list[int],
+    train_protocol: Protocol,
     needs: dict[str, str],
     out_dir: str,
 ) -> None:
@@ -56,8 +59,8 @@ def stage_job(
     if module is None:
         raise ValueError(f"method {method!r} has no pre-training stages")
     data = load_dataset(cohort_path, committee, features, identities)
-    data = Standardizer.fit(data.split_part("train")).apply(data)  # as fit_job does
-    train, val = data.split_part("train"), data.split_part("val")
+    data = Standardizer.fit(prefit_view(data.split_part("train"), train_protocol)).apply(data)  # as fit_method does
+    train, val = prefit_view(data.split_part("train"), train_protocol), data.split_part("val")
     loaded = {name: module.load_stage(path) for name, path in needs.items()}
     settings, states, curves = module.run_stage(stage, train, val, seeds, params, loaded)
     settings["seconds"] = round(time.perf_counter() - t0, 2)

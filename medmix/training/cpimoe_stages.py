@@ -20,6 +20,8 @@ section). A stage's output depends only on :func:`stage_params`, so last-stage s
 
 from __future__ import annotations
 
+import logging
+
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +42,9 @@ STAGE_FORMAT = "medmix-stage/1"
 STAGE_KEYS = ("hidden_dim", "dropout", "missing_input", "interaction_loss_weight", "push_margin")
 DEFAULTS = {"hidden_dim": 256, "dropout": 0.3, "missing_input": "present_set", "interaction_loss_weight": 1.0,
             "push_margin": 2.0}
+
+
+log = logging.getLogger("medmix.stage")
 
 
 def stage_plan(modalities: Sequence[str]) -> dict[str, list[str]]:
@@ -121,9 +126,9 @@ def run_stage(stage: str, train: TensorData, val: TensorData, seeds: Sequence[in
             return InteractionStageNet(modalities, dims, dim, n_out, dropout, stage, float(p["push_margin"]),
                                        p["missing_input"])
         weight = float(p["interaction_loss_weight"])
-    if tr.n == 0 or va.n == 0:
-        raise ValueError(f"cpimoe stage {stage}: no training or validation samples with the needed modalities "
-                         f"({tr.n} / {va.n})")
+    if tr.n > 0 and va.n == 0:
+        raise ValueError(f"cpimoe stage {stage}: {tr.n} training but no validation samples with the needed "
+                         "modalities (early stopping needs them)")
     members = []
     for seed in seeds:
         net = seeded_init(int(seed), build)
@@ -135,10 +140,18 @@ def run_stage(stage: str, train: TensorData, val: TensorData, seeds: Sequence[in
                     q.requires_grad_(False)
         trainable = [q for q in net.parameters() if q.requires_grad]
         members.append(Member(int(seed), net, None, [(trainable, 1.0)]))
-    trainer = EnsembleTrainer(config, _Objective(train.task, weight))
-    curves = trainer.fit(members, tr, va, Protocol("none"), modalities)
     settings = {"stage": stage, "modalities": list(modalities), "dims": dims, "n_out": n_out, "params": p,
                 "n": {"train": tr.n, "val": va.n}}
+    if tr.n == 0:
+        # No training row has the stage's modalities (e.g. a train protocol removes one from every row):
+        # the stage keeps its seeded initial weights, so nothing is learned from data it may not see.
+        log.warning("cpimoe stage %s: no training samples with the needed modalities; the stage stays at its "
+                    "seeded initialisation (untrained)", stage)
+        curves = pd.DataFrame(columns=["seed", "epoch", "train_loss", "val_loss"])
+        settings["untrained"] = True
+    else:
+        trainer = EnsembleTrainer(config, _Objective(train.task, weight))
+        curves = trainer.fit(members, tr, va, Protocol("none"), modalities)
     states = [{k: v.detach().cpu().contiguous() for k, v in m.model.state_dict().items()} for m in members]
     return settings, states, curves
 

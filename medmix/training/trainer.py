@@ -75,7 +75,7 @@ class TrainConfig:
     modality_loss_weight: float = 0.0
     #: MedMIX only, NOT in the paper: epochs of uniform fusion weights, then as many epochs of a
     #: linear ramp to the learned weights (0 = the paper: learned from the start).
-    fusion_warmup_epochs: int = 10
+    fusion_warmup_epochs: int = 0
     #: Early-stopping and checkpoint criterion, one of :data:`EARLY_STOPPING` (paper: val_loss).
     early_stopping: str = "val_loss"
     #: Candidate learning rates / weight decays chosen per seed on validation (empty: ``lr`` /

@@ -318,8 +318,9 @@ def train_protocols(dataset):
     return [p.name for p in parse_protocols(missing_grid.own_protocols(config, dataset, "train"))]
 
 
-def stage_dirs(dataset, method):
-    """Pre-training stage outputs a staged method's fit reads (empty for other methods)."""
+def stage_dirs(dataset, method, protocol):
+    """Pre-training stage outputs a staged method's fit under train protocol ``protocol`` reads (empty
+    for other methods): the stages see what that protocol leaves of the training split."""
     from medmix.pipeline.stage import stage_module, stage_owner
 
     method = run_spec(config, method).method
@@ -327,7 +328,7 @@ def stage_dirs(dataset, method):
     if stages is None:
         return []
     modalities = list(dataset_config(dataset)["modalities"])
-    return [f"results/{dataset}/stages/{stage_owner(method)}/{s}" for s in stages.stage_plan(modalities)]
+    return [f"results/{dataset}/stages/{stage_owner(method)}/{protocol}/{s}" for s in stages.stage_plan(modalities)]
 
 
 def run_dir(dataset, method, protocol):

@@ -4,24 +4,26 @@
 
 rule stage:
     """One pre-training stage of a staged method (CP-IMoE: specific_<m>, redundant, synergistic),
-    for every seed; shared by every train protocol and by the methods with this stage owner."""
+    for every seed, on what the train-time protocol leaves of the training split; shared by the
+    methods with this stage owner."""
     input:
         cohort=lambda wc: cohort_path(wc.dataset),
         features=lambda wc: dataset_features(wc.dataset),
         needs=stage_needs,
         code=stage_code,
     output:
-        stage=directory("results/{dataset}/stages/{method}/{stage}"),
+        stage=directory("results/{dataset}/stages/{method}/{protocol}/{stage}"),
     params:
         committee=lambda wc: canonical_json(committee_spec(wc.dataset)),
         feature_keys=lambda wc: canonical_json(feature_keys(wc.dataset)),
         identities=lambda wc: identities_json(wc.dataset),
         training=lambda wc: canonical_json(stage_module(wc.method).stage_params(training_params(config, wc.method))),
         seeds=canonical_json(config["seeds"]),
+        train_protocol=lambda wc: canonical_json(train_protocol_spec(wc.dataset, wc.protocol)),
     log:
-        "logs/stage/{dataset}/{method}/{stage}.log",
+        "logs/stage/{dataset}/{method}/{protocol}/{stage}.log",
     benchmark:
-        "results/benchmarks/stage/{dataset}/{method}/{stage}.tsv"
+        "results/benchmarks/stage/{dataset}/{method}/{protocol}/{stage}.tsv"
     threads: 1
     resources:
         **rule_resources("stage", mem_mb=4000),

@@ -13,7 +13,7 @@ def stage_needs(wildcards):
     plan = stage_module(wildcards.method).stage_plan(list(dataset_config(wildcards.dataset)["modalities"]))
     if wildcards.stage not in plan:
         raise ValueError(f"{wildcards.method}: no stage {wildcards.stage!r} on {wildcards.dataset}; stages: {list(plan)}")
-    return [f"results/{wildcards.dataset}/stages/{wildcards.method}/{s}" for s in plan[wildcards.stage]]
+    return [f"results/{wildcards.dataset}/stages/{wildcards.method}/{wildcards.protocol}/{s}" for s in plan[wildcards.stage]]
 
 
 def stage_code(wildcards):

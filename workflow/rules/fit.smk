@@ -4,7 +4,7 @@ rule fit:
         cohort=lambda wc: cohort_path(wc.dataset),
         features=lambda wc: dataset_features(wc.dataset, wc.method),
         code=lambda wc: method_code(wc.method, "medmix.pipeline.fit"),
-        pretrained=lambda wc: stage_dirs(wc.dataset, wc.method),
+        pretrained=lambda wc: stage_dirs(wc.dataset, wc.method, wc.protocol),
     output:
         model=directory("results/{dataset}/runs/{method}/{protocol}/model"),
         curves="results/{dataset}/runs/{method}/{protocol}/curves.csv",

@@ -12,7 +12,6 @@ from medmix.protocols import Protocol
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
 set_threads(sm.threads)
-train_spec = dict(json.loads(sm.params.train_protocol))
 fit_job(
     method=sm.params.method,
     run=sm.wildcards.method,
@@ -23,7 +22,7 @@ fit_job(
                                   read_cohort_schemas(sm.input.cohort)),
     params=json.loads(sm.params.training),
     seeds=json.loads(sm.params.seeds),
-    train_protocol=Protocol(sm.wildcards.protocol, train_spec.pop("kind"), train_spec),
+    train_protocol=Protocol.from_spec(sm.wildcards.protocol, json.loads(sm.params.train_protocol)),
     out_model=sm.output.model,
     out_curves=sm.output.curves,
     out_info=sm.output.info,

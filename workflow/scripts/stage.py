@@ -7,6 +7,7 @@ from medmix.cohort import read_cohort_schemas
 from medmix.config import with_expected_dims
 from medmix.pipeline import set_threads, setup_logging
 from medmix.pipeline.stage import stage_job
+from medmix.protocols import Protocol
 
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
@@ -21,6 +22,7 @@ stage_job(
                                   read_cohort_schemas(sm.input.cohort)),
     params=json.loads(sm.params.training),
     seeds=json.loads(sm.params.seeds),
+    train_protocol=Protocol.from_spec(sm.wildcards.protocol, json.loads(sm.params.train_protocol)),
     needs={Path(p).name: p for p in sm.input.needs},
     out_dir=sm.output.stage,
 )
