@@ -14,6 +14,7 @@ grouped, mF1 and accuracy at the validation thresholds), equal to them up to flo
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -121,27 +122,34 @@ def table_significance(frame, block: list[str], runs: dict, thresholds: dict, ta
         if ref.empty or others.empty:
             continue
         means = others.groupby("method", sort=False)[list(METRICS)].mean()
-        boot_cache: dict[tuple[str, str], dict] = {}
-        multiclass = tasks.get(ref.dataset.iloc[0]) == "multiclass"
-
-        def compare(a_name: str, a, b_name: str, b, m: str) -> dict:
-            paired = a[["seed", m]].merge(b[["seed", m]], on="seed", suffixes=("_a", "_b"))
-            if (a_name, b_name) not in boot_cache:
-                boot_cache[a_name, b_name] = {} if multiclass else _boot_pair(a, b, runs, thresholds, n_boot)
-            lo, hi = boot_cache[a_name, b_name].get(m, (np.nan, np.nan))
-            return {**where, "method": a_name, "metric": m, "other": b_name, "diff": float(a[m].mean() - b[m].mean()),
-                    "p_paired": paired_p(paired[f"{m}_a"], paired[f"{m}_b"]), "ci_low": lo, "ci_high": hi}
-
+        boot = _Bootstrap(runs, thresholds, n_boot, tasks.get(ref.dataset.iloc[0]) == "multiclass")
         for m in METRICS:
             if means[m].isna().all():
                 continue
             best = str(means[m].idxmax())
-            rows.append(compare(reference, ref, best, others[others.method == best], m))
+            rows.append({**where, **boot.compare(reference, ref, best, others[others.method == best], m)})
             for run in [r for r in dict.fromkeys(part.method) if r in improvements]:
                 imp = part[part.method == run]
-                rows.append(compare(run, imp, best, others[others.method == best], m))
-                rows.append(compare(run, imp, reference, ref, m))
+                rows.append({**where, **boot.compare(run, imp, best, others[others.method == best], m)})
+                rows.append({**where, **boot.compare(run, imp, reference, ref, m)})
     return pd.DataFrame(rows, columns=columns)
+
+
+class _Bootstrap:
+    """Paired comparisons of two runs' per-seed rows within one block (bootstrap CIs cached per pair)."""
+
+    def __init__(self, runs: dict, thresholds: dict, n_boot: int, multiclass: bool):
+        self.runs, self.thresholds, self.n_boot, self.multiclass = runs, thresholds, n_boot, multiclass
+        self.cache: dict[tuple[str, str], dict] = {}
+
+    def compare(self, a_name: str, a, b_name: str, b, m: str) -> dict[str, Any]:
+        paired = a[["seed", m]].merge(b[["seed", m]], on="seed", suffixes=("_a", "_b"))
+        if (a_name, b_name) not in self.cache:
+            self.cache[a_name, b_name] = {} if self.multiclass else _boot_pair(a, b, self.runs, self.thresholds,
+                                                                              self.n_boot)
+        lo, hi = self.cache[a_name, b_name].get(m, (np.nan, np.nan))
+        return {"method": a_name, "metric": m, "other": b_name, "diff": float(a[m].mean() - b[m].mean()),
+                "p_paired": paired_p(paired[f"{m}_a"], paired[f"{m}_b"]), "ci_low": lo, "ci_high": hi}
 
 
 def _boot_pair(ref, other, runs: dict, thresholds: dict, n_boot: int) -> dict[str, tuple[float, float]]:

@@ -20,9 +20,8 @@ section). A stage's output depends only on :func:`stage_params`, so last-stage s
 
 from __future__ import annotations
 
-import logging
-
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
