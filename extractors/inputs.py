@@ -14,9 +14,11 @@ carry no orientation and are taken as ``DHW`` or ``HWD`` (depth last) per ``layo
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,27 @@ MAX_TIMESERIES_BYTES = 512 * 1024**2
 VOLUME_AXCODES = ("S", "P", "L")
 
 
+def check_file(path: str, what: str, directory_ok: bool = False) -> None:
+    """:class:`InputError` unless ``path`` (links followed) is a regular file, or a folder when
+    ``directory_ok``: the reason says what it is instead ("not found", "is a directory", "is a
+    symlink loop", "is not a regular file" for a FIFO or a device, which reading could block on or
+    never finish). ``what`` names the input kind (``image``, ``time-series``...)."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise InputError(f"{what} path {path} is a symlink loop (too many levels of symbolic links)") from None
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise InputError(f"{what} file not found: {path}") from None
+        raise InputError(f"{what} path {path} cannot be read: {err.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        if directory_ok:
+            return
+        raise InputError(f"{what} path {path} is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{what} path {path} is not a regular file (a FIFO, socket or device)")
+
+
 def is_missing(value: Any) -> bool:
     """A cohort cell that means "modality absent": ``None`` or a float NaN (pandas nulls)."""
     return value is None or (isinstance(value, float) and math.isnan(value))
@@ -46,23 +69,26 @@ def read_image(path: str, mode: str = "RGB", draft_size: tuple[int, int] | None 
     its pixels are decoded (the limit itself is never raised or removed). Truncated files fail
     (``LOAD_TRUNCATED_IMAGES`` is never set). ``draft_size`` lets JPEG files decode at a reduced
     scale (DCT scaling, never below ``draft_size``) when the caller downsizes anyway; other
-    formats ignore it. 16-bit greyscale (Pillow modes ``I;16*`` and ``I``, e.g. a 16-bit PNG) is
-    scaled to 8 bits over the full 16-bit range (``/ 257``) instead of Pillow's clipping at 255;
-    CMYK (e.g. a CMYK JPEG) is converted by Pillow.
+    formats ignore it. The EXIF orientation (e.g. a phone photo or a scanner's JPEG stored sideways
+    with orientation 6) is applied right after decoding, before any conversion, so the pixels are
+    the upright image a viewer shows. 16-bit greyscale (Pillow modes ``I;16*`` and ``I``, e.g. a
+    16-bit PNG) is scaled to 8 bits over the full 16-bit range (``/ 257``) instead of Pillow's
+    clipping at 255; CMYK (e.g. a CMYK JPEG) is converted by Pillow.
     """
     import warnings
 
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if not os.path.isfile(path):
-        raise InputError(f"image file not found: {path}")
+    check_file(path, "image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                turned = im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # stored with width and height swapped
                 if draft_size is not None and im.format == "JPEG":
-                    im.draft(mode if mode in ("L", "RGB") else None, draft_size)
+                    im.draft(mode if mode in ("L", "RGB") else None, draft_size[::-1] if turned else draft_size)
                 im.load()
+                ImageOps.exif_transpose(im, in_place=True)
                 out = _from_16bit(im).convert(mode) if im.mode in WIDE_GREY_MODES else im.convert(mode)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         raise InputError(f"image {path} exceeds the decompression-bomb pixel limit "
@@ -74,6 +100,8 @@ def read_image(path: str, mode: str = "RGB", draft_size: tuple[int, int] | None 
     return out
 
 
+#: The EXIF orientation tag (0x0112).
+EXIF_ORIENTATION = 0x0112
 #: Greyscale modes wider than 8 bits that Pillow's ``convert`` would clip at 255.
 WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -104,13 +132,14 @@ def read_timeseries(path: str):
     A column named ``time``, ``hour`` or ``charttime`` (any case) is the time axis: rows are
     sorted by it (stable; numbers, else date-times; an empty or unparseable time is an error), then
     every time column is dropped, so irregularly sampled or shuffled rows come out in time order.
-    Without one, the file's row order is the time order. Other non-numeric entries become NaN.
-    An all-NaN series is unusable.
+    Without one, the file's row order is the time order. Empty cells (and pandas' null spellings:
+    ``NA``, ``NaN``...) are unobserved (NaN); any other value that is not a number (e.g. a decimal
+    comma ``1,5`` or ``<5``) makes the series unusable, the reason naming the column and the first
+    such row. An all-NaN series is unusable.
     """
     import pandas as pd
 
-    if not os.path.isfile(path):
-        raise InputError(f"time-series file not found: {path}")
+    check_file(path, "time-series")
     nbytes = os.path.getsize(path)
     if nbytes > MAX_TIMESERIES_BYTES:
         raise InputError(f"time series {path} is {nbytes} bytes (limit {MAX_TIMESERIES_BYTES}); not parsed")
@@ -122,11 +151,36 @@ def read_timeseries(path: str):
         if is_fatal(err):  # out of memory is not a property of the input
             raise
         raise InputError(f"unreadable time series {path}: {type(err).__name__}: {err}") from err
+    check_numeric(frame, path)  # before sorting: data rows are the file's
     frame = sort_by_time(frame, path)
     values = frame.apply(pd.to_numeric, errors="coerce")
     if values.size == 0 or values.isna().all().all():
         raise InputError(f"time series {path} has no observed values (empty or all NaN)")
     return values
+
+
+def check_numeric(frame, path: str) -> None:
+    """:class:`InputError` if a variable column (time columns aside) holds a value that is neither
+    empty / null nor a number: a decimal comma (``1,5``) or a text (``<5``) would otherwise become
+    an unobserved value silently, and a column of them an all-NaN variable."""
+    import pandas as pd
+
+    timed = set(time_columns(frame.columns))
+    for k, col in enumerate(frame.columns):
+        if col in timed:
+            continue
+        raw = frame.iloc[:, k]
+        if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw):
+            continue
+        numbers = pd.to_numeric(raw, errors="coerce")
+        candidates = np.flatnonzero((numbers.isna() & raw.notna()).to_numpy())
+        bad = [int(i) for i in candidates if str(raw.iloc[i]).strip()]
+        if bad:
+            raise InputError(
+                f"time series {path}: column {col!r} has {len(bad)} value(s) that are not numbers, first at data row "
+                f"{bad[0] + 1} ({raw.iloc[bad[0]]!r}); write numbers with a '.' decimal point and leave unobserved "
+                "values empty"
+            )
 
 
 def time_columns(columns) -> list[str]:
@@ -184,8 +238,9 @@ def read_volume(path: str, layout: str = "DHW") -> np.ndarray:
     before any voxel is read.
     """
     p = Path(path)
-    if not p.exists():
+    if not os.path.lexists(path):
         raise InputError(f"volume not found: {path}")
+    check_file(path, "volume", directory_ok=True)
     try:
         if p.is_dir():
             vol = _read_dicom_series(p)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from medmix.runs import RunSpec, check_run_name, run_spec, run_specs, select_committee
+from medmix.runs import RunSpec, check_name, check_run_name, run_spec, run_specs, select_committee
 
 __all__ = ["ConfigError", "Member", "RunSpec", "load_config", "run_spec", "run_specs", "select_committee",
            "training_params", "validate_config"]
@@ -114,12 +114,49 @@ def _check_method_params(method: str, params: dict[str, Any], cfg: dict[str, Any
                               f"{_did_you_mean(key, allowed)} (valid keys here: the `training` keys"
                               + (f" and {sorted(get_method_class(method).extra_params)}" if
                                  get_method_class(method).extra_params else "") + ")")
+    _check_training_values(method, params, cfg, where or f"method_params.{method}",
+                           schema["properties"]["training"]["properties"])
     check = getattr(get_method_class(method), "check_params", None)  # a method's own value checks
     if check is not None:
         try:
             check({**get_method_class(method).param_defaults, **params})
         except ValueError as err:
             raise ConfigError(str(err)) from None
+
+
+def _check_training_values(method: str, params: dict[str, Any], cfg: dict[str, Any], where: str,
+                           properties: dict[str, Any]) -> None:
+    """The ``training`` keys a run of ``method`` gets, merged as :func:`training_params` merges them
+    (``training``, the class's ``param_defaults``, ``method_params`` of its family and of itself, then
+    ``params`` when they are a variant's, at ``where``), validated against the ``training`` block's
+    schema (minimum, type, enum...): ``method_params.medmix.max_epochs: 0`` is refused like
+    ``training.max_epochs: 0``. The error names the key that set the offending value."""
+    import jsonschema
+
+    from medmix.methods import get_method_class
+
+    cls = get_method_class(method)
+    own = cfg.get("method_params") or {}
+    family = getattr(cls, "family", None)
+    layers = [("training", cfg.get("training") or {}), (f"param_defaults of method {method!r}", cls.param_defaults)]
+    if family and family != method:
+        layers.append((f"method_params.{family}", own.get(family) or {}))
+    layers.append((f"method_params.{method}", own.get(method) or {}))
+    if where != f"method_params.{method}":
+        layers.append((where, params))
+    merged: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for name, layer in layers:
+        for key, value in layer.items():
+            if key in properties:
+                merged[key], source[key] = value, name
+    validator = jsonschema.Draft202012Validator({"type": "object", "properties": properties})
+    lines = sorted(
+        f"config key `{source[str(e.absolute_path[0])]}.{_format_path(e.absolute_path)}`: {e.message}"
+        for e in validator.iter_errors(merged) if e.absolute_path
+    )
+    if lines:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines[:10]))
 
 
 def _did_you_mean(word: str, options) -> str:
@@ -155,6 +192,8 @@ def _allowed_keys(validator, root: dict[str, Any], schema: dict[str, Any], insta
 def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """Schema + semantic validation; returns ``cfg`` with defaults filled in."""
     validate_schema(cfg)
+    _check_names(cfg)
+    _check_unique(cfg)
     from extractors.registry import get_spec, list_experts
     from medmix.cohort import CohortError
     from medmix.datasets.declared import FIXED_MODALITIES, default_modalities
@@ -193,6 +232,7 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"config key `datasets.{ext}.role`: must be 'external' since {ds_name} lists it")
             if sorted(cfg["datasets"][ext].get("modalities", {})) != sorted(ds.get("modalities", {})):
                 raise ConfigError(f"config key `datasets.{ext}.modalities`: must match those of {ds_name}")
+            _check_external_labels(cfg, ds_name, ext)
         for mod, mcfg in ds.get("modalities", {}).items():
             key = f"datasets.{ds_name}.modalities.{mod}"
             members, teacher = committee(cfg, ds_name, mod)
@@ -212,6 +252,84 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     _check_extraction_experts(cfg, known)
     _check_runs(cfg)
     return cfg
+
+
+def _check_names(cfg: dict[str, Any]) -> None:
+    """Dataset, modality and demo-cohort names are path components and Snakemake wildcard values
+    (:data:`medmix.runs.NAME_PATTERN`): ``my cohort`` or ``site/a`` is a config error here, not a
+    missing input later."""
+    try:
+        for name in (cfg.get("demo") or {}).get("cohorts") or {}:
+            check_name(name, "demo cohort", f"config key `demo.cohorts.{name}`")
+        for ds_name, ds in cfg["datasets"].items():
+            check_name(ds_name, "dataset", f"config key `datasets.{ds_name}`")
+            for mod in ds.get("modalities") or {}:
+                check_name(mod, "modality", f"config key `datasets.{ds_name}.modalities.{mod}`")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+#: Lists whose entries must be distinct: (path to the list, with ``*`` for every key of a mapping).
+UNIQUE_LISTS = (
+    ("seeds",), ("methods",), ("sweep", "methods"), ("sweep", "datasets"), ("missing_grid", "methods"),
+    ("missing_grid", "settings"), ("missing_grid", "rates"), ("missing_grid", "figure_methods"),
+    ("datasets", "*", "labels"), ("datasets", "*", "classes"), ("datasets", "*", "external"),
+    ("datasets", "*", "modalities", "*", "columns"), ("datasets", "*", "modalities", "*", "variables"),
+    ("datasets", "*", "modalities", "*", "categorical"), ("datasets", "*", "modalities", "*", "committee"),
+    ("variants", "*", "modalities"), ("variants", "*", "roles"),
+    ("protocols", "train", "*", "modalities"), ("protocols", "test", "*", "modalities"),
+)
+
+
+def _check_unique(cfg: dict[str, Any]) -> None:
+    """A list entry given twice cannot be meant (two identical label columns, a seed or a run trained
+    twice under one name): a config error naming the key and the repeated entries."""
+
+    def walk(node: Any, path: tuple[str, ...], where: list[str]):
+        if not path:
+            yield ".".join(where), node
+            return
+        if not isinstance(node, dict):
+            return
+        keys = list(node) if path[0] == "*" else [path[0]] if path[0] in node else []
+        for key in keys:
+            yield from walk(node[key], path[1:], [*where, str(key)])
+
+    for path in UNIQUE_LISTS:
+        for key, values in walk(cfg, path, []):
+            if not isinstance(values, list):
+                continue
+            canon = [json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else
+                     (str(v) if path[-1] in ("labels", "classes") else v) for v in values]
+            dups = [values[i] for i, v in enumerate(canon) if v in canon[:i]]
+            if dups:
+                seen: list[Any] = []
+                for d in dups:
+                    if d not in seen:
+                        seen.append(d)
+                raise ConfigError(f"config key `{key}`: {', '.join(repr(d) for d in seen)} listed more than once "
+                                  f"in {values}; each entry must be distinct")
+
+
+def _check_external_labels(cfg: dict[str, Any], dev: str, ext: str) -> None:
+    """An external cohort is scored with ``dev``'s models: same task, same labels in the same order
+    (predictions are matched to label columns by position)."""
+    from medmix.datasets.declared import declared_labels
+
+    d, e = cfg["datasets"][dev], cfg["datasets"][ext]
+    if d["task"] != e["task"]:
+        raise ConfigError(f"config key `datasets.{ext}.task`: external dataset {ext!r} has task {e['task']!r}, but "
+                          f"{dev!r}, which lists it under `external`, has task {d['task']!r}; they must be the same")
+    dev_labels, ext_labels = declared_labels(d), declared_labels(e)
+    if dev_labels != ext_labels:
+        key = "classes" if d["task"] == "multiclass" else "labels"
+        only_ext = [x for x in ext_labels if x not in dev_labels]
+        only_dev = [x for x in dev_labels if x not in ext_labels]
+        parts = [f"only in {name!r}: {only}" for name, only in ((ext, only_ext), (dev, only_dev)) if only]
+        differ = "; ".join(parts) or "the same labels in another order; predictions are matched to labels by position"
+        raise ConfigError(f"config key `datasets.{ext}.{key}`: external dataset {ext!r} has {key} {ext_labels}, but "
+                          f"{dev!r}, which lists it under `external`, has {dev_labels} ({differ}); they must be "
+                          "the same")
 
 
 def _check_runs(cfg: dict[str, Any]) -> None:

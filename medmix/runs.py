@@ -19,6 +19,12 @@ VARIANT_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_+\-]*"
 #: Every run name: a method or variant name, optionally ``@`` + a modality subset of the sweep
 #: (:mod:`medmix.sweep`, e.g. ``gbdt@frontal+note``); ``@`` occurs in no other name.
 RUN_NAME_PATTERN = VARIANT_NAME_PATTERN + r"(@[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*)?"
+#: A dataset, modality or demo-cohort name: a path component and a Snakemake wildcard value (the
+#: Snakefile's ``wildcard_constraints``): letters, digits and ``_`` only (``+`` joins modalities in
+#: sweep run names, ``-`` is not allowed by the wildcards).
+NAME_PATTERN = r"[A-Za-z0-9_]+"
+#: Folders under ``results/`` that are not datasets' (a dataset of that name would share them).
+RESERVED_DATASET_NAMES = ("benchmarks", "costs", "figures", "knowledge", "tables")
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,17 @@ def run_spec(cfg: dict[str, Any], name: str) -> RunSpec:
 def check_run_name(name: str, where: str) -> None:
     if not re.fullmatch(VARIANT_NAME_PATTERN, name):
         raise ValueError(f"{where}: run name {name!r} must match {VARIANT_NAME_PATTERN} (it names result folders)")
+
+
+def check_name(name: Any, what: str, where: str) -> None:
+    """A dataset / modality / demo-cohort name must match :data:`NAME_PATTERN` (and a dataset's must
+    not be a reserved ``results/`` folder); ``ValueError`` naming ``where`` otherwise."""
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError(f"{where}: {what} name {name!r} may hold only letters, digits and '_' ({NAME_PATTERN}): "
+                         "it names result folders and is a Snakemake wildcard value")
+    if what == "dataset" and name in RESERVED_DATASET_NAMES:
+        raise ValueError(f"{where}: dataset name {name!r} is reserved (results/{name}/ holds the pipeline's own "
+                         f"outputs; reserved: {', '.join(RESERVED_DATASET_NAMES)})")
 
 
 def run_specs(cfg: dict[str, Any]) -> dict[str, RunSpec]:

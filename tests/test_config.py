@@ -200,3 +200,85 @@ def test_method_params_keys_are_training_keys_or_the_methods_own(cfg):
     cfg["method_params"] = {"meanavg": {"lp_c_grid": [1.0]}}  # the probe's own key, not meanavg's
     with pytest.raises(ConfigError, match=r"`method_params.meanavg.lp_c_grid`: unknown key"):
         validate_config(cfg)
+
+
+# --------------------------------------------------------------------------- nothing silently wrong (issue 29)
+def _add_variant(c, name, spec):
+    c["variants"][name] = spec
+    if name not in c["methods"]:
+        c["methods"] = [*c["methods"], name]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c.__setitem__("seeds", [0, 1, 0]),
+         "config key `seeds`: 0 listed more than once in [0, 1, 0]; each entry must be distinct"),
+        (lambda c: c.__setitem__("methods", ["medmix", "gbdt", "medmix"]),
+         "config key `methods`: 'medmix' listed more than once in ['medmix', 'gbdt', 'medmix']"),
+        (lambda c: c["datasets"]["demo_openi"].__setitem__("labels", ["effusion", "opacity", "effusion"]),
+         "config key `datasets.demo_openi.labels`: 'effusion' listed more than once"),
+        (lambda c: c.__setitem__("missing_grid", {"methods": ["cpimoe", "cpimoe"]}),
+         "config key `missing_grid.methods`: 'cpimoe' listed more than once"),
+        (lambda c: c.__setitem__("sweep", {"methods": ["gbdt", "gbdt"]}),
+         "config key `sweep.methods`: 'gbdt' listed more than once"),
+        (lambda c: c["datasets"]["demo_mimic"]["modalities"]["ehr"].__setitem__("variables", ["hr", "hr"]),
+         "config key `datasets.demo_mimic.modalities.ehr.variables`: 'hr' listed more than once"),
+        (lambda c: _add_variant(c, "medmix", {"method": "medmix"}),
+         "config key `variants.medmix`: 'medmix' is a registered method; give the variant its own name"),
+        (lambda c: c["datasets"].__setitem__("my cohort", c["datasets"].pop("demo_openi")),
+         "config key `datasets.my cohort`: dataset name 'my cohort' may hold only letters, digits and '_'"),
+        (lambda c: c["datasets"].__setitem__("site/a", c["datasets"].pop("demo_openi")),
+         "config key `datasets.site/a`: dataset name 'site/a' may hold only letters, digits and '_'"),
+        (lambda c: c["datasets"].__setitem__("site-a", c["datasets"].pop("demo_openi")),
+         "config key `datasets.site-a`: dataset name 'site-a' may hold only letters, digits and '_'"),
+        (lambda c: c["datasets"].__setitem__("tables", c["datasets"].pop("demo_openi")),
+         "config key `datasets.tables`: dataset name 'tables' is reserved"),
+        (lambda c: c["datasets"]["demo_openi"]["modalities"].__setitem__("x ray", {"kind": "image", "column": "x"}),
+         "config key `datasets.demo_openi.modalities.x ray`: modality name 'x ray' may hold only letters"),
+        (lambda c: c["datasets"]["demo_mimic_ext"].__setitem__("labels", ["mortality", "long_stay"]),
+         "config key `datasets.demo_mimic_ext.labels`: external dataset 'demo_mimic_ext' has labels "
+         "['mortality', 'long_stay'], but 'demo_mimic', which lists it under `external`, has "
+         "['mortality', 'long_stay', 'readmission'] (only in 'demo_mimic': ['readmission']); they must be the same"),
+        (lambda c: c["datasets"]["demo_mimic_ext"].__setitem__("labels", ["long_stay", "mortality", "readmission"]),
+         "(the same labels in another order; predictions are matched to labels by position)"),
+        (lambda c: c["datasets"]["demo_mimic_ext"].__setitem__("task", "multilabel"),
+         "config key `datasets.demo_mimic_ext.task`: external dataset 'demo_mimic_ext' has task 'multilabel', but "
+         "'demo_mimic', which lists it under `external`, has task 'multitask'; they must be the same"),
+        (lambda c: c.__setitem__("method_params", {"medmix": {"max_epochs": 0}}),
+         "config key `method_params.medmix.max_epochs`: 0 is less than the minimum of 1"),
+        (lambda c: c.__setitem__("method_params", {"gbdt": {"early_stopping": "val_acc"}}),
+         "config key `method_params.gbdt.early_stopping`: 'val_acc' is not one of"),
+        (lambda c: _add_variant(c, "medmix_v", {"method": "medmix", "params": {"dropout": 1.5}}),
+         "config key `variants.medmix_v.params.dropout`: 1.5 is greater than the maximum of 1"),
+    ],
+)
+def test_what_cannot_be_meant_is_a_config_error(cfg, mutate, message):
+    mutate(cfg)
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert message in str(err.value)
+
+
+def test_merged_method_settings_are_valid_where_the_training_block_is(cfg):
+    """``method_params`` and a variant's ``params`` are checked after merging, and the error names the
+    layer that set the value; a valid override is accepted."""
+    cfg["method_params"] = {"medmix": {"max_epochs": 1, "patience": 3}}
+    cfg["variants"]["medmix_v"] = {"method": "medmix", "params": {"lr_grid": [0.1, 0.01]}}
+    validate_config(copy.deepcopy(cfg))
+    cfg["variants"]["medmix_v"]["params"]["lr_grid"] = [0.1, 0.1]
+    with pytest.raises(ConfigError, match=r"`variants.medmix_v.params.lr_grid`: \[0.1, 0.1\] has non-unique elements"):
+        validate_config(copy.deepcopy(cfg))
+
+
+def test_snakemake_refuses_an_unsafe_dataset_name_before_any_job(tmp_path):
+    from test_workflow import snakemake, tiny_config
+
+    cfg = tiny_config()
+    cfg["datasets"]["my cohort"] = cfg["datasets"]["demo_openi"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "all", check=False)
+    assert proc.returncode != 0
+    assert "config key `datasets.my cohort`: dataset name 'my cohort' may hold only letters, digits and '_'" in (
+        proc.stdout + proc.stderr)
+    assert "MissingInputException" not in proc.stdout + proc.stderr

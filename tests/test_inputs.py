@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from extractors.base import Extractor, InputError
-from extractors.inputs import read_tabular, read_text, read_timeseries, read_volume
+from extractors.inputs import read_image, read_tabular, read_text, read_timeseries, read_volume
 from extractors.registry import ExpertSpec, create_extractor
 from extractors.runner import run_extraction
 from medmix.store import read_features
@@ -182,3 +183,68 @@ def test_wrong_output_shape_raises_and_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="returned shape"):
         run_extraction(Wrong({}), ["a"], ["1"], str(tmp_path / "o.parquet"))
     assert not (tmp_path / "o.parquet").exists()
+
+
+# --------------------------------------------------------------------------- real-world file quirks (issue 29)
+def _exif_jpeg(path: Path, pixels: np.ndarray, orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, quality=95, exif=exif)
+
+
+def test_exif_orientation_is_applied_before_conversion(tmp_path: Path) -> None:
+    """A JPEG stored sideways with EXIF orientation 6 ("rotate 90° clockwise to display") decodes to
+    the upright picture: exactly the stored pixels turned 90° clockwise, in every mode."""
+    rng = np.random.default_rng(3)
+    stored = (rng.random((24, 40, 3)) * 255).astype(np.uint8)  # 40 wide, 24 high as stored
+    path = tmp_path / "sideways.jpg"
+    _exif_jpeg(path, stored, 6)
+    with Image.open(path) as raw:
+        decoded = {mode: np.asarray(raw.convert(mode)) for mode in ("RGB", "L")}  # no orientation applied
+    for mode in ("RGB", "L"):
+        got = read_image(str(path), mode=mode)
+        assert got.size == (24, 40)  # width x height: upright
+        np.testing.assert_array_equal(np.asarray(got), np.rot90(decoded[mode], k=-1))
+    # JPEG draft decoding asks for the stored (swapped) size, so the upright result is not below draft_size
+    big = tmp_path / "big.jpg"
+    _exif_jpeg(big, np.repeat(np.repeat(stored, 8, axis=0), 8, axis=1), 6)  # 320 wide x 192 high as stored
+    assert read_image(str(big), mode="L", draft_size=(96, 160)).size == (96, 160)
+    plain = tmp_path / "plain.jpg"
+    _exif_jpeg(plain, stored, 1)
+    assert read_image(str(plain)).size == (40, 24)
+
+
+def test_series_values_that_are_not_numbers_make_the_sample_missing(tmp_path: Path) -> None:
+    """A decimal comma (``1,5`` quoted in a CSV) is not a number: the series is refused, naming the file,
+    the column and the first row, instead of a variable silently all-NaN. Empty cells stay unobserved."""
+    path = tmp_path / "comma.csv"
+    path.write_text('time,hr,sbp\n0,80,"120,5"\n1,,"121,0"\n2,82,\n')
+    with pytest.raises(InputError) as err:
+        read_timeseries(str(path))
+    assert str(err.value) == (f"time series {path}: column 'sbp' has 2 value(s) that are not numbers, first at data "
+                              "row 1 ('120,5'); write numbers with a '.' decimal point and leave unobserved values empty")
+    ok = tmp_path / "ok.csv"
+    ok.write_text("time,hr,sbp\n1,81, \n0,80,NA\n2,,122.5\n")  # blank, NA and empty cells: unobserved
+    frame = read_timeseries(str(ok))
+    assert frame["hr"].tolist()[:2] == [80, 81] and frame["sbp"].isna().tolist() == [True, True, False]
+    feats, _ = _run("ts_summary", [str(path), str(ok)], tmp_path / "o.parquet", preprocessing={"n_variables": 2})
+    assert feats.present.tolist() == [False, True]
+    assert feats.metadata["failed_samples"] == {"s0": str(err.value)}
+
+
+def test_directory_and_symlink_loop_get_their_own_reason(tmp_path: Path) -> None:
+    (tmp_path / "folder.png").mkdir()
+    os.symlink("loop.csv", tmp_path / "loop.csv")
+    os.symlink("loop.nii.gz", tmp_path / "loop.nii.gz")
+    cases = [
+        (read_image, "folder.png", "image path {} is a directory, not a file"),
+        (read_timeseries, "folder.png", "time-series path {} is a directory, not a file"),
+        (read_timeseries, "loop.csv", "time-series path {} is a symlink loop (too many levels of symbolic links)"),
+        (read_image, "loop.csv", "image path {} is a symlink loop (too many levels of symbolic links)"),
+        (read_volume, "loop.nii.gz", "volume path {} is a symlink loop (too many levels of symbolic links)"),
+        (read_image, "absent.png", "image file not found: {}"),
+    ]
+    for reader, name, reason in cases:
+        with pytest.raises(InputError) as err:
+            reader(str(tmp_path / name))
+        assert str(err.value) == reason.format(tmp_path / name)

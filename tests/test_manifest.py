@@ -525,3 +525,84 @@ def test_mimic_iii_can_declare_the_development_modalities(tmp_path):
     assert all(v is None for v in cohort.inputs("frontal") + cohort.inputs("lateral"))
     assert "no chest X-rays" in cohort.extra["warnings"][0]
     assert summarize(cohort)["modality_availability"]["frontal"]["all"]["available"] == 0
+
+
+# --------------------------------------------------------------------------- nothing silently wrong (issue 29)
+NULLS_CFG = {"adapter": "manifest", "manifest": "m.csv", "id_column": "sid", "patient_column": "sid",
+             "split_ratios": [0.5, 0.25, 0.25], "task": "multilabel", "labels": ["a", "b", "c"],
+             "modalities": {"note": {"kind": "text", "column": "note"}}}
+
+
+def test_parquet_nulls_mean_what_empty_csv_cells_mean(tmp_path):
+    """A Parquet null (``pd.NA`` in an Int64, boolean or object column, ``None``, NaN) is an unknown
+    label and a missing input, exactly like the empty cell of the same manifest as CSV."""
+    frame = pd.DataFrame({
+        "sid": ["s0", "s1", "s2", "s3"],
+        "a": pd.array([1, pd.NA, 0, 1], dtype="Int64"),
+        "b": pd.array([True, False, pd.NA, True], dtype="boolean"),
+        "c": pd.Series([1, 0, None, pd.NA], dtype=object),
+        "note": pd.array(["x", pd.NA, "y", "z"], dtype="string"),
+    })
+    frame.to_parquet(tmp_path / "m.parquet")
+    (tmp_path / "m.csv").write_text("sid,a,b,c,note\ns0,1,true,1,x\ns1,,false,0,\ns2,0,,,y\ns3,1,true,,z\n")
+    from_csv = load_manifest_dataset("n", NULLS_CFG, tmp_path)
+    from_parquet = load_manifest_dataset("n", {**NULLS_CFG, "manifest": "m.parquet"}, tmp_path)
+    np.testing.assert_array_equal(from_parquet.label_matrix(), from_csv.label_matrix())  # NaN == NaN here
+    assert np.isnan(from_csv.label_matrix()).sum() == 4
+    assert from_parquet.inputs("note") == from_csv.inputs("note") == ["x", None, "y", "z"]
+
+
+def _manifest_error(tmp_path, text: str) -> str:
+    (tmp_path / "m.csv").write_bytes(text.encode("latin-1"))
+    with pytest.raises(CohortError) as err:
+        load_manifest_dataset("n", NULLS_CFG, tmp_path)
+    assert f"dataset 'n' (manifest {(tmp_path / 'm.csv').resolve()}): " in str(err.value)
+    return str(err.value)
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    # an unquoted comma in the note of line 3 shifts every later column
+    ("sid,a,b,c,note\ns0,1,0,1,x\ns1,0,0,1,left, small\ns2,1,1,0,y\n",
+     "line 3 has 6 fields, the header (line 1) has 5; every row needs one field per column"),
+    ("sid,a,b,c,note\ns0,1,0,1,x\ns1,0,0\n", "line 3 has 3 fields, the header (line 1) has 5"),
+    # a quoted cell over two lines and a blank line: the offending row starts on line 6
+    ('sid,a,b,c,note\ns0,1,0,1,"two\nlines"\n\ns1,0,0,1,x\ns2,0,0,1,x,extra\n', "line 6 has 6 fields"),
+    ("sid,a,b,c,a\ns0,1,0,1,x\n", "column name 'a' appears twice in the header (line 1) (columns 2 and 5)"),
+    ('sid,a,b,c,note\ns0,1,0,1,"open quote\n', "unreadable CSV at line 2: unexpected end of data"),
+    ("sid,a,b,c,note\ns0,1,0,1,Herzgr\xf6\xdfe\n", "line 2 is not UTF-8 text (byte 0xf6 at offset 30)"),
+])
+def test_malformed_csv_manifest_names_the_file_and_line(tmp_path, text, words):
+    assert words in _manifest_error(tmp_path, text)
+
+
+def test_duplicate_parquet_column_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table([["s0", "s1"], [1, 0], [0, 1], [1, 1], [0, 0]], names=["sid", "a", "b", "c", "a"])
+    pq.write_table(table, tmp_path / "m.parquet")
+    with pytest.raises(CohortError, match=r"column name 'a' appears twice in the Parquet schema \(columns 2 and 5\)"):
+        load_manifest_dataset("n", {**NULLS_CFG, "manifest": "m.parquet"}, tmp_path)
+
+
+def test_symlink_loop_and_directory_are_per_sample_reasons(tmp_path):
+    """A path cell that is a symbolic-link loop, or a note path that is a folder, makes that sample's
+    modality missing with the reason (``unusable_files``), not a traceback that fails the dataset."""
+    base = _all_kinds_fixture(tmp_path)
+    data = base / "data"
+    os.symlink("loop.png", data / "img" / "loop.png")  # a link to itself
+    (data / "notes" / "folder.txt").mkdir()
+    _rewrite(base, lambda f: (f.__setitem__("frontal_path", ["img/a.png", "img/loop.png", "", ""]),
+                              f.__setitem__("report_file", ["notes/a.txt", "notes/folder.txt", "", ""])))
+    cohort = build_cohort("fx", _cfg(), base)
+    root = data.resolve()
+    assert cohort.inputs("frontal")[1] is None and cohort.inputs("report")[1] is None
+    assert cohort.extra["unusable_files"]["frontal"] == {
+        "b": f"path {root / 'img' / 'loop.png'} is a symlink loop (too many levels of symbolic links); it names no file"}
+    assert cohort.extra["unusable_files"]["report"] == {"b": f"note path {root / 'notes' / 'folder.txt'} is a directory, "
+                                                             "not a file"}
+    os.symlink("../../outside.png", data / "img" / "out.png")  # a loop that also leaves the folder
+    os.symlink(data / "img" / "out.png", tmp_path / "outside.png")
+    _rewrite(base, lambda f: f.__setitem__("frontal_path", ["img/a.png", "../outside.png", "", ""]))
+    with pytest.raises(CohortError, match=r"row 2 \(id 'b'\): path '../outside.png' leads to .*outside the data folder"):
+        build_cohort("fx", _cfg(), base)

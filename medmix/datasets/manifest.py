@@ -32,8 +32,10 @@ logged by ``prepare_dataset`` and listed by the summary.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -63,26 +65,95 @@ def load_manifest_dataset(name: str, cfg: dict[str, Any], base_dir: Path) -> Coh
     manifest = config_path(base_dir, cfg["manifest"])
     if not manifest.is_file():
         raise CohortError(f"dataset {name!r}: manifest {manifest} does not exist")
-    table = read_table(manifest)
+    table = read_table(manifest, f"dataset {name!r} (manifest {manifest.resolve()})")
     root = config_path(base_dir, cfg["data_root"]) if cfg.get("data_root") else manifest.parent
     return cohort_from_table(name, table, cfg, root.resolve(), extra={"manifest": str(manifest.resolve())})
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV or Parquet table with every cell as a stripped string ('' for empty / null)."""
+def read_table(path: Path, where: str | None = None) -> pd.DataFrame:
+    """A CSV or Parquet table with every cell as a stripped string ('' for empty / null).
+
+    Nulls mean the same in both formats: an empty CSV cell and a Parquet null (``None``, NaN,
+    ``pd.NA``, ``NaT`` in any column type) are both ''. A CSV is read strictly: a row with more or
+    fewer fields than the header (an unquoted comma shifts every column), a column name given
+    twice (pandas would rename the second ``x.1``) or a file the parser cannot read is a
+    :class:`CohortError` naming the file (``where``, default ``manifest <path>``) and the line.
+    """
+    where = where or f"manifest {path}"
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return as_strings(pd.read_parquet(path))
+        import pyarrow.parquet as pq
+
+        try:
+            names = list(pq.read_schema(path).names)
+            _check_header(where, names, "the Parquet schema")
+            return as_strings(pd.read_parquet(path))
+        except CohortError:
+            raise
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a bad file
+            raise CohortError(f"{where}: unreadable Parquet file: {type(err).__name__}: {err}") from err
     if suffix not in (".csv", ".tsv"):
         raise CohortError(f"{path}: unsupported manifest format {path.suffix!r} (use .csv, .tsv or .parquet)")
-    return as_strings(pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ","))
+    sep = "\t" if suffix == ".tsv" else ","
+    _check_csv_shape(path, where, sep)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, encoding="utf-8")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        raise CohortError(f"{where}: unreadable {suffix[1:].upper()} file: {type(err).__name__}: {err}") from err
+    return as_strings(table)
+
+
+def _check_header(where: str, names: list[str], what: str) -> None:
+    """Refuse a column name given twice (pandas would silently rename the second one ``x.1``)."""
+    seen: dict[str, int] = {}
+    for k, name in enumerate(names, start=1):
+        if name in seen:
+            raise CohortError(f"{where}: column name {name!r} appears twice in {what} (columns {seen[name]} and "
+                              f"{k}); rename one of them")
+        seen[name] = k
+
+
+def _check_csv_shape(path: Path, where: str, sep: str) -> None:
+    """The file is UTF-8, the header has distinct names and every data row as many fields as the
+    header (blank lines are skipped, as pandas skips them); else a :class:`CohortError` with the
+    1-based line number."""
+    import csv
+    import io
+
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is fine
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise CohortError(f"{where}: line {line} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset "
+                          f"{err.start}); save the file as UTF-8") from err
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
+    header: list[str] | None = None
+    header_line = start = 1  # start: the line the next record starts on
+    try:
+        for fields in reader:
+            line, start = start, reader.line_num + 1
+            if not fields:  # a blank line
+                continue
+            if header is None:
+                header, header_line = fields, line
+                _check_header(where, fields, f"the header (line {line})")
+                continue
+            if len(fields) != len(header):
+                raise CohortError(
+                    f"{where}: line {line} has {len(fields)} fields, the header (line {header_line}) has "
+                    f"{len(header)}; every row needs one field per column, and a cell holding "
+                    f"{'a tab' if sep == chr(9) else 'a comma'} must be quoted (\"...\")"
+                )
+    except csv.Error as err:
+        raise CohortError(f"{where}: unreadable {'TSV' if sep == chr(9) else 'CSV'} at line {start}: {err}") from err
 
 
 def as_strings(table: pd.DataFrame) -> pd.DataFrame:
-    """Every cell as a stripped string; null / NaN become ''."""
+    """Every cell as a stripped string; a null of any type (None, NaN, ``pd.NA``, ``NaT``) becomes ''."""
 
     def cell(value: Any) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
             return ""
         return str(value).strip()
 
@@ -378,7 +449,13 @@ def _path_cells(where, mod, ids: pd.Series, cells: pd.Series, root: Path, read_t
         if not cell:
             values.append(None)
             continue
-        path = resolve_inside(root, cell, f"{where}: modality {mod!r}, row {pos + 1} (id {sid!r})")
+        row = f"{where}: modality {mod!r}, row {pos + 1} (id {sid!r})"
+        loop = _symlink_loop(root, cell, row)
+        if loop is not None:
+            unusable[sid] = f"path {loop} is a symlink loop (too many levels of symbolic links); it names no file"
+            values.append(None)
+            continue
+        path = resolve_inside(root, cell, row)
         if not path.exists():
             absent[sid] = str(path)
             values.append(None)
@@ -392,11 +469,33 @@ def _path_cells(where, mod, ids: pd.Series, cells: pd.Series, root: Path, read_t
     return values, absent, unusable
 
 
+def _symlink_loop(root: Path, cell: str, row: str) -> Path | None:
+    """The cell's path (normalised, links not followed) when it is a symbolic-link loop, else ``None``.
+
+    A loop names no file: the sample's modality is missing with that reason (resolving it would
+    raise on Python < 3.13). One that lies outside ``root`` is still refused like any other escape.
+    """
+    root = Path(root).resolve()
+    path = root / cell
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            return None
+        lexical = Path(os.path.normpath(path))
+        if lexical != root and root not in lexical.parents:
+            raise CohortError(f"{row}: path {cell!r} leads to {lexical}, outside the data folder {root}") from None
+        return lexical
+    return None
+
+
 def read_note(path: Path) -> tuple[str | None, str | None]:
     """``(text, None)`` for a usable UTF-8 note file, else ``(None, reason naming the file)``.
 
     A UTF-8 byte-order mark is dropped; the text is stripped of surrounding whitespace.
     """
+    if path.is_dir():
+        return None, f"note path {path} is a directory, not a file"
     if not path.is_file():
         return None, f"note path {path} is not a file"
     size = path.stat().st_size

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from medmix.evaluation.metrics import METRICS
-from medmix.evaluation.paper_tables import HEADERS, HOW, PaperTable, summarise
+from medmix.evaluation.paper_tables import BEYOND_MARK, HEADERS, HOW, PaperTable, summarise
 from medmix.store.atomic import atomic_path
 
 FIGURES = ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation", "fig_per_label_f1", "fig5_efficiency")
@@ -37,6 +37,11 @@ def _empty(plt, text: str):
     ax.axis("off")
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9)
     return fig
+
+
+def _name(table: PaperTable, method: str) -> str:
+    """A run's legend label: marked when it is an improvement beyond the paper (as in the tables)."""
+    return f"{method} {BEYOND_MARK}" if method in table.marked else method
 
 
 def _rate_figure(plt, tables: list[PaperTable], by_modality: bool, clean: PaperTable):
@@ -57,7 +62,7 @@ def _rate_figure(plt, tables: list[PaperTable], by_modality: bool, clean: PaperT
                 key = key if isinstance(key, tuple) else (key,)
                 anchor = base[(base.dataset == dataset) & (base.method == key[0])] if len(base) else base
                 g = pd.concat([anchor.assign(rate=0.0), g]).sort_values("rate")
-                ax.errorbar(g.rate, g[f"{m}_mean"], yerr=g[f"{m}_std"], marker="o", capsize=2, label=" / ".join(key))
+                ax.errorbar(g.rate, g[f"{m}_mean"], yerr=g[f"{m}_std"], marker="o", capsize=2, label=" / ".join([_name(table, key[0]), *key[1:]]))
             ax.set_title(f"{dataset}: {table.name[5:]} {HEADERS[m]}", fontsize=8)
             ax.set_xlabel("drop rate (0: clean)", fontsize=8)
             ax.set_xlim(-0.05, 1.0)
@@ -89,7 +94,7 @@ def _ablation_figure(plt, table: PaperTable):
         x = np.arange(len(METRICS))
         for k, (_, r) in enumerate(part.iterrows()):
             ax.bar(x + k * width, [r[f"{m}_mean"] for m in METRICS], width,
-                   yerr=[r[f"{m}_std"] for m in METRICS], capsize=2, label=r.method)
+                   yerr=[r[f"{m}_std"] for m in METRICS], capsize=2, label=_name(table, r.method))
         ax.set_xticks(x + width * (len(part) - 1) / 2, [HEADERS[m] for m in METRICS])
         ax.set_title(f"{dataset}: structural ablations (Table E7)", fontsize=9)
         ax.legend(fontsize=7, ncol=2)
@@ -104,7 +109,7 @@ def _per_label_figure(plt, table: PaperTable):
         x = np.arange(len(labels))
         for k, method in enumerate(methods):
             rows = part[part.method == method].set_index("label").reindex(labels)
-            ax.bar(x + k * width, rows.mf1_mean, width, yerr=rows.mf1_std, capsize=2, label=method)
+            ax.bar(x + k * width, rows.mf1_mean, width, yerr=rows.mf1_std, capsize=2, label=_name(table, method))
         ax.set_xticks(x + width * (len(methods) - 1) / 2, labels, fontsize=7, rotation=20)
         ax.set_ylabel("mF1", fontsize=8)
         ax.set_title(f"{dataset}: per-label mF1 (both classes; Table E8)", fontsize=9)
