@@ -73,6 +73,8 @@ def planned_jobs(workdir: Path, cfg: dict) -> dict[str, int]:
                 break
             if len(parts) == 2 and parts[1].isdigit():
                 counts[parts[0]] = int(parts[1])
+    if not counts:  # neither "Nothing to be done" nor a job-stats table: never an empty plan by default
+        raise AssertionError(f"snakemake -n printed no job table and not 'Nothing to be done':\n{text[-3000:]}")
     return counts
 
 
