@@ -35,6 +35,8 @@ CASES: dict[str, tuple[str, str]] = {
     "huge_png": ("xray", "s7"),
     "huge_jpeg": ("xray", "s8"),
     "bomb_1_2x_png": ("xray", "s9"),
+    "exif_rotated_jpeg": ("xray", "s10"),  # stored sideways, EXIF orientation 6: decodes upright
+    "directory_path": ("xray", "s11"),  # the cell names a folder
     # volume (ct)
     "truncated_nifti": ("ct", "s1"),
     "noncanonical_nifti": ("ct", "s2"),
@@ -48,12 +50,14 @@ CASES: dict[str, tuple[str, str]] = {
     "whitespace_note": ("note", "s2"),
     "non_utf8_note": ("note", "s3"),
     "note_1mb": ("note", "s4"),
+    "symlink_loop": ("note", "s5"),  # a link to itself: no file at all
     # series (ehr)
     "series_all_nan": ("ehr", "s1"),
     "series_constant": ("ehr", "s2"),
     "series_single_row": ("ehr", "s3"),
     "series_100k_rows": ("ehr", "s4"),
     "series_unknown_variables": ("ehr", "s5"),
+    "decimal_comma_series": ("ehr", "s6"),  # "120,5": not a number
 }
 
 
@@ -149,6 +153,16 @@ def _write_image(folder: Path, i: int, case: str | None) -> str:
     if case == "bomb_1_2x_png":
         # Between Pillow's MAX_IMAGE_PIXELS (89.5 M) and twice that: Pillow only warns.
         (folder / f"{i}.png").write_bytes(_png_zero_image(10_000, 10_000))
+        return f"img/{i}.png"
+    if case == "exif_rotated_jpeg":
+        # The picture stored turned 90° counter-clockwise, with orientation 6 ("turn 90° clockwise to
+        # display"), as cameras and some scanners write it: a viewer (and the reader) shows ``g``.
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(np.ascontiguousarray(np.rot90(g)), mode="L").save(folder / f"{i}.jpg", quality=95, exif=exif)
+        return f"img/{i}.jpg"
+    if case == "directory_path":
+        (folder / f"{i}.png").mkdir()
         return f"img/{i}.png"
     raise ValueError(case)
 
@@ -258,6 +272,8 @@ def _write_note(folder: Path, i: int, y: int, case: str | None) -> str:
         words = rng.choice(NOTE_WORDS, 200_000)
         text = " ".join(words)
         path.write_text(text[: 1024 * 1024], encoding="utf-8")
+    elif case == "symlink_loop":
+        path.symlink_to(path.name)
     else:
         raise ValueError(case)
     return f"notes/{i}.txt"
@@ -277,6 +293,8 @@ def _write_series(folder: Path, i: int, y: int, case: str | None) -> str:
         frame = pd.DataFrame(rng.normal(0, 1, (100_000, len(SERIES_VARIABLES))), columns=SERIES_VARIABLES)
     elif case == "series_unknown_variables":
         frame = frame.rename(columns={"spo2": "mystery_lab"})  # same count, one unknown variable
+    elif case == "decimal_comma_series":
+        frame["sbp"] = [f"{v:.2f}".replace(".", ",") for v in frame["sbp"]]  # written quoted: "0,53"
     elif case is not None:
         raise ValueError(case)
     frame.insert(0, "time", np.arange(len(frame)))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from ci_skips import pytest_runtest_makereport  # noqa: F401  (the hook: an import skip fails in CI)
 from hermetic import blocked_connections, fail_if_blocked, guard_network, isolate_environment
 
 # Before any test module imports transformers / huggingface_hub / torch: they read these at import.
@@ -59,18 +59,3 @@ def medlineplus_minilm(tmp_path_factory, shared_data):
     build_index(root / "kb.parquet", root / "index", encoder, batch_size=32)
     return {"root": root, "meta": meta, "settings": settings}
 
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """In CI (``CI`` set), a test skipped because a module could not be imported fails instead: CI
-    installs every package the tests need, so such a skip means a broken install. A skip whose reason
-    names an optional extra (``pytest.importorskip(..., reason="pip install -e '.[cluster]'")``) stays
-    a skip."""
-    outcome = yield
-    report = outcome.get_result()
-    if not os.environ.get("CI") or not report.skipped or call.excinfo is None:
-        return
-    message = str(call.excinfo.value)
-    if message.startswith("could not import"):
-        report.outcome = "failed"
-        report.longrepr = f"CI: {message} (a package CI installs is missing: a broken install, not a skip)"

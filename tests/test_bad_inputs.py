@@ -4,8 +4,9 @@ Every bad input ends either in a clear error naming the file or row (the job fai
 and stderr carry the message line, not only a traceback) or in a missing modality for that one
 sample whose reason names the problem and the file (in the feature file's ``failed_samples``
 metadata or the cohort's ``unusable_files``, and in the job's log). Inputs that are odd but valid
-(16-bit PNG, CMYK JPEG, a non-canonical NIfTI affine, fewer CT slices than sampled, a 1 MB note,
-constant / one-row / 100,000-row series) are decoded correctly.
+(16-bit PNG, CMYK JPEG, a JPEG stored sideways with an EXIF orientation, a non-canonical NIfTI
+affine, fewer CT slices than sampled, a 1 MB note, constant / one-row / 100,000-row series, a
+Parquet manifest with null labels) are decoded correctly.
 
 Three snakemake runs cover everything (see tests/bad_inputs.py for the fixtures):
 
@@ -13,6 +14,9 @@ Three snakemake runs cover everything (see tests/bad_inputs.py for the fixtures)
    sample's file; run to the five feature files (one cheap offline expert per modality);
 2. cohort-level cases: one dataset per case in one config, ``-k`` to every summary;
 3. feature caches that disagree with the config: run 1's folder, two caches replaced, ``fit``.
+
+Config-level cases (issue 29: what cannot be meant) are refused by ``validate_config`` before any
+job; one ``snakemake -n`` shows the message as the user sees it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from bad_inputs import (
@@ -116,6 +121,8 @@ REFUSED = [
     ("dicom_multiframe", "multi-frame (6 frames)"),
     ("series_all_nan", "no observed values"),
     ("series_unknown_variables", "has extra ['mystery_lab']"),  # another variable set than the dataset's
+    ("directory_path", "is a directory, not a file"),
+    ("decimal_comma_series", "column 'sbp' has 12 value(s) that are not numbers, first at data row 1"),
 ]
 
 
@@ -158,6 +165,22 @@ def test_cmyk_jpeg_decodes_like_its_grey_original(per_sample_run, tmp_path):
     assert np.abs(got - ref).sum() < 0.2 * np.abs(other - ref).sum()  # JPEG is lossy: close, not equal
 
 
+def test_exif_orientation_is_applied(per_sample_run, tmp_path):
+    """s10's JPEG holds its picture turned 90° counter-clockwise, with EXIF orientation 6: it is
+    embedded upright (as a viewer shows it), not as stored."""
+    from extractors.registry import create_extractor
+
+    workdir, _, _ = per_sample_run
+    _, sid = CASES["exif_rotated_jpeg"]
+    g = grey_image(int(sid[1:]))
+    Image.fromarray(g, mode="L").save(tmp_path / "upright.png")
+    Image.fromarray(np.ascontiguousarray(np.rot90(g)), mode="L").save(tmp_path / "stored.png")
+    ex = create_extractor(EXPERTS["xray"])
+    upright, stored = (ex.embed_batch([ex.prepare(str(tmp_path / n))])[0] for n in ("upright.png", "stored.png"))
+    got = _embedding(workdir, "xray", sid)
+    assert np.abs(got - upright).sum() < 0.05 * np.abs(stored - upright).sum()  # JPEG is lossy: close, not equal
+
+
 def test_noncanonical_nifti_is_reoriented_not_refused(per_sample_run):
     """s2's file holds s0's volume stored with permuted, flipped axes: the same embedding."""
     workdir, _, _ = per_sample_run
@@ -180,12 +203,13 @@ def test_odd_but_valid_input_is_present(per_sample_run, case):
     ("empty_note", "empty text: note file {} is empty (0 bytes)"),
     ("whitespace_note", "empty text: note file {} is whitespace only"),
     ("non_utf8_note", "note file {} is not UTF-8 text (byte 0xf6 at offset {}); save it as UTF-8"),
+    ("symlink_loop", "path {} is a symlink loop (too many levels of symbolic links); it names no file"),
 ])
 def test_unusable_note_file_is_missing_with_its_reason(per_sample_run, case, words):
     workdir, manifest, _ = per_sample_run
     mod, sid = CASES[case]
-    path = (workdir / "cohort" / manifest.loc[int(sid[1:]), "note"]).resolve()
-    reason = words.format(path, path.read_bytes().find(b"\xf6"))
+    path = (workdir / "cohort").resolve() / manifest.loc[int(sid[1:]), "note"]  # the loop cannot be resolved
+    reason = words.format(path, path.read_bytes().find(b"\xf6") if case == "non_utf8_note" else None)
     summary = json.loads((workdir / f"results/{DATASET}/summary.json").read_text())
     assert {"sample_id": sid, "reason": reason} in summary["unusable_files"]["note"]["files"]
     assert f"modality note, sample {sid} recorded as missing: {reason}" in \
@@ -206,7 +230,7 @@ def test_per_sample_run_counts_every_failure_once(per_sample_run):
         assert expected <= failed, (mod, failed)
         assert set(np.array(ff.sample_ids)[~ff.present]) == failed
     note = _features(workdir, "note")
-    assert (~note.present).sum() == 3
+    assert (~note.present).sum() == 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +270,38 @@ COHORT_ERRORS = {
                                      r[1].update(image="img/link.png")),
                        "modality 'xray', row 2 (id 's1'): path 'img/link.png' resolves to {outside}, "
                        "outside the data folder {root}"),
+    # the manifest's text edited after writing (MANIFEST_TEXT_EDITS): what pandas would read silently
+    "dup_column": (lambda r, d: None,
+                   "column name 'outcome' appears twice in the header (line 1) (columns 4 and 6); rename one of them"),
+    "shifted_row": (lambda r, d: None,
+                    "line 3 has 7 fields, the header (line 1) has 6; every row needs one field per column, and a cell "
+                    'holding a comma must be quoted ("...")'),
 }
+
+#: Edits of a written manifest's text, for what rows of a dict cannot express.
+MANIFEST_TEXT_EDITS = {
+    # header sid,pid,split,outcome,image,outcome: pandas would rename the second one outcome.1
+    "dup_column": lambda text: text.replace(",age\n", ",outcome\n", 1),
+    # an unquoted decimal comma in s1's age: pandas would shift the row (or fail without the file name)
+    "shifted_row": lambda text: text.replace("\ns1,p1,train,1,img/1.png,41\n", "\ns1,p1,train,1,img/1.png,41,5\n"),
+}
+
+#: Cohort-level cases that must build: Parquet nulls (``pd.NA``) mean what empty CSV cells mean.
+PARQUET_NULLS = "parquet_null_label"
+
+
+def _parquet_null_manifest(folder) -> None:
+    """The small cohort as Parquet with ``pd.NA`` in an Int64 label column and a string path column,
+    and its CSV twin (``manifest.csv``) with empty cells there."""
+    rows = _small_rows()
+    for i in (2, 5):
+        rows[i]["outcome"] = ""
+    rows[4]["image"] = ""
+    write_manifest(folder / "manifest.csv", rows)
+    frame = pd.DataFrame(rows)
+    frame["outcome"] = pd.array([None if v == "" else v for v in frame["outcome"]], dtype="Int64")
+    frame["image"] = pd.array([None if v == "" else v for v in frame["image"]], dtype="string")
+    frame.to_parquet(folder / "manifest.parquet")
 
 
 @pytest.fixture(scope="module")
@@ -254,21 +309,28 @@ def cohort_error_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("bad_cohorts")
     Image.fromarray(grey_image(99), mode="L").save(workdir / "outside.png")
     datasets = {}
-    for name, (edit, _) in COHORT_ERRORS.items():
+    for name in [*COHORT_ERRORS, PARQUET_NULLS]:
         folder = workdir / name
         (folder / "img").mkdir(parents=True)
         rows = _small_rows()
         for i in range(len(rows)):
             Image.fromarray(grey_image(i), mode="L").save(folder / f"img/{i}.png")
-        edit(rows, folder)
-        write_manifest(folder / "manifest.csv", rows)
-        ds = dataset_config(f"{name}/manifest.csv")
+        if name == PARQUET_NULLS:
+            _parquet_null_manifest(folder)
+        else:
+            COHORT_ERRORS[name][0](rows, folder)
+            write_manifest(folder / "manifest.csv", rows)
+        if name in MANIFEST_TEXT_EDITS:
+            text = (folder / "manifest.csv").read_text()
+            (folder / "manifest.csv").write_text(MANIFEST_TEXT_EDITS[name](text))
+            assert (folder / "manifest.csv").read_text() != text
+        ds = dataset_config(f"{name}/manifest.{'parquet' if name == PARQUET_NULLS else 'csv'}")
         ds["modalities"] = {"xray": ds["modalities"]["xray"], "vitals": {"kind": "tabular", "columns": ["age"]}}
         if name == "class_domain":
             ds.update(task="multiclass", classes=["benign", "malignant"])
         datasets[name] = with_committees(ds)
     (workdir / "config.yaml").write_text(yaml.safe_dump(base_config(datasets)))
-    targets = [f"results/{name}/summary.json" for name in COHORT_ERRORS]
+    targets = [f"results/{name}/summary.json" for name in [*COHORT_ERRORS, PARQUET_NULLS]]
     proc = snakemake(workdir, "--cores", "2", "-k", *targets, check=False, timeout=600)
     return workdir, proc
 
@@ -291,6 +353,71 @@ def test_cohort_errors_show_their_message_without_a_traceback(cohort_error_run):
     workdir, proc = cohort_error_run
     assert "Traceback" not in proc.stderr.replace("(check log file(s) for error details)", "")
     assert "Traceback" in (workdir / "logs/prepare_dataset/dup_ids.log").read_text()
+
+
+def test_parquet_null_label_is_unknown_like_an_empty_csv_cell(cohort_error_run):
+    """The Parquet manifest's ``pd.NA`` labels are unknown (NaN) and its null path a missing image:
+    the cohort the workflow built equals the one from the CSV twin with empty cells."""
+    from medmix.cohort import read_cohort
+    from medmix.datasets import build_cohort
+
+    workdir, _ = cohort_error_run
+    built = read_cohort(workdir / f"results/{PARQUET_NULLS}/cohort.parquet")
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())["datasets"][PARQUET_NULLS]
+    twin = build_cohort(PARQUET_NULLS, {**cfg, "manifest": f"{PARQUET_NULLS}/manifest.csv"}, workdir)
+    np.testing.assert_array_equal(built.label_matrix(), twin.label_matrix())
+    assert np.isnan(built.label_matrix()[:, 0]).tolist() == [False, False, True, False, False, True]
+    assert built.inputs("xray") == twin.inputs("xray") and built.inputs("xray")[4] is None
+    assert "Traceback" not in (workdir / f"logs/prepare_dataset/{PARQUET_NULLS}.log").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# config-level cases: refused before any job, with the key named
+def _external_with_other_labels(cfg: dict) -> None:
+    ext = with_committees(dataset_config())
+    ext.update(role="external", labels=["relapse"])
+    cfg["datasets"]["ext"] = ext
+    cfg["datasets"][DATASET]["external"] = ["ext"]
+
+
+CONFIG_ERRORS = {
+    "duplicate_label": (lambda c: c["datasets"][DATASET].update(labels=["outcome", "outcome"]),
+                        f"config key `datasets.{DATASET}.labels`: 'outcome' listed more than once in "
+                        "['outcome', 'outcome']; each entry must be distinct"),
+    "external_other_labels": (_external_with_other_labels,
+                              f"config key `datasets.ext.labels`: external dataset 'ext' has labels ['relapse'], but "
+                              f"{DATASET!r}, which lists it under `external`, has ['outcome'] (only in 'ext': "
+                              f"['relapse']; only in {DATASET!r}: ['outcome']); they must be the same"),
+    "unsafe_dataset_name": (lambda c: c["datasets"].__setitem__("site/a", c["datasets"].pop(DATASET)),
+                            "config key `datasets.site/a`: dataset name 'site/a' may hold only letters, digits and "
+                            "'_' ([A-Za-z0-9_]+): it names result folders and is a Snakemake wildcard value"),
+    "max_epochs_0": (lambda c: c.__setitem__("method_params", {"meanavg": {"max_epochs": 0}}),
+                     "config key `method_params.meanavg.max_epochs`: 0 is less than the minimum of 1"),
+}
+
+
+def _bad_config(case: str) -> dict:
+    cfg = base_config({DATASET: with_committees(dataset_config())})
+    CONFIG_ERRORS[case][0](cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("case", list(CONFIG_ERRORS))
+def test_config_error_names_the_key(case):
+    from medmix.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError) as err:
+        validate_config(_bad_config(case))
+    assert CONFIG_ERRORS[case][1] in str(err.value)
+
+
+def test_snakemake_refuses_a_bad_method_setting_before_any_job(tmp_path):
+    """What the user sees: the message, at planning time (a dry run), no job and no traceback alone."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(_bad_config("max_epochs_0")))
+    proc = snakemake(tmp_path, "-n", "--cores", "1", check=False)
+    assert proc.returncode != 0
+    no_traceback_only(proc.stdout + proc.stderr, CONFIG_ERRORS["max_epochs_0"][1])
+    assert not (tmp_path / "results").exists()
 
 
 # ---------------------------------------------------------------------------------------------
