@@ -172,10 +172,11 @@ def check_numeric(frame, path: str) -> None:
         raw = frame.iloc[:, k]
         if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw):
             continue
-        numbers = pd.to_numeric(raw, errors="coerce")
-        candidates = np.flatnonzero((numbers.isna() & raw.notna()).to_numpy())
-        bad = [int(i) for i in candidates if str(raw.iloc[i]).strip()]
-        if bad:
+        mask = (pd.to_numeric(raw, errors="coerce").isna() & raw.notna()).to_numpy()
+        if not mask.any():
+            continue
+        bad = np.flatnonzero(mask)[raw[mask].astype(str).str.strip().ne("").to_numpy()]  # blank cells: unobserved
+        if len(bad):
             raise InputError(
                 f"time series {path}: column {col!r} has {len(bad)} value(s) that are not numbers, first at data row "
                 f"{bad[0] + 1} ({raw.iloc[bad[0]]!r}); write numbers with a '.' decimal point and leave unobserved "

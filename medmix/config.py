@@ -269,10 +269,11 @@ def _check_names(cfg: dict[str, Any]) -> None:
         raise ConfigError(str(err)) from None
 
 
-#: Lists whose entries must be distinct: (path to the list, with ``*`` for every key of a mapping).
+#: Lists of run names whose entries must be distinct (checked after the variants' names).
+UNIQUE_RUN_LISTS = (("methods",), ("sweep", "methods"), ("missing_grid", "methods"), ("missing_grid", "figure_methods"))
+#: Other lists whose entries must be distinct: (path to the list, with ``*`` for every key of a mapping).
 UNIQUE_LISTS = (
-    ("seeds",), ("methods",), ("sweep", "methods"), ("sweep", "datasets"), ("missing_grid", "methods"),
-    ("missing_grid", "settings"), ("missing_grid", "rates"), ("missing_grid", "figure_methods"),
+    ("seeds",), ("sweep", "datasets"), ("missing_grid", "settings"), ("missing_grid", "rates"),
     ("datasets", "*", "labels"), ("datasets", "*", "classes"), ("datasets", "*", "external"),
     ("datasets", "*", "modalities", "*", "columns"), ("datasets", "*", "modalities", "*", "variables"),
     ("datasets", "*", "modalities", "*", "categorical"), ("datasets", "*", "modalities", "*", "committee"),
@@ -281,7 +282,7 @@ UNIQUE_LISTS = (
 )
 
 
-def _check_unique(cfg: dict[str, Any]) -> None:
+def _check_unique(cfg: dict[str, Any], paths=UNIQUE_LISTS) -> None:
     """A list entry given twice cannot be meant (two identical label columns, a seed or a run trained
     twice under one name): a config error naming the key and the repeated entries."""
 
@@ -295,7 +296,7 @@ def _check_unique(cfg: dict[str, Any]) -> None:
         for key in keys:
             yield from walk(node[key], path[1:], [*where, str(key)])
 
-    for path in UNIQUE_LISTS:
+    for path in paths:
         for key, values in walk(cfg, path, []):
             if not isinstance(values, list):
                 continue
@@ -358,6 +359,7 @@ def _check_runs(cfg: dict[str, Any]) -> None:
                 select_committee(spec_committee, spec, ds)
             except ValueError as exc:
                 raise ConfigError(f"config key `{key}`: {exc}") from None
+    _check_unique(cfg, UNIQUE_RUN_LISTS)
     for m in cfg.get("methods", []):
         if m not in variants and not is_known_method(m):
             raise ConfigError(f"config key `methods`: unknown method or variant {m!r}"

@@ -235,3 +235,39 @@ def test_outputs_regenerate_identically_from_predictions(tmp_path):
     for k in ("sweep_md", "sweep_csv", "contribution_md", "contribution_csv"):
         assert out[k].read_bytes() == first[k]
     assert out["sweep_png"].stat().st_size > 1000
+
+
+def test_probe_shares_are_each_modalitys_share_of_the_readouts_logit_variance():
+    from medmix.evaluation.contribution import probe_shares
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in (0, 1):
+        a, b = rng.normal(0, 2.0, 200), rng.normal(0, 1.0, 200)  # variances 4 : 1
+        rows.append(pd.DataFrame({"seed": seed, "eval_set": "test", "test_protocol": "none", "train_protocol": "none",
+                                  "probe:a": a, "probe:b": b}))
+    frame = pd.concat(rows, ignore_index=True)
+    shares = probe_shares(frame, ["a", "b"])
+    assert list(shares.index) == [0, 1]
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0)
+    assert (shares["a"] > 0.7).all() and (shares["b"] < 0.3).all()
+    assert probe_shares(frame.drop(columns="probe:b"), ["a", "b"]) is None  # no read-out: nothing claimed
+
+
+def test_stacked_medmix_writes_its_probe_path_beside_the_fusion_weights():
+    from medmix.methods import create_method
+    from medmix.protocols import Protocol
+    from medmix.training.synthetic import synthetic_data
+
+    data = synthetic_data(n=160, dims={"a": [6], "b": [4]}, n_labels=1, task="binary", seed=2)
+    train, val, test = (data.split_part(s) for s in ("train", "val", "test"))
+    fast = dict(lr=3e-3, warmup_epochs=1, max_epochs=2, patience=2, hidden_dim=8, precision="fp32", threads=1,
+                probe_crossfit=2)
+    stacked = create_method("medmix_stacked", fast)
+    stacked.fit(train, val, [0], Protocol("none"))
+    pred = stacked.predict(test)
+    assert pred.extra_columns["probe"] == ["a", "b"] and pred.extras["probe"].shape == (1, test.n, 2)
+    assert "probe" not in create_method("medmix", fast).params.get("extras", {})
+    paper = create_method("medmix", fast)
+    paper.fit(train, val, [0], Protocol("none"))
+    assert "probe" not in paper.predict(test).extras  # the paper's model: the fusion weights are the only path

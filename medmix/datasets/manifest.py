@@ -22,12 +22,18 @@ Config keys (``datasets.<name>`` in config.yaml; see medmix/datasets/README.md):
 - ``role: external``: every row is evaluation data (split ``test``); split settings are ignored
   with a note.
 
-An empty cell, or a file that does not exist, makes the modality missing for that sample. Absent
-files are recorded per modality in ``cohort.extra["absent_files"]`` and reported by the summary.
-A note file that cannot be used (empty or whitespace only, not UTF-8, larger than
-``MAX_NOTE_BYTES``, not a file) also makes the note missing for that sample; the reason, naming
-the file, is recorded in ``cohort.extra["unusable_files"]`` (``{modality: {sample_id: reason}}``),
-logged by ``prepare_dataset`` and listed by the summary.
+An empty cell (a null of any type in a Parquet manifest: ``None``, NaN, ``pd.NA``), or a file
+that does not exist, makes the modality missing for that sample; an empty / null label is unknown.
+Absent files are recorded per modality in ``cohort.extra["absent_files"]`` and reported by the
+summary. A note file that cannot be used (empty or whitespace only, not UTF-8, larger than
+``MAX_NOTE_BYTES``, a directory, not a file) and a path cell that is a symbolic-link loop also make
+the modality missing for that sample; the reason, naming the file, is recorded in
+``cohort.extra["unusable_files"]`` (``{modality: {sample_id: reason}}``), logged by
+``prepare_dataset`` and listed by the summary.
+
+A CSV/TSV manifest is read strictly (:func:`read_table`): a row with more or fewer fields than the
+header, a column name given twice, bad quoting or non-UTF-8 bytes stop the build with the file and
+the 1-based line named.
 """
 
 from __future__ import annotations
@@ -153,6 +159,8 @@ def as_strings(table: pd.DataFrame) -> pd.DataFrame:
     """Every cell as a stripped string; a null of any type (None, NaN, ``pd.NA``, ``NaT``) becomes ''."""
 
     def cell(value: Any) -> str:
+        if isinstance(value, str):  # the common case first
+            return value.strip()
         if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
             return ""
         return str(value).strip()
