@@ -12,6 +12,7 @@ import os
 
 import pytest
 
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """In CI (``CI`` set), a test skipped because a module could not be imported fails instead: CI

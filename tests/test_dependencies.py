@@ -32,6 +32,7 @@ NOT_IMPORTED = {
     "pyjpegls": "pydicom JPEG-LS plugin (dev; declared with the DICOM reader work, never imported)",
     "ruff": "lint command line (README: Development)",
     "import-linter": "`lint-imports` command line (tests/test_layering.py)",
+    "pytest-timeout": "pytest plugin, loaded by pytest itself (the `timeout` option in pyproject.toml)",
     "snakemake-executor-plugin-slurm": "Snakemake executor plugin, loaded by name (`--executor slurm`, profile slurm)",
     "snakemake-executor-plugin-kubernetes": "Snakemake executor plugin, loaded by name (profile kubernetes)",
     "snakemake-executor-plugin-cluster-generic": "Snakemake executor plugin, loaded by name (tests/test_scale.py)",
