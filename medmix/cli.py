@@ -1,20 +1,45 @@
-"""The ``medmix`` command: inspect the resolved configuration and the expert registry."""
+"""The ``medmix`` command: write a config for your cohort (``init``), inspect the resolved
+configuration (``info``) and the expert registry (``experts``)."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import sys
+from pathlib import Path
 
-from medmix.config import ConfigError, committee, expert_identity, load_config
+from medmix.config import REPO_ROOT, ConfigError, committee, expert_identity, validate_config
 from medmix.datasets.declared import declared_labels
+
+
+def _effective(base: str, overlays: list[str]) -> tuple[dict, str]:
+    """The validated config of ``base`` with ``overlays`` merged on top as the workflow merges them
+    (:mod:`medmix.overlay`), and how to name it."""
+    from medmix.overlay import load_yaml, resolve_files
+
+    if not overlays:
+        if not Path(base).is_file():
+            raise FileNotFoundError(f"config file {base} does not exist")
+        return validate_config(load_yaml(base)), base
+    for path in overlays:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+    same = Path(base).is_file() and all(Path(p).resolve() == Path(base).resolve() for p in overlays)
+    shown = " + ".join(([base] if Path(base).is_file() and not same else []) + overlays)
+    try:
+        cfg = resolve_files(base, overlays)
+    except ValueError as err:  # a file that is not a mapping
+        raise ConfigError(str(err)) from None
+    return validate_config(cfg), shown
 
 
 def _info(args) -> int:
     from extractors.registry import get_spec
 
-    cfg = load_config(args.config)
-    print(f"config: {args.config} (valid)")
+    cfg, shown = _effective(args.base, args.config or [])
+    print(f"config: {shown} (valid)")
     print(f"seeds: {cfg['seeds']}")
     print(f"methods: {', '.join(cfg['methods'])}")
     print(f"train protocols: {', '.join(cfg['protocols']['train'])}; test protocols: {', '.join(cfg['protocols']['test'])}")
@@ -57,11 +82,92 @@ def _experts(args) -> int:
     return 0
 
 
+def _config_ref(path: Path) -> str:
+    """A path as a config (or the next command) should name it: relative to the current folder,
+    where Snakemake runs, when it lies below it; else absolute."""
+    path = Path(os.path.abspath(path))
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _init(args) -> int:
+    from medmix.cohort import CohortError
+    from medmix.datasets import build_cohort
+    from medmix.init_config import InitError, build_overlay, infer_dataset, render
+    from medmix.overlay import effective_config, load_yaml
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        print(f"medmix: {out} exists; pass --force to overwrite it", file=sys.stderr)
+        return 2
+    base_path = Path(args.base)
+    if not base_path.is_file():
+        base_path = REPO_ROOT / "config.yaml"
+    base = load_yaml(base_path)
+    try:
+        inf = infer_dataset(
+            args.manifest, args.labels, name=args.name, task=args.task, id_column=args.id_column,
+            data_root=args.data_root, manifest_ref=_config_ref(Path(args.manifest)),
+            data_root_ref=_config_ref(Path(args.data_root)) if args.data_root else None,
+            modality_roles=tuple(args.modality_roles) if args.modality_roles else None,
+        )
+        overlay = build_overlay(inf, base)
+    except InitError as err:
+        print(f"medmix init: {err}", file=sys.stderr)
+        return 2
+    # The file must give a valid config over the base and a cohort the manifest adapter builds.
+    cfg = validate_config(effective_config(base, [copy.deepcopy(overlay)]))
+    try:
+        cohort = build_cohort(inf.name, cfg["datasets"][inf.name], ".")
+    except CohortError as err:
+        print(f"medmix init: the inferred dataset does not build: {err}", file=sys.stderr)
+        return 2
+    experts = {}
+    for mod in cfg["datasets"][inf.name]["modalities"]:
+        members, teacher = committee(cfg, inf.name, mod)
+        experts[mod] = ", ".join(f"{m.name} ({m.role})" for m in members) + (f"; teacher {teacher}" if teacher else "")
+    text = render(overlay, inf, out_ref=_config_ref(out), manifest_ref=_config_ref(Path(args.manifest)),
+                  base_ref=_config_ref(base_path), experts=experts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    for w in inf.warnings:
+        print(f"note: {w}", file=sys.stderr)
+    splits = cohort.frame["split"].value_counts()
+    print(f"wrote {out}: dataset {inf.name} ({len(cohort.frame)} samples: "
+          + ", ".join(f"{splits.get(s, 0)} {s}" for s in ("train", "val", "test")) + f"), task {inf.task}, "
+          f"modalities {', '.join(f'{m} [{k}]' for m, k in cohort.modalities.items())}, {len(overlay['methods'])} runs")
+    print(f"next: snakemake --cores 8 all --configfile {_config_ref(out)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medmix", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    p_init = sub.add_parser("init", help="write a config for a cohort described by a manifest table",
+                            description="Infer a dataset config (modalities, labels, patient, split, protocols, "
+                                        "runs) from a manifest and write it as a --configfile for snakemake.")
+    p_init.add_argument("--manifest", required=True, help="the cohort table (.csv, .tsv or .parquet), one row per sample")
+    p_init.add_argument("--labels", required=True, nargs="+", help="label column(s)")
+    p_init.add_argument("--out", required=True, help="the config file to write")
+    p_init.add_argument("--name", help="dataset name (default: the manifest's file stem)")
+    p_init.add_argument("--task", choices=["binary", "multilabel", "multitask", "multiclass"],
+                        help="default: one 0/1 label -> binary, one label of class names -> multiclass, "
+                             "several 0/1 labels -> multilabel")
+    p_init.add_argument("--id-column", help="sample id column (default: sample_id, id, ... or the first unique column)")
+    p_init.add_argument("--data-root", help="where relative paths in the manifest resolve (default: its folder)")
+    p_init.add_argument("--modality-roles", nargs=2, metavar=("PRIMARY", "SECONDARY"),
+                        help="modality roles of the CP-IMoE missing grid (default: no grid)")
+    p_init.add_argument("--base", default="config.yaml",
+                        help="the config this file is merged over (default: config.yaml here, else the repository's)")
+    p_init.add_argument("--force", action="store_true", help="overwrite --out")
+    p_init.set_defaults(func=_init)
     p_info = sub.add_parser("info", help="print the resolved config: datasets, committees, experts")
-    p_info.add_argument("--config", default="config.yaml")
+    p_info.add_argument("--config", action="append",
+                        help="a config file merged over --base as `snakemake --configfile` merges it (repeatable; "
+                             "default: --base alone)")
+    p_info.add_argument("--base", default="config.yaml", help="the workflow's own config (default: config.yaml)")
     p_info.set_defaults(func=_info)
     p_exp = sub.add_parser("experts", help="list every registered expert")
     p_exp.add_argument("--json", action="store_true")

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from medmix.methods import create_method
+from medmix.methods import create_method, load_method
 from medmix.methods.adacomed import AdaCoMed, _CommitteeOnly
-from medmix.methods.base import load_method
 from medmix.methods.simple_fusion import SimpleFusion
 from medmix.protocols import Protocol
 from medmix.training.synthetic import synthetic_data

@@ -12,8 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medmix.evaluation.cpimoe_tables import cell_metrics
-from medmix.methods import create_method, is_known_method
-from medmix.methods.base import load_method
+from medmix.methods import create_method, is_known_method, load_method
 from medmix.models.cpimoe import CPIMoENet, pattern_ids, training_step_cost
 from medmix.protocols import Protocol
 from medmix.training import cpimoe_stages as stages

@@ -16,9 +16,8 @@ from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
 from medmix.evaluation.tables import collect, main_table_markdown
-from medmix.methods import create_method, get_method_class, is_known_method, known_methods
+from medmix.methods import create_method, get_method_class, is_known_method, known_methods, load_method
 from medmix.methods.attention import AttentionFusionNet
-from medmix.methods.base import load_method
 from medmix.methods.concat import ConcatFusionNet
 from medmix.methods.large_ref import prior_logits
 from medmix.methods.max_fusion import MaxFusionNet

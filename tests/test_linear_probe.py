@@ -11,8 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
 
 from medmix.data import Standardizer
-from medmix.methods import create_method, known_methods
-from medmix.methods.base import load_method
+from medmix.methods import create_method, known_methods, load_method
 from medmix.methods.linear_probe import C_GRID, probe_features
 from medmix.protocols import Protocol
 from medmix.training.synthetic import synthetic_data

@@ -10,8 +10,7 @@ import torch
 from safetensors import safe_open
 from sklearn.metrics import roc_auc_score
 
-from medmix.methods import create_method
-from medmix.methods.base import load_method
+from medmix.methods import create_method, load_method
 from medmix.methods.medmix import MedMIXObjective, build_members
 from medmix.models import MedMIXConfig
 from medmix.protocols import Protocol

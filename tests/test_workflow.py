@@ -369,7 +369,7 @@ def _resume(tmp_path: Path, sig) -> None:
 def test_interrupt_during_fit_or_evaluate_then_resume(tmp_path, sig, stage):
     """Ctrl-C or a hard kill while models train or predictions are written: what exists is complete, and
     the resumed run finishes with every model and prediction readable."""
-    from medmix.methods.base import load_method
+    from medmix.methods import load_method
 
     cfg = _one_dataset_config()
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))

@@ -194,7 +194,7 @@ def complexity_rows(model_dir: str | Path, cohort_path: str, committee: dict[str
     import torch
 
     from medmix.data import Standardizer
-    from medmix.methods.base import load_method
+    from medmix.methods import load_method
     from medmix.models.cpimoe import training_step_cost
     from medmix.pipeline.fit import SCALER_FILE, load_dataset
 

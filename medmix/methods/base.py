@@ -131,29 +131,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON-serialisable in a method's settings: {type(value).__name__}")
-
-
-def load_method(folder: str | Path) -> FusionMethod:
-    """A predict-only method rebuilt from a folder written by :meth:`FusionMethod.save`."""
-    from safetensors.torch import load_file
-
-    from medmix.methods import get_method_class
-
-    folder = Path(folder)
-    meta_path = folder / "method.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{folder}: no method.json (not a saved fusion method; rerun its fit job)")
-    info = json.loads(meta_path.read_text())
-    if info.get("format") != METHOD_FORMAT:
-        raise ValueError(f"{meta_path}: format {info.get('format')!r}, expected {METHOD_FORMAT!r}")
-    method = get_method_class(info["method"])(info["params"])
-    method.seeds = [int(s) for s in info["seeds"]]
-    method.selection = list(info.get("selection", []))
-    states = []
-    for seed in method.seeds:
-        path = folder / f"seed{seed}.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: checkpoint of seed {seed} listed in {meta_path} is missing")
-        states.append(load_file(str(path)))
-    method.restore(info["settings"], states)
-    return method
