@@ -196,10 +196,10 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     _check_unique(cfg)
     from extractors.registry import get_spec, list_experts
     from medmix.cohort import CohortError
-    from medmix.datasets.declared import FIXED_MODALITIES, default_modalities
+    from medmix.datasets.declared import default_modalities, has_fixed_modalities
 
     for ds_name, ds in cfg["datasets"].items():
-        if not ds.get("labels") and ds["adapter"] not in FIXED_MODALITIES and ds["task"] != "multiclass":
+        if not ds.get("labels") and not has_fixed_modalities(ds["adapter"]) and ds["task"] != "multiclass":
             raise ConfigError(f"config key `datasets.{ds_name}.labels`: required for adapter {ds['adapter']!r}")
         if not ds.get("modalities"):  # named adapters know their own modalities
             try:

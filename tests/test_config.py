@@ -158,14 +158,14 @@ def test_every_key_an_adapter_reads_is_declared_for_it():
 
     import jsonschema
 
-    from medmix.datasets import ADAPTERS
+    from medmix.datasets import known_adapters
 
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     validator = jsonschema.Draft202012Validator(schema)
     from medmix.config import _allowed_keys
 
-    for adapter, target in ADAPTERS.items():
-        source = REPO / (target.split(":")[0].replace(".", "/") + ".py")
+    for adapter, spec in known_adapters().items():
+        source = REPO / (spec.module.replace(".", "/") + ".py")
         read = set()
         for node in ast.walk(ast.parse(source.read_text())):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"

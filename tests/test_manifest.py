@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from medmix.cohort import CohortError, read_cohort, write_cohort
-from medmix.datasets import ADAPTERS, build_cohort
+from medmix.datasets import build_cohort, known_adapters
 from medmix.datasets.declared import declared_labels, declared_modalities
 from medmix.datasets.manifest import load_manifest_dataset, patient_split
 from medmix.datasets.mimic_variables import EHR_VARIABLE_NAMES, EHR_VARIABLES, variables_markdown
@@ -448,7 +448,7 @@ def test_mmist_official_split_and_alive_dead_labels(tmp_path):
 
 
 def test_declared_modalities_and_labels_match_built_cohorts(tmp_path):
-    assert set(ADAPTERS) >= {"manifest", "iu_xray", "mimic_iv_mm", "mimic_iii", "mmist_ccrcc"}
+    assert set(known_adapters()) >= {"manifest", "iu_xray", "mimic_iv_mm", "mimic_iii", "mmist_ccrcc"}
     assert declared_modalities({"adapter": "mimic_iii"}) == {"note": "text", "ehr": "timeseries"}
     assert declared_labels({"adapter": "mmist_ccrcc"}) == ["vital_status_12m"]
     assert declared_labels({**MC_CFG}) == MC_CFG["classes"]
@@ -490,7 +490,7 @@ def test_docs_recipes_parse_and_fit_the_config_schema():
     schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml").read_text())
     dataset_schema = {**schema["properties"]["datasets"]["additionalProperties"], "definitions": schema.get("definitions", {})}
     for name, cfg in snippets.items():
-        assert cfg["adapter"] in ADAPTERS, name
+        assert cfg["adapter"] in known_adapters(), name
         jsonschema.validate(cfg, dataset_schema)
     assert snippets["derm7pt"]["classes"] == ["NEV", "BCC", "MEL", "MISC", "SK"]
     assert set(snippets["derm7pt"]["class_map"].values()) == {"NEV", "BCC", "MEL", "MISC", "SK"}

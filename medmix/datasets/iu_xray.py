@@ -45,7 +45,8 @@ import pandas as pd
 from defusedxml import DefusedXmlException
 
 from medmix.cohort import Cohort, CohortError
-from medmix.datasets.declared import IU_XRAY_SECTIONS, selected_modalities
+from medmix.datasets import register_adapter
+from medmix.datasets.declared import selected_modalities
 from medmix.datasets.manifest import cohort_from_table, read_table
 from medmix.datasets.paths import config_path, resolve_inside
 
@@ -115,6 +116,26 @@ def rank_headings(mesh_fields: Iterable[list[str]], exclude: Iterable[str] = NON
     return [(names[h], n) for h, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
+#: With ``note_sections: separate``: the report's sections are three text modalities.
+IU_XRAY_SECTIONS: tuple[str, ...] = ("indication", "findings", "impression")
+#: Values of the ``note_sections`` option (``joined``: one ``note`` modality, the default).
+NOTE_SECTIONS = ("joined", "separate")
+
+
+def iu_xray_modalities(cfg: dict[str, Any]) -> dict[str, str]:
+    """frontal + lateral images and the report: one ``note``, or its three sections (``note_sections``)."""
+    sections = cfg.get("note_sections", "joined")
+    if sections not in NOTE_SECTIONS:
+        raise CohortError(f"iu_xray: note_sections must be one of {NOTE_SECTIONS}, got {sections!r}")
+    text = IU_XRAY_SECTIONS if sections == "separate" else ("note",)
+    return {"frontal": "image", "lateral": "image", **{m: "text" for m in text}}
+
+
+def iu_xray_labels(cfg: dict[str, Any]) -> list[str]:
+    return [slug(h) for h in (cfg.get("labels") or DEFAULT_FINDINGS)]
+
+
+@register_adapter("iu_xray", modalities=iu_xray_modalities, labels=iu_xray_labels)
 def load_iu_xray(name: str, cfg: dict[str, Any], base_dir: Path) -> Cohort:
     """Build the IU X-ray cohort from either distribution layout (see the module docstring)."""
     where = f"dataset {name!r}"

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from medmix.cohort import INPUT_PREFIX, LABEL_PREFIX, SPLITS, TASKS, Cohort, CohortError
+from medmix.datasets import register_adapter
 from medmix.datasets.paths import config_path, resolve_inside
 from medmix.datasets.schema import categorical_columns, series_schema, tabular_schema
 
@@ -64,6 +65,8 @@ MAX_NOTE_BYTES = 10 * 1024 * 1024
 MAX_LISTED = 10
 
 
+@register_adapter("demo")
+@register_adapter("manifest")
 def load_manifest_dataset(name: str, cfg: dict[str, Any], base_dir: Path) -> Cohort:
     """Build the cohort of a manifest-declared dataset (see the module docstring for the keys)."""
     if not cfg.get("manifest"):

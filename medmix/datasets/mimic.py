@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from medmix.cohort import INPUT_PREFIX, Cohort, CohortError
+from medmix.datasets import register_adapter
 from medmix.datasets.declared import selected_modalities
 from medmix.datasets.manifest import MAX_LISTED, cohort_from_table, read_table
 from medmix.datasets.mimic_variables import EHR_VARIABLE_NAMES
@@ -38,11 +39,23 @@ OUTCOMES = ("mortality", "long_stay", "readmission_30d")
 MIMIC_IV_SPLIT = (0.72, 0.13, 0.15)
 
 
+def _mimic_modalities(cfg: dict[str, Any]) -> dict[str, str]:
+    return {"frontal": "image", "lateral": "image", "note": "text", "ehr": "timeseries"}
+
+
+def _mimic_labels(cfg: dict[str, Any]) -> list[str]:
+    return list(cfg.get("labels") or OUTCOMES)
+
+
+@register_adapter("mimic_iv_mm", modalities=_mimic_modalities, labels=_mimic_labels)
 def load_mimic_iv_mm(name: str, cfg: dict[str, Any], base_dir: Path) -> Cohort:
     """MIMIC-IV-MM: frontal + lateral CXR, radiology note, 46-variable hourly EHR; 3 outcomes."""
     return _load_mimic(name, cfg, base_dir, sample_column="stay_id", with_cxr=True, external=False)
 
 
+# MIMIC-III has no CXR: frontal/lateral exist only when the config declares them (to match the
+# development dataset's modalities), and are then missing for every stay.
+@register_adapter("mimic_iii", modalities=_mimic_modalities, labels=_mimic_labels, default_selection=("note", "ehr"))
 def load_mimic_iii(name: str, cfg: dict[str, Any], base_dir: Path) -> Cohort:
     """MIMIC-III external validation: radiology note + 46-variable hourly EHR; same 3 outcomes."""
     return _load_mimic(name, cfg, base_dir, sample_column="icustay_id", with_cxr=False, external=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from medmix.cohort import Cohort, CohortError
+from medmix.datasets import register_adapter
 from medmix.datasets.declared import selected_modalities
 from medmix.datasets.manifest import cohort_from_table, read_table
 from medmix.datasets.paths import config_path
@@ -29,6 +30,8 @@ LABEL = "vital_status_12m"
 DEFAULT_LABEL_MAP = {"alive": 1, "living": 1, "dead": 0, "deceased": 0}
 
 
+@register_adapter("mmist_ccrcc", modalities=lambda cfg: {"ct": "volume", "wsi": "slide", "note": "text"},
+                  labels=lambda cfg: [LABEL])
 def load_mmist_ccrcc(name: str, cfg: dict[str, Any], base_dir: Path) -> Cohort:
     """Build the MMIST-ccRCC cohort from ``root/clinical.csv`` with the official split."""
     where = f"dataset {name!r}"
