@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from medmix import __version__ as medmix_version
 from medmix.config import REPO_ROOT, ConfigError, committee, expert_identity, validate_config
 from medmix.datasets.declared import declared_labels
 
@@ -144,6 +145,7 @@ def _init(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medmix", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"medmix {medmix_version}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_init = sub.add_parser("init", help="write a config for a cohort described by a manifest table",
                             description="Infer a dataset config (modalities, labels, patient, split, protocols, "

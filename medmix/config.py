@@ -1,6 +1,7 @@
 """Load, validate and resolve the pipeline configuration (config.yaml).
 
-Schema validation (with defaults) uses ``workflow/schemas/config.schema.yaml``; semantic checks
+Schema validation (with defaults) uses ``medmix/schemas/config.schema.yaml`` (shipped with the package;
+``workflow/schemas/config.schema.yaml`` links to it); semantic checks
 (unknown experts, kinds an expert cannot read, dangling references) follow. Every error names
 the offending key. The resolvers here are the single place where the workflow, the scripts and
 the CLI look up committees, expert identities and output paths.
@@ -22,7 +23,7 @@ __all__ = ["ConfigError", "Member", "RunSpec", "load_config", "run_spec", "run_s
            "training_params", "validate_config"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"  # package data
 RUNTIME_KEYS = ("local_dir", "batch_size", "device", "num_workers", "allow_remote_code", "options")
 IDENTITY_KEYS = ("model_id", "revision", "preprocessing")
 

@@ -27,7 +27,7 @@ import yaml
 from medmix.store.atomic import write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"  # package data
 DOC_PATH = REPO_ROOT / "docs" / "configuration.md"
 WRITE_COMMAND = "python -m medmix.docs_config --write"
 
