@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from extractors.registry import ExpertSpec
+from extractors.spec import ExpertSpec
 
 
 class InputError(ValueError):
@@ -96,6 +96,25 @@ class ExtractorSettings:
         return out
 
 
+def fetch_hint(expert: str | None = None, setting: str | None = None) -> str:
+    """The commands that make a missing model available (every "model unavailable" message ends so).
+
+    ``expert``: the registered expert whose models to fetch (``medmix fetch --experts <name>``);
+    ``setting``: the config key of its ``local_dir`` (default ``experts.settings.<expert>``).
+    """
+    only = f" --experts {expert}" if expert else ""
+    setting = setting or (f"experts.settings.{expert}" if expert else None)
+    text = (f"Download it into the Hugging Face cache (HF_HOME) with `medmix fetch{only} --yes` (the same as "
+            f"`python -m extractors.fetch{only} --yes`; `medmix fetch --yes` fetches every model of the configured "
+            "profile and records the commits in medmix.lock.json), then run again")
+    if setting:
+        text += f"; or set {setting}.local_dir in config.yaml to a folder holding the weights"
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        text += (" (jobs read only the cache: experts.offline is true or HF_HUB_OFFLINE=1 is set; "
+                 "experts.offline: false with HF_HUB_OFFLINE unset lets them download on demand)")
+    return text + "."
+
+
 def resolve_device(requested: str = "auto") -> str:
     """``auto`` picks CUDA when available, else CPU."""
     if requested != "auto":
@@ -173,8 +192,6 @@ class Extractor:
         s = self.settings
         return ModelUnavailableError(
             f"expert {self.spec.name!r} needs model {s.model_id!r} at revision {s.revision!r}, which could "
-            f"not be loaded ({type(error).__name__}: {error}). Provide it by pre-downloading into the "
-            "Hugging Face cache (HF_HOME) and running with HF_HUB_OFFLINE=0 once, or by setting "
-            f"experts.settings.{self.spec.name}.local_dir in config.yaml to a folder holding the weights, "
-            "or switch to the offline committee with experts.profile: demo."
+            f"not be loaded ({type(error).__name__}: {error}). {fetch_hint(self.spec.name)} "
+            "Or switch to the offline committee with experts.profile: demo."
         )

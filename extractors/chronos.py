@@ -158,8 +158,9 @@ class ChronosSmall(ChronosExpert):
         role="teacher",
         dim=1024,
         hub_id="amazon/chronos-t5-large",
-        # No verifiable commit sha was found for this repository: "main" must be pinned by the user
-        # (experts.settings.chronos_large.revision: <40-hex commit from the hub's "Files and versions" tab>).
+        # No verifiable commit sha was found for this repository: "main" resolves through the lock
+        # (`medmix fetch` records the commit it downloads in medmix.lock.json), or pin
+        # experts.settings.chronos_large.revision to a 40-hex commit.
         revision="main",
         preprocessing=PREPROCESSING,
         paper_name="Chronos-L",

@@ -44,9 +44,11 @@ REVISION = "ea8dc2863c51be0a264bab82070e3e8836b02d51"
     )
 )
 class DinoV3ViTL(HFViTExpert):
+    gated = True
     availability_note = (
-        "facebook/dinov3-vitl16-pretrain-lvd1689m is a gated model: accept its licence on the hub page and "
-        "log in (`hf auth login`) before pre-downloading it; it needs transformers >= 4.56 (DINOv3ViTModel)."
+        "facebook/dinov3-vitl16-pretrain-lvd1689m is a gated model: accept its licence on "
+        "https://huggingface.co/facebook/dinov3-vitl16-pretrain-lvd1689m and set HF_TOKEN (or `hf auth login`) "
+        "before `medmix fetch`; it needs transformers >= 4.56 (DINOv3ViTModel)."
     )
 
 

@@ -1,10 +1,23 @@
 """Loading and inference helpers shared by the Hugging Face-hosted foundation-model experts.
 
 Every such expert loads with ``from_pretrained(model_source(), revision=..., local_files_only=
-<offline>)``: ``local_dir`` (a folder with the weights) wins over the hub id; with no network
-configured (``options.offline``, the default) ``HF_HUB_OFFLINE=1`` is set before the hub client is
-imported and only the local Hugging Face cache is read. Any failure to find the weights becomes
-:class:`~extractors.base.ModelUnavailableError` at once, naming the model id and how to provide it.
+<offline>)``: ``local_dir`` (a folder with the weights) wins over the hub id. Any failure to find
+the weights becomes :class:`~extractors.base.ModelUnavailableError` at once, naming the model id
+and the commands that provide it (``medmix fetch``, ``local_dir``).
+
+One online/offline rule for every loader (experts, teachers, RAG encoders, the projection's
+language model, report bridges): :func:`offline_mode`. ``experts.settings.<name>.options.offline``
+if set, else the global ``experts.offline`` (the workflow passes it to its jobs as
+``MEDMIX_HF_OFFLINE``), else true. Offline, ``HF_HUB_OFFLINE=1`` is set before the hub client is
+imported and only the Hugging Face cache (filled by ``medmix fetch``, :mod:`extractors.fetch`) or
+``local_dir`` is read; ``experts.offline: false`` lets jobs download on demand.
+:func:`hub_load_kwargs` gives the ``revision`` / ``local_files_only`` pair every loader passes.
+
+Revisions: a 40-hex commit is used as is. A branch-like revision (``main``) is replaced by the
+commit ``medmix.lock.json`` (written by ``medmix fetch``; :func:`read_lock`) recorded for it, so a
+run reads exactly the fetched snapshot and the commit is recorded in the feature file's metadata
+(``commit``) and in the workflow's params (a changed commit reruns that expert only). Unlocked, the
+branch is read as is and a warning names the fix (once per model and process).
 
 Remote code (``trust_remote_code``) runs only for a registry entry / bridge that needs it, only
 when its config sets ``allow_remote_code: true``, and only at an exact 40-hex commit
@@ -19,9 +32,11 @@ Every loader refuses a checkpoint that lacks any of the model's tensors
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 from extractors.base import Extractor, ModelUnavailableError, is_fatal, resolve_device
@@ -41,6 +56,127 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 def is_commit(revision: Any) -> bool:
     """Whether ``revision`` is a full 40-hex git commit (the whole string, no prefix/suffix)."""
     return isinstance(revision, str) and _COMMIT.fullmatch(revision) is not None
+
+
+# -- the online/offline rule and the lock --------------------------------------------------------
+#: The global ``experts.offline`` as the workflow passes it to its jobs (``1``/``0``); unset: offline.
+OFFLINE_ENV = "MEDMIX_HF_OFFLINE"
+#: Where the lock is read from (default :data:`LOCK_FILE` in the working directory).
+LOCK_ENV = "MEDMIX_LOCK_FILE"
+#: The lock ``medmix fetch`` writes: model id -> requested revision, resolved commit, files.
+LOCK_FILE = "medmix.lock.json"
+LOCK_FORMAT = 1
+_FALSE = ("0", "false", "no", "off")
+_WARNED_UNLOCKED: set[tuple[str, str]] = set()
+
+
+def offline_mode(options: dict[str, Any] | None = None) -> bool:
+    """The one online/offline rule of every loader (see the module docstring).
+
+    ``options["offline"]`` (``experts.settings.<name>.options.offline``, or a bridge's options) if
+    set, else ``experts.offline`` (``MEDMIX_HF_OFFLINE``), else true. Offline, ``HF_HUB_OFFLINE=1``
+    is set for libraries that import the hub client later.
+    """
+    value = (options or {}).get("offline")
+    if value is None:
+        value = os.environ.get(OFFLINE_ENV, "1").strip().lower() not in _FALSE
+    offline = bool(value)
+    if offline:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return offline
+
+
+def lock_path() -> Path:
+    """The lock file: ``MEDMIX_LOCK_FILE`` or ``medmix.lock.json`` in the working directory."""
+    return Path(os.environ.get(LOCK_ENV) or LOCK_FILE)
+
+
+_LOCK_CACHE: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
+
+
+def read_lock(path: str | Path | None = None) -> dict[str, Any]:
+    """The lock as written by ``medmix fetch`` (``{"format": 1, "models": {...}}``); empty if absent.
+
+    A lock that is not JSON or not of this format raises ``ValueError`` naming the file (a damaged
+    lock must not silently unpin a run).
+    """
+    path = Path(path) if path is not None else lock_path()
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return {"format": LOCK_FORMAT, "models": {}}
+    key = str(path.resolve())
+    cached = _LOCK_CACHE.get(key)
+    if cached and cached[0] == (stat.st_mtime_ns, stat.st_size):
+        return cached[1]
+    try:
+        lock = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{path}: not a medmix lock file ({err}); rewrite it with `medmix fetch --yes`") from None
+    if not isinstance(lock, dict) or lock.get("format") != LOCK_FORMAT or not isinstance(lock.get("models"), dict):
+        raise ValueError(f"{path}: not a medmix lock file of format {LOCK_FORMAT}; rewrite it with `medmix fetch --yes`")
+    _LOCK_CACHE[key] = ((stat.st_mtime_ns, stat.st_size), lock)
+    return lock
+
+
+def lock_entry(model_id: str | None, revision: str | None, lock: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The lock's entry for ``model_id`` requested at ``revision`` (None: not locked)."""
+    if not model_id:
+        return None
+    models = (read_lock() if lock is None else lock).get("models", {})
+    requested = revision or "main"
+    for key in (f"{model_id}@{requested}", str(model_id)):
+        entry = models.get(key)
+        if isinstance(entry, dict) and entry.get("revision") == requested and is_commit(entry.get("commit")):
+            return entry
+    return None
+
+
+def locked_commit(model_id: str | None, revision: str | None, lock: dict[str, Any] | None = None) -> str | None:
+    """The commit the lock records for a branch-like ``revision`` of ``model_id`` (None for a pinned
+    commit, which needs no lock, or an unlocked revision)."""
+    if is_commit(revision):
+        return None
+    entry = lock_entry(model_id, revision, lock)
+    return entry["commit"] if entry else None
+
+
+def resolve_revision(model_id: str | None, revision: str | None, who: str, setting: str | None = None,
+                     warn: bool = True) -> str | None:
+    """The revision a loader asks the hub (cache) for: a commit as is, a branch-like revision's locked
+    commit, else the revision itself (a warning naming the fix, once per model and process)."""
+    if is_commit(revision):
+        return revision
+    locked = locked_commit(model_id, revision)
+    if locked:
+        return locked
+    key = (str(model_id), str(revision))
+    if warn and key not in _WARNED_UNLOCKED:
+        _WARNED_UNLOCKED.add(key)
+        log.warning("%s: revision %r of %s is not a pinned commit and not in the lock (%s); run `medmix fetch --yes` "
+                    "(records the commit it downloads in the lock) or set %s to a 40-hex commit, so that the run "
+                    "is reproducible", who, revision, model_id, lock_path(), setting or "the revision")
+    return revision
+
+
+def hub_load_kwargs(model_id: str | None, revision: str | None, source: str, who: str,
+                    options: dict[str, Any] | None = None, setting: str | None = None) -> dict[str, Any]:
+    """``revision`` / ``local_files_only`` for ``from_pretrained`` / ``hf_hub_download`` /
+    ``snapshot_download`` of ``source`` (a hub id or a local folder), by :func:`offline_mode` and
+    :func:`resolve_revision`. Every hub loader goes through here."""
+    offline = offline_mode(options)
+    if os.path.isdir(source):
+        return {"revision": None, "local_files_only": True}
+    return {"revision": resolve_revision(model_id or source, revision, who, setting), "local_files_only": offline}
+
+
+def unpacked_dir(model_id: str, commit: str) -> Path:
+    """Where ``medmix fetch`` unpacks an archived checkpoint (RadFM's ``pytorch_model.zip``) of one
+    commit: ``$HF_HOME/medmix-unpacked/models--<org>--<name>/<commit>/`` (beside the hub cache, not in it)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME) / "medmix-unpacked" / f"models--{model_id.replace('/', '--')}" / commit
 
 
 def snapshot_commit(local_dir: str) -> str | None:
@@ -153,14 +289,12 @@ class HubExpert(Extractor):
 
     #: Extra sentence appended to the "model unavailable" message (e.g. gated-model hints).
     availability_note: str = ""
+    #: Whether the hub gates the weights (licence to accept on the model page, then ``HF_TOKEN``).
+    gated: bool = False
 
     def offline(self) -> bool:
-        """Whether only local files may be read (``options.offline``, default true); if so, sets ``HF_HUB_OFFLINE=1``."""
-        offline = bool(self.settings.options.get("offline", True))
-        if offline:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        return offline
+        """Whether only local files may be read (:func:`offline_mode` of this expert's options)."""
+        return offline_mode(self.settings.options)
 
     def unavailable(self, error: Exception) -> ModelUnavailableError:
         base = super().unavailable(error)
@@ -180,25 +314,48 @@ class HubExpert(Extractor):
         return True
 
     def hub_revision(self, source: str) -> str | None:
-        """The revision to read from the hub (None for a local folder); warns when it is not a commit sha."""
+        """The revision to read from the hub (None for a local folder): a pinned commit, the lock's
+        commit for a branch-like revision, else the revision itself with a warning naming the fix
+        (once per expert, not per file it reads)."""
         if os.path.isdir(source):
             return None
         revision = self.settings.revision
-        if not is_commit(revision) and not getattr(self, "_warned_revision", False):
-            self._warned_revision = True  # once per expert, not per file it reads
-            log.warning("expert %s: revision %r of %s is not a pinned commit; set experts.settings.%s.revision to "
-                        "the 40-hex commit you downloaded so that the run is reproducible",
-                        self.spec.name, revision, source, self.spec.name)
+        if is_commit(revision):
+            return revision
+        locked = locked_commit(self.settings.model_id, revision)
+        if locked:
+            return locked
+        if not getattr(self, "_warned_revision", False):
+            self._warned_revision = True
+            log.warning("expert %s: revision %r of %s is not a pinned commit; run `medmix fetch --experts %s --yes` "
+                        "(downloads it and records the commit in %s) or set experts.settings.%s.revision to the "
+                        "40-hex commit you downloaded, so that the run is reproducible",
+                        self.spec.name, revision, source, self.spec.name, lock_path(), self.spec.name)
         return revision
+
+    def resolved_commit(self) -> str | None:
+        """The commit the weights are read at, when known: a pinned revision, the lock's commit for a
+        branch-like one, or the commit of a ``local_dir`` that is a hub snapshot folder."""
+        s = self.settings
+        if s.local_dir:
+            return snapshot_commit(s.local_dir) if os.path.isdir(s.local_dir) else None
+        return s.revision if is_commit(s.revision) else locked_commit(s.model_id, s.revision)
+
+    def metadata(self) -> dict[str, Any]:
+        meta = super().metadata()
+        commit = self.resolved_commit()
+        if commit:
+            meta["commit"] = commit
+        return meta
+
+    def load_kwargs(self, source: str) -> dict[str, Any]:
+        """``revision`` / ``local_files_only`` of ``source`` for ``from_pretrained`` / ``hf_hub_download`` /
+        ``snapshot_download``: this expert's :func:`hub_load_kwargs` (its own once-per-expert warning)."""
+        return {"revision": self.hub_revision(source), "local_files_only": self.offline()}
 
     def hub_kwargs(self) -> dict[str, Any]:
         """``revision`` / ``local_files_only`` / ``trust_remote_code`` for ``from_pretrained``."""
-        source = self.model_source()
-        return {
-            "revision": self.hub_revision(source),
-            "local_files_only": self.offline(),
-            "trust_remote_code": self.remote_code(),
-        }
+        return {**self.load_kwargs(self.model_source()), "trust_remote_code": self.remote_code()}
 
     def from_pretrained(self, loader: Any, **kwargs: Any) -> Any:
         """``loader.from_pretrained(model_source(), ...)``; missing weights -> ModelUnavailableError."""
@@ -229,11 +386,11 @@ class HubExpert(Extractor):
         source = self.model_source()
         if os.path.isdir(source):
             return source
-        offline = self.offline()
+        kwargs = self.load_kwargs(source)
         try:
             from huggingface_hub import snapshot_download
 
-            return snapshot_download(repo_id=source, revision=self.hub_revision(source), local_files_only=offline)
+            return snapshot_download(repo_id=source, **kwargs)
         except LOAD_ERRORS as err:
             raise self.unavailable(err) from err
 

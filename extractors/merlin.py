@@ -202,8 +202,9 @@ def merlin_preprocess(
         role="biomed",
         dim=2048,
         hub_id=HUB_ID,
-        # No verifiable commit sha was found for this repository: "main" must be pinned by the user
-        # (experts.settings.merlin.revision: <40-hex commit from the hub's "Files and versions" tab>).
+        # No verifiable commit sha was found for this repository: "main" resolves through the lock
+        # (`medmix fetch` records the commit it downloads in medmix.lock.json), or pin
+        # experts.settings.merlin.revision to a 40-hex commit.
         revision="main",
         preprocessing={
             "checkpoint": CHECKPOINT,
@@ -257,11 +258,11 @@ class Merlin(HubExpert):
             if not os.path.isfile(path):
                 raise self.unavailable(FileNotFoundError(f"{name} not found in {source}"))
             return path
-        offline = self.offline()
+        kwargs = self.load_kwargs(source)
         try:
             from huggingface_hub import hf_hub_download
 
-            return hf_hub_download(source, name, revision=self.hub_revision(source), local_files_only=offline)
+            return hf_hub_download(source, name, **kwargs)
         except LOAD_ERRORS as err:
             raise_unless_missing(err)
             raise self.unavailable(err) from err

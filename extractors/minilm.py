@@ -22,7 +22,7 @@ import numpy as np
 
 from extractors.base import Extractor, InputError, resolve_device
 from extractors.costs import MINILM_L6_CONFIG, bert_params, encoder_flops_per_sample
-from extractors.hf_common import pretrained_complete
+from extractors.hf_common import hub_load_kwargs, pretrained_complete
 from extractors.inputs import read_text
 from extractors.registry import ExpertSpec, register_expert
 
@@ -84,13 +84,14 @@ class MiniLM(Extractor):
 
     def _from_pretrained(self, loader, weights: bool = False):
         """Tokenizer or model from ``model_source()``; a model checkpoint missing tensors is refused."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         source = self.model_source()
-        revision = None if os.path.isdir(source) else self.settings.revision
+        s = self.settings
+        kwargs = hub_load_kwargs(s.model_id, s.revision, source, f"expert {self.spec.name}", s.options,
+                                 f"experts.settings.{self.spec.name}.revision")
         try:
             if weights:
-                return pretrained_complete(loader, source, f"expert {self.spec.name!r}", revision=revision)
-            return loader.from_pretrained(source, revision=revision)
+                return pretrained_complete(loader, source, f"expert {self.spec.name!r}", **kwargs)
+            return loader.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as err:
             raise self.unavailable(err) from err
 

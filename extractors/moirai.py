@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from extractors.base import ModelUnavailableError
-from extractors.hf_common import LOAD_ERRORS, HubExpert, raise_unless_missing
+from extractors.hf_common import LOAD_ERRORS, HubExpert, locked_commit, raise_unless_missing
 from extractors.registry import ExpertSpec, register_expert
 from extractors.series import expected_variables
 from extractors.ts_foundation import prepare_series, right_aligned
@@ -113,8 +113,9 @@ ENV_HELP = (
         role="biomed",
         dim=384,
         hub_id="Salesforce/moirai-1.0-R-small",
-        # No verifiable commit sha was found for this repository: "main" must be pinned by the user
-        # (experts.settings.moirai.revision: <40-hex commit from the hub's "Files and versions" tab>).
+        # No verifiable commit sha was found for this repository: "main" resolves through the lock
+        # (`medmix fetch` records the commit it downloads in medmix.lock.json), or pin
+        # experts.settings.moirai.revision to a 40-hex commit.
         revision="main",
         preprocessing={
             "input": "one multivariate series per sample (variables = variates)",
@@ -189,7 +190,10 @@ class Moirai(HubExpert):
                 str(pre["max_time_steps"]), "--batch-size", str(self.settings.batch_size),
                 "--device", self.settings.device]
         if not os.path.isdir(source) and self.settings.revision:
-            args += ["--revision", self.settings.revision]
+            # a branch-like revision -> the commit medmix.lock.json recorded for it (its change reruns the
+            # worker through this rule param); warned about in the job, not on every workflow parse
+            s = self.settings
+            args += ["--revision", locked_commit(s.model_id, s.revision) or s.revision]
         if self.offline():
             args.append("--local-files-only")
         return args

@@ -8,7 +8,9 @@ parameter names, and the checkpoint's ``embedding_layer.vision_encoder.*`` /
 ``embedding_layer.perceiver.*`` tensors are loaded into it with ``strict=True``
 (``torch.load(weights_only=True, mmap=True)``; a ``model.safetensors`` is preferred if present). The
 13B language model is never loaded and no remote code runs. So this expert needs only ``local_dir``:
-the folder holding the decompressed ``pytorch_model.bin``. An optional ``radfm_vision_config.json``
+the folder holding the decompressed ``pytorch_model.bin``, or nothing once ``medmix fetch`` has
+downloaded the zip at the pinned / locked commit and unpacked it (:func:`~extractors.hf_common.unpacked_dir`,
+read when ``local_dir`` is unset). An optional ``radfm_vision_config.json``
 there overrides the architecture (:class:`~extractors.radfm_vision.RadFMVisionConfig`; the tests use
 it for a tiny random-weight model).
 
@@ -44,9 +46,9 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import InputError, ModelUnavailableError
+from extractors.base import InputError, ModelUnavailableError, fetch_hint
 from extractors.ct_slicing import window_hu
-from extractors.hf_common import HubExpert, raise_unless_missing
+from extractors.hf_common import HubExpert, raise_unless_missing, unpacked_dir
 from extractors.inputs import read_volume
 from extractors.registry import ExpertSpec, register_expert
 
@@ -105,8 +107,9 @@ def radfm_preprocess(volume_zyx: np.ndarray, size: int = 512, hu_range: tuple[fl
         role="teacher",
         dim=768,
         hub_id=HUB_ID,
-        # The hub ships a zip archive, so weights are read from local_dir; "main" names the hub state the
-        # user downloaded and must be replaced by the 40-hex commit they fetched (hub "Files and versions").
+        # The hub ships a zip archive (pytorch_model.zip): `medmix fetch` downloads and unpacks it at this
+        # revision; no verifiable commit sha was found, so "main" resolves through the lock
+        # (medmix.lock.json), or pin experts.settings.radfm.revision to a 40-hex commit.
         revision="main",
         preprocessing={
             "volume_layout": "DHW",  # axis order of .npy/.npz inputs (NIfTI/DICOM orient from their headers)
@@ -144,16 +147,25 @@ class RadFM(HubExpert):
 
     def _missing(self, what: str) -> ModelUnavailableError:
         return ModelUnavailableError(
-            f"expert 'radfm' needs model {HUB_ID!r} ({what}). Download the checkpoint zip from the hub, decompress "
-            f"it and set experts.settings.radfm.local_dir to the folder holding {WEIGHTS}. Or use the demo profile."
-        )
+            f"expert 'radfm' needs model {HUB_ID!r} at revision {self.settings.revision!r} ({what}). "
+            f"{fetch_hint('radfm')[:-1]} (it downloads the checkpoint zip and unpacks {WEIGHTS}; the folder then "
+            f"holds the decompressed {WEIGHTS}). Or use the demo profile.")
+
+    def fetched_dir(self) -> str | None:
+        """The folder ``medmix fetch`` unpacked the zip into for the pinned / locked commit (None: unknown commit)."""
+        commit = None if self.settings.local_dir else self.resolved_commit()
+        if commit is None:
+            if not self.settings.local_dir:
+                self.hub_revision(str(self.settings.model_id))  # warns once that "main" is not locked
+            return None
+        return str(unpacked_dir(str(self.settings.model_id), commit))
 
     def _weights(self) -> str:
-        local_dir = self.settings.local_dir
+        local_dir = self.settings.local_dir or self.fetched_dir()
         for name in (SAFE_WEIGHTS, WEIGHTS):
             if local_dir and os.path.isfile(os.path.join(local_dir, name)):
                 return os.path.join(local_dir, name)
-        raise self._missing(f"weights: local_dir={local_dir!r} has no {WEIGHTS}")
+        raise self._missing(f"weights: {local_dir or 'no local_dir and no fetched commit'} has no {WEIGHTS}")
 
     def load(self) -> None:
         if self._model is not None:

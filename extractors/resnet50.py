@@ -12,9 +12,12 @@ Embedding = the globally average-pooled 2048-d features (``pre_logits``), not no
 The frozen backbone only: CP-IMoE's fine-tuned-ResNet50 rows need end-to-end training, which is
 outside the two-stage design on cached embeddings.
 
-``REVISION`` is ``main``: no 40-hex commit of ``timm/resnet50.a1_in1k`` could be verified from
-this machine (no hub access), so a run warns until ``experts.settings.resnet50.revision`` is set
-to the commit you downloaded.
+``REVISION`` is the commit ``767268603ca0cb0bfe326fa87277f19c419566ef`` of ``timm/resnet50.a1_in1k``:
+a Hugging Face cache snapshot folder of that name holding ``model.safetensors`` appears in public
+code (``.../models--timm--resnet50.a1_in1k/snapshots/767268603ca0.../model.safetensors``); it
+could not be checked against the hub from here (no hub access). ``medmix fetch`` verifies the
+snapshot it downloads (``config.json`` and ``model.safetensors`` present, header parsed); override
+with ``experts.settings.resnet50.revision`` (``main`` resolves through ``medmix.lock.json``).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from extractors.hf_vision import ImageExpert
 from extractors.registry import ExpertSpec, register_expert
 
 HUB_ID = "timm/resnet50.a1_in1k"
-#: Not a pinned commit (see the module docstring): set experts.settings.resnet50.revision.
-REVISION = "main"
+#: Hub commit seen as a cached snapshot (with model.safetensors) in public code; see the module docstring.
+REVISION = "767268603ca0cb0bfe326fa87277f19c419566ef"
 
 
 @register_expert(

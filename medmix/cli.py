@@ -63,6 +63,13 @@ def _info(args) -> int:
             where += f"; runs in environment {spec.environment!r}"
         print(f"  {name:24s} {spec.role:8s} dim {spec.dim:5d}  {ident['model_id'] or '(weight-free)'}"
               f"@{ident['revision'] or '-'}  [{where}]")
+    if args.profile:
+        from extractors.fetch import info_lines
+
+        try:
+            print("\n" + "\n".join(info_lines(cfg, args.profile)))
+        except KeyError as err:
+            raise ConfigError(f"medmix info --profile: {err.args[0]}") from None
     return 0
 
 
@@ -144,6 +151,11 @@ def _init(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["fetch"]:  # extractors.fetch owns its arguments (--profile, --experts, --yes, --update, ...)
+        from extractors.fetch import main as fetch_main
+
+        return fetch_main(argv[1:])
     parser = argparse.ArgumentParser(prog="medmix", description=__doc__)
     parser.add_argument("--version", action="version", version=f"medmix {medmix_version}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="a config file merged over --base as `snakemake --configfile` merges it (repeatable; "
                              "default: --base alone)")
     p_info.add_argument("--base", default="config.yaml", help="the workflow's own config (default: config.yaml)")
+    p_info.add_argument("--profile", help="also list the models of this expert profile: revision, lock state, "
+                        "size, in the cache or not (no request)")
     p_info.set_defaults(func=_info)
+    # listed here for `medmix --help`; its arguments are extractors.fetch.main's (forwarded above)
+    sub.add_parser("fetch", add_help=False, help="download the models of the configured experts into the Hugging "
+                   "Face cache (pinned, verified, locked in medmix.lock.json); see medmix fetch --help")
     p_exp = sub.add_parser("experts", help="list every registered expert")
     p_exp.add_argument("--json", action="store_true")
     p_exp.set_defaults(func=_experts)

@@ -24,8 +24,10 @@ PACKAGES = ("medmix", "extractors")
 NOT_OUTPUT_AFFECTING: dict[str, str] = {
     "extractors.runner": "batching, prefetching, progress and failure counting; each expert guarantees "
     "embeddings independent of batch composition (tested per expert), and failure policy is enforced, not written",
-    "extractors.registry": "name -> class lookup and the ExpertSpec record; identity fields that reach the "
-    "cache (model id, revision, preprocessing) are rule params already",
+    "extractors.registry": "name -> class lookup; identity fields that reach the cache (model id, revision, "
+    "preprocessing) are rule params already",
+    "extractors.spec": "the ExpertSpec record type and its vocabulary checks; the values an expert declares live "
+    "in its own module, and those that reach the cache (model id, revision, preprocessing) are rule params already",
     "extractors.costs": "parameter / FLOP counts an expert declares for the efficiency table (ExpertSpec "
     "cost fields); never reaches an embedding",
     "medmix.store": "the feature-store writer/reader: stores the values it is given (verified on read-back)",

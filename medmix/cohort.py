@@ -9,6 +9,10 @@ Columns:
 Parquet metadata (key ``medmix_cohort``) holds the dataset name, task, label names, the
 modality -> kind map and each modality's input schema (``input_schema``: a series' variable
 list, a table's columns and training-split categories; see :mod:`medmix.store.inputs`).
+
+The file carries a checksum of its values and metadata (:mod:`medmix.store.checksum`), verified on
+every read; a file that fails or is truncated is moved aside to ``cohort.parquet.corrupt`` and a
+:class:`CohortError` naming it is raised, so the next run rebuilds the cohort.
 """
 
 from __future__ import annotations
@@ -20,9 +24,8 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from medmix.store.atomic import atomic_path
+from medmix.store import read_schema, read_table, write_table
 from medmix.store.inputs import InputView
 
 META_KEY = b"medmix_cohort"
@@ -101,20 +104,20 @@ def write_cohort(cohort: Cohort, path: str | Path) -> None:
         "input_schema": cohort.schemas,
     }
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    write_table(table, path)  # atomic, with its checksum, read back and verified before the rename
 
 
 def read_cohort_schemas(path: str | Path) -> dict[str, dict[str, Any]]:
-    """The cohort's input schemas (modality -> schema) from its metadata, without reading the rows."""
-    raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
+    """The cohort's input schemas (modality -> schema) from its metadata, without reading the rows
+    (the metadata and row count are verified against the file's checksum)."""
+    raw = (read_schema(path, expect=META_KEY, error=CohortError).metadata or {}).get(META_KEY)
     if raw is None:
         raise CohortError(f"{path}: not a medmix cohort file (no {META_KEY.decode()} metadata)")
     return dict(json.loads(raw).get("input_schema") or {})
 
 
 def read_cohort(path: str | Path) -> Cohort:
-    table = pq.read_table(path)
+    table = read_table(path, expect=META_KEY, error=CohortError)
     raw = (table.schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise CohortError(f"{path}: not a medmix cohort file (no {META_KEY.decode()} metadata)")

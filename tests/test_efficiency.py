@@ -12,10 +12,10 @@ from torch import nn
 
 from extractors.costs import MINILM_L6_CONFIG, bert_params
 from extractors.registry import get_spec
-from medmix.evaluation import efficiency as ef
 from medmix.evaluation import efficiency_table as et
 from medmix.evaluation.paper_tables import PaperTable
 from medmix.methods.base import Prediction
+from medmix.pipeline import efficiency as ef
 from medmix.training.synthetic import synthetic_data
 
 

@@ -8,6 +8,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from extractors.registry import expert_module, list_experts
 from medmix.code_closure import (
     NOT_OUTPUT_AFFECTING,
@@ -47,7 +49,7 @@ def test_import_contracts_hold():
 
 def test_contracts_cover_every_medmix_module():
     """A new medmix module must be placed on one side: the contracts list modules explicitly."""
-    stage1_rule, stage2_rule, store_rule = _contracts()
+    stage1_rule, stage2_rule, store_rule = [c for c in _contracts() if c["type"] == "forbidden"]
     fusion = _top_level_medmix() - WORKFLOW_LAYER - {DOOR}
     assert set(stage1_rule["forbidden_modules"]) == fusion | WORKFLOW_LAYER
     assert set(stage2_rule["source_modules"]) == fusion | {DOOR}
@@ -65,6 +67,78 @@ def test_a_violation_is_caught(tmp_path):
     proc = subprocess.run([exe, "--config", str(fake / "pyproject.toml")], cwd=fake, capture_output=True, text=True,
                           env={"PYTHONPATH": str(fake), "PATH": str(Path(sys.executable).parent)})
     assert proc.returncode != 0 and "extractors.leak" in proc.stdout
+
+
+def test_layers_cover_every_medmix_package_and_catch_an_import_running_back_up(tmp_path):
+    """The layers contract places every top-level medmix package (exhaustive) and fails when a lower
+    package imports a higher one (here: the trainer importing the table jobs)."""
+    (layers,) = [c for c in _contracts() if c["type"] == "layers"]
+    placed = {f"medmix.{part.strip()}" for layer in layers["layers"] for part in layer.split("|")}
+    assert placed == _top_level_medmix(), placed ^ _top_level_medmix()
+    fake = tmp_path / "proj"
+    shutil.copytree(REPO / "medmix", fake / "medmix", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "extractors", fake / "extractors", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", fake / "pyproject.toml")
+    (fake / "medmix" / "training" / "upward.py").write_text("from medmix.evaluation import tables\n")
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    proc = subprocess.run([exe, "--config", str(fake / "pyproject.toml")], cwd=fake, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(fake), "PATH": str(Path(sys.executable).parent)})
+    assert proc.returncode != 0 and "medmix.training.upward" in proc.stdout, proc.stdout[-2000:]
+
+
+def _cycles(package: str) -> list[list[str]]:
+    """Strongly connected components (size > 1) of the module import graph; grimp reads every import
+    statement, those under ``if TYPE_CHECKING:`` and inside functions included."""
+    import grimp
+
+    graph = grimp.build_graph(package, include_external_packages=False)
+    adj = {m: sorted(graph.find_modules_directly_imported_by(m)) for m in sorted(graph.modules)}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in adj[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for module in adj:
+        if module not in index:
+            visit(module)
+    return found
+
+
+@pytest.mark.parametrize("package", ["medmix", "extractors"])
+def test_no_import_cycle_among_modules(package):
+    assert _cycles(package) == []
+
+
+def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
+    pkg = tmp_path / "cyclic_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from cyclic_pkg import b\n")
+    (pkg / "b.py").write_text("import cyclic_pkg.a\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _cycles("cyclic_pkg") == [["cyclic_pkg.a", "cyclic_pkg.b"]]
 
 
 def test_no_expert_imports_another_expert():

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medmix.models import MedMIXConfig, MedMIXNet, adapter_rank
+from medmix.models.losses import to_probabilities
 from medmix.models.medmix import ExpertBranch
-from medmix.training.losses import to_probabilities
 
 SETTINGS = settings(max_examples=25, deadline=None)
 

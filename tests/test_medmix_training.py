@@ -269,7 +269,7 @@ def test_train_config_defaults_are_the_papers():
 
 @pytest.mark.parametrize("criterion", ["val_auprc", "val_auroc"])
 def test_metric_early_stopping_restores_the_best_metric_epoch(planted, criterion):
-    from medmix.evaluation.metrics import compute_metrics
+    from medmix.metrics.classification import compute_metrics
 
     train, val, _ = planted
     params = dict(FAST, max_epochs=12, early_stopping=criterion)

@@ -8,9 +8,9 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from medmix.evaluation import paper_tables as pt
-from medmix.evaluation.metrics import ap_rows, auroc_rows
 from medmix.evaluation.significance import boot_metrics, paired_p, table_significance
 from medmix.evaluation.tables import collect_all
+from medmix.metrics.classification import ap_rows, auroc_rows
 
 PROTOCOLS = {"train": {"none": {"kind": "none"}, "rd50": {"kind": "random_drop", "p": 0.5}},
              "test": {"none": {"kind": "none"}, "note30": {"kind": "drop_one", "modality": "note", "p": 0.3},
@@ -94,7 +94,7 @@ def test_fast_bootstrap_metrics_equal_sklearn_with_ties():
             continue
         assert np.isclose(auroc_rows(p[None], y[None])[0], roc_auc_score(y, p), atol=1e-12)
         assert np.isclose(ap_rows(p[None], y[None])[0], average_precision_score(y, p), atol=1e-12)
-    from medmix.evaluation.metrics import compute_metrics
+    from medmix.metrics.classification import compute_metrics
 
     prob, y, thr = rng.random((30, 2)), (rng.random((30, 2)) < 0.5).astype(float), np.array([0.4, 0.6])
     got = boot_metrics(prob, y, thr, np.arange(30)[None])

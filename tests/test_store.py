@@ -103,3 +103,17 @@ def test_reader_rejects_foreign_parquet(tmp_path):
     pq.write_table(pa.table({"x": [1]}), path)
     with pytest.raises(FeatureStoreError, match="no medmix metadata"):
         read_features(path)
+    # Indistinguishable from a footer whose metadata entries were lost: moved aside to be rebuilt.
+    assert not path.exists() and (tmp_path / "foreign.parquet.corrupt").exists()
+
+
+def test_written_feature_file_carries_a_verified_checksum(tmp_path):
+    path = tmp_path / "a.parquet"
+    _write(path, ["s1", "s2"])
+    assert b"medmix_checksum" in pq.read_schema(path).metadata
+    table = pq.read_table(path)  # the same metadata over other embeddings: caught on read
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(np.ones(8, np.float32)), 4)
+    pq.write_table(table.set_column(2, "embedding", emb), path)
+    with pytest.raises(FeatureStoreError, match="column 'embedding' do not match their checksum"):
+        read_features(path)
+    assert (tmp_path / "a.parquet.corrupt").exists()

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medmix.evaluation.metrics import tune_thresholds
 from medmix.evaluation.tables import collect, main_table_markdown
+from medmix.metrics.classification import tune_thresholds
 
 
 def _rows(n, eval_set, cohort, rng, shift=0.0):
@@ -47,8 +47,8 @@ def test_collect_refuses_files_without_run_columns(tmp_path):
 # -- metrics as the paper reports them ------------------------------------------------------------
 from sklearn.metrics import f1_score  # noqa: E402
 
-from medmix.evaluation.metrics import binary_mf1, compute_metrics, label_metrics, split_notes  # noqa: E402
 from medmix.evaluation.tables import collect_all, load_runs, seed_thresholds  # noqa: E402
+from medmix.metrics.classification import binary_mf1, compute_metrics, label_metrics, split_notes  # noqa: E402
 
 
 def test_mf1_averages_both_classes_hand_computed():
@@ -140,7 +140,7 @@ def test_collect_all_gives_per_label_rows_and_load_runs_groups_files(tmp_path):
 
 
 def test_compute_metrics_ranking_equals_scikit_learns():
-    from medmix.evaluation.ranking import macro_ranking
+    from medmix.metrics.ranking import macro_ranking
 
     rng = np.random.default_rng(11)
     prob = np.round(rng.random((70, 3)), 2)  # with ties

@@ -28,8 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import InputError, ModelUnavailableError, resolve_device
-from extractors.hf_common import check_remote_code_pin, load_state_complete, pretrained_complete
+from extractors.base import InputError, ModelUnavailableError, fetch_hint, resolve_device
+from extractors.hf_common import (
+    check_remote_code_pin,
+    hub_load_kwargs,
+    load_state_complete,
+    offline_mode,
+    pretrained_complete,
+)
 from medmix.store.atomic import atomic_path
 from medmix.store.inputs import TIME_COLUMNS
 
@@ -191,12 +197,18 @@ class ReportBridge:
 
     def source(self) -> str:
         s = self.settings
+        offline_mode(s.options)  # the one online/offline rule (options.offline, else experts.offline)
         if s.local_dir:
             if not os.path.isdir(s.local_dir):
                 raise ModelUnavailableError(f"bridge {self.name!r}: local_dir {s.local_dir!r} does not exist")
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
             return s.local_dir
         return str(s.model_id)
+
+    def hub_kwargs(self, source: str) -> dict[str, Any]:
+        """``revision`` / ``local_files_only`` for ``from_pretrained`` (:func:`~extractors.hf_common.hub_load_kwargs`)."""
+        s = self.settings
+        return hub_load_kwargs(s.model_id, s.revision, source, f"bridge {self.name}", s.options,
+                               f"rag.bridges.{self.name}.revision")
 
 
 class Maira2Bridge(ReportBridge):
@@ -232,17 +244,19 @@ class Maira2Bridge(ReportBridge):
             from transformers import AutoModelForCausalLM, AutoProcessor
 
             src = self.source()
-            rev = None if s.local_dir else s.revision
+            hub = self.hub_kwargs(src)
             self.device = resolve_device(s.device)
             dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-            self._model = pretrained_complete(AutoModelForCausalLM, src, "bridge maira2", revision=rev,
-                                              trust_remote_code=True, dtype=dtype)
-            self._processor = AutoProcessor.from_pretrained(src, revision=rev, trust_remote_code=True)
+            self._model = pretrained_complete(AutoModelForCausalLM, src, "bridge maira2", trust_remote_code=True,
+                                              dtype=dtype, **hub)
+            self._processor = AutoProcessor.from_pretrained(src, trust_remote_code=True, **hub)
         except (OSError, ValueError, ImportError) as err:
             raise ModelUnavailableError(
                 f"bridge maira2: cannot load {s.model_id!r}@{s.revision!r} ({type(err).__name__}: {err}); it needs the "
-                "weights in the HF cache (gated: accept the licence on the hub) and the transformers version its "
-                "remote code supports (model card: transformers 4.46-4.51; use a separate environment)") from err
+                "weights in the HF cache (gated: accept the licence on https://huggingface.co/microsoft/maira-2 and "
+                "set HF_TOKEN) and the transformers version its remote code supports (model card: transformers "
+                f"4.46-4.51; use a separate environment). {fetch_hint('rag_medcpt_qwen2', 'rag.bridges.maira2')}"
+            ) from err
         self._model = self._model.to(self.device).eval()
 
     def generate(self, value: Any) -> str:

@@ -96,6 +96,10 @@ class EncoderSpec:
     #: built from articles, does not depend on it).
     long_query: str = "truncate"
     max_query_chunks: int = DEFAULT_MAX_QUERY_CHUNKS
+    #: The RAG expert that uses the encoder (named in "model unavailable" messages) and its
+    #: ``options.offline`` override (None: ``experts.offline``); neither is part of ``identity``.
+    expert: str | None = None
+    offline: bool | None = None
 
     def __post_init__(self) -> None:
         if self.long_query not in LONG_QUERY_RULES:
@@ -172,27 +176,38 @@ class _ChunkedQueries:
         return l2_normalise(np.stack([c.mean(axis=0) for c in self.encode_query_chunks(list(texts))]))
 
 
+def _hub_kwargs(spec: EncoderSpec, source: str) -> dict[str, Any]:
+    """``revision`` / ``local_files_only`` of ``spec`` (:func:`extractors.hf_common.hub_load_kwargs`)."""
+    from extractors.hf_common import hub_load_kwargs
+
+    options = {} if spec.offline is None else {"offline": spec.offline}
+    setting = f"experts.settings.{spec.expert}.preprocessing" if spec.expert else None
+    return hub_load_kwargs(spec.model_id, spec.revision, str(source), f"encoder {spec.model_id}", options, setting)
+
+
+def unavailable_message(spec: EncoderSpec, source: str, err: Exception) -> str:
+    """A "cannot load" message naming the commands that provide the encoder."""
+    from extractors.base import fetch_hint
+
+    return (f"cannot load {spec.model_id!r} at revision {spec.revision!r} from {source!r} "
+            f"({type(err).__name__}: {err}). {fetch_hint(spec.expert)}")
+
+
 def _hf_load(loader, spec: EncoderSpec, weights: bool = False, **kwargs):
     """Tokenizer or model (``weights``: a checkpoint missing any tensor is refused) of ``spec``."""
     from extractors.base import ModelUnavailableError
     from extractors.hf_common import pretrained_complete
 
     source = spec.source or spec.model_id
-    local = os.path.isdir(source)
-    if local:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    revision = None if local else spec.revision
+    hub = _hub_kwargs(spec, source)
     try:
         if weights:
-            return pretrained_complete(loader, source, f"encoder {spec.model_id!r}", revision=revision, **kwargs)
-        return loader.from_pretrained(source, revision=revision, **kwargs)
+            return pretrained_complete(loader, source, f"encoder {spec.model_id!r}", **hub, **kwargs)
+        return loader.from_pretrained(source, **hub, **kwargs)
     except ModelUnavailableError as err:
         raise EncoderUnavailableError(str(err)) from err
     except (OSError, ValueError) as err:
-        raise EncoderUnavailableError(
-            f"cannot load {spec.model_id!r} at revision {spec.revision!r} from {source!r} "
-            f"({type(err).__name__}: {err})"
-        ) from err
+        raise EncoderUnavailableError(unavailable_message(spec, source, err)) from err
 
 
 class MedCPTEncoder(_ChunkedQueries):
@@ -254,7 +269,7 @@ def _refuse_incomplete_sentence_transformer(model, source: str, spec: EncoderSpe
     if not os.path.isdir(folder):  # a hub id: the cached snapshot sentence-transformers just read
         from huggingface_hub import snapshot_download
 
-        folder = snapshot_download(source, revision=spec.revision, local_files_only=True)
+        folder = snapshot_download(source, revision=_hub_kwargs(spec, source)["revision"], local_files_only=True)
     sub = ""
     modules = os.path.join(folder, "modules.json")
     if os.path.isfile(modules):
@@ -272,17 +287,19 @@ class MiniLMEncoder(_ChunkedQueries):
     default_query_length = 256
 
     def __init__(self, spec: EncoderSpec, device: str = "cpu", batch_size: int = 32):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        source = spec.source or (bundled_minilm_path() if spec.model_id == MINILM else None) or spec.model_id
+        hub = _hub_kwargs(spec, str(source))  # sets HF_HUB_OFFLINE before sentence-transformers imports the hub
         from sentence_transformers import SentenceTransformer
 
-        source = spec.source or (bundled_minilm_path() if spec.model_id == MINILM else None) or spec.model_id
         self.spec, self.device, self.batch_size = spec, device, max(1, int(batch_size))
         try:
-            self.model = SentenceTransformer(str(source), device=device)
+            if os.path.isdir(str(source)):
+                self.model = SentenceTransformer(str(source), device=device)
+            else:
+                self.model = SentenceTransformer(str(source), device=device, **hub)
             _refuse_incomplete_sentence_transformer(self.model, str(source), spec)
         except (OSError, ValueError) as err:
-            raise EncoderUnavailableError(f"cannot load {spec.model_id!r} from {source!r} ({err})") from err
+            raise EncoderUnavailableError(unavailable_message(spec, str(source), err)) from err
         if spec.max_length:
             self.model.max_seq_length = int(spec.max_length)
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension

@@ -54,6 +54,10 @@ class LanguageModelSpec:
     source: str | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS
     ridge_lambda: float = DEFAULT_RIDGE_LAMBDA
+    #: The RAG expert (named in "model unavailable" messages) and its ``options.offline`` (None:
+    #: ``experts.offline``); not part of ``identity``.
+    expert: str | None = None
+    offline: bool | None = None
 
     def identity(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "revision": self.revision, "max_tokens": self.max_tokens,
@@ -90,7 +94,8 @@ def build_index(
         raise RetrievalIndexError(f"{kb_path}: encoder {encoder.model_id!r} produced non-finite embeddings")
     projection: Projection | None = None
     if lm is not None:
-        targets = token_mean_embeddings(lm.source or lm.model_id, lm.revision, titles, texts, lm.max_tokens)
+        targets = token_mean_embeddings(lm.source or lm.model_id, lm.revision, titles, texts, lm.max_tokens,
+                                        model_id=lm.model_id, offline=lm.offline, expert=lm.expert)
         projection = fit_ridge(emb, targets, lm.ridge_lambda)
 
     with atomic_dir(out_dir) as tmp:  # a reader never sees a half-written index

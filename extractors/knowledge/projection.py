@@ -62,19 +62,31 @@ def token_mean_embeddings(
     titles: list[str],
     texts: list[str],
     max_tokens: int = DEFAULT_MAX_TOKENS,
+    model_id: str | None = None,
+    offline: bool | None = None,
+    expert: str | None = None,
 ) -> np.ndarray:
-    """Mean of the language model's input-embedding rows over each document's tokens; [N, hidden]."""
+    """Mean of the language model's input-embedding rows over each document's tokens; [N, hidden].
+
+    ``lm_source`` is a local folder or the hub id ``model_id``; ``revision`` / ``offline`` follow
+    :func:`extractors.hf_common.hub_load_kwargs` (``offline`` None: ``experts.offline``); ``expert``
+    is the RAG expert named in a "model unavailable" message.
+    """
+    from extractors.base import ModelUnavailableError, fetch_hint
+    from extractors.hf_common import hub_load_kwargs, pretrained_complete
+
+    hub = hub_load_kwargs(model_id or lm_source, revision, lm_source, "projection language model",
+                          {} if offline is None else {"offline": offline})
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from extractors.hf_common import pretrained_complete
-
-    local = os.path.isdir(lm_source)
-    if local:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    rev = None if local else revision
-    tokenizer = AutoTokenizer.from_pretrained(lm_source, revision=rev)
-    model = pretrained_complete(AutoModel, lm_source, "projection language model", revision=rev, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(lm_source, **hub)
+        model = pretrained_complete(AutoModel, lm_source, "projection language model", dtype=torch.float32, **hub)
+    except (OSError, ValueError) as err:
+        raise ModelUnavailableError(
+            f"projection language model {model_id or lm_source!r} at revision {revision!r} could not be loaded "
+            f"({type(err).__name__}: {err}). {fetch_hint(expert)}") from err
     table = model.get_input_embeddings().weight.detach().float()
     out = np.zeros((len(titles), table.shape[1]), np.float32)
     for i, (title, text) in enumerate(zip(titles, texts, strict=True)):

@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medmix.evaluation.metrics import compute_metrics
+from medmix.metrics.classification import compute_metrics
+from medmix.store import read_predictions
 from medmix.sweep import EXACT_MAX, SUBSET_SEP, required_subsets, sampled_orderings, subset_label
 
 #: The metrics the sweep and the Shapley values are computed for.
@@ -132,7 +133,7 @@ def read_runs(prediction_files: Sequence[str | Path]) -> dict[tuple[str, str], p
     """``(dataset, run name) -> predictions``, identified by the files' own columns."""
     runs: dict[tuple[str, str], list[pd.DataFrame]] = {}
     for path in prediction_files:
-        frame = pd.read_parquet(path)
+        frame = read_predictions(path)
         missing = {"dataset", "method", "train_protocol", "eval_set", "test_protocol", "seed"} - set(frame.columns)
         if missing:
             raise ValueError(f"{path}: prediction file without the columns {sorted(missing)}; rerun its evaluate job")

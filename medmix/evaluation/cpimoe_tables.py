@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score, f1_score
 
-from medmix.evaluation.metrics import tune_thresholds
 from medmix.evaluation.tables import RUN_KEYS, to_markdown
+from medmix.metrics.classification import tune_thresholds
+from medmix.store import read_predictions
 
 
 def cell_metrics(prob: np.ndarray, y: np.ndarray, task: str, labels: Sequence[str],
@@ -63,7 +64,7 @@ def grid_metrics(prediction_files: Sequence[str], tasks: dict[str, str], cells: 
     by_protocol = {p: (s, r) for s, r, p in cells}
     rows = []
     for path in prediction_files:
-        frame = pd.read_parquet(path)
+        frame = read_predictions(path)
         if not set(RUN_KEYS) <= set(frame.columns):
             raise ValueError(f"{path}: no run columns {RUN_KEYS}; rerun its evaluate job")
         labels = [c[len("prob:"):] for c in frame.columns if c.startswith("prob:")]
@@ -141,7 +142,7 @@ def gate_means(prediction_files: Sequence[str], cells: Sequence[tuple[str, float
     by_protocol = {p: (s, r) for s, r, p in cells}
     rows = []
     for path in prediction_files:
-        frame = pd.read_parquet(path, columns=None)
+        frame = read_predictions(path)
         gcols = [c for c in frame.columns if c.startswith("gate:")] or [c for c in frame.columns if c.startswith("fusion:")]
         if not gcols:
             continue

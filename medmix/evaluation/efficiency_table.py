@@ -2,7 +2,7 @@
 
 Per (development dataset, run) of Table 1: the fusion model's cost as the dataset's evaluate job
 measured it on the fitted model (``results/costs/<dataset>[_<k>].json``;
-:mod:`medmix.evaluation.efficiency`) plus the deployed expert feature extractors' declared cost
+:mod:`medmix.pipeline.efficiency`) plus the deployed expert feature extractors' declared cost
 (the committee members the run reads; the RAG stage is cached and the teachers train only, so
 both are excluded; a ``large_ref_<modality>`` run deploys that teacher).
 
@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medmix.evaluation.metrics import METRICS
 from medmix.evaluation.paper_tables import REFERENCE, PaperTable, summarise
+from medmix.metrics.classification import METRICS
 
 TITLE = "Table E6: efficiency (deployed parameters, inference FLOPs, peak memory; clean test Perf)"
 EXPERT_BYTES_PER_PARAM = 4

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medmix.evaluation.metrics import METRICS
 from medmix.evaluation.paper_tables import BEYOND_MARK, HEADERS, HOW, PaperTable, summarise
+from medmix.metrics.classification import METRICS
 from medmix.store.atomic import atomic_path
 
 FIGURES = ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation", "fig_per_label_f1", "fig5_efficiency")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medmix.evaluation.metrics import METRICS, MF1_DEFINITION
+from medmix.metrics.classification import METRICS, MF1_DEFINITION
 
 PAPER_TABLES = ("table1", "table2", "tableE2", "tableE3", "tableE4", "tableE5", "tableE7", "tableE8")
 HEADERS = {"auroc": "AUROC", "auprc": "AUPRC", "mf1": "mF1", "acc": "Acc"}

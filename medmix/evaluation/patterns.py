@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from medmix.evaluation.metrics import METRICS, MF1_DEFINITION, compute_metrics
+from medmix.metrics.classification import METRICS, MF1_DEFINITION, compute_metrics
 
 OVERALL = "all samples"
 

@@ -6,7 +6,7 @@
   draws for both methods and every seed; per draw the metric is averaged over seeds and the
   difference MedMIX − other taken; the CI is the 2.5/97.5 % percentile interval.
 
-The metrics per draw are vectorised re-implementations of :mod:`medmix.evaluation.metrics`
+The metrics per draw are vectorised re-implementations of :mod:`medmix.metrics.classification`
 (AUROC by average ranks, AUPRC as scikit-learn's step-wise average precision with tied scores
 grouped, mF1 and accuracy at the validation thresholds), equal to them up to float rounding.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from medmix.evaluation.metrics import METRICS, ap_rows, auroc_rows
+from medmix.metrics.classification import METRICS, ap_rows, auroc_rows
 
 N_BOOT = 200
 BOOT_SEED = 0

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from medmix.evaluation.metrics import (
+from medmix.metrics.classification import (
     METRICS,
     MF1_DEFINITION,
     compute_metrics,
@@ -15,6 +15,7 @@ from medmix.evaluation.metrics import (
     split_notes,
     tune_thresholds,
 )
+from medmix.store import read_predictions
 
 #: The columns that identify one run's predictions (every prediction file carries them).
 RUN_KEYS = ["dataset", "method", "train_protocol"]
@@ -71,7 +72,7 @@ def load_runs(prediction_files: list[str]) -> dict[tuple, pd.DataFrame]:
     A run's files (its development cohort and any external cohorts) are read together, so the
     external rows use the thresholds tuned on the development cohort's validation split.
     """
-    frames = [pd.read_parquet(f) for f in prediction_files]
+    frames = [read_predictions(f) for f in prediction_files]  # each verified against its checksum
     missing = [f for f, fr in zip(prediction_files, frames, strict=True) if not set(RUN_KEYS) <= set(fr.columns)]
     if missing:
         raise ValueError(f"prediction files without the run columns {RUN_KEYS}: {missing[:3]}; rerun their evaluate jobs")

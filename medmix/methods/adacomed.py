@@ -78,9 +78,9 @@ from torch import nn
 from medmix.data import Standardizer, TensorData
 from medmix.methods import register_method
 from medmix.methods.simple_fusion import SimpleFusion
+from medmix.models.losses import task_loss
 from medmix.models.medmix import SeededDropout
 from medmix.protocols import Protocol, ProtocolView, prefit_view
-from medmix.training.losses import task_loss
 from medmix.training.trainer import Batch, EnsembleTrainer, Member, seeded_init
 
 TEACHER_SUFFIX = "@large"

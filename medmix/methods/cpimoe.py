@@ -41,9 +41,9 @@ from medmix.methods import register_method
 from medmix.methods.base import FusionMethod, Prediction
 from medmix.methods.simple_fusion import NetEnsembleState, TaskObjective, check_lr_params
 from medmix.models.cpimoe import CPIMoENet
+from medmix.models.losses import to_probabilities
 from medmix.protocols import Protocol, prefit_view
 from medmix.training import cpimoe_stages as stages
-from medmix.training.losses import to_probabilities
 from medmix.training.trainer import (
     EnsembleTrainer,
     Member,

@@ -56,9 +56,9 @@ from torch import nn
 from medmix.data import TensorData
 from medmix.methods import register_method
 from medmix.methods.simple_fusion import SimpleFusion
+from medmix.models.losses import task_loss
 from medmix.models.medmix import SeededDropout
 from medmix.protocols import Protocol, prefit_view
-from medmix.training.losses import task_loss
 from medmix.training.trainer import Batch, Member, autocast, resolve_runtime
 
 KERNELS = (1.0, 2.0, 4.0)

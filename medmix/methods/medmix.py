@@ -71,10 +71,10 @@ from medmix.methods.probe_readout import (
     known_targets,
     l2_penalty,
 )
+from medmix.models.losses import modality_task_loss, task_loss, to_probabilities
 from medmix.models.medmix import MedMIXConfig, MedMIXNet, ProbeReadout, TeacherHeads
 from medmix.protocols import Protocol, prefit_view
 from medmix.training.distill import distill_loss, distill_weight
-from medmix.training.losses import modality_task_loss, task_loss, to_probabilities
 from medmix.training.trainer import (
     Batch,
     EnsembleTrainer,
@@ -101,7 +101,7 @@ READOUT_FORM = {"probe_readout": True, "probe_init": False, "probe_crossfit": 0,
 class MedMIXObjective:
     """``L = L_task + λ_M · L_modality + λ_D(epoch) · L_distill`` (paper eq. 4 plus ``λ_M · L_modality``).
 
-    ``L_modality`` (:func:`~medmix.training.losses.modality_task_loss`) is the mean over modalities
+    ``L_modality`` (:func:`~medmix.models.losses.modality_task_loss`) is the mean over modalities
     of each modality head's own task loss on the samples where the modality is present;
     ``λ_M = modality_loss_weight`` (default 0, the paper's objective). With ``probe_crossfit`` the
     training rows' fused logits carry their out-of-fold probe instead of the full one

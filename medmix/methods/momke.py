@@ -56,9 +56,9 @@ from torch import nn
 from medmix.data import TensorData
 from medmix.methods import register_method
 from medmix.methods.simple_fusion import SimpleFusion
+from medmix.models.losses import modality_task_loss, task_loss
 from medmix.models.medmix import SeededDropout
 from medmix.protocols import Protocol
-from medmix.training.losses import modality_task_loss, task_loss
 from medmix.training.trainer import Batch, EnsembleTrainer, Member, seeded_init
 
 

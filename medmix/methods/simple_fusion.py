@@ -32,9 +32,9 @@ from torch import nn
 
 from medmix.data import TensorData
 from medmix.methods.base import FusionMethod, Prediction
+from medmix.models.losses import task_loss, to_probabilities
 from medmix.models.medmix import SeededDropout
 from medmix.protocols import Protocol, prefit_view
-from medmix.training.losses import task_loss, to_probabilities
 from medmix.training.trainer import (
     Batch,
     EnsembleTrainer,

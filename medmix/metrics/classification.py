@@ -14,7 +14,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import f1_score
 
-from medmix.evaluation.ranking import macro_ranking
+from medmix.metrics.ranking import macro_ranking
 
 METRICS = ("auroc", "auprc", "mf1", "acc")
 

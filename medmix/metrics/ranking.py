@@ -1,5 +1,5 @@
 """Macro AUROC / AUPRC: threshold-free, so the trainer's early stopping can use them without
-depending on how the tables define thresholded metrics (:mod:`medmix.evaluation.metrics`)."""
+depending on how the tables define thresholded metrics (:mod:`medmix.metrics.classification`)."""
 
 from __future__ import annotations
 

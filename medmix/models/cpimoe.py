@@ -273,7 +273,7 @@ def training_step_cost(net: CPIMoENet, x: dict[str, list[torch.Tensor]], mask: d
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    from medmix.training.losses import task_loss
+    from medmix.models.losses import task_loss
 
     net = copy.deepcopy(net).float().train()
     for p in net.parameters():

@@ -10,7 +10,8 @@ OWN_LOGGERS = ("medmix", "extractors")
 #: Errors about the user's data or config: their message says what is wrong and where, so stderr
 #: shows the message alone (the log file keeps the traceback). Named, not imported: this module
 #: must not import stage 1.
-USER_ERRORS = ("CohortError", "ConfigError", "FeatureStoreError", "ExtractionFailedError", "InputError")
+USER_ERRORS = ("CohortError", "ConfigError", "FeatureStoreError", "ExtractionFailedError", "InputError",
+               "CorruptFileError")
 
 
 def setup_logging(path: str | None) -> None:

@@ -11,7 +11,7 @@ The workflow runs one ``evaluate`` job per development dataset (:func:`evaluate_
 over every fitted run of it: evaluating a run takes well under a second, while a job process
 takes ~2.5 s to start (Python, torch, pandas), so one job per run and cohort spent most of its
 time starting. The same job measures the deployment cost of the table runs (Table E6,
-:func:`~medmix.evaluation.efficiency.fit_cost`): the CPU memory tracker is a torch dispatch mode,
+:func:`~medmix.pipeline.efficiency.fit_cost`): the CPU memory tracker is a torch dispatch mode,
 whose first use imports ``torch._dynamo`` (1.3 s), so it is paid once per dataset, not per fit.
 
 Predictions are long-form, one row per (seed, eval_set, test_protocol, sample), with the
@@ -19,7 +19,8 @@ columns ``dataset``, ``method``, ``train_protocol``, ``cohort``, ``eval_set``,
 ``test_protocol``, ``seed``, ``sample_id``, ``prob:<label>``, ``label:<label>``,
 ``present:<modality>`` (after the protocol) and, where the method reports them, per-sample
 router (``router:<modality>:<expert>``) and fusion (``fusion:<modality>``) weights. Thresholds are
-not chosen here: the tables step tunes them on the ``val`` rows only.
+not chosen here: the tables step tunes them on the ``val`` rows only. Prediction files carry a
+checksum (:func:`medmix.store.write_predictions`); readers use :func:`medmix.store.read_predictions`.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ import torch
 
 from medmix.cohort import read_cohort
 from medmix.data import Standardizer, TensorData, from_bundle
-from medmix.evaluation.efficiency import fit_cost
 from medmix.features import assemble
-from medmix.methods import create_method
-from medmix.methods.base import chosen_values, load_method
+from medmix.methods import create_method, load_method
+from medmix.methods.base import chosen_values
+from medmix.pipeline.efficiency import fit_cost
 from medmix.protocols import Protocol, parse_protocols, prefit_view
+from medmix.store import write_predictions
 from medmix.store.atomic import atomic_path, write_text_atomic
 
 log = logging.getLogger("medmix.fit")
@@ -218,14 +220,13 @@ def evaluate_job(
         if test.n:
             frames += predict_protocols(method, test, protocols, {**keys, "eval_set": "test"})
         if cost:
-            record = fit_cost(method, val)  # Table E6 (medmix.evaluation.efficiency)
+            record = fit_cost(method, val)  # Table E6 (medmix.pipeline.efficiency)
     else:
         if cost:
             raise ValueError(f"{keys['method']}: the deployment cost is measured on the development cohort, not {cohort}")
         frames += predict_protocols(method, data, protocols, {**keys, "eval_set": f"external:{cohort}"})
     predictions = pd.concat(frames, ignore_index=True)
-    with atomic_path(out_predictions) as tmp:
-        predictions.to_parquet(tmp, index=False)
+    write_predictions(predictions, out_predictions)  # atomic, with a checksum verified on every read
     log.info("%s on %s: %d prediction rows in %.1fs", keys["method"], cohort, len(predictions), time.perf_counter() - t0)
     return record
 

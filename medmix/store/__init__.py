@@ -5,6 +5,12 @@ null where ``present`` is false). Embeddings of present samples are finite: the 
 NaN/inf (the extraction job records such a sample as absent with the reason "non-finite
 embedding" instead) and the reader refuses a file holding any, never repairing them. The file's key-value metadata (key ``medmix``) records the
 extractor, model id, revision, dim, preprocessing, package version and a hash of the inputs.
+
+Every file carries a checksum of its values and metadata (:mod:`medmix.store.checksum`), verified
+by :func:`read_features` (values and metadata) and :func:`read_metadata` (metadata and row count).
+A file that fails, or cannot be read at all (truncated), is moved aside to ``<name>.corrupt`` and a
+:class:`FeatureStoreError` naming it is raised: the next Snakemake run sees the feature file
+missing and reruns its extraction.
 """
 
 from __future__ import annotations
@@ -17,9 +23,21 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from medmix.store.atomic import atomic_path
+from medmix.store.checksum import (
+    CORRUPT_SUFFIX,
+    CorruptFileError,
+    corrupt,
+    read_frame,
+    read_schema,
+    read_table,
+    write_frame,
+    write_table,
+)
+
+__all__ = ["CORRUPT_SUFFIX", "META_KEY", "CorruptFileError", "FeatureFile", "FeatureStoreError", "check_identity",
+           "hash_inputs", "read_features", "read_frame", "read_metadata", "read_predictions", "read_schema",
+           "read_table", "write_features", "write_frame", "write_predictions", "write_table"]
 
 META_KEY = b"medmix"
 #: Metadata fields that must match the configured expert for a cache to be valid.
@@ -81,31 +99,36 @@ def write_features(
     table = pa.table({"sample_id": pa.array(sample_ids, pa.string()), "present": pa.array(present), "embedding": emb})
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
 
-    def verify(tmp: Path) -> None:
-        back = pq.read_table(tmp)
-        if back.num_rows != n or back.schema.metadata.get(META_KEY) is None:
+    def check(back: pa.Table) -> None:
+        if back.num_rows != n or (back.schema.metadata or {}).get(META_KEY) is None:
             raise FeatureStoreError(f"{path}: read-back check failed")
 
-    with atomic_path(path, verify=verify) as tmp:
-        pq.write_table(table, tmp)
+    write_table(table, path, check=check)
+
+
+def _meta(path: Path, raw: dict[bytes, bytes] | None) -> dict[str, Any]:
+    if META_KEY not in (raw or {}):
+        raise FeatureStoreError(f"{path}: no medmix metadata; not written by the feature store")
+    try:
+        return json.loads(raw[META_KEY])
+    except ValueError as err:  # a file without a checksum (another tool's) whose metadata is damaged
+        raise corrupt(path, f"its medmix metadata are not JSON ({err})", FeatureStoreError) from err
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    try:
-        raw = pq.read_schema(path).metadata or {}
-    except (OSError, pa.ArrowInvalid) as err:
-        raise FeatureStoreError(f"{path}: not a readable feature file ({err})") from err
-    if META_KEY not in raw:
-        raise FeatureStoreError(f"{path}: no medmix metadata; not written by the feature store")
-    return json.loads(raw[META_KEY])
+    """The file's ``medmix`` metadata, verified against its checksum (the embeddings are not read)."""
+    path = Path(path)
+    if not path.exists():
+        raise FeatureStoreError(f"feature file {path} does not exist")
+    return _meta(path, read_schema(path, expect=META_KEY, error=FeatureStoreError).metadata)
 
 
 def read_features(path: str | Path) -> FeatureFile:
     path = Path(path)
     if not path.exists():
         raise FeatureStoreError(f"feature file {path} does not exist")
-    meta = read_metadata(path)
-    table = pq.read_table(path)
+    table = read_table(path, expect=META_KEY, error=FeatureStoreError)  # one read: values and metadata agree
+    meta = _meta(path, table.schema.metadata)
     missing = {"sample_id", "present", "embedding"} - set(table.column_names)
     if missing:
         raise FeatureStoreError(f"{path}: missing column(s) {sorted(missing)}")
@@ -125,6 +148,17 @@ def read_features(path: str | Path) -> FeatureFile:
     if len(set(ids)) != len(ids):
         raise FeatureStoreError(f"{path}: duplicate sample ids {_duplicates(ids)[:5]}")
     return FeatureFile(ids, present, emb, meta)
+
+
+def write_predictions(frame: Any, path: str | Path) -> None:
+    """A prediction file (:mod:`medmix.pipeline.fit`): the frame, atomically, with its checksum."""
+    write_frame(frame, path)
+
+
+def read_predictions(path: str | Path, columns: list[str] | None = None) -> Any:
+    """A prediction file as a pandas frame, verified against its checksum (a damaged file is moved
+    aside to ``<name>.corrupt`` and :class:`CorruptFileError` is raised: the next run re-evaluates)."""
+    return read_frame(path, columns, expect=b"pandas")
 
 
 def _check_finite(path: str | Path, sample_ids: list[str], embeddings: np.ndarray, present: np.ndarray) -> None:

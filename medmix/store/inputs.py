@@ -11,6 +11,17 @@ Each modality may carry an input schema the cohort step declares or infers (labe
 tabular categories, computed from the training rows): ``{"variables": [...]}`` for a series,
 ``{"columns": [...], "categorical": {column: [categories]}}`` for a table. Experts size and encode
 from it, and it is part of the fingerprint, so a changed schema reruns the extraction.
+
+Input contents (config ``inputs_check``): by default (``stat``) a file enters the fingerprint by
+name, size and mtime, as Snakemake's own rerun triggers do, so a file replaced by another of the
+same size with its mtime restored goes unnoticed. With ``inputs_check: content`` the workflow
+fingerprints each file by name, size and the sha256 of its bytes instead (``content=True``): every
+``snakemake`` invocation re-reads every input file of the extractions it plans, and a changed
+file reruns the extractions that read it, whatever its mtime (a ``touch`` alone reruns nothing).
+
+The view file carries a checksum of its values and metadata (:mod:`medmix.store.checksum`),
+verified by :func:`read_input_view`; a damaged or truncated view is moved aside to
+``inputs.parquet.corrupt`` and the next run rebuilds it with its cohort.
 """
 
 from __future__ import annotations
@@ -23,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from medmix.store.atomic import atomic_path
+from medmix.store.checksum import read_schema, read_table, write_table
 
 META_KEY = b"medmix_inputs"
 #: Modality kinds whose input cells are file (or folder) paths; the others hold values.
@@ -46,9 +56,10 @@ class InputView:
         """The modality's input schema (``{}`` when none is recorded)."""
         return dict(self.schemas.get(modality) or {})
 
-    def fingerprint(self, modality: str) -> str:
+    def fingerprint(self, modality: str, content: bool = False) -> str:
         """:func:`input_fingerprint` of the modality (inputs, their files and its schema)."""
-        return input_fingerprint(self.sample_ids, self.inputs(modality), self.kinds[modality], self.schema(modality))
+        return input_fingerprint(self.sample_ids, self.inputs(modality), self.kinds[modality], self.schema(modality),
+                                 content=content)
 
     def inputs(self, modality: str) -> list[Any]:
         if modality not in self.values:
@@ -63,17 +74,18 @@ def write_input_view(path: str | Path, view: InputView) -> None:
     meta = {"dataset": view.dataset, "modalities": view.kinds,
             "schemas": {m: s for m, s in view.schemas.items() if m in view.kinds and s}}
     table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
-    with atomic_path(path, verify=lambda p: _check_rows(p, len(view.sample_ids))) as tmp:
-        pq.write_table(table, tmp)
+    write_table(table, path, check=lambda back: _check_rows(path, back.num_rows, len(view.sample_ids)))
 
 
-def _check_rows(path: Path, n: int) -> None:
-    if pq.read_metadata(path).num_rows != n:
+def _check_rows(path: str | Path, rows: int, n: int) -> None:
+    if rows != n:
         raise OSError(f"{path}: written input view does not hold {n} rows")
 
 
 def read_input_view(path: str | Path, modalities: list[str] | None = None) -> InputView:
-    schema = pq.read_schema(path)
+    """The view (all modalities, or ``modalities``); the columns read and the metadata are verified
+    against the file's checksum (a damaged file is moved aside and ``CorruptFileError`` raised)."""
+    schema = read_schema(path, expect=META_KEY)
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise ValueError(f"{path}: not a medmix input view (no {META_KEY.decode()} metadata)")
@@ -82,27 +94,48 @@ def read_input_view(path: str | Path, modalities: list[str] | None = None) -> In
     unknown = sorted(set(modalities or []) - set(kinds))
     if unknown:
         raise KeyError(f"{path}: dataset {meta['dataset']!r} has no modality {unknown} (has {sorted(meta['modalities'])})")
-    table = pq.read_table(path, columns=["sample_id", *[f"input:{m}" for m in kinds]])
+    table = read_table(path, columns=["sample_id", *[f"input:{m}" for m in kinds]], expect=META_KEY)
     values = {m: table.column(f"input:{m}").to_pylist() for m in kinds}
     schemas = {m: s for m, s in (meta.get("schemas") or {}).items() if m in kinds}
     return InputView(meta["dataset"], table.column("sample_id").to_pylist(), kinds, values, schemas)
 
 
+def _files(path: Path) -> list[tuple[str, Path]]:
+    """(name, path) of a file, or of every file below a folder (e.g. a DICOM series), sorted."""
+    if path.is_dir():
+        return [(str(p.relative_to(path)), p) for p in sorted(p for p in path.rglob("*") if p.is_file())]
+    return [("", path)]
+
+
 def _file_stats(value: str) -> list[tuple[str, int, int]]:
     """(name, size, mtime_ns) of a file, or of every file below a folder (e.g. a DICOM series)."""
-    path = Path(value)
     try:
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file())
-            return [(str(p.relative_to(path)), (st := p.stat()).st_size, st.st_mtime_ns) for p in files]
-        st = os.stat(path)
-        return [("", st.st_size, st.st_mtime_ns)]
+        return [(name, (st := p.stat()).st_size, st.st_mtime_ns) for name, p in _files(Path(value))]
     except OSError:
         return [("<absent>", -1, -1)]
 
 
-def input_fingerprint(sample_ids: list[str], values: list[Any], kind: str, schema: dict[str, Any] | None = None) -> str:
-    """sha256 of what an extraction of one modality reads (see the module docstring)."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _file_digests(value: str) -> list[tuple[str, int, str]]:
+    """(name, size, sha256) of a file, or of every file below a folder."""
+    try:
+        return [(name, p.stat().st_size, file_sha256(p)) for name, p in _files(Path(value))]
+    except OSError:
+        return [("<absent>", -1, "")]
+
+
+def input_fingerprint(sample_ids: list[str], values: list[Any], kind: str, schema: dict[str, Any] | None = None,
+                      content: bool = False) -> str:
+    """sha256 of what an extraction of one modality reads (see the module docstring).
+
+    ``content``: files enter by name, size and the sha256 of their bytes (config ``inputs_check:
+    content``) instead of name, size and mtime.
+    """
     h = hashlib.sha256()
     h.update(kind.encode())
     if schema:  # no schema: the fingerprint of a view written before schemas existed
@@ -111,8 +144,23 @@ def input_fingerprint(sample_ids: list[str], values: list[Any], kind: str, schem
         h.update(b"\x00" + str(sid).encode() + b"\x00")
         h.update(json.dumps(value, default=str).encode())
         if value is not None and kind in PATH_KINDS:
-            for name, size, mtime in _file_stats(str(value)):
-                h.update(f"\x01{name}\x02{size}\x02{mtime}".encode())
+            if content:
+                for name, size, digest in _file_digests(str(value)):
+                    h.update(f"\x01{name}\x02{size}\x02sha256:{digest}".encode())
+            else:
+                for name, size, mtime in _file_stats(str(value)):
+                    h.update(f"\x01{name}\x02{size}\x02{mtime}".encode())
+    return h.hexdigest()
+
+
+def files_digest(paths: list[str | Path]) -> str:
+    """sha256 over the (name, size, sha256) of every file below each path (a file or a folder), in
+    order; ``"absent"`` entries for paths that do not exist."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(b"\x00" + str(path).encode())
+        for name, size, digest in _file_digests(str(path)):
+            h.update(f"\x01{name}\x02{size}\x02{digest}".encode())
     return h.hexdigest()
 
 

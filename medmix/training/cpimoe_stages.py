@@ -32,8 +32,8 @@ import torch
 
 from medmix.data import TensorData
 from medmix.models.cpimoe import MISSING_INPUT, InteractionStageNet, SpecificStageNet
+from medmix.models.losses import task_loss
 from medmix.protocols import Protocol
-from medmix.training.losses import task_loss
 from medmix.training.trainer import Batch, EnsembleTrainer, Member, TrainConfig, seeded_init
 
 STAGE_FORMAT = "medmix-stage/1"

@@ -497,8 +497,8 @@ class EnsembleTrainer:
     @torch.no_grad()
     def validation_metric(self, model: nn.Module, data: _DeviceData, val: TensorData) -> float:
         """Validation macro AUROC or AUPRC (``early_stopping``) of ``model``'s probabilities."""
-        from medmix.evaluation.ranking import macro_ranking
-        from medmix.training.losses import to_probabilities
+        from medmix.metrics.ranking import macro_ranking
+        from medmix.models.losses import to_probabilities
 
         fn = getattr(self.objective, "val_logits", None)
         if fn is None:

@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> None:
         table_s2_markdown,
         table_s3_markdown,
     )
-    from medmix.evaluation.metrics import tune_thresholds
     from medmix.methods import create_method
+    from medmix.metrics.classification import tune_thresholds
     from medmix.missing_grid import protocol_name
     from medmix.models.cpimoe import training_step_cost
     from medmix.protocols import Protocol

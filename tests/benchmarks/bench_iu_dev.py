@@ -16,7 +16,7 @@
 4. Raw-text reference ``tfidf_lr`` (:class:`TfidfLR`): TF-IDF 1-2-grams of each section, fitted
    on the training split's text only, + the linear probe's logistic regression (same ``C``
    grid, same validation criterion) -- what the cached text committee is measured against.
-5. Metrics: :func:`medmix.evaluation.metrics.compute_metrics` on the test split with per-label
+5. Metrics: :func:`medmix.metrics.classification.compute_metrics` on the test split with per-label
    thresholds tuned on the validation split only (:func:`tune_thresholds`); the table gives
    test macro AUROC / AUPRC per seed and mean ± std, and the wall time of each method. The
    validation macro AUROC / AUPRC per seed are printed too (for choices made on validation).
@@ -146,7 +146,7 @@ def method_params(config: dict[str, Any], method: str, overrides: dict[str, Any]
 
 
 def evaluate(method, val, test) -> list[dict[str, float]]:
-    from medmix.evaluation.metrics import compute_metrics, tune_thresholds
+    from medmix.metrics.classification import compute_metrics, tune_thresholds
 
     pv, pt = method.predict(val).prob, method.predict(test).prob
     yv, yt = val.y.numpy(), test.y.numpy()
@@ -238,7 +238,7 @@ class TfidfLR:
 
 
 def run_tfidf(cohort, params: dict[str, Any], data, seeds: list[int]):
-    from medmix.evaluation.metrics import compute_metrics, tune_thresholds
+    from medmix.metrics.classification import compute_metrics, tune_thresholds
 
     t0 = time.perf_counter()
     ref = TfidfLR(cohort, params)

@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -25,12 +26,30 @@ from medmix.protocols import parse_protocols
 from medmix.runs import RUN_NAME_PATTERN, run_seeds
 from medmix.sweep import sweep_plan, sweep_seeds
 from medmix.store import FeatureStoreError, read_metadata
-from medmix.store.inputs import folder_fingerprint, read_input_view
+from medmix.store.inputs import files_digest, folder_fingerprint, read_input_view
+
+# A --configfile that declares datasets of its own runs those alone (medmix.overlay, `include_demo`):
+# config.yaml's demo datasets and cohorts, and its settings naming them or their modalities, are not
+# inherited. Otherwise `config` stays Snakemake's merge.
+from medmix.overlay import workflow_config
+
+_overlay_files = [str(f) for f in workflow.overwrite_configfiles]
+_effective_config = workflow_config(
+    [] if getattr(workflow.config_settings, "replace_workflow_config", False) else [str(f) for f in workflow.configfiles],
+    _overlay_files,
+    getattr(workflow.config_settings, "config", None),
+)
+if _effective_config is not None:
+    config.clear()
+    config.update(_effective_config)
 
 # Semantic validation names the offending key; the schema pass fills in its defaults.
 validate_config(config)
 validate(config, "../schemas/config.schema.yaml")
 
+
+#: How input files are compared (config `inputs_check`): "stat" (name, size, mtime) or "content" (sha256).
+CONTENT_CHECK = config["inputs_check"] == "content"
 
 DATASETS = list(config["datasets"])
 DEV_DATASETS = development_datasets(config)
@@ -97,6 +116,25 @@ def dataset_source(wildcards):
     return {**files, **code}
 
 
+_SOURCE_DIGESTS = {}
+
+
+def source_digest(wildcards):
+    """With `inputs_check: content`, a param of prepare_dataset: the sha256 of the dataset's source tables
+    and of the cohort table built from them at planning time (which holds the text of note files and
+    reports), so a source edited in place, its mtime kept, rebuilds the cohort and input view before
+    the extractions that read them. "" otherwise, and for the demo, whose folder the workflow writes."""
+    dataset = wildcards.dataset
+    ds = dataset_config(dataset)
+    if not CONTENT_CHECK or ds["adapter"] == "demo":
+        return ""
+    if dataset not in _SOURCE_DIGESTS:
+        source_view(dataset)  # records the cohort's digest when the source builds
+        files = files_digest([ds[key] for key in DATASET_FILE_KEYS if key in ds])
+        _SOURCE_DIGESTS[dataset] = f"{files}:{_SOURCE_COHORT_DIGESTS.get(dataset, 'unbuilt')}"
+    return _SOURCE_DIGESTS[dataset]
+
+
 ADAPTER_MODULES = sorted(
     f"medmix.datasets.{p.stem}" for p in (Path(workflow.basedir) / "medmix" / "datasets").glob("*.py") if p.stem != "__init__"
 )
@@ -117,6 +155,24 @@ def modality_kind(dataset, modality):
 
 
 _SOURCE_VIEWS = {}
+
+
+_SOURCE_COHORT_DIGESTS = {}
+
+
+def cohort_digest(cohort):
+    """sha256 of a cohort table's values (every column: ids, splits, labels, inputs) and settings."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from medmix.store.checksum import table_checksum
+
+    table = pa.Table.from_pandas(cohort.frame.reset_index(drop=True), preserve_index=False)
+    record = {"columns": table_checksum(table)["columns"], "name": cohort.name, "task": cohort.task,
+              "labels": cohort.labels, "modalities": cohort.modalities, "schemas": cohort.schemas,
+              "extra": cohort.extra}
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def source_view(dataset):
@@ -142,6 +198,8 @@ def source_view(dataset):
             if reference:  # as prepare_dataset does with the reference cohort
                 cohort = adopt_reference(cohort, reference_view.schemas, reference)
             view = cohort.input_view()
+            if CONTENT_CHECK:
+                _SOURCE_COHORT_DIGESTS[dataset] = cohort_digest(cohort)
         except Exception:  # noqa: BLE001 - prepare_dataset reports the error in its own log
             view = None
         finally:
@@ -160,19 +218,26 @@ def current_view(dataset):
     return view
 
 
-_SOURCE_FINGERPRINTS = {}
+_FINGERPRINTS = {}
 
 
-def view_fingerprint(dataset, modality):
-    """Fingerprint of what an extraction of the modality reads (inputs + file names/sizes/mtimes + schema).
-    A source view's is computed once per (dataset, modality): every shard job of every expert asks."""
+def view_stamp(dataset, view):
+    """What identifies the view a fingerprint was computed from within this run: the source, or the
+    view file's mtime (the checkpoint rewrites it)."""
+    if _SOURCE_VIEWS.get(dataset) is view:
+        return "source"
+    return os.stat(inputs_path(dataset)).st_mtime_ns
+
+
+def view_fingerprint(dataset, modality, content=CONTENT_CHECK):
+    """Fingerprint of what an extraction of the modality reads (inputs + schema + each file's name, size
+    and mtime, or with `inputs_check: content` its sha256). Computed once per (dataset, modality) and
+    view in a run: every shard job of every expert asks."""
     view = current_view(dataset)
-    if _SOURCE_VIEWS.get(dataset) is not view:
-        return view.fingerprint(modality)
-    key = (dataset, modality)
-    if key not in _SOURCE_FINGERPRINTS:
-        _SOURCE_FINGERPRINTS[key] = view.fingerprint(modality)
-    return _SOURCE_FINGERPRINTS[key]
+    key = (dataset, modality, content, view_stamp(dataset, view))
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = view.fingerprint(modality, content=content)
+    return _FINGERPRINTS[key]
 
 
 def input_fingerprint_param(wildcards):
@@ -192,13 +257,22 @@ def expert_code(expert):
     return sorted({*code_inputs(expert_module(expert)), *map(local, extra_source_files(expert))})
 
 
+def computed_from_current_inputs(recorded, fingerprint, stat_fingerprint):
+    """Whether an output's recorded input fingerprint is that of the current inputs. Extraction jobs
+    record the stat fingerprint (name, size, mtime); with `inputs_check: content` the rule's param is the
+    content one, whose change reruns the job by itself, so either matches here."""
+    return recorded is not None and recorded in {fingerprint, stat_fingerprint()}
+
+
 def view_input(dataset, modality, output):
     """The input view, as an `ancient` input while the inputs it holds for the modality are
     those the output was computed from, so a rewrite with the same inputs (a label or split edit)
     reruns nothing; otherwise a plain input, so the job runs after and because of its rewrite."""
     fingerprint = view_fingerprint(dataset, modality)  # waits for the checkpoint where needed
     path = inputs_path(dataset)
-    return ancient(path) if recorded_fingerprint(output) == fingerprint else path
+    current = computed_from_current_inputs(recorded_fingerprint(output), fingerprint,
+                                           lambda: view_fingerprint(dataset, modality, content=False))
+    return ancient(path) if current else path
 
 
 def extract_view_input(wildcards):

@@ -3,7 +3,8 @@ checkpoint prepare_dataset:
 
     A checkpoint: extraction of a dataset whose view cannot be built at planning time (the
     generated demo) is planned once the view exists, from its fingerprint, so editing labels or
-    splits never reruns extraction.
+    splits never reruns extraction. With `inputs_check: content` the source tables are compared by
+    their sha256 too (param `sources`), not only by mtime.
     """
     input:
         unpack(dataset_source),
@@ -14,6 +15,8 @@ checkpoint prepare_dataset:
         summary_md="results/{dataset}/summary.md",
     params:
         dataset_json=lambda wc: cohort_settings(wc.dataset),
+        # `inputs_check: content`: the source tables' sha256 ("" in the default stat mode)
+        sources=source_digest,
     log:
         "logs/prepare_dataset/{dataset}.log",
     benchmark:

@@ -13,7 +13,8 @@ rule extract:
 
     Reruns exactly when what the embeddings depend on changes: the expert's code (the closure of
     its module's imports), its identity params (model id, revision, preprocessing), the weights
-    in its `local_dir` (file names, sizes, mtimes) and the inputs it reads (ids, inputs, each
+    in its `local_dir` (file names, sizes, mtimes), the commit medmix.lock.json resolves a
+    `main`-like revision to (`medmix fetch`) and the inputs it reads (ids, inputs, each
     input file's name, size and mtime, and the modality's input schema: a series' variable list,
     a table's columns and training-split categories). The labels-free input view is `ancient`: rewriting it
     with the same inputs (a label or split edit) reruns nothing. Runtime settings travel as a
@@ -32,6 +33,7 @@ rule extract:
         preprocessing=expert_param("preprocessing"),
         inputs=input_fingerprint_param,
         weights=weights_fingerprint,
+        locked_commits=locked_commits_param,
         max_failed_fraction=str(config["extraction"]["max_failed_fraction"]),
     log:
         "logs/extract/{dataset}/{modality}/{expert}.log",
@@ -66,6 +68,7 @@ rule extract_shard:
         preprocessing=expert_param("preprocessing"),
         inputs=shard_fingerprint_param,
         weights=weights_fingerprint,
+        locked_commits=locked_commits_param,
         max_failed_fraction=str(config["extraction"]["max_failed_fraction"]),
     log:
         "logs/extract/{dataset}/{modality}/{expert}/{shard}-of-{shards}.log",

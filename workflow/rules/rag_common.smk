@@ -31,11 +31,17 @@ def kb_source(wildcards):
 
 
 def rag_index_specs(expert):
-    """(article encoder identity, language-model identity or None) of a RAG expert's index."""
+    """(article encoder identity, language-model identity or None) of a RAG expert's index, each with
+    the commit medmix.lock.json resolves a `main`-like revision to (`locked_commit`; a changed commit
+    rebuilds the index; extract_common.smk)."""
     identity = expert_identity(config, expert)
     ex = create_extractor(expert, {k: identity[k] for k in ("model_id", "revision", "preprocessing")})
     encoder, lm = ex.index_specs()
-    return encoder.identity(), (lm.identity() if lm is not None else None)
+    locked = expert_locked_commits(expert)
+    enc = {**encoder.identity(), **({"locked_commit": locked[encoder.model_id]} if encoder.model_id in locked else {})}
+    if lm is None:
+        return enc, None
+    return enc, {**lm.identity(), **({"locked_commit": locked[lm.model_id]} if lm.model_id in locked else {})}
 
 
 def bridge_settings(name):
