@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from extractors.hf_common import LOCK_FORMAT, is_commit, lock_entry, lock_path, read_lock, unpacked_dir
+from medmix.store.atomic import write_text_atomic
 
 #: Configs, tokenizer and processor files of a ``transformers`` repository (weights chosen apart).
 TRANSFORMERS_FILES = ("*.json", "*.txt", "*.model", "*.tiktoken")
@@ -643,9 +644,7 @@ def _write_ref(req: ModelRequirement, commit: str, cache_dir: str | Path | None)
     ref = repo_folder(req.model_id, cache_dir) / "refs" / req.revision
     ref.parent.mkdir(parents=True, exist_ok=True)
     if not ref.is_file() or ref.read_text().strip() != commit:
-        tmp = ref.with_name(f".{ref.name}.tmp")
-        tmp.write_text(commit)
-        os.replace(tmp, ref)
+        write_text_atomic(ref, commit)
 
 
 def _narrow_tree_cache(model_id: str, commit: str, files: dict[str, int | None], cache_dir: str | Path | None) -> None:
@@ -673,9 +672,7 @@ def write_lock(lock: dict[str, Any], path: str | Path) -> None:
     """The lock, atomically (sorted keys, one model per block)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(lock, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(lock, indent=1, sort_keys=True) + "\n")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 from medmix import __version__ as medmix_version
 from medmix.config import REPO_ROOT, ConfigError, committee, expert_identity, validate_config
 from medmix.datasets.declared import declared_labels
+from medmix.store.atomic import write_text_atomic
 
 
 def _effective(base: str, overlays: list[str]) -> tuple[dict, str]:
@@ -139,7 +140,7 @@ def _init(args) -> int:
     text = render(overlay, inf, out_ref=_config_ref(out), manifest_ref=_config_ref(Path(args.manifest)),
                   base_ref=_config_ref(base_path), experts=experts)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_text_atomic(out, text)
     for w in inf.warnings:
         print(f"note: {w}", file=sys.stderr)
     splits = cohort.frame["split"].value_counts()
