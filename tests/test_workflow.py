@@ -52,7 +52,9 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(source / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"), *args]
     extra = {"PYTHONPATH": str(source)} if source != REPO else {}  # the copy's packages, not the installed ones
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+    # cwd: `python -m` puts the working directory first on sys.path, so running from the checkout would
+    # import its packages ahead of PYTHONPATH's copy
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir,
                           env={**(env or os.environ), "PYTHONHASHSEED": "0", **extra})
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
