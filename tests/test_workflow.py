@@ -359,11 +359,11 @@ def _run_until(tmp_path: Path, ready, sig) -> None:
 
 
 def _resume(tmp_path: Path, sig) -> None:
-    if sig == signal.SIGKILL:  # a hard kill leaves the lock and incomplete markers: the documented recovery
+    """The documented recovery: a hard kill leaves Snakemake's lock (``--unlock``); a kill or Ctrl-C
+    during a job leaves it marked incomplete (``--rerun-incomplete`` reruns exactly those jobs)."""
+    if sig == signal.SIGKILL:
         snakemake(tmp_path, "--unlock")
-        snakemake(tmp_path, "--cores", "2", "--rerun-incomplete", "all")
-    else:
-        snakemake(tmp_path, "--cores", "2", "all")
+    snakemake(tmp_path, "--cores", "2", "--rerun-incomplete", "all")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
