@@ -379,7 +379,7 @@ def test_interrupt_during_fit_or_evaluate_then_resume(tmp_path, sig, stage):
     if stage == "fit":
         ready = lambda: len(list(runs.glob("*/*/fit.json"))) >= 1  # noqa: E731
     else:  # the evaluate job has started (its log exists) and is importing or predicting
-        ready = lambda: (tmp_path / "logs" / "evaluate" / "demo_openi.log").exists()  # noqa: E731
+        ready = lambda: (tmp_path / "logs" / "evaluate" / "evaluate_demo_openi.log").exists()  # noqa: E731
     _run_until(tmp_path, ready, sig)
     assert not (tmp_path / "results" / "tables" / "table1.md").exists(), "the interrupt did not land before the end"
     if stage == "fit":
