@@ -23,6 +23,7 @@ import pytest
 import yaml
 from config_helpers import default_config
 from test_workflow import snakemake
+from workflow_helpers import job_counts
 
 from medmix.cohort import Cohort, CohortError, read_cohort, read_cohort_schemas, write_cohort
 from medmix.evaluation.tables import load_runs
@@ -340,17 +341,7 @@ FRONTAL = Path("results/demo_openi/features/frontal/image_intensity_grid.parquet
 def planned(workdir: Path) -> dict[str, int]:
     """Jobs a dry run of TARGETS plans, by rule (as test_workflow.planned_jobs does for `all`)."""
     out = snakemake(workdir, "-n", "--cores", "2", *TARGETS)
-    counts, in_stats = {}, False
-    for line in (out.stdout + out.stderr).splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_stats = True
-        elif in_stats:
-            parts = line.split()
-            if not parts or parts[0] == "total":
-                break
-            if len(parts) == 2 and parts[1].isdigit():
-                counts[parts[0]] = int(parts[1])
-    return counts
+    return job_counts(out.stdout + out.stderr)
 
 
 def extracted(proc) -> list[str]:

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from workflow_helpers import job_counts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,24 +36,6 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 1500) -> subprocess.
     if proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
-
-
-def job_counts(text: str) -> dict[str, int]:
-    """The job-count table of a dry run's output."""
-    counts, in_table = {}, False
-    for line in text.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            parts = line.split()
-            if not parts or parts[0] == "total":
-                break
-            if len(parts) == 2 and parts[1].isdigit():
-                counts[parts[0]] = int(parts[1])
-    if not counts:
-        raise AssertionError(f"no job table in the dry run's output:\n{text[-3000:]}")
-    return counts
 
 
 def write_cohort(folder: Path, n: int = 40, seed: int = 0, split: bool = False) -> None:

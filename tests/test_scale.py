@@ -21,6 +21,7 @@ import pytest
 import yaml
 from config_helpers import default_config
 from PIL import Image
+from workflow_helpers import job_counts
 
 from extractors.base import ExtractionFailedError
 from extractors.job import default_batch_size, extract_job, merge_job
@@ -238,16 +239,6 @@ def tiny_config(shards: int = 1) -> dict:
     cfg["protocols"] = {"train": {"none": {"kind": "none"}}, "test": {"none": {"kind": "none"}}}
     cfg["extraction"] = {"shards": shards}
     return cfg
-
-
-def job_counts(text: str) -> dict[str, int]:
-    counts = {}
-    for line in text.split("Job stats:")[-1].splitlines()[3:]:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit() or parts[0] == "total":
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ import pytest
 import yaml
 from config_helpers import default_config
 from PIL import Image
+from workflow_helpers import job_counts
 
 from medmix.config import extraction_jobs, validate_config
 from medmix.store import read_features
@@ -77,23 +78,7 @@ def source_copy(dest: Path) -> Path:
 def planned_jobs(workdir: Path, cfg: dict, source: Path = REPO) -> dict[str, int]:
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     out = snakemake(workdir, "-n", "--cores", "2", "all", source=source)
-    text = out.stdout + out.stderr
-    if "Nothing to be done" in text:
-        return {}
-    counts, in_stats = {}, False
-    for line in text.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_stats = True
-            continue
-        if in_stats:
-            parts = line.split()
-            if not parts or parts[0] == "total":
-                break
-            if len(parts) == 2 and parts[1].isdigit():
-                counts[parts[0]] = int(parts[1])
-    if not counts:  # neither "Nothing to be done" nor a job-stats table: never an empty plan by default
-        raise AssertionError(f"snakemake -n printed no job table and not 'Nothing to be done':\n{text[-3000:]}")
-    return counts
+    return job_counts(out.stdout + out.stderr)
 
 
 @pytest.fixture(scope="module")
