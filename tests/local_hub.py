@@ -221,13 +221,22 @@ class _Handler(BaseHTTPRequestHandler):
             return self._resolve(m["repo"], m["rev"], m["path"])
         self._error(404, "NotFound", f"no route {path}")
 
-    def _info(self, repo_id: str, rev: str, query: dict) -> None:
+    def _repo_at(self, repo_id: str, rev: str):
+        """``(repo, commit)``, or None after answering 404 as the hub does (unknown repo or revision)."""
         repo = self._repo(repo_id)
         if repo is None:
-            return
+            return None
         sha = self.hub._commit(repo, rev)
         if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+            return None
+        return repo, sha
+
+    def _info(self, repo_id: str, rev: str, query: dict) -> None:
+        found = self._repo_at(repo_id, rev)
+        if found is None:
+            return
+        repo, sha = found
         blobs = query.get("blobs", ["false"])[0].lower() == "true"
         siblings = []
         for name, f in sorted(repo.commits[sha].items()):
@@ -242,12 +251,10 @@ class _Handler(BaseHTTPRequestHandler):
                     "lastModified": "2025-01-01T00:00:00.000Z", "tags": []})
 
     def _tree(self, repo_id: str, rev: str, prefix: str, query: dict) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
+        found = self._repo_at(repo_id, rev)
+        if found is None:
             return
-        sha = self.hub._commit(repo, rev)
-        if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+        repo, sha = found
         recursive = query.get("recursive", ["false"])[0].lower() == "true"
         prefix = prefix.strip("/")
         entries, folders = [], set()
@@ -271,12 +278,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(entries)
 
     def _resolve(self, repo_id: str, rev: str, name: str) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
+        found = self._repo_at(repo_id, rev)
+        if found is None:
             return
-        sha = self.hub._commit(repo, rev)
-        if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+        repo, sha = found
         if repo.gated and self._token() not in repo.tokens:
             status = 403 if self._token() else 401
             return self._error(status, "GatedRepo",
