@@ -39,7 +39,7 @@ NOT_IMPORTED = {
     "snakemake-storage-plugin-fs": "Snakemake storage plugin, loaded by name (profile kubernetes' shared volume)",
 }
 #: Import name -> distribution for optional packages that may be absent here (e.g. the lowest-versions venv).
-NOT_INSTALLED = {"merlin": "merlin-vlm", "chronos": "chronos-forecasting", "einops": "einops"}
+NOT_INSTALLED = {"merlin": "merlin-vlm", "chronos": "chronos-forecasting", "einops": "einops", "grimp": "grimp"}
 #: Modules the tests import from the tests folder itself.
 TEST_HELPERS = {p.stem for p in (REPO / "tests").rglob("*.py")}
 
