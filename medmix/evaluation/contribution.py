@@ -287,92 +287,85 @@ def contribution_markdown(contrib: pd.DataFrame, seeds: Sequence[int]) -> str:
 
 
 # -- figures ------------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
+def sweep_figure(summary: pd.DataFrame, runs: Sequence[str] = ()):
+    """HAIM Fig. 2 style: per dataset, the test AUROC of every modality subset, one point per method
+    (mean, std over seeds as error bar; ★ = single modality). ``runs``: the configured runs, which
+    fix each method's style (:mod:`medmix.evaluation.styles`). Returns the matplotlib figure."""
+    from medmix.evaluation.styles import FONTS, legend_outside, method_handle, method_styles, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def sweep_figure(summary: pd.DataFrame, path: str | Path) -> None:
-    """HAIM Fig. 2 style: per dataset, AUROC of every subset (bars per method, std over seeds as
-    error bars); single-modality subsets hatched and starred; the dashed line is v(∅) = 0.5."""
-    from medmix.store.atomic import atomic_path
-
-    plt = _pyplot()
+    plt = pyplot()
+    styles = method_styles([*runs, *summary.method])
     datasets = list(dict.fromkeys(summary.dataset))
-    heights = [max(2.5, 0.35 * summary[summary.dataset == d].subset.nunique() * summary[summary.dataset == d].method.nunique() + 1)
-               for d in datasets]
-    fig, axes = plt.subplots(len(datasets), 1, figsize=(8, sum(heights)), gridspec_kw={"height_ratios": heights},
-                             squeeze=False)
-    for ax, dataset in zip(axes[:, 0], datasets, strict=True):
-        part = summary[summary.dataset == dataset]
-        subsets = list(dict.fromkeys(part.sort_values(["n_modalities", "subset"]).subset))
-        methods = list(dict.fromkeys(part.method))
-        width = 0.8 / len(methods)
-        for i, method in enumerate(methods):
-            rows = part[part.method == method].set_index("subset").reindex(subsets)
-            y = np.arange(len(subsets)) + i * width
-            ax.barh(y, rows.auroc_mean, height=width, xerr=rows.auroc_std.fillna(0), color=f"C{i}", label=method,
-                    hatch=None, alpha=0.9)
-            for yy, single, mean in zip(y, rows.single, rows.auroc_mean, strict=True):
-                if single is True and np.isfinite(mean):
-                    ax.barh(yy, mean, height=width, fill=False, hatch="///", edgecolor="black", linewidth=0)
-        ax.set_yticks(np.arange(len(subsets)) + 0.4 - width / 2)
-        ax.set_yticklabels([("★ " if SUBSET_SEP not in s else "") + s.replace(SUBSET_SEP, " + ") for s in subsets])
-        ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
-        ax.set_xlim(0.4, 1.0)
-        ax.set_xlabel("test macro AUROC (mean ± std over seeds)")
-        ax.set_title(f"{dataset}: performance by modality subset (★ hatched = single modality)")
-        ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    heights = [0.7 + 0.3 * summary[summary.dataset == d].subset.nunique() for d in datasets]
+    with plt.rc_context(FONTS):
+        fig, axes = plt.subplots(len(datasets), 1, figsize=(4.5, sum(heights)), squeeze=False, layout="constrained",
+                                 gridspec_kw={"height_ratios": heights})
+        for ax, dataset in zip(axes[:, 0], datasets, strict=True):
+            part = summary[summary.dataset == dataset]
+            subsets = list(dict.fromkeys(part.sort_values(["n_modalities", "subset"]).subset))
+            methods = list(dict.fromkeys(part.method))
+            step = 0.8 / len(methods)
+            for i, method in enumerate(methods):
+                rows = part[part.method == method].set_index("subset").reindex(subsets)
+                style = styles[method]
+                ax.errorbar(rows.auroc_mean, np.arange(len(subsets)) + (i - (len(methods) - 1) / 2) * step,
+                            xerr=rows.auroc_std, color=style.colour, marker=style.marker, ms=5, capsize=2, ls="")
+            ax.set_yticks(np.arange(len(subsets)),
+                          [("★ " if SUBSET_SEP not in s else "") + s.replace(SUBSET_SEP, " + ") for s in subsets])
+            ax.invert_yaxis()
+            ax.set_xlabel("test macro AUROC (mean ± std over seeds)")
+            ax.set_title(f"{dataset}: performance by modality subset")
+        legend_outside(fig, [method_handle(styles[m], m, line=False) for m in dict.fromkeys(summary.method)])
+    return fig
 
 
-def contribution_figure(contrib: pd.DataFrame, path: str | Path) -> None:
-    """Per dataset: each modality's Shapley share of the AUROC gain per method, and MedMIX's mean
-    fusion weight beside it (grey, hatched ``xx``); for a model with a probe read-out also each
-    modality's share of the read-out's logit variance (light grey, hatched ``//``)."""
-    from medmix.store.atomic import atomic_path
+def contribution_figure(contrib: pd.DataFrame, runs: Sequence[str] = ()):
+    """Per dataset: each modality's Shapley share of the AUROC gain per method (solid), and beside it
+    the method's mean fusion weight (hatched ``xx``) and, for a probe read-out, each modality's share
+    of the read-out's logit variance (hatched ``//``), std over seeds as error bars. ``runs``: as
+    :func:`sweep_figure`. Returns the matplotlib figure."""
+    from matplotlib.patches import Patch
 
-    plt = _pyplot()
+    from medmix.evaluation.styles import FONTS, legend_outside, method_styles, pyplot
+
+    plt = pyplot()
+    styles = method_styles([*runs, *contrib.method])
     datasets = list(dict.fromkeys(contrib.dataset))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
-        part = contrib[contrib.dataset == dataset]
-        mods = list(dict.fromkeys(part.modality))
-        methods = list(dict.fromkeys(part.method))
-        bars = [(f"Shapley share: {m}", part[part.method == m].set_index("modality").share_auroc.reindex(mods), None, f"C{i}")
-                for i, m in enumerate(methods)]
-        bars += [(f"fusion weight: {m}", part[part.method == m].set_index("modality").fusion_weight.reindex(mods), "xx", "0.7")
-                 for m in methods if part[part.method == m].fusion_weight.notna().any()]
-        if "probe_share" in part:
-            bars += [(f"probe share: {m}", part[part.method == m].set_index("modality").probe_share.reindex(mods), "//",
-                      "0.9") for m in methods if part[part.method == m].probe_share.notna().any()]
-        width = 0.8 / len(bars)
-        for i, (label, values, hatch, color) in enumerate(bars):
-            ax.bar(np.arange(len(mods)) + i * width, values.to_numpy(float), width=width, label=label, hatch=hatch,
-                   color=color, edgecolor="black" if hatch else None)
-        ax.set_xticks(np.arange(len(mods)) + 0.4 - width / 2)
-        ax.set_xticklabels(mods)
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_ylabel("share of v(full) − v(∅) (AUROC) / mean weight / probe share")
-        ax.set_title(f"{dataset}: modality contribution")
-        ax.legend(fontsize="x-small")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    kinds = [("share_auroc", None, "Shapley share", None), ("fusion_weight", "fusion_weight_std", "fusion weight", "xx"),
+             ("probe_share", "probe_share_std", "probe share", "//")]
+    with plt.rc_context(FONTS):
+        fig, axes = plt.subplots(1, len(datasets), figsize=(3.5 * len(datasets), 2.8), squeeze=False,
+                                 layout="constrained")
+        handles = {}
+        for ax, dataset in zip(axes[0], datasets, strict=True):
+            part = contrib[contrib.dataset == dataset]
+            mods = list(dict.fromkeys(part.modality))
+            bars = [(m, col, std, label, hatch) for m in dict.fromkeys(part.method) for col, std, label, hatch in kinds
+                    if col in part and part[part.method == m][col].notna().any()]
+            width = 0.8 / len(bars)
+            for i, (method, col, std, label, hatch) in enumerate(bars):
+                rows = part[part.method == method].set_index("modality").reindex(mods)
+                colour = styles[method].colour
+                ax.bar(np.arange(len(mods)) + (i - (len(bars) - 1) / 2) * width, rows[col].to_numpy(float),
+                       width=width, yerr=rows[std].to_numpy(float) if std else None, capsize=2, color=colour,
+                       hatch=hatch, edgecolor="white" if hatch else None, linewidth=0)
+                handles.setdefault((method, label), Patch(facecolor=colour, hatch=hatch, edgecolor="white",
+                                                          label=f"{method}: {label}"))
+            ax.set_xticks(np.arange(len(mods)), mods)
+            ax.axhline(0, color="black", linewidth=0.8)
+            ax.set_ylabel("share of v(full) − v(∅) (AUROC)\n/ mean weight / probe share")
+            ax.set_title(f"{dataset}: modality contribution")
+        legend_outside(fig, list(handles.values()))
+    return fig
 
 
 def write_outputs(prediction_files: Sequence[str | Path], plan: Mapping[str, Any], tasks: Mapping[str, str],
-                  seeds: Sequence[int], out: Mapping[str, str | Path], permutations: int = 64, seed: int = 0) -> None:
+                  seeds: Sequence[int], out: Mapping[str, str | Path], permutations: int = 64, seed: int = 0,
+                  runs: Sequence[str] = ()) -> None:
     """Every output of the ``contribution`` rule: ``sweep_md``, ``sweep_csv``, ``sweep_png``,
-    ``contribution_md``, ``contribution_csv``, ``contribution_png``."""
+    ``contribution_md``, ``contribution_csv``, ``contribution_png`` (``runs``: the configured runs,
+    which fix the figures' method styles)."""
+    from medmix.evaluation.styles import save_png
     from medmix.store.atomic import atomic_path, write_text_atomic
 
     sweep, contrib = contribution_frames(prediction_files, plan, tasks, permutations, seed)
@@ -383,5 +376,5 @@ def write_outputs(prediction_files: Sequence[str | Path], plan: Mapping[str, Any
     with atomic_path(out["contribution_csv"]) as tmp:
         contrib.to_csv(tmp, index=False)
     write_text_atomic(out["contribution_md"], contribution_markdown(contrib, seeds))
-    sweep_figure(summary, out["sweep_png"])
-    contribution_figure(contrib, out["contribution_png"])
+    save_png(sweep_figure(summary, runs), out["sweep_png"], dpi=110)
+    save_png(contribution_figure(contrib, runs), out["contribution_png"], dpi=110)

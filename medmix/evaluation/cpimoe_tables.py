@@ -161,32 +161,34 @@ def gate_means(prediction_files: Sequence[str], cells: Sequence[tuple[str, float
     return pd.DataFrame(rows)
 
 
-def gate_heatmap(gates: pd.DataFrame, dataset: str, method: str, out_png: str | Path) -> None:
+def gate_figure(gates: pd.DataFrame, dataset: str, method: str):
     """Heatmap: rows (setting, rate), columns experts (or modalities), colour = mean weight (matplotlib, lazy)."""
-    import matplotlib
+    from medmix.evaluation.styles import FONTS, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from medmix.store.atomic import atomic_path
-
+    plt = pyplot()
     part = gates[(gates.dataset == dataset) & (gates.method == method)]
     table = part.pivot_table(index=["setting", "rate"], columns="expert", values="weight", sort=False)
-    fig, ax = plt.subplots(figsize=(1.4 + 1.1 * table.shape[1], 0.9 + 0.42 * max(1, table.shape[0])))
-    im = ax.imshow(table.to_numpy(float), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(table.shape[1]), list(table.columns), rotation=30, ha="right")
-    ax.set_yticks(range(table.shape[0]), [f"{s} {int(round(r * 100))}%" for s, r in table.index])
-    for i in range(table.shape[0]):
-        for j in range(table.shape[1]):
-            v = table.iat[i, j]
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
-    kind = part["kind"].iloc[0] if "kind" in part and len(part) else "router"
-    ax.set_title(f"{method} {kind} weights — {dataset}", fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    with plt.rc_context(FONTS):
+        fig, ax = plt.subplots(figsize=(1.8 + 0.9 * table.shape[1], 1.1 + 0.3 * max(1, table.shape[0])),
+                               layout="constrained")
+        im = ax.imshow(table.to_numpy(float), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(table.shape[1]), list(table.columns), rotation=30, ha="right")
+        ax.set_yticks(range(table.shape[0]), [f"{s} {int(round(r * 100))}%" for s, r in table.index])
+        for i in range(table.shape[0]):
+            for j in range(table.shape[1]):
+                v = table.iat[i, j]
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black")
+        kind = part["kind"].iloc[0] if "kind" in part and len(part) else "router"
+        ax.set_title(f"{method} {kind} weights — {dataset}")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    return fig
+
+
+def gate_heatmap(gates: pd.DataFrame, dataset: str, method: str, out_png: str | Path) -> None:
+    """:func:`gate_figure` written to ``out_png``."""
+    from medmix.evaluation.styles import save_png
+
+    save_png(gate_figure(gates, dataset, method), out_png, dpi=120)
 
 
 def complexity_rows(model_dir: str | Path, cohort_path: str, committee: dict[str, Any], features: dict[str, str],

@@ -1,29 +1,47 @@
 """The paper's figures from the tables' per-seed rows (matplotlib, PNG + PDF).
 
-* ``fig2_one_modality_drop``: metric vs drop rate, one line per (method, dropped modality); top row
-  train-time drop (Table E2), bottom row test-time drop (Table E3); one column per metric.
+* ``fig2_one_modality_drop``: metric vs drop rate, one line per (method, dropped modality: line
+  style); a row per dataset and drop side that was run (train-time: Table E2, test-time: Table E3),
+  a column per metric.
 * ``fig3_random_drop``: the same for the multi-random drop (Tables E4 / E5), one line per method.
-* ``fig4_ablation``: Table E7's bars, one group per metric, one bar per run (mean ± std over seeds).
-* ``fig_per_label_f1``: per-label (per-task / per-class) mF1 bars per method from Table E8's rows.
+* ``fig4_ablation``: Table E7's runs, mean ± std over seeds, a row per dataset, a column per metric.
+* ``fig_per_label_f1``: per-label (per-task / per-class) mF1 per method from Table E8's rows.
 * ``fig5_efficiency``: Perf against the total parameter, FLOP and peak-memory ratios to MedMIX
-  (one point per dataset × method; log x) and the EffScore bars (Table E6's rows).
+  (log x) and EffScore per method (Table E6's rows), a row per dataset.
 
-Each figure is drawn per development dataset as a row block; a figure without data is a page
-saying which config setting produces it.
+Only what was run is drawn: a panel without data is left out, and a figure with none is a page
+saying which config setting produces it. Each method keeps its colour and marker in every figure
+(:mod:`medmix.evaluation.styles`); the legend sits right of the panels; y-axes are scaled to the
+values (not to 0), with std over seeds as error bars.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from medmix.evaluation.paper_tables import BEYOND_MARK, HEADERS, HOW, PaperTable, summarise
+from medmix.evaluation.styles import (
+    FONTS,
+    drop_unused,
+    legend_outside,
+    method_handle,
+    method_styles,
+    no_data_page,
+    pyplot,
+)
 from medmix.metrics.classification import METRICS
 from medmix.store.atomic import atomic_path
 
 FIGURES = ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation", "fig_per_label_f1", "fig5_efficiency")
+#: Line styles of the dropped modalities (Fig. 2).
+DASHES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+#: Short names of the drop tables' rows (Figs. 2 / 3).
+DROP_SIDE = {"tableE2": "E2, train-time drop", "tableE3": "E3, test-time drop",
+             "tableE4": "E4, train-time drop", "tableE5": "E5, test-time drop"}
 
 
 def _save(fig, paths: list[str]) -> None:
@@ -32,148 +50,175 @@ def _save(fig, paths: list[str]) -> None:
             fig.savefig(tmp, format=Path(path).suffix[1:], dpi=100)
 
 
-def _empty(plt, text: str):
-    fig, ax = plt.subplots(figsize=(6, 1.5))
-    ax.axis("off")
-    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9)
-    return fig
-
-
 def _name(table: PaperTable, method: str) -> str:
     """A run's legend label: marked when it is an improvement beyond the paper (as in the tables)."""
     return f"{method} {BEYOND_MARK}" if method in table.marked else method
 
 
-def _rate_figure(plt, tables: list[PaperTable], by_modality: bool, clean: PaperTable):
-    """Rows: dataset × table; the clean run (Table 1) is each line's point at rate 0."""
+def _panels(nrows: int, ncols: int, width: float, height: float):
+    fig, axes = pyplot().subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
+                                  layout="constrained")
+    return fig, axes
+
+
+def _handles(table: PaperTable, methods: Sequence[str], styles, line: bool = True) -> list:
+    return [method_handle(styles[m], _name(table, m), line) for m in dict.fromkeys(methods)]
+
+
+def _rate_figure(tables: list[PaperTable], by_modality: bool, clean: PaperTable, styles):
+    """A row per (dataset, table) with rows; the clean run (Table 1) is each line's point at rate 0."""
     sums = [(t, summarise(t)) for t in tables]
+    rows = [(d, t, s[s.dataset == d]) for d in dict.fromkeys(d for _, s in sums for d in s.dataset)
+            for t, s in sums if (s.dataset == d).any()]
+    if not rows:
+        return no_data_page("Not run. " + "; ".join(f"{t.name}: {HOW[t.name]}" for t in tables))
     base = summarise(clean)
-    datasets = list(dict.fromkeys(d for _, s in sums for d in s.get("dataset", [])))
-    if not datasets:
-        return _empty(plt, "Not configured: " + "; ".join(HOW[t.name] for t in tables))
-    nrows = len(datasets) * len(tables)
-    fig, axes = plt.subplots(nrows, len(METRICS), figsize=(3.2 * len(METRICS), 2.6 * nrows), squeeze=False)
-    for i, (dataset, (table, s)) in enumerate((d, ts) for d in datasets for ts in sums):
-        part = s[s.dataset == dataset] if len(s) else s
+    keys = ["method", "modality"] if by_modality else ["method"]
+    modalities = list(dict.fromkeys(m for _, _, part in rows for m in part.get("modality", [])))
+    fig, axes = _panels(len(rows), len(METRICS), 2.4, 1.9)
+    for i, (dataset, table, part) in enumerate(rows):
         for j, m in enumerate(METRICS):
             ax = axes[i, j]
-            groups = part.groupby(["method", "modality"] if by_modality else ["method"], sort=False) if len(part) else []
-            for key, g in groups:
+            for key, g in part.groupby(keys, sort=False):
                 key = key if isinstance(key, tuple) else (key,)
-                anchor = base[(base.dataset == dataset) & (base.method == key[0])] if len(base) else base
+                anchor = base[(base.dataset == dataset) & (base.method == key[0])]
                 g = pd.concat([anchor.assign(rate=0.0), g]).sort_values("rate")
-                ax.errorbar(g.rate, g[f"{m}_mean"], yerr=g[f"{m}_std"], marker="o", capsize=2, label=" / ".join([_name(table, key[0]), *key[1:]]))
-            ax.set_title(f"{dataset}: {table.name[5:]} {HEADERS[m]}", fontsize=8)
-            ax.set_xlabel("drop rate (0: clean)", fontsize=8)
-            ax.set_xlim(-0.05, 1.0)
-            if not len(part):
-                ax.text(0.5, 0.5, "not configured", ha="center", va="center", transform=ax.transAxes, fontsize=8)
-            elif j == 0:
-                ax.legend(fontsize=6)
-    fig.tight_layout()
+                style = styles[key[0]]
+                ax.errorbar(g.rate, g[f"{m}_mean"], yerr=g[f"{m}_std"], color=style.colour, marker=style.marker,
+                            ms=4, capsize=2, lw=1,
+                            ls=DASHES[modalities.index(key[1]) % len(DASHES)] if by_modality else "-")
+            ax.set_title(HEADERS[m] if i == 0 else None)
+            ax.set_ylabel(f"{dataset}\n{DROP_SIDE[table.name]}" if j == 0 else None)
+            ax.set_xlabel("drop rate (0: clean)" if i == len(rows) - 1 else None)
+    handles = _handles(tables[0], [m for _, _, part in rows for m in part.method], styles)
+    if by_modality:
+        from matplotlib.lines import Line2D
+
+        handles += [Line2D([], [], color="black", ls=DASHES[k % len(DASHES)], label=f"dropped: {mod}")
+                    for k, mod in enumerate(modalities)]
+    legend_outside(fig, handles)
     return fig
 
 
-def _bar_panels(plt, table: PaperTable, draw) -> object:
-    """One bar panel per development dataset of ``table``'s summary (``draw(ax, dataset, rows)``), or
-    the page saying which config setting produces the table."""
+def _dots(ax, x: float, width: float, rows: pd.DataFrame, metric: str, styles) -> None:
+    """One point per method (mean, std as error bar) around ``x``, spread over ``width``."""
+    k = len(rows)
+    for n, (_, r) in enumerate(rows.iterrows()):
+        style = styles[r.method]
+        ax.errorbar(x + (n - (k - 1) / 2) * width / max(k, 1), r[f"{metric}_mean"], yerr=r[f"{metric}_std"],
+                    color=style.colour, marker=style.marker, ms=5, capsize=2, ls="")
+
+
+def _ablation_figure(table: PaperTable, styles):
     s = summarise(table)
     if s.empty:
-        return _empty(plt, f"Not configured: {HOW[table.name]}")
+        return no_data_page(f"Not run. Table E7: {HOW[table.name]}")
     datasets = list(dict.fromkeys(s.dataset))
-    fig, axes = plt.subplots(len(datasets), 1, figsize=(8, 3 * len(datasets)), squeeze=False)
+    fig, axes = _panels(len(datasets), len(METRICS), 1.2 + 0.15 * s.method.nunique(), 1.9)
+    for i, dataset in enumerate(datasets):
+        part = s[s.dataset == dataset]
+        for j, m in enumerate(METRICS):
+            ax = axes[i, j]
+            _dots(ax, 0.0, 0.8, part, m, styles)
+            ax.set_xticks([])
+            ax.set_title(HEADERS[m] if i == 0 else None)
+            ax.set_ylabel(dataset if j == 0 else None)
+    legend_outside(fig, _handles(table, s.method, styles, line=False))
+    return fig
+
+
+def _per_label_figure(table: PaperTable, styles):
+    s = summarise(table)
+    if s.empty:
+        return no_data_page(f"Not run. Table E8: {HOW[table.name]}")
+    datasets = list(dict.fromkeys(s.dataset))
+    width = max(1.0, 0.1 * s.method.nunique()) * s.groupby("dataset").label.nunique().max()
+    fig, axes = _panels(len(datasets), 1, 0.8 + width, 2.0)
     for ax, dataset in zip(axes[:, 0], datasets, strict=True):
-        draw(ax, dataset, s[s.dataset == dataset])
-    fig.tight_layout()
+        part = s[s.dataset == dataset]
+        labels = list(dict.fromkeys(part.label))
+        for x, label in enumerate(labels):
+            _dots(ax, x, 0.8, part[part.label == label], "mf1", styles)
+        ax.set_xticks(range(len(labels)), labels, rotation=20)
+        ax.set_ylabel("mF1")
+        ax.set_title(f"{dataset}: per-label mF1 (both classes)")
+    legend_outside(fig, _handles(table, s.method, styles, line=False))
     return fig
 
 
-def _ablation_figure(plt, table: PaperTable):
-    def draw(ax, dataset, part):
-        width = 0.8 / len(part)
-        x = np.arange(len(METRICS))
-        for k, (_, r) in enumerate(part.iterrows()):
-            ax.bar(x + k * width, [r[f"{m}_mean"] for m in METRICS], width,
-                   yerr=[r[f"{m}_std"] for m in METRICS], capsize=2, label=_name(table, r.method))
-        ax.set_xticks(x + width * (len(part) - 1) / 2, [HEADERS[m] for m in METRICS])
-        ax.set_title(f"{dataset}: structural ablations (Table E7)", fontsize=9)
-        ax.legend(fontsize=7, ncol=2)
-
-    return _bar_panels(plt, table, draw)
+COST_AXES = (("params", "parameters"), ("flops", "FLOPs"), ("mem", "peak memory"))
 
 
-def _per_label_figure(plt, table: PaperTable):
-    def draw(ax, dataset, part):
-        labels, methods = list(dict.fromkeys(part.label)), list(dict.fromkeys(part.method))
-        width = 0.8 / len(methods)
-        x = np.arange(len(labels))
-        for k, method in enumerate(methods):
-            rows = part[part.method == method].set_index("label").reindex(labels)
-            ax.bar(x + k * width, rows.mf1_mean, width, yerr=rows.mf1_std, capsize=2, label=_name(table, method))
-        ax.set_xticks(x + width * (len(methods) - 1) / 2, labels, fontsize=7, rotation=20)
-        ax.set_ylabel("mF1", fontsize=8)
-        ax.set_title(f"{dataset}: per-label mF1 (both classes; Table E8)", fontsize=9)
-        ax.legend(fontsize=7)
-
-    return _bar_panels(plt, table, draw)
-
-
-def _efficiency_figure(plt, frame: pd.DataFrame | None):
-    """Three Perf-vs-relative-cost panels and the EffScore bars (Table E6)."""
+def _efficiency_figure(frame: pd.DataFrame | None, table1: PaperTable, styles):
+    """Perf vs each relative cost that was measured, and EffScore per method (Table E6); a row per dataset."""
     if frame is None or frame.empty or not np.isfinite(frame.get("effscore", pd.Series(dtype=float))).any():
-        return _empty(plt, "Not configured: Table E6 needs a `medmix` run and the other runs' fit.json cost records")
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    methods = list(dict.fromkeys(frame.method))
-    datasets = list(dict.fromkeys(frame.dataset))
-    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
-    colours = {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
-    markers = {d: "osD^v<>P*X"[i % 10] for i, d in enumerate(datasets)}
-    for ax, (cost, label) in zip(axes[:3], (("params", "parameters"), ("flops", "FLOPs"), ("mem", "peak memory")),
-                                 strict=True):
-        for _, r in frame.iterrows():
-            if np.isfinite(r[f"{cost}_ratio"]) and r[f"{cost}_ratio"] > 0:
-                ax.scatter(r[f"{cost}_ratio"], r.perf, color=colours[r.method], marker=markers[r.dataset], s=30)
-        ax.set_xscale("log")
-        ax.tick_params(axis="x", which="minor", labelbottom=False)
-        ax.set_xlabel(f"relative {label} (MedMIX = 1)", fontsize=8)
-        ax.set_ylabel("Perf", fontsize=8)
-        ax.axvline(1.0, color="grey", lw=0.5, ls="--")
-    width = 0.8 / len(datasets)
-    x = np.arange(len(methods))
-    for k, d in enumerate(datasets):
-        part = frame[frame.dataset == d].set_index("method").reindex(methods)
-        axes[3].bar(x + k * width, part.effscore, width, label=d)
-    axes[3].set_xticks(x + width * (len(datasets) - 1) / 2, methods, fontsize=7, rotation=45, ha="right")
-    axes[3].set_ylabel("EffScore", fontsize=8)
-    axes[3].axhline(1.0, color="grey", lw=0.5, ls="--")
-    axes[3].legend(fontsize=7)
-    handles = [plt.Line2D([], [], color=colours[m], marker="o", ls="", label=m) for m in methods]
-    handles += [plt.Line2D([], [], color="k", marker=markers[d], ls="", label=d) for d in datasets]
-    axes[0].legend(handles=handles, fontsize=6, ncol=2)
-    fig.suptitle("Efficiency (Table E6): lower cost and higher Perf are better", fontsize=9)
-    fig.tight_layout()
+        return no_data_page("Not run. Table E6 needs a `medmix` run and the other runs' fit.json cost records")
+    datasets = [d for d in dict.fromkeys(frame.dataset) if np.isfinite(frame[frame.dataset == d].effscore).any()]
+    costs = [(c, label) for c, label in COST_AXES if np.isfinite(frame[f"{c}_ratio"]).any()]
+    fig, axes = _panels(len(datasets), len(costs) + 1, 2.4, 2.0)
+    used = set()
+    for i, dataset in enumerate(datasets):
+        part = frame[frame.dataset == dataset]
+        for j, (cost, label) in enumerate(costs):
+            ok = part[np.isfinite(part[f"{cost}_ratio"]) & (part[f"{cost}_ratio"] > 0)]
+            if ok.empty:
+                continue
+            ax = axes[i, j]
+            used.add((i, j))
+            for _, r in ok.iterrows():
+                ax.scatter(r[f"{cost}_ratio"], r.perf, color=styles[r.method].colour, marker=styles[r.method].marker,
+                           s=25)
+            ax.set_xscale("log")
+            ax.tick_params(axis="x", which="minor", labelbottom=False)
+            ax.axvline(1.0, color="grey", lw=0.5, ls="--")
+            ax.set_xlabel(f"relative {label} (MedMIX = 1)")
+            ax.set_ylabel("Perf")
+            ax.set_title(f"{dataset}: Perf vs {label}")
+        ax = axes[i, len(costs)]
+        used.add((i, len(costs)))
+        ok = part[np.isfinite(part.effscore)]
+        for x, (_, r) in enumerate(ok.iterrows()):
+            ax.scatter(x, r.effscore, color=styles[r.method].colour, marker=styles[r.method].marker, s=25)
+        if ok.effscore.max() / max(ok.effscore.min(), 1e-12) > 20:
+            ax.set_yscale("log")
+        ax.axhline(1.0, color="grey", lw=0.5, ls="--")
+        ax.set_xticks([])
+        ax.set_ylabel("EffScore (MedMIX = 1)")
+        ax.set_title(f"{dataset}: EffScore")
+    drop_unused(axes, used)
+    fig.suptitle("Efficiency (Table E6): lower cost and higher Perf are better")
+    legend_outside(fig, _handles(table1, frame.method, styles, line=False))
     return fig
 
 
-def write_figures(tables: dict[str, PaperTable], outputs: list[str], efficiency: pd.DataFrame | None = None) -> None:
-    """Write every ``results/figures/<figure>.<png|pdf>`` of ``outputs`` (``efficiency``: Table E6's frame)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    makers = {
-        "fig2_one_modality_drop": lambda: _rate_figure(plt, [tables["tableE2"], tables["tableE3"]], True,
-                                                               tables["table1"]),
-        "fig3_random_drop": lambda: _rate_figure(plt, [tables["tableE4"], tables["tableE5"]], False,
-                                                         tables["table1"]),
-        "fig4_ablation": lambda: _ablation_figure(plt, tables["tableE7"]),
-        "fig_per_label_f1": lambda: _per_label_figure(plt, tables["tableE8"]),
-        "fig5_efficiency": lambda: _efficiency_figure(plt, efficiency),
+def figure_makers(tables: dict[str, PaperTable], efficiency: pd.DataFrame | None = None,
+                  runs: Sequence[str] = ()) -> dict[str, object]:
+    """Figure name -> a function drawing it (a matplotlib figure; call inside ``rc_context(FONTS)``).
+    ``runs``: the configured runs, in config order (they fix each variant's style)."""
+    present = [m for t in tables.values() for m in t.frame.get("method", [])]
+    if efficiency is not None and len(efficiency):
+        present += list(efficiency.method)
+    styles = method_styles([*runs, *present])
+    return {
+        "fig2_one_modality_drop": lambda: _rate_figure([tables["tableE2"], tables["tableE3"]], True,
+                                                       tables["table1"], styles),
+        "fig3_random_drop": lambda: _rate_figure([tables["tableE4"], tables["tableE5"]], False, tables["table1"],
+                                                 styles),
+        "fig4_ablation": lambda: _ablation_figure(tables["tableE7"], styles),
+        "fig_per_label_f1": lambda: _per_label_figure(tables["tableE8"], styles),
+        "fig5_efficiency": lambda: _efficiency_figure(efficiency, tables["table1"], styles),
     }
-    for name, make in makers.items():
+
+
+def write_figures(tables: dict[str, PaperTable], outputs: list[str], efficiency: pd.DataFrame | None = None,
+                  runs: Sequence[str] = ()) -> None:
+    """Write every ``results/figures/<figure>.<png|pdf>`` of ``outputs`` (``efficiency``: Table E6's
+    frame; ``runs``: the configured runs, which fix the variants' styles)."""
+    plt = pyplot()
+    for name, make in figure_makers(tables, efficiency, runs).items():
         paths = [p for p in outputs if Path(p).stem == name]
         if paths:
-            fig = make()
-            _save(fig, paths)
+            with plt.rc_context(FONTS):
+                fig = make()
+                _save(fig, paths)
             plt.close(fig)

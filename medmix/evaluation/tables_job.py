@@ -75,6 +75,6 @@ def tables_job(*, prediction_files: Sequence[str], summaries: Sequence[str], tas
     if figure_outputs:
         from medmix.evaluation.figures import write_figures
 
-        write_figures(tables, list(figure_outputs), efficiency)
+        write_figures(tables, list(figure_outputs), efficiency, runs=list(run_methods))
     log.info("tables: %d runs, %d metric rows, %d paper tables in %.1fs", len(runs), len(res.metrics), len(tables),
              time.perf_counter() - t0)

@@ -6,17 +6,20 @@ rule contribution:
         code=code_inputs("medmix.evaluation.contribution", "medmix.sweep"),
     output:
         sweep_md="results/tables/sweep.md",
-        sweep_csv="results/tables/sweep.csv",
-        sweep_png="results/tables/sweep.png",
+        sweep_csv=report("results/tables/sweep.csv", caption="../report/sweep.rst", category="Tables", subcategory="Modality sweep"),
+        sweep_png=report("results/tables/sweep.png", caption="../report/sweep_figure.rst", category="Figures", subcategory="Modality sweep"),
         contribution_md="results/tables/contribution.md",
-        contribution_csv="results/tables/contribution.csv",
-        contribution_png="results/tables/contribution.png",
+        contribution_csv=report("results/tables/contribution.csv", caption="../report/contribution.rst",
+                                category="Tables", subcategory="Modality sweep"),
+        contribution_png=report("results/tables/contribution.png", caption="../report/contribution_figure.rst",
+                                category="Figures", subcategory="Modality sweep"),
     params:
         plan=lambda wc: canonical_json(sweep_plan(config)),
         tasks=canonical_json({d: dataset_config(d)["task"] for d in DATASETS}),
         seeds=canonical_json(sweep_seeds(config)),
         permutations=config.get("sweep", {}).get("permutations", 64),
         permutation_seed=config.get("sweep", {}).get("permutation_seed", 0),
+        runs=canonical_json(config["methods"]),
     log:
         "logs/contribution.log",
     benchmark:

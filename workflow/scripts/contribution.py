@@ -16,4 +16,5 @@ write_outputs(
          ("sweep_md", "sweep_csv", "sweep_png", "contribution_md", "contribution_csv", "contribution_png")},
     permutations=int(sm.params.permutations),
     seed=int(sm.params.permutation_seed),
+    runs=json.loads(sm.params.runs),
 )
