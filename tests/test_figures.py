@@ -151,3 +151,22 @@ def test_a_figure_with_nothing_run_is_a_page_without_panels():
         fig = figure_makers(tables)["fig3_random_drop"]()
     assert not fig.axes and "random_drop" in " ".join(t.get_text() for t in fig.texts)
     plt.close(fig)
+
+
+def test_a_legend_of_many_methods_stays_beside_the_panels():
+    """The default run's size: ~24 runs in one legend (in columns), still off every panel and inside the figure."""
+    runs = {f"run_{k:02d}": "meanavg" for k in range(24)}
+    rows = [{"dataset": "dev", "method": r, "train_protocol": "none", "test_protocol": p, "eval_set": "test",
+             "seed": s, **{m: 0.9 + 0.001 * k + (0.0 if p == "none" else -0.02) for m in METRICS}}
+            for k, r in enumerate(runs) for p in ("none", "rd30") for s in (0, 1)]
+    tables = pt.build_tables(pd.DataFrame(rows), pd.DataFrame(), {"train": {"none": {"kind": "none"}},
+                             "test": {k: TEST_PROTOCOLS[k] for k in ("none", "rd30")}}, runs, {"dev": "binary"})
+    plt = pyplot()
+    with plt.rc_context(FONTS):
+        fig = figure_makers(tables, runs=list(runs))["fig3_random_drop"]()
+        fig.canvas.draw()
+    renderer, (legend,) = fig.canvas.get_renderer(), fig.legends
+    box = legend.get_window_extent(renderer)
+    assert len(legend.get_texts()) == 24 and fig.bbox.y0 - 1 <= box.y0 and box.y1 <= fig.bbox.y1 + 1
+    assert box.x1 <= fig.bbox.x1 + 1 and not any(box.overlaps(ax.get_tightbbox(renderer)) for ax in fig.axes)
+    plt.close(fig)
