@@ -9,17 +9,20 @@ SIGMOID_TASKS = ("multilabel", "binary", "multitask")
 
 
 def task_loss(logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    """BCE over known labels (NaN = unknown) for sigmoid tasks; cross-entropy for multiclass."""
+    """Mean BCE over the known (sample, label) pairs (NaN = unknown) for sigmoid tasks; mean
+    cross-entropy over the rows with a known class for multiclass; 0 when nothing is known.
+
+    Unknown entries get weight 0 instead of being indexed out: the shapes never depend on the data
+    (no host synchronisation; the loss runs under ``vmap`` for a member stack).
+    """
     logits = logits.float()
     if task == "multiclass":
-        known = ~torch.isnan(y).any(dim=1)
-        if not known.any():
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits[known], y[known].argmax(dim=1))
-    known = ~torch.isnan(y)
-    if not known.any():
-        return logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(logits[known], y[known])
+        known = ~torch.isnan(y).any(dim=-1)
+        per = F.cross_entropy(logits, torch.nan_to_num(y).argmax(dim=-1), reduction="none")
+    else:
+        known = ~torch.isnan(y)
+        per = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(y), reduction="none")
+    return (per * known).sum() / known.sum().clamp_min(1)
 
 
 def to_probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
@@ -41,7 +44,8 @@ def modality_task_loss(logits: torch.Tensor, y: torch.Tensor, present: torch.Ten
         rows = present[:, j].bool()
         if task == "multiclass":
             known = rows & ~torch.isnan(y).any(dim=1)
-            total = total + task_loss(logits[known, j], y[known], task)
+            per = F.cross_entropy(logits[:, j], torch.nan_to_num(y).argmax(dim=1), reduction="none")
+            total = total + (per * known).sum() / known.sum().clamp_min(1)
             count = count + known.any().float()
             continue
         known = (~torch.isnan(y)) & rows[:, None]

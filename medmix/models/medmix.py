@@ -115,14 +115,20 @@ class SeededDropout(nn.Module):
         super().__init__()
         self.p = float(p)
         self.generator: torch.Generator | None = None
+        #: Set by a member stack (:mod:`medmix.training.stacked`) during its forward: ``source(shape)``
+        #: returns the bits ``generator`` would have drawn here, drawn beforehand.
+        self.source = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if self.generator is None:
+        if self.source is not None:
+            bits = self.source(x.shape)
+        elif self.generator is None:
             return F.dropout(x, self.p, training=True)
-        # 31 random bits per element (2-3x faster than bernoulli_ on CPU); P(drop) = p ± 2^-31.
-        bits = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_(generator=self.generator)
+        else:
+            # 31 random bits per element (2-3x faster than bernoulli_ on CPU); P(drop) = p ± 2^-31.
+            bits = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_(generator=self.generator)
         return x * (bits >= int(self.p * 2**31)).to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 

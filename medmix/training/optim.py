@@ -86,6 +86,30 @@ class FusedAdamW:
                  amsgrad=False, beta1=self.betas[0], beta2=self.betas[1], lr=group["lr"],
                  weight_decay=group["weight_decay"], eps=self.eps, maximize=False)
 
+    def replace(self, mapping: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Swap parameters: ``mapping[id(old)] = (new, rows)``; ``new`` takes ``old``'s place in its group
+        and its state is rows ``rows`` of ``old``'s (a member stack that lost members)."""
+        for group in self.param_groups:
+            swapped = []
+            for p in group["params"]:
+                if id(p) not in mapping:
+                    swapped.append(p)
+                    continue
+                new, rows = mapping[id(p)]
+                state = self.state.pop(p, None)
+                if state is not None:
+                    self.state[new] = (state[0].index_select(0, rows), state[1].index_select(0, rows), state[2].clone())
+                swapped.append(new)
+            group["params"] = swapped
+
+    def forget(self, params: Sequence[torch.Tensor]) -> None:
+        """Drop ``params`` and their state (they are no longer trained)."""
+        gone = {id(p) for p in params}
+        for group in self.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in gone]
+        for p in params:
+            self.state.pop(p, None)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop (or zero) every parameter's gradient."""
         for group in self.param_groups:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -47,6 +48,9 @@ from torch import nn
 from medmix.data import TensorData
 from medmix.protocols import Protocol
 from medmix.training.optim import FusedAdamW
+from medmix.training.stacked import MemberStack, NotStackable
+
+log = logging.getLogger(__name__)
 
 #: Early-stopping / checkpoint criteria: the validation task loss (the paper's), or the
 #: validation macro AUROC / AUPRC over labels with both classes present (higher is better; ties
@@ -86,6 +90,11 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0
     eval_batch_size: int = 8192
+    #: Train the members (seeds, grid points) of one architecture as one stacked computation
+    #: (:mod:`medmix.training.stacked`): True, False (one after another), or ``auto``: stacked on CUDA
+    #: only. On CPU it measured slower (tests/benchmarks/results/stacked_trainer.md): member by member
+    #: the matmuls already run near torch.mm's speed, and the batched matmuls ``vmap`` issues do not.
+    stack_members: bool | str = "auto"
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainConfig:
@@ -125,6 +134,8 @@ class TrainConfig:
                 raise ValueError(f"{name} has repeated values: {list(grid)}")
             if any(v != v or (v <= low if low is not None else v < 0) for v in grid):
                 raise ValueError(f"{name} values must be {'> 0' if low is not None else '>= 0'}, got {list(grid)}")
+        if self.stack_members not in (True, False, "auto"):
+            raise ValueError(f"stack_members must be true, false or auto, got {self.stack_members!r}")
         if len(self.betas) != 2 or self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
             raise ValueError(f"invalid training settings: {self}")
 
@@ -295,6 +306,26 @@ class _DeviceData:
             None if self.fold is None else self.fold.index_select(0, idx),
         )
 
+    def stacked_batch(self, plans: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]], lo: int, hi: int
+                      ) -> dict[str, Any]:
+        """Rows ``lo:hi`` of every member's plan (its permutation and masks), as :class:`Batch` fields
+        with a leading member dimension: ``[E, hi - lo, ...]``."""
+        e, rows = len(plans), hi - lo
+        idx = torch.cat([perm[lo:hi] for perm, _ in plans])
+
+        def gather(t: torch.Tensor) -> torch.Tensor:
+            return t.index_select(0, idx).view(e, rows, *t.shape[1:])
+
+        fields = {
+            "x": {m: [gather(t) for t in xs] for m, xs in self.x.items()},
+            "mask": {m: torch.stack([masks[m][lo:hi] for _, masks in plans]) for m in self.modalities},
+            "y": gather(self.y),
+            "teacher": {m: gather(t) for m, t in self.teacher.items()},
+            "teacher_mask": {m: gather(t) for m, t in self.teacher_mask.items()},
+            "fold": None if self.fold is None else gather(self.fold),
+        }
+        return {k: v for k, v in fields.items() if v is not None}  # an absent field keeps its default
+
     def full_masked(self, start: int, stop: int) -> Batch:
         """Rows ``start:stop`` as views (no copy) with their own masks."""
         return Batch(
@@ -311,6 +342,7 @@ class _DeviceData:
 class _State:
     member: Member
     data_gen: torch.Generator
+    noise_gen: torch.Generator
     best_val: float = float("inf")  # best criterion value (lower is better)
     best_state: dict[str, torch.Tensor] | None = None
     best_epoch: int = -1
@@ -413,43 +445,50 @@ class EnsembleTrainer:
             noise_gen = data_gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(member.seed)
             if hasattr(member.model, "set_dropout_generator"):
                 member.model.set_dropout_generator(noise_gen)
-            states.append(_State(member, data_gen, lr=lr, weight_decay=weight_decay))
-        optimizer = self._optimizer([s.member for s in states], [(s.lr, s.weight_decay) for s in states])
+            states.append(_State(member, data_gen, noise_gen, lr=lr, weight_decay=weight_decay))
+        stack = c.stack_members is True or (c.stack_members == "auto" and self.device.type == "cuda")
+        stacks = self._stacks(states, tr, protocol) if stack else None
+        if stacks is None:
+            optimizer = self._optimizer([s.member for s in states], [(s.lr, s.weight_decay) for s in states])
+        else:
+            optimizer = self._stacked_optimizer(stacks)
         steps = -(-tr.n // c.batch_size)
         rows: list[dict[str, Any]] = []
         step = 0
+        log_every = max(1, c.max_epochs // 20)
         for epoch in range(c.max_epochs):
             active = [s for s in states if s.active]
             if not active:
                 break
-            plans = []
+            plans = {}
             for s in active:
                 perm = torch.randperm(tr.n, generator=s.data_gen)
                 masks = protocol.apply({m: t[perm] for m, t in tr.mask_cpu.items()}, s.data_gen)
-                plans.append((perm.to(self.device), {m: t.to(self.device) for m, t in masks.items()}))
+                plans[id(s)] = (perm.to(self.device), {m: t.to(self.device) for m, t in masks.items()})
                 s.member.model.train()
                 if s.member.aux is not None:
                     s.member.aux.train()
-            sums = [dict() for _ in active]
+            for stack, _ in stacks or []:
+                stack.shell.train()  # its modules are a member's, which may have stopped (and been left in eval)
+            sums: dict[int, dict[str, torch.Tensor]] = {id(s): {} for s in active}
             factor = 1.0
             for b in range(steps):
                 lo, hi = b * c.batch_size, min(tr.n, (b + 1) * c.batch_size)
                 factor = self.lr_factor(step, steps)
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * factor
-                for s, (perm, masks), acc in zip(active, plans, sums, strict=True):
-                    batch = tr.batch(perm[lo:hi], {m: t[lo:hi] for m, t in masks.items()})
-                    with autocast(self.device, self.dtype):
-                        loss, parts = self.objective.loss(s.member, batch, epoch)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(s.member.parameters(), c.grad_clip, foreach=True)
-                    weight = (hi - lo) / tr.n
-                    for key, value in {"train_loss": loss.detach(), **parts}.items():
-                        acc[key] = acc.get(key, 0.0) + value.detach().float() * weight
+                weight = (hi - lo) / tr.n
+                if stacks is None:
+                    self._step_each(active, plans, sums, tr, lo, hi, epoch, weight)
+                else:
+                    self._step_stacked(stacks, plans, sums, tr, lo, hi, epoch, weight)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-            for s, acc in zip(active, sums, strict=True):
+            for stack, _ in stacks or []:
+                stack.write_back()
+            for s in active:
+                acc = sums[id(s)]
                 val_loss = self.validation_loss(s.member.model, va)
                 if val_loss != val_loss or val_loss in (float("inf"), float("-inf")):
                     if tolerate_divergence:  # a grid point that diverged is dropped, never chosen
@@ -476,6 +515,15 @@ class EnsembleTrainer:
                     **self.diagnostics(s.member.model, va),
                     "seconds": round(time.perf_counter() - t0, 3),
                 })
+                if epoch % log_every == 0 or not s.active or epoch == c.max_epochs - 1:
+                    log.info("seed %d%s epoch %d/%d: train loss %.4f, val loss %.4f%s; best %s %.4f at epoch %d%s",
+                             s.member.seed, f" (lr {s.lr:g}, wd {s.weight_decay:g})" if len(runs) > len(states) or
+                             tolerate_divergence else "", epoch + 1, c.max_epochs, float(acc.get("train_loss", 0.0)),
+                             val_loss, "" if metric is None else f", {c.early_stopping} {metric:.4f}",
+                             c.early_stopping, abs(s.best_val), s.best_epoch + 1,
+                             "" if s.active else f"; stopped ({c.patience} epochs without improvement)")
+            if stacks is not None:
+                stacks = self._shrink(stacks, optimizer)
         for s in states:
             if s.best_state is not None:
                 s.member.model.load_state_dict(s.best_state)
@@ -483,6 +531,82 @@ class EnsembleTrainer:
             if hasattr(s.member.model, "set_dropout_generator"):
                 s.member.model.set_dropout_generator(None)
         return states, pd.DataFrame(rows)
+
+    def _step_each(self, active: list[_State], plans, sums, tr: _DeviceData, lo: int, hi: int, epoch: int,
+                   weight: float) -> None:
+        """One batch, member after member (the fallback when members cannot be stacked)."""
+        for s in active:
+            perm, masks = plans[id(s)]
+            batch = tr.batch(perm[lo:hi], {m: t[lo:hi] for m, t in masks.items()})
+            with autocast(self.device, self.dtype):
+                loss, parts = self.objective.loss(s.member, batch, epoch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(s.member.parameters(), self.config.grad_clip, foreach=True)
+            acc = sums[id(s)]
+            for key, value in {"train_loss": loss.detach(), **parts}.items():
+                acc[key] = acc.get(key, 0.0) + value.detach().float() * weight
+
+    def _step_stacked(self, stacks, plans, sums, tr: _DeviceData, lo: int, hi: int, epoch: int, weight: float) -> None:
+        """One batch, every stack's members as one computation each."""
+        for stack, members in stacks:
+            batch = tr.stacked_batch([plans[id(s)] for s in members], lo, hi)
+            with autocast(self.device, self.dtype):
+                loss, parts = stack.loss(self.objective, Member, Batch, batch, epoch, hi - lo, self.device)
+            loss.sum().backward()
+            stack.clip_grad_norms(self.config.grad_clip)
+            for i, s in enumerate(members):
+                acc = sums[id(s)]
+                for key, value in {"train_loss": loss.detach(), **parts}.items():
+                    value = value.detach().float()
+                    acc[key] = acc.get(key, 0.0) + (value[i] if value.dim() else value) * weight
+
+    def _stacks(self, states: list[_State], tr: _DeviceData, protocol: Protocol):
+        """``[(MemberStack, its states)]``, one stack per grid point, or None (train member by member).
+
+        Members are stacked when they have one architecture and the objective's loss runs under
+        ``vmap`` (tried once on a first batch, without touching any state or random stream)."""
+        by_point: dict[tuple[float, float], list[_State]] = {}
+        for s in states:
+            by_point.setdefault((s.lr, s.weight_decay), []).append(s)
+        stacks = []
+        try:
+            for group in by_point.values():
+                stack = MemberStack([s.member for s in group], [s.noise_gen for s in group])
+                stacks.append((stack, group))
+            stacks[0][0].try_loss(self.objective, Member, Batch, tr, protocol, self.config.batch_size, self.device,
+                                  lambda: autocast(self.device, self.dtype))
+        except NotStackable as exc:
+            log.info("training %d members one after another: %s", len(states), exc)
+            return None
+        log.info("training %d members as %d stacked computation(s) of %s", len(states), len(stacks),
+                 "/".join(str(len(g)) for _, g in stacks))
+        return stacks
+
+    def _stacked_optimizer(self, stacks) -> FusedAdamW:
+        by_key: dict[tuple[float, float, float], list[torch.Tensor]] = {}
+        for stack, group in stacks:
+            lr, wd = group[0].lr, group[0].weight_decay
+            for name, tensor in stack.trained().items():
+                mult, wd_mult = stack.group_of[name]
+                by_key.setdefault((lr * mult, wd * wd_mult, mult), []).append(tensor)
+        groups = [{"params": ps, "lr": lr, "base_lr": lr, "lr_mult": mult, "weight_decay": wd}
+                  for (lr, wd, mult), ps in by_key.items()]
+        c = self.config
+        return FusedAdamW(groups, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+
+    @staticmethod
+    def _shrink(stacks, optimizer: FusedAdamW):
+        """Stacks without their stopped members (their weights written back first)."""
+        kept = []
+        for stack, group in stacks:
+            keep = [i for i, s in enumerate(group) if s.active]
+            if len(keep) == len(group):
+                kept.append((stack, group))
+                continue
+            smaller = stack.keep(keep, optimizer)
+            if smaller is not None:
+                kept.append((smaller, [group[i] for i in keep]))
+        return kept
 
     @torch.no_grad()
     def diagnostics(self, model: nn.Module, data: _DeviceData) -> dict[str, float]:

@@ -227,6 +227,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-plain", action="store_true")
     args = parser.parse_args()
+    from medmix.training.trainer import cpu_supports_bf16
+
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average before: {os.getloadavg()}")
     print(f"data: {args.n} samples, {sum(map(len, DIMS.values()))} experts {DIMS}, teachers {TEACHERS}; "
@@ -240,6 +242,9 @@ def main() -> None:
             common = dict(n=args.n, seeds=args.seeds, epochs=args.epochs, device=device, threads=threads)
             results = {}
             variants = [("plain", "fp32"), ("trainer-fp32", "fp32"), ("trainer-bf16", "bf16")]
+            if device == "cpu" and not cpu_supports_bf16():
+                print(f"{device:6} {threads:>3} trainer-bf16   skipped: this CPU has no native bf16 matmuls")
+                variants = variants[:2]
             for name, precision in variants:
                 if name == "plain" and args.skip_plain:
                     continue
