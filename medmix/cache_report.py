@@ -137,7 +137,10 @@ class CacheReport:
         facts["kind"] = ds["modalities"][e.modality]["kind"]
         facts["max_failed_fraction"] = float(self.cfg["extraction"]["max_failed_fraction"])
         facts["weights_fingerprint"] = folder_fingerprint(runtime.get("local_dir"))
-        facts["commit"] = self._commit(e.expert, ident, runtime)
+        try:
+            facts["commit"] = self._commit(e.expert, ident, runtime)
+        except Exception as err:  # noqa: BLE001 - an expert that cannot be set up here: say so, go on
+            e.unchecked.append(f"commit: the expert cannot be set up to resolve it ({type(err).__name__}: {err})")
         facts["code_fingerprint"] = self._code_fingerprint(e.expert)
         view, source = self._view(e.dataset)
         if view is None:
@@ -148,7 +151,7 @@ class CacheReport:
             facts["input_fingerprint"] = view.fingerprint(e.modality)
         e.current = facts
         for key, now in facts.items():
-            if key == "commit":
+            if key == "commit":  # recorded only by hub experts: absent means none
                 if canonical_json(e.meta.get("commit")) != canonical_json(now):
                     e.reasons.append(f"commit: read at {e.meta.get('commit') or '(none recorded)'}, now "
                                      f"{now or '(none: the revision is read as is)'}")
