@@ -12,7 +12,8 @@ for the current config and checkout, with the workflow's own functions. A file i
 - ``stale``: some differ (the reasons say which); the next ``snakemake`` run re-extracts it;
 - ``unused``: the config asks for no such file (another dataset, modality or committee);
 - ``unchecked``: none differs, but some could not be compared (no input view yet; a fact that an
-  older version did not record).
+  older version did not record);
+- ``unreadable``: the file fails its checksum or cannot be read (the store moved it aside).
 
 Snakemake's own decision also weighs modification times (a code file touched but unchanged reruns
 the job) and, for RAG experts, their retrieval index and the commits of their encoders; ``snakemake
@@ -34,7 +35,7 @@ from medmix.store.inputs import InputView, folder_fingerprint, read_input_view, 
 
 #: Where feature files lie below the cache folder (``results``).
 FEATURE_GLOB = "*/features/*/*.parquet"
-STATUSES = ("fresh", "stale", "unused", "unchecked")
+STATUSES = ("fresh", "stale", "unused", "unchecked", "unreadable")
 
 
 def expert_code_files(expert: str) -> list[str]:
@@ -60,10 +61,6 @@ class Entry:
     reasons: list[str] = field(default_factory=list)  # what differs
     unchecked: list[str] = field(default_factory=list)  # what could not be compared, and why
     current: dict[str, Any] = field(default_factory=dict)  # the fingerprints now
-
-    @property
-    def key(self) -> str:
-        return f"{self.dataset}/{self.modality}/{self.expert}"
 
     @property
     def failed(self) -> int:
@@ -100,24 +97,22 @@ class CacheReport:
             raise FileNotFoundError(f"{target!r}: name a feature file, <dataset>/<modality>/<expert> or <dataset>/<expert>")
         found = [p for p in found if p.is_file()]
         if not found:
-            known = ", ".join("/".join(p.parts[-4:-3] + p.parts[-2:-1]) + f"/{p.stem}" for p in self.files()[:20])
-            known = known or "none"
+            known = ", ".join("/".join(_place(p)) for p in self.files()[:20]) or "none"
             raise FileNotFoundError(f"no feature file {target!r} under {self.cache} (there: {known})")
         return found
 
     def entry(self, path: Path, full: bool = False) -> Entry:
         """The file's metadata (``full``: its values too, verified against the checksum) and status."""
         path = Path(path)
-        dataset, modality, expert = path.parts[-4], path.parts[-2], path.stem
-        e = Entry(path, dataset, modality, expert)
+        e = Entry(path, *_place(path))
         try:
             e.meta = read_features(path).metadata if full else read_metadata(path)
             checked = CHECKSUM_KEY in (read_schema(path).metadata or {})
         except (FeatureStoreError, CorruptFileError, OSError) as err:
-            e.error, e.status = str(err), "unchecked"
+            e.error, e.status = str(err), "unreadable"
             return e
-        e.dataset, e.modality = e.meta.get("dataset", dataset), e.meta.get("modality", modality)
-        e.expert = e.meta.get("extractor", expert)
+        e.dataset, e.modality = e.meta.get("dataset", e.dataset), e.meta.get("modality", e.modality)
+        e.expert = e.meta.get("extractor", e.expert)
         what = "values and metadata" if full else "metadata and row count"
         e.checksum = f"{what} verified" if checked else "no checksum (written before checksums): read unverified"
         self.compare(e)
@@ -230,6 +225,12 @@ def _difference(recorded: Any, now: Any) -> str:
     return f"recorded {_short(recorded)}, now {_short(now)}"
 
 
+def _place(path: Path) -> tuple[str, str, str]:
+    """(dataset, modality, expert) of ``<dataset>/features/<modality>/<expert>.parquet`` ("?" if not so)."""
+    parts = path.parts
+    return (parts[-4] if len(parts) >= 4 else "?", parts[-2] if len(parts) >= 2 else "?", path.stem)
+
+
 def _short(value: Any) -> str:
     text = canonical_json(value) if not isinstance(value, str) else value
     return text if len(text) <= 80 else text[:77] + "..."
@@ -260,7 +261,7 @@ def ls_lines(entries: list[Entry], cache: str, config: str) -> list[str]:
     rows = [dict(zip(LS_COLUMNS, LS_COLUMNS, strict=True)), *(ls_row(e) for e in entries)]
     widths = {c: max(len(r[c]) for r in rows) for c in LS_COLUMNS}
     lines = ["  ".join(r[c].ljust(widths[c]) for c in LS_COLUMNS).rstrip() for r in rows]
-    counts = {s: n for s in (*STATUSES, "unreadable") if (n := sum(r["status"] == s for r in rows[1:]))}
+    counts = {s: n for s in STATUSES if (n := sum(r["status"] == s for r in rows[1:]))}
     why = "; `medmix cache show <dataset>/<modality>/<expert>` says why" if set(counts) - {"fresh"} else ""
     return [*lines, "", f"{len(entries)} feature files under {cache}, compared with {config}: "
             + ", ".join(f"{n} {s}" for s, n in counts.items()) + why]

@@ -96,6 +96,14 @@ def test_ls_lists_every_feature_file_with_its_facts(project, capsys, monkeypatch
     rc, out = _run(capsys, "ls", "--config", "my.yaml")
     assert out.rstrip().endswith("2 feature files under results, compared with " + BASE + " + my.yaml: 2 fresh")
 
+    # A truncated copy: listed as unreadable, moved aside by the store (the next run rebuilds it).
+    broken = project / "results/tiny/features/cxr/broken.parquet"
+    broken.write_bytes((project / "results/tiny/features/cxr/image_intensity_grid.parquet").read_bytes()[:-100])
+    rows = _ls(capsys, "my.yaml")
+    assert rows["tiny/cxr/broken"][-1] == "unreadable" and rows["tiny/cxr/image_intensity_grid"][-1] == "fresh"
+    assert not broken.exists() and broken.with_name("broken.parquet.corrupt").is_file()
+    broken.with_name("broken.parquet.corrupt").unlink()
+
 
 def test_show_prints_the_metadata_failed_reasons_and_fingerprints(project, capsys, monkeypatch):
     monkeypatch.chdir(project)
