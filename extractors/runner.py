@@ -18,10 +18,14 @@ recorded as absent. Errors that concern the machine or the whole expert are neve
 missing data and always fail the job (:func:`~extractors.base.is_fatal`: out of memory,
 CUDA/cuDNN/cuBLAS errors, interrupts, missing weights; also wrong output shapes), from ``prepare``
 (DataLoader workers send them back and the main process re-raises them) and from ``embed_batch``.
+
+Progress: the job log gets a line (done, rate, time left) at most every
+:data:`PROGRESS_LOG_SECONDS` while a job runs; an interactive terminal also shows a tqdm bar.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -50,6 +54,8 @@ MAX_FAILED_FRACTION = 0.5
 N_EXAMPLES = 5
 #: Failed samples whose reason the feature file's metadata records (``failed_samples``).
 MAX_FAILED_LISTED = 1000
+#: Seconds between two progress lines of an extraction in its job log.
+PROGRESS_LOG_SECONDS = 30.0
 
 
 class WorkerAbortError(RuntimeError):
@@ -213,14 +219,43 @@ def _failure_error(
     )
 
 
-def _progress(total: int, name: str):
-    from tqdm import tqdm
+class _Progress:
+    """How far one extraction is: a line in the job log (logger ``medmix.extract``, tqdm's counts,
+    rate and time left) at most every :data:`PROGRESS_LOG_SECONDS`, and on an interactive terminal
+    a tqdm bar as well (log lines are then written above it, not through it)."""
 
-    interactive = sys.stderr.isatty()
-    return tqdm(
-        total=total, desc=f"extract {name}", unit="sample", file=sys.stderr, dynamic_ncols=interactive,
-        mininterval=0.5 if interactive else 30.0, disable=total == 0,
-    )
+    def __init__(self, total: int, name: str):
+        from tqdm import tqdm
+
+        self.total, self.name, self.done = total, name, 0
+        self.start = self.logged = time.monotonic()
+        self._format = tqdm.format_meter
+        self._stack = contextlib.ExitStack()
+        interactive = sys.stderr.isatty() and total > 0
+        self.bar = tqdm(total=total, desc=f"extract {name}", unit="sample", file=sys.stderr, dynamic_ncols=True,
+                        mininterval=0.5, disable=not interactive)
+        if interactive:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._stack.enter_context(logging_redirect_tqdm())
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.done += n
+        now = time.monotonic()
+        if self.done < self.total and now - self.logged >= PROGRESS_LOG_SECONDS:
+            self.logged = now
+            log.info("expert %s: %s", self.name, self._format(
+                self.done, self.total, now - self.start, unit=" samples",
+                bar_format="{n_fmt} of {total_fmt} samples ({percentage:.0f}%) in {elapsed}, {rate_noinv_fmt}, "
+                           "{remaining} left"))
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        self._stack.close()
 
 
 def run_extraction(
@@ -272,7 +307,7 @@ def run_extraction(
         bar.update(len(pending))
         pending.clear()
 
-    with _progress(len(present_idx), name) as bar:
+    with _Progress(len(present_idx), name) as bar:
         sub_values = [values[i] for i in present_idx]
         for j, item, reason in iter_prepared(extractor, sub_values, int(s.num_workers), prefetch=chunk_size):
             i = present_idx[j]

@@ -1,5 +1,5 @@
 """The ``medmix`` command: write a config for your cohort (``init``), inspect the resolved
-configuration (``info``) and the expert registry (``experts``)."""
+configuration (``info``), the expert registry (``experts``) and the feature cache (``cache``)."""
 
 from __future__ import annotations
 
@@ -88,6 +88,18 @@ def _experts(args) -> int:
         for r in rows:
             print(f"{r['name']:24s} {r['role']:8s} {','.join(r['kinds']):28s} dim {r['dim']:5d} "
                   f"{'offline' if r['offline'] else r['hub_id']}")
+    return 0
+
+
+def _cache(args) -> int:
+    from medmix.cache_report import CacheReport, ls_lines, show_lines
+
+    cfg, shown = _effective(args.base, args.config or [])
+    report = CacheReport(cfg, args.cache)
+    if args.cache_command == "ls":
+        print("\n".join(ls_lines([report.entry(p) for p in report.files()], f"{args.cache}", shown)))
+    else:
+        print("\n\n".join("\n".join(show_lines(report.entry(p, full=True))) for p in report.find(args.target)))
     return 0
 
 
@@ -189,6 +201,21 @@ def main(argv: list[str] | None = None) -> int:
     # listed here for `medmix --help`; its arguments are extractors.fetch.main's (forwarded above)
     sub.add_parser("fetch", add_help=False, help="download the models of the configured experts into the Hugging "
                    "Face cache (pinned, verified, locked in medmix.lock.json); see medmix fetch --help")
+    p_cache = sub.add_parser("cache", help="look into the feature cache: per file the expert, model, revision, "
+                             "dim, presence, failed samples and why, fingerprints, stale or fresh")
+    cache_sub = p_cache.add_subparsers(dest="cache_command", required=True)
+    for name, text in (("ls", "one line per feature file: dataset, modality, expert, role, model, revision, dim, "
+                               "rows, presence rate, failed samples, stale / fresh / unused for the config"),
+                       ("show", "everything a feature file records, its checksum, and why it is stale")):
+        p = cache_sub.add_parser(name, help=text, description=text)
+        if name == "show":
+            p.add_argument("target", help="a feature file, <dataset>/<modality>/<expert> or <dataset>/<expert>")
+        p.add_argument("--config", action="append",
+                       help="a config file merged over --base as `snakemake --configfile` merges it (repeatable)")
+        p.add_argument("--base", default="config.yaml", help="the workflow's own config (default: config.yaml)")
+        p.add_argument("--cache", default="results", help="the results folder holding <dataset>/features/ "
+                       "(default: results)")
+        p.set_defaults(func=_cache)
     p_exp = sub.add_parser("experts", help="list every registered expert")
     p_exp.add_argument("--json", action="store_true")
     p_exp.set_defaults(func=_experts)

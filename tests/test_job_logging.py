@@ -29,3 +29,40 @@ def test_job_log_has_our_info_but_not_faiss_loader_noise(tmp_path: Path) -> None
     assert "INFO extractors.something: stage-1 info line" in text
     assert "WARNING faiss.loader: third-party warning line" in text
     assert "swigfaiss" not in text and "ModuleNotFoundError" not in text and "third-party info line" not in text
+
+
+def test_extraction_logs_progress_while_it_runs(tmp_path: Path) -> None:
+    """A long extraction writes progress lines (counts, rate, time left) to its job log as it goes,
+    not only the summary at the end (the interval, 30 s in a job, is 0 here; 40 samples embedded in
+    chunks of 16)."""
+    log = tmp_path / "job.log"
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from extractors import runner
+        from extractors.base import Extractor
+        from extractors.registry import ExpertSpec
+        from medmix.pipeline import setup_logging
+
+        class Echo(Extractor):
+            spec = ExpertSpec(name="echo_progress_test", kinds=("tabular",), role="general", dim=2)
+
+            def prepare(self, value):
+                return float(value)
+
+            def embed_batch(self, batch):
+                return np.array([[v, 2 * v] for v in batch], np.float32)
+
+        setup_logging({str(log)!r})
+        runner.PROGRESS_LOG_SECONDS = 0.0
+        runner.run_extraction(Echo({{"batch_size": 1}}), [f"s{{i}}" for i in range(40)], [str(i) for i in range(40)],
+                              {str(tmp_path / "f.parquet")!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = log.read_text().splitlines()
+    progress = [ln for ln in lines if "INFO medmix.extract: expert echo_progress_test: " in ln and " left" in ln]
+    assert [ln.split("echo_progress_test: ")[1].split(" in ")[0] for ln in progress] == [
+        "16 of 40 samples (40%)", "32 of 40 samples (80%)"]
+    assert " samples/s, 00:00 left" in progress[0]
+    summary = next(i for i, ln in enumerate(lines) if "40 samples: 40 present" in ln)
+    assert lines.index(progress[-1]) < summary  # while it runs, before the closing summary

@@ -21,7 +21,7 @@ from medmix.code_closure import (
 
 REPO = Path(__file__).resolve().parents[1]
 #: medmix modules that may know both stages (the workflow layer) and the shared door.
-WORKFLOW_LAYER = {"medmix.config", "medmix.cli", "medmix.overlay", "medmix.init_config"}
+WORKFLOW_LAYER = {"medmix.config", "medmix.cli", "medmix.overlay", "medmix.init_config", "medmix.cache_report"}
 DOOR = "medmix.store"
 
 

@@ -158,3 +158,26 @@ def test_improvements_beyond_the_paper_are_their_own_marked_rows():
     vs_paper = auroc[(auroc.method == "medmix_stacked") & (auroc.other == "medmix")].iloc[0]
     assert vs_paper["diff"] == pytest.approx(0.05)
     assert "medmix_stacked vs medmix" in pt.to_markdown(tables["table1"], [0, 1, 2], sig)
+
+
+#: A run and a label name holding every LaTeX special character, and how the .tex must write it.
+SPECIAL = "r&u%n$#_{x}~^\\z"
+SPECIAL_TEX = r"r\&u\%n\$\#\_\{x\}\textasciitilde{}\textasciicircum{}\textbackslash{}z"
+
+
+def test_latex_escapes_every_special_character_in_names():
+    m = _metrics().replace({"method": {"meanavg": SPECIAL}})
+    labels = _labels(m).replace({"label": {"a": SPECIAL}})
+    runs = {SPECIAL: "meanavg", "medmix": "medmix"}
+    tables = pt.build_tables(m, labels, PROTOCOLS, runs, {"dev": "multitask"})
+    rows = pt.to_latex(tables["table1"], [0, 1, 2]).splitlines()
+    assert f"dev & {SPECIAL_TEX} & 0.6100 $\\pm$ 0.0100 & 0.4100 $\\pm$ 0.0100 & 0.5100 $\\pm$ 0.0100 & " \
+           "0.7100 $\\pm$ 0.0100 & 3 \\\\" in rows
+    e8 = pt.to_latex(tables["tableE8"], [0, 1, 2]).splitlines()
+    assert sum(line.startswith(f"dev & {SPECIAL_TEX} & {SPECIAL_TEX} & ") for line in e8) == 1  # label and run
+    assert sum(line.startswith(f"dev & {SPECIAL_TEX} & medmix & \\textbf{{") for line in e8) == 1
+    md = pt.to_markdown(tables["table1"], [0, 1, 2])  # Markdown keeps the name as it is
+    assert f"| dev | {SPECIAL} | 0.6100 ± 0.0100 |" in md
+    piped = pt.build_tables(m.replace({"method": {SPECIAL: "p|q"}}), labels, PROTOCOLS, {"p|q": "meanavg"},
+                            {"dev": "multitask"})
+    assert "| dev | p\\|q | 0.6100 ± 0.0100 |" in pt.to_markdown(piped["table1"], [0])  # a | escaped, not a cell

@@ -34,9 +34,9 @@ def test_queries_are_long_and_decisive_content_is_late() -> None:
     assert len(queries) >= 30 and {q["type"] for q in queries} == {"report", "ehr"}
     from transformers import AutoTokenizer
 
-    from extractors.knowledge.encoders import bundled_minilm_path
+    from extractors.bundled_minilm import bundled_path
 
-    tok = AutoTokenizer.from_pretrained(bundled_minilm_path())
+    tok = AutoTokenizer.from_pretrained(bundled_path())
     for q in queries:
         assert len(tok(q["query"], add_special_tokens=False, verbose=False)["input_ids"]) > 256
 

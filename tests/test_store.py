@@ -29,9 +29,12 @@ def test_round_trip_keeps_values_presence_and_metadata(tmp_path):
     np.testing.assert_array_equal(ff.present, [True, False, True])
     np.testing.assert_allclose(ff.embeddings[[0, 2]], emb[[0, 2]])
     assert (ff.embeddings[1] == 0).all()
-    # Absent rows are stored as nulls, not as zero vectors.
+    # `present` alone carries absence: the absent row is zeros, not an Arrow null (which pyarrow < 26
+    # cannot write to Parquet).
     table = pq.read_table(path)
-    assert table.column("embedding").null_count == 1
+    assert table.column("embedding").null_count == 0
+    assert table.column("present").to_pylist() == [True, False, True]
+    assert (np.asarray(table.column("embedding").combine_chunks().values).reshape(3, 4)[1] == 0).all()
     meta = read_metadata(path)
     assert meta["dim"] == 4 and meta["n_present"] == 2 and meta["model_id"] == "m" and "package_version" in meta
 
@@ -117,3 +120,26 @@ def test_written_feature_file_carries_a_verified_checksum(tmp_path):
     with pytest.raises(FeatureStoreError, match="column 'embedding' do not match their checksum"):
         read_features(path)
     assert (tmp_path / "a.parquet.corrupt").exists()
+
+
+def test_reader_takes_absence_from_present_only(tmp_path):
+    """A file whose absent rows are null entries (as older versions wrote them) reads the same; a null
+    embedding on a row marked present is refused, naming the sample."""
+    ids, emb = ["a", "b", "c"], np.arange(12, dtype=np.float32).reshape(3, 4)
+
+    def raw(path, present, mask):
+        col = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), 4, mask=pa.array(mask))
+        table = pa.table({"sample_id": ids, "present": pa.array(present), "embedding": col})
+        meta = {"extractor": "x", "model_id": "m", "revision": "r", "preprocessing": {}, "dim": 4}
+        try:
+            pq.write_table(table.replace_schema_metadata({b"medmix": json.dumps(meta).encode()}), path)
+        except pa.ArrowNotImplementedError:
+            pytest.skip(f"pyarrow {pa.__version__} cannot write null fixed-size-list entries to Parquet")
+
+    raw(tmp_path / "old.parquet", [True, False, True], [False, True, False])
+    ff = read_features(tmp_path / "old.parquet")
+    assert ff.present.tolist() == [True, False, True] and (ff.embeddings[1] == 0).all()
+    np.testing.assert_array_equal(ff.embeddings[[0, 2]], emb[[0, 2]])
+    raw(tmp_path / "bad.parquet", [True, True, True], [False, True, False])
+    with pytest.raises(FeatureStoreError, match=r"null embedding for 1 present sample\(s\) \['b'\]"):
+        read_features(tmp_path / "bad.parquet")

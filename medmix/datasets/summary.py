@@ -7,6 +7,7 @@ Markdown (for people), both atomically.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pandas as pd
 
 from medmix.cohort import INPUT_PREFIX, LABEL_PREFIX, SPLITS, Cohort
 from medmix.store.atomic import write_text_atomic
+from medmix.table_text import markdown_table
 
 NO_MODALITY = "(none)"
 MD_LISTED_FILES = 20
@@ -99,22 +101,24 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "",
         "## Samples per split",
         "",
-        "| split | samples | patients |",
-        "| --- | ---: | ---: |",
+        _table("split", {g: [s["splits"][g]["samples"], s["splits"][g]["patients"]] for g in GROUPS},
+               ["samples", "patients"]),
+        "",
+        "## Label prevalence (positives / known labels)",
+        "",
+        _table("label", {label: [_prevalence_cell(per[g]) for g in GROUPS]
+                         for label, per in s["label_prevalence"].items()}),
+        "",
+        "## Modality availability (available / samples; absent files in brackets)",
+        "",
+        _table("modality", {mod: [_availability_cell(per[g], s["splits"][g]["samples"]) for g in GROUPS]
+                            for mod, per in s["modality_availability"].items()}),
+        "",
+        "## Availability patterns (modalities present together)",
+        "",
+        _table("pattern", {p: [s["availability_patterns"][g].get(p, 0) for g in GROUPS]
+                           for p in s["availability_patterns"]["all"]}),
     ]
-    lines += [f"| {g} | {s['splits'][g]['samples']} | {s['splits'][g]['patients']} |" for g in GROUPS]
-    lines += ["", "## Label prevalence (positives / known labels)", "", _header("label"), _rule()]
-    for label, per in s["label_prevalence"].items():
-        lines.append(f"| {label} | " + " | ".join(_prevalence_cell(per[g]) for g in GROUPS) + " |")
-    lines += ["", "## Modality availability (available / samples; absent files in brackets)", "",
-              _header("modality"), _rule()]
-    for mod, per in s["modality_availability"].items():
-        lines.append(f"| {mod} | " + " | ".join(_availability_cell(per[g], s["splits"][g]["samples"]) for g in GROUPS)
-                     + " |")
-    lines += ["", "## Availability patterns (modalities present together)", "", _header("pattern"), _rule()]
-    for pattern in s["availability_patterns"]["all"]:
-        lines.append(f"| {pattern} | " + " | ".join(str(s["availability_patterns"][g].get(pattern, 0)) for g in GROUPS)
-                     + " |")
     lines += ["", "## Absent and unusable files", ""]
     if not s["absent_files"]:
         lines.append("No referenced file is absent.")
@@ -166,12 +170,9 @@ def write_summary(cohort: Cohort, json_path: str | Path, md_path: str | Path) ->
     return summary
 
 
-def _header(first: str) -> str:
-    return f"| {first} | " + " | ".join(GROUPS) + " |"
-
-
-def _rule() -> str:
-    return "| --- |" + " ---: |" * len(GROUPS)
+def _table(first: str, rows: dict[str, list[Any]], columns: Sequence[str] = GROUPS) -> str:
+    """A Markdown table: one row per key (in column ``first``), its cells under ``columns``."""
+    return markdown_table(pd.DataFrame([[key, *cells] for key, cells in rows.items()], columns=[first, *columns]))
 
 
 def _prevalence_cell(cell: dict[str, Any]) -> str:

@@ -42,6 +42,7 @@ import pandas as pd
 from medmix.metrics.classification import compute_metrics
 from medmix.store import read_predictions
 from medmix.sweep import EXACT_MAX, SUBSET_SEP, required_subsets, sampled_orderings, subset_label
+from medmix.table_text import markdown_table
 
 #: The metrics the sweep and the Shapley values are computed for.
 SCORES = ("auroc", "auprc")
@@ -233,13 +234,6 @@ def sweep_summary(sweep: pd.DataFrame) -> pd.DataFrame:
     return agg.sort_values(["dataset", "method", "n_modalities", "subset"], kind="stable").reset_index(drop=True)
 
 
-def _markdown(frame: pd.DataFrame) -> str:
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def sweep_markdown(summary: pd.DataFrame, seeds: Sequence[int]) -> str:
     lines = ["# Performance by modality subset", "",
              f"Clean test split (no train- or test-time protocol); macro AUROC / AUPRC, mean ± std over seeds "
@@ -252,7 +246,7 @@ def sweep_markdown(summary: pd.DataFrame, seeds: Sequence[int]) -> str:
             "AUROC": [_fmt(m, s) for m, s in zip(part.auroc_mean, part.auroc_std, strict=True)],
             "AUPRC": [_fmt(m, s) for m, s in zip(part.auprc_mean, part.auprc_std, strict=True)],
             "seeds": part.seeds.to_numpy(), "run": [f"`{r}`" for r in part.run]})
-        lines += [f"## {dataset} — {method}", "", _markdown(table), ""]
+        lines += [f"## {dataset} — {method}", "", markdown_table(table), ""]
     return "\n".join(lines)
 
 
@@ -282,7 +276,7 @@ def contribution_markdown(contrib: pd.DataFrame, seeds: Sequence[int]) -> str:
         lines += [f"## {dataset} — {method}", "",
                   f"v(full) AUROC {first.full_auroc:.4f}, v(∅) {first.empty_auroc:.4f}; v(full) AUPRC "
                   f"{first.full_auprc:.4f}, v(∅) {first.empty_auprc:.4f}; {first.estimator}; {first.n_seeds} seeds.", "",
-                  _markdown(table), ""]
+                  markdown_table(table), ""]
     return "\n".join(lines)
 
 

@@ -19,9 +19,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score, f1_score
 
-from medmix.evaluation.tables import RUN_KEYS, to_markdown
+from medmix.evaluation.tables import RUN_KEYS
 from medmix.metrics.classification import tune_thresholds
 from medmix.store import read_predictions
+from medmix.table_text import markdown_table
 
 
 def cell_metrics(prob: np.ndarray, y: np.ndarray, task: str, labels: Sequence[str],
@@ -119,7 +120,7 @@ def table_s3_markdown(metrics: pd.DataFrame, seeds: Sequence[int], mode: str) ->
                 for key, col in (("F1", "f1"), ("Kappa", "kappa"), ("Acc", "acc")):
                     row[f"{int(round(r * 100))}% {key}"] = _fmt(at[col]) if not at.empty else "n/a"
             rows.append(row)
-        lines += [f"## {dataset}", "", to_markdown(pd.DataFrame(rows, columns=header)), ""]
+        lines += [f"## {dataset}", "", markdown_table(pd.DataFrame(rows, columns=header)), ""]
     return "\n".join(lines)
 
 
@@ -130,7 +131,7 @@ def per_class_markdown(metrics: pd.DataFrame) -> str:
         cols = [c for c in part.columns if c.startswith("f1:") and part[c].notna().any()]
         table = part.groupby(["method", "setting", "rate"], sort=False)[cols].mean().mul(100).round(2).reset_index()
         table.columns = [c.removeprefix("f1:") for c in table.columns]
-        lines += [f"## {dataset}", "", to_markdown(table), ""]
+        lines += [f"## {dataset}", "", markdown_table(table), ""]
     return "\n".join(lines)
 
 
@@ -235,7 +236,7 @@ def table_s2_markdown(rows_by_dataset: dict[str, list[dict[str, Any]]]) -> str:
                           "Trainable Params (M)": f"{r['trainable_params'] / 1e6:.3f}" + (f" (↓ {dp:.1f}%)" if r is not full else ""),
                           "Training FLOPs / epoch (G)": f"{r['flops_per_epoch'] / 1e9:.3f}" + (f" (↓ {df:.1f}%)" if r is not full else ""),
                           "FLOPs / sample (M)": f"{r['flops_per_sample'] / 1e6:.3f}"})
-        lines += [f"## {dataset}", "", to_markdown(pd.DataFrame(table)), ""]
+        lines += [f"## {dataset}", "", markdown_table(pd.DataFrame(table)), ""]
     return "\n".join(lines)
 
 

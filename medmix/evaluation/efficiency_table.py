@@ -29,6 +29,7 @@ import pandas as pd
 
 from medmix.evaluation.paper_tables import REFERENCE, PaperTable, summarise
 from medmix.metrics.classification import METRICS
+from medmix.table_text import latex_escape, latex_table, markdown_table
 
 TITLE = "Table E6: efficiency (deployed parameters, inference FLOPs, peak memory; clean test Perf)"
 EXPERT_BYTES_PER_PARAM = 4
@@ -182,24 +183,14 @@ def to_markdown(frame: pd.DataFrame) -> str:
     lines = [f"# {TITLE}", ""]
     if frame.empty:
         return "\n".join([*lines, "Not configured: list runs in `methods` (Table 1's rows are the table's rows).", ""])
-    shown = display_frame(frame)
-    cols = list(shown.columns)
-    lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in shown.astype(str).to_numpy().tolist()]
-    return "\n".join([*lines, "", *[f"- {n}" for n in notes(frame)], ""])
+    return "\n".join([*lines, markdown_table(display_frame(frame)), "", *[f"- {n}" for n in notes(frame)], ""])
 
 
 def to_latex(frame: pd.DataFrame) -> str:
-    esc = lambda s: str(s).replace("_", "\\_").replace("%", "\\%").replace("≥", "$\\geq$").replace("≈", "$\\approx$")  # noqa: E731
     if frame.empty:
-        return f"% {esc(TITLE)}\n% Not configured: list runs in `methods`.\n"
+        return f"% {latex_escape(TITLE)}\n% Not configured: list runs in `methods`.\n"
     shown = display_frame(frame)
-    cols = list(shown.columns)
-    lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{esc(TITLE)}. {esc(' '.join(notes(frame)))}}}",
-             "\\begin{tabular}{ll" + "r" * (len(cols) - 2) + "}", "\\toprule",
-             " & ".join(esc(c) for c in cols) + " \\\\", "\\midrule"]
-    lines += [" & ".join(esc(v) for v in row) + " \\\\" for row in shown.to_numpy().tolist()]
-    return "\n".join([*lines, "\\bottomrule", "\\end{tabular}", "\\end{table}", ""])
+    return latex_table(shown, f"{TITLE}. {' '.join(notes(frame))}", "ll" + "r" * (len(shown.columns) - 2))
 
 
 def to_csv_frame(frame: pd.DataFrame) -> pd.DataFrame:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from medmix.metrics.classification import METRICS, MF1_DEFINITION
+from medmix.table_text import latex_escape, latex_table, markdown_table
 
 PAPER_TABLES = ("table1", "table2", "tableE2", "tableE3", "tableE4", "tableE5", "tableE7", "tableE8")
 HEADERS = {"auroc": "AUROC", "auprc": "AUPRC", "mf1": "mF1", "acc": "Acc"}
@@ -165,27 +166,25 @@ def best_mask(summary: pd.DataFrame, block: Sequence[str]) -> pd.DataFrame:
     return out
 
 
-def _cell(mean: float, std: float, bold: bool, latex: bool) -> str:
-    if not np.isfinite(mean):
-        return "n/a"
-    if latex:
-        text = f"{mean:.4f} $\\pm$ {std:.4f}"
-        return f"\\textbf{{{text}}}" if bold else text
-    text = f"{mean:.4f} ± {std:.4f}"
-    return f"**{text}**" if bold else text
+def _cell(mean: float, std: float) -> str:
+    return f"{mean:.4f} ± {std:.4f}" if np.isfinite(mean) else "n/a"
 
 
-def _display(summary: pd.DataFrame, block: Sequence[str], latex: bool, marked: frozenset[str] = frozenset()) -> pd.DataFrame:
-    bold = best_mask(summary, block)
+def _display(summary: pd.DataFrame, block: Sequence[str],
+             marked: frozenset[str] = frozenset()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The table as shown (text cells: block, method, mean ± std per metric, seeds) and where its
+    metric cells are bold (:func:`best_mask`), both indexed 0..n-1."""
+    best = best_mask(summary, block)
     rows = []
-    for i, r in summary.iterrows():
+    for _, r in summary.iterrows():
         row = {k: (f"{r[k]:g}" if k == "rate" else str(r[k])) for k in [*block, "method"]}
         if r["method"] in marked:
             row["method"] += f" {BEYOND_MARK}"
-        row.update({HEADERS[m]: _cell(r[f"{m}_mean"], r[f"{m}_std"], bool(bold.at[i, m]), latex) for m in METRICS})
+        row.update({HEADERS[m]: _cell(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS})
         row["seeds"] = str(int(r["seeds"]))
         rows.append(row)
-    return pd.DataFrame(rows)
+    bold = pd.DataFrame({HEADERS[m]: best[m].to_numpy(bool) for m in METRICS})
+    return pd.DataFrame(rows), bold
 
 
 def footnote(table: PaperTable, seeds: Sequence[int]) -> str:
@@ -201,11 +200,10 @@ def to_markdown(table: PaperTable, seeds: Sequence[int], significance: pd.DataFr
     summary = summarise(table)
     if summary.empty:
         return "\n".join([*lines, f"Not configured: {HOW[table.name]}.", ""])
-    shown = _display(summary, table.block, latex=False, marked=table.marked)
-    cols = list(shown.columns)
-    lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in shown.astype(str).to_numpy().tolist()]
-    lines += ["", footnote(table, seeds)]
+    shown, bold = _display(summary, table.block, table.marked)
+    for col in bold.columns:
+        shown[col] = [f"**{v}**" if b else v for v, b in zip(shown[col], bold[col], strict=True)]
+    lines += [markdown_table(shown), "", footnote(table, seeds)]
     if significance is not None and len(significance):
         lines += ["", "Significance (the paper's MedMIX vs the best other method per metric, and each improvement "
                   "beyond the paper vs that method and vs MedMIX; paired t-test across seeds, 95 % bootstrap CI of "
@@ -227,17 +225,11 @@ def significance_lines(sig: pd.DataFrame, block: Sequence[str]) -> list[str]:
 
 def to_latex(table: PaperTable, seeds: Sequence[int]) -> str:
     summary = summarise(table)
-    esc = lambda s: str(s).replace("_", "\\_").replace("%", "\\%").replace("†", "$^\\dagger$")  # noqa: E731
     if summary.empty:
-        return f"% {esc(table.title)}\n% Not configured: {esc(HOW[table.name])}.\n"
-    shown = _display(summary, table.block, latex=True, marked=table.marked)
-    cols = list(shown.columns)
-    lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{esc(table.title)}. {esc(footnote(table, seeds))}}}",
-             "\\begin{tabular}{" + "l" * (len(cols) - 5) + "ccccr}", "\\toprule",
-             " & ".join(esc(c) for c in cols) + " \\\\", "\\midrule"]
-    for row in shown.to_numpy().tolist():
-        lines.append(" & ".join(v if "$" in v or "textbf" in v else esc(v) for v in row) + " \\\\")
-    return "\n".join([*lines, "\\bottomrule", "\\end{tabular}", "\\end{table}", ""])
+        return f"% {latex_escape(table.title)}\n% Not configured: {latex_escape(HOW[table.name])}.\n"
+    shown, bold = _display(summary, table.block, table.marked)
+    return latex_table(shown, f"{table.title}. {footnote(table, seeds)}",
+                       "l" * (len(shown.columns) - 5) + "ccccr", bold)
 
 
 def to_csv_frame(table: PaperTable, significance: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from medmix.evaluation.paper_tables import HEADERS
 from medmix.metrics.classification import METRICS, MF1_DEFINITION, compute_metrics
+from medmix.table_text import markdown_table
 
 OVERALL = "all samples"
 
@@ -60,10 +62,8 @@ def patterns_markdown(summary: pd.DataFrame, seeds: Sequence[int]) -> str:
     if summary.empty:
         return "\n".join([*lines, "No clean test predictions with modality presence columns.", ""])
     for dataset, part in summary.groupby("dataset", sort=False):
-        lines += [f"## {dataset}", "", "| method | pattern | n | AUROC | AUPRC | mF1 | Acc |", "|---|---|---|---|---|---|---|"]
-        for _, r in part.iterrows():
-            cells = [f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_std']:.4f}" if np.isfinite(r[f"{m}_mean"]) else "n/a"
-                     for m in METRICS]
-            lines.append(f"| {r.method} | {r.pattern} | {int(r.n)} | " + " | ".join(cells) + " |")
-        lines.append("")
+        rows = [{"method": r.method, "pattern": r.pattern, "n": int(r.n),
+                 **{HEADERS[m]: f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_std']:.4f}" if np.isfinite(r[f"{m}_mean"]) else "n/a"
+                    for m in METRICS}} for _, r in part.iterrows()]
+        lines += [f"## {dataset}", "", markdown_table(pd.DataFrame(rows)), ""]
     return "\n".join(lines)

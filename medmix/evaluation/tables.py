@@ -16,6 +16,7 @@ from medmix.metrics.classification import (
     tune_thresholds,
 )
 from medmix.store import read_predictions
+from medmix.table_text import markdown_table
 
 #: The columns that identify one run's predictions (every prediction file carries them).
 RUN_KEYS = ["dataset", "method", "train_protocol"]
@@ -145,14 +146,6 @@ def _chosen(frame: pd.DataFrame, hp: list[str]) -> str:
     return "; ".join(parts) or "-"
 
 
-def to_markdown(frame: pd.DataFrame) -> str:
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in frame.iterrows():
-        lines.append("| " + " | ".join(str(row[c]) for c in cols) + " |")
-    return "\n".join(lines)
-
-
 def main_table_markdown(metrics: pd.DataFrame, seeds: list[int]) -> str:
     clean = metrics[(metrics.train_protocol == "none") & (metrics.test_protocol == "none")]
     lines = [
@@ -165,7 +158,7 @@ def main_table_markdown(metrics: pd.DataFrame, seeds: list[int]) -> str:
         list(dict.fromkeys(clean.dataset)).index(g[0][0]), g[0][1] != "test", g[0][1]))
     for (dataset, eval_set), part in groups:
         title = f"{dataset} — {eval_set}" if eval_set == "test" else f"{dataset} → {eval_set.split(':', 1)[1]} (external validation)"
-        lines += [f"## {title}", "", to_markdown(summary_table(part, ["method"])), ""]
+        lines += [f"## {title}", "", markdown_table(summary_table(part, ["method"])), ""]
     return "\n".join(lines)
 
 
@@ -174,5 +167,5 @@ def robustness_markdown(metrics: pd.DataFrame) -> str:
              "Rows: train-time protocol × test-time protocol (masks drawn with a fixed seed).", "", MF1_DEFINITION, ""]
     for dataset, part in metrics[metrics.eval_set == "test"].groupby("dataset", sort=False):
         table = summary_table(part, ["method", "train_protocol", "test_protocol"])
-        lines += [f"## {dataset}", "", to_markdown(table), ""]
+        lines += [f"## {dataset}", "", markdown_table(table), ""]
     return "\n".join(lines)

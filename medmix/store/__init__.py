@@ -1,7 +1,10 @@
 """The Parquet feature store: one file per (dataset, modality, expert).
 
-Schema: ``sample_id`` (string), ``present`` (bool), ``embedding`` (fixed-size list of float32,
-null where ``present`` is false). Embeddings of present samples are finite: the writer refuses
+Schema: ``sample_id`` (string), ``present`` (bool), ``embedding`` (fixed-size list of float32).
+``present`` alone carries absence: an absent sample's embedding is a row of zeros, not an Arrow
+null (a null fixed-size list is what pyarrow before 26 cannot write to Parquet, and it would say
+nothing ``present`` does not). Files written with null entries (by older versions) read the same;
+a null embedding on a present row is refused. Embeddings of present samples are finite: the writer refuses
 NaN/inf (the extraction job records such a sample as absent with the reason "non-finite
 embedding" instead) and the reader refuses a file holding any, never repairing them. The file's key-value metadata (key ``medmix``) records the
 extractor, model id, revision, dim, preprocessing, package version and a hash of the inputs.
@@ -78,7 +81,7 @@ def write_features(
     present: np.ndarray,
     metadata: dict[str, Any],
 ) -> None:
-    """Atomically write one feature file; absent rows are stored as null embeddings."""
+    """Atomically write one feature file; absent rows (``present`` false) are stored as zeros."""
     from medmix import __version__
 
     embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -95,7 +98,7 @@ def write_features(
     dim = embeddings.shape[1]
     meta = {**metadata, "dim": int(dim), "package_version": __version__, "n": n, "n_present": int(present.sum())}
     flat = pa.array(embeddings.reshape(-1), type=pa.float32())
-    emb = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~present))
+    emb = pa.FixedSizeListArray.from_arrays(flat, dim)
     table = pa.table({"sample_id": pa.array(sample_ids, pa.string()), "present": pa.array(present), "embedding": emb})
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
 
@@ -138,6 +141,11 @@ def read_features(path: str | Path) -> FeatureFile:
     dim = col.type.list_size
     if dim != meta.get("dim"):
         raise FeatureStoreError(f"{path}: embedding width {dim} but metadata says dim={meta.get('dim')}")
+    if col.null_count:  # a file written with null entries for absent rows: only those may be null
+        null_present = present & ~np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        if null_present.any():
+            raise FeatureStoreError(f"{path}: null embedding for {int(null_present.sum())} present sample(s) "
+                                    f"{[ids[i] for i in np.flatnonzero(null_present)[:5]]}")
     emb = np.zeros((len(ids), dim), np.float32)
     if len(ids):
         # Null list entries still occupy slots in the child array of a fixed-size list.

@@ -164,6 +164,15 @@ def files_digest(paths: list[str | Path]) -> str:
     return h.hexdigest()
 
 
+def source_fingerprint(paths: list[str | Path], root: str | Path) -> str:
+    """sha256 over the name (relative to ``root``) and the sha256 of each source file, sorted by name:
+    the code a job ran, the same wherever the checkout lies and whatever the files' mtimes."""
+    h = hashlib.sha256()
+    for name, path in sorted((os.path.relpath(p, root), p) for p in paths):
+        h.update(f"{name}\x02{file_sha256(path)}\x00".encode())
+    return h.hexdigest()
+
+
 def folder_fingerprint(folder: str | Path | None) -> str:
     """Names, sizes and mtimes of every file below a checkpoint folder (``local_dir``), hashed.
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from extractors.registry import expert_module, extra_source_files, get_spec
+from extractors.registry import get_spec
+from medmix.cache_report import expert_code_files
 from medmix.code_closure import closure_files
 from medmix.config import (
     canonical_json,
@@ -253,8 +254,9 @@ def recorded_fingerprint(path):
 
 
 def expert_code(expert):
-    """Code inputs of an expert: the closure of its module's imports plus declared non-imported files."""
-    return sorted({*code_inputs(expert_module(expert)), *map(local, extra_source_files(expert))})
+    """Code inputs of an expert: the closure of its module's imports plus declared non-imported files
+    (medmix.cache_report.expert_code_files, which `medmix cache` fingerprints too), `local` as code_inputs'."""
+    return [local(f) for f in expert_code_files(expert)]
 
 
 def computed_from_current_inputs(recorded, fingerprint, stat_fingerprint):

@@ -3,7 +3,9 @@
 import json
 
 from extractors.job import extract_job
+from medmix.code_closure import REPO
 from medmix.pipeline import set_threads, setup_logging
+from medmix.store.inputs import source_fingerprint
 
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
@@ -19,5 +21,6 @@ extract_job(
     runtime=json.loads(sm.resources.expert_runtime),
     options=options,
     max_failed_fraction=float(sm.params.max_failed_fraction),
+    code_fingerprint=source_fingerprint(list(sm.input.code), REPO),
     **shard,
 )
