@@ -1,8 +1,8 @@
 """How every figure draws a method: one colour and one marker per method, the same in every figure,
 and the figures' font sizes (readable at the saved size).
 
-The order that assigns the styles: the registered methods in the registry's order
-(:func:`medmix.methods.known_methods`), then the other run names (variants, members of a method
+The order that assigns the styles: the paper's model (``medmix``, so it gets the first, strongest
+colour), the other registered methods in the registry's order (:func:`medmix.methods.known_methods`), then the other run names (variants, members of a method
 family such as ``large_ref_note``) in the order the caller lists them (the configured runs). Colours:
 twenty strong ones first (tab20's dark half, tab20b's two darker shades), then twenty pale ones (40
 distinct colours); markers cycle through twelve, so no two of the first 120 methods share both.
@@ -37,10 +37,11 @@ def _palette() -> list[tuple[float, float, float, float]]:
 
 
 def style_order(runs: Iterable[str] = ()) -> list[str]:
-    """The registered methods in registry order, then the other names of ``runs`` in their order."""
+    """``medmix``, the other registered methods in registry order, then the other names of ``runs`` in their order."""
     from medmix.methods import known_methods
 
-    registered = [m for m in known_methods() if "<" not in m]  # a family's placeholder is no run name
+    registered = sorted((m for m in known_methods() if "<" not in m),  # a family's placeholder is no run name
+                        key=lambda m: m != "medmix")
     return [*registered, *dict.fromkeys(r for r in runs if r not in registered)]
 
 

@@ -8,7 +8,10 @@ spawned process (so thread settings and peak memory are its own):
 - ``plain``: per seed, a ``DataLoader`` over a ``TensorDataset`` (shuffle, batch 256),
   ``torch.optim.AdamW``, ``clip_grad_norm_``, float32 — the same model and loss;
 - ``trainer-fp32`` / ``trainer-bf16``: :class:`medmix.training.trainer.EnsembleTrainer`, all
-  seeds in one process, fused AdamW, tensors in memory, autocast bf16 for the second.
+  seeds in one process, fused AdamW, tensors in memory, autocast bf16 for the second (skipped on
+  CPUs without native bf16 matmuls), seeds one after another;
+- ``stacked-fp32``: the same trainer with ``stack_members: true`` (the seeds as one stacked
+  computation, :mod:`medmix.training.stacked`).
 
 Reported per variant: wall time, speed-up over ``plain`` at the same thread count, achieved
 matmul FLOP/s (forward + backward matmul FLOPs counted analytically, including the per-epoch
@@ -42,10 +45,10 @@ def make_data(n: int):
     return data.split_part("train"), data.split_part("val")
 
 
-def params(epochs: int, precision: str, device: str, threads: int) -> dict[str, Any]:
+def params(epochs: int, precision: str, device: str, threads: int, stack: bool = False) -> dict[str, Any]:
     # The paper's schedule, except a larger lr so that the loss visibly moves in a few epochs.
     return dict(lr=1e-3, warmup_epochs=1, max_epochs=epochs, patience=10**6, precision=precision, device=device,
-                threads=threads)
+                threads=threads, stack_members=stack)
 
 
 # --- FLOP accounting ------------------------------------------------------------------------
@@ -112,13 +115,14 @@ def _sync(device: str) -> None:
 # --- variants -------------------------------------------------------------------------------
 
 
-def run_trainer(n: int, seeds: int, epochs: int, precision: str, device: str, threads: int) -> dict[str, Any]:
+def run_trainer(n: int, seeds: int, epochs: int, precision: str, device: str, threads: int,
+                stack: bool = False) -> dict[str, Any]:
     from medmix.methods import create_method
     from medmix.protocols import Protocol
     from medmix.training.trainer import resolve_runtime
 
     train, val = make_data(n)
-    method = create_method("medmix", params(epochs, precision, device, threads))
+    method = create_method("medmix", params(epochs, precision, device, threads, stack))
     _, dtype = resolve_runtime(method.train_config)
     t, c = time.perf_counter(), time.process_time()
     method.fit(train, val, list(range(seeds)), Protocol("none"))
@@ -130,7 +134,8 @@ def run_trainer(n: int, seeds: int, epochs: int, precision: str, device: str, th
             "final_val_loss": float(curves.groupby("seed").val_loss.last().mean())}
 
 
-def run_plain(n: int, seeds: int, epochs: int, precision: str, device: str, threads: int) -> dict[str, Any]:
+def run_plain(n: int, seeds: int, epochs: int, precision: str, device: str, threads: int,
+              stack: bool = False) -> dict[str, Any]:
     """The straightforward loop: one seed after the other, a DataLoader, float32."""
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -241,15 +246,15 @@ def main() -> None:
         for threads in args.threads if device == "cpu" else [0]:
             common = dict(n=args.n, seeds=args.seeds, epochs=args.epochs, device=device, threads=threads)
             results = {}
-            variants = [("plain", "fp32"), ("trainer-fp32", "fp32"), ("trainer-bf16", "bf16")]
+            variants = [("plain", "fp32"), ("trainer-fp32", "fp32"), ("trainer-bf16", "bf16"), ("stacked-fp32", "fp32")]
             if device == "cpu" and not cpu_supports_bf16():
                 print(f"{device:6} {threads:>3} trainer-bf16   skipped: this CPU has no native bf16 matmuls")
-                variants = variants[:2]
+                variants.remove(("trainer-bf16", "bf16"))
             for name, precision in variants:
                 if name == "plain" and args.skip_plain:
                     continue
                 kind = "plain" if name == "plain" else "trainer"
-                results[name] = r = run_isolated(kind, precision=precision, **common)
+                results[name] = r = run_isolated(kind, precision=precision, stack=name.startswith("stacked"), **common)
                 base = results.get("plain")
                 speed = f"{base['time'] / r['time']:8.2f}" if base else f"{'-':>8}"
                 achieved = r["flops"] / r["time"]
