@@ -134,7 +134,7 @@ class Extractor:
     spec: ClassVar[ExpertSpec]
     # Files inside ``extractors/`` that decide the embeddings but are never imported (e.g. a worker
     # script run in its own environment). Imported modules need no listing: the workflow follows
-    # the closure of the expert module's imports (medmix.code_closure).
+    # the closure of the expert module's imports (medmix.plan.code_closure).
     extra_sources: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: dict[str, Any] | None = None):

@@ -11,15 +11,15 @@ import sys
 from pathlib import Path
 
 from medmix import __version__ as medmix_version
-from medmix.config import REPO_ROOT, ConfigError, committee, expert_identity, validate_config
 from medmix.datasets.declared import declared_labels
+from medmix.plan.config import REPO_ROOT, ConfigError, committee, expert_identity, validate_config
 from medmix.store.atomic import write_text_atomic
 
 
 def _effective(base: str, overlays: list[str]) -> tuple[dict, str]:
     """The validated config of ``base`` with ``overlays`` merged on top as the workflow merges them
-    (:mod:`medmix.overlay`), and how to name it."""
-    from medmix.overlay import load_yaml, resolve_files
+    (:mod:`medmix.plan.overlay`), and how to name it."""
+    from medmix.plan.overlay import load_yaml, resolve_files
 
     if not overlays:
         if not Path(base).is_file():
@@ -104,8 +104,8 @@ def _config_ref(path: Path) -> str:
 def _init(args) -> int:
     from medmix.cohort import CohortError
     from medmix.datasets import build_cohort
-    from medmix.init_config import InitError, build_overlay, infer_dataset, render
-    from medmix.overlay import effective_config, load_yaml
+    from medmix.plan.init_config import InitError, build_overlay, infer_dataset, render
+    from medmix.plan.overlay import effective_config, load_yaml
 
     out = Path(args.out)
     if out.exists() and not args.force:

@@ -1,5 +1,5 @@
 """``medmix init`` (a config inferred from a manifest), ``medmix info`` over overlays, and the overlay
-rule (medmix.overlay): a config that declares its own datasets inherits none of the demo's."""
+rule (medmix.plan.overlay): a config that declares its own datasets inherits none of the demo's."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import yaml
 from PIL import Image
 
 from medmix.cli import main
-from medmix.config import REPO_ROOT, validate_config
 from medmix.datasets.manifest import KINDS
-from medmix.init_config import InitError, build_overlay, infer_dataset, modality_name
-from medmix.overlay import effective_config, load_yaml, merge
+from medmix.plan.config import REPO_ROOT, validate_config
+from medmix.plan.init_config import InitError, build_overlay, infer_dataset, modality_name
+from medmix.plan.overlay import effective_config, load_yaml, merge
 
 BASE = load_yaml(REPO_ROOT / "config.yaml")
 DEMO_DATASETS = {"demo_openi", "demo_mimic", "demo_mimic_ext"}

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medmix.config import ConfigError, committee, expert_identity, extraction_jobs, validate_config
+from medmix.plan.config import ConfigError, committee, expert_identity, extraction_jobs, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,7 +162,7 @@ def test_every_key_an_adapter_reads_is_declared_for_it():
 
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    from medmix.config import _allowed_keys
+    from medmix.plan.config import _allowed_keys
 
     for adapter, spec in known_adapters().items():
         source = REPO / (spec.module.replace(".", "/") + ".py")

@@ -89,7 +89,7 @@ def test_threshold_counts_only_inputs_present_in_the_cohort(tmp_path: Path, n_ba
 def test_extract_job_passes_max_failed_fraction(tmp_path: Path) -> None:
     """``extraction.max_failed_fraction`` reaches the runner through the rule's job body."""
     from extractors.job import extract_job
-    from medmix.config import validate_schema
+    from medmix.plan.config import validate_schema
     from medmix.store.inputs import InputView, write_input_view
 
     cfg = validate_schema({"datasets": {"d": {"adapter": "manifest", "task": "binary", "labels": ["y"]}},

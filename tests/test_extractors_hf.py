@@ -25,7 +25,7 @@ from extractors.inputs import read_volume
 from extractors.registry import create_extractor, expert_module, get_spec, list_experts
 from extractors.runner import run_extraction
 from extractors.slide_tiling import select_tiles
-from medmix.code_closure import closure_files
+from medmix.plan.code_closure import closure_files
 from medmix.store import read_features
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ from extractors.merlin import merlin_preprocess, nifti_spacing_ras, read_ct_ras
 from extractors.radfm import radfm_depth, radfm_preprocess
 from extractors.registry import create_extractor, expert_module, get_spec
 from extractors.runner import run_extraction
-from medmix.code_closure import closure_files
+from medmix.plan.code_closure import closure_files
 from medmix.store import read_features
 
 

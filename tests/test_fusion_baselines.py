@@ -112,7 +112,7 @@ def test_method_family_variants():
 
 
 def test_config_accepts_families_and_merges_their_params():
-    from medmix.config import training_params
+    from medmix.plan.config import training_params
 
     cfg = {"training": {"lr": 1e-3, "dropout": 0.1}, "method_params": {"large_ref": {"dropout": 0.3},
                                                                      "large_ref_note": {"lr": 2e-3}}}
@@ -295,7 +295,7 @@ def test_config_validates_the_new_methods_and_refuses_baseline_lr():
 
     import yaml
 
-    from medmix.config import ConfigError, validate_config
+    from medmix.plan.config import ConfigError, validate_config
 
     cfg = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
     cfg["methods"] = [*RULES, "mask_only", "large_ref_note"]

@@ -19,9 +19,9 @@ from extractors.inputs import read_tabular, read_timeseries
 from extractors.job import extract_job
 from extractors.registry import create_extractor
 from medmix.cohort import CohortError, read_cohort, write_cohort
-from medmix.config import REPO_ROOT, ConfigError, validate_config
 from medmix.datasets.manifest import load_manifest_dataset
 from medmix.datasets.schema import adopt_reference, series_header
+from medmix.plan.config import REPO_ROOT, ConfigError, validate_config
 from medmix.store import read_features
 from medmix.store.inputs import read_input_view, write_input_view
 
@@ -257,7 +257,7 @@ def test_external_cohort_encodes_with_the_development_categories(tmp_path):
 
 def test_expected_widths_follow_the_datasets_schema():
     """Fit/evaluate refuse caches of another width: dataset-sized experts are checked per feature key."""
-    from medmix.config import with_expected_dims
+    from medmix.plan.config import with_expected_dims
 
     identities = {n: {"model_id": None, "revision": None, "preprocessing": create_extractor(n).settings.preprocessing}
                   for n in ("ts_summary", "tabular_raw")}

@@ -123,7 +123,7 @@ def test_config_accepts_the_keys_and_checks_their_values():
 
     import yaml
 
-    from medmix.config import ConfigError, validate_config
+    from medmix.plan.config import ConfigError, validate_config
 
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
     ok = copy.deepcopy(cfg)

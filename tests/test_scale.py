@@ -25,7 +25,7 @@ from workflow_helpers import job_counts
 
 from extractors.base import ExtractionFailedError
 from extractors.job import default_batch_size, extract_job, merge_job
-from medmix.config import ConfigError, expert_shards, extraction_resources, validate_config
+from medmix.plan.config import ConfigError, expert_shards, extraction_resources, validate_config
 from medmix.store import FeatureStoreError, read_features
 from medmix.store.inputs import InputView, write_input_view
 from medmix.store.shards import merge_parts, part_path, shard_of, shard_rows

@@ -12,7 +12,14 @@ from config_helpers import default_config
 from test_workflow import snakemake
 from test_workflow_manifest import _manifest_config, _write_cohort
 
-from medmix.config import ConfigError, run_spec, run_specs, select_committee, training_params, validate_config
+from medmix.plan.config import (
+    ConfigError,
+    run_spec,
+    run_specs,
+    select_committee,
+    training_params,
+    validate_config,
+)
 
 COMMITTEE = {
     "note": {"committee": [["text_keywords", "biomed"], ["minilm_l6", "general"], ["rag_minilm", "rag"]],
@@ -117,7 +124,7 @@ def test_variants_train_from_the_same_cache_and_are_rows_of_the_tables(tmp_path)
 def test_sweep_runs_are_their_base_run_restricted_to_the_subset():
     import re
 
-    from medmix.runs import RUN_NAME_PATTERN
+    from medmix.plan.runs import RUN_NAME_PATTERN
 
     cfg = _config(medmix_no_rag={"method": "medmix", "roles": ["biomed", "general"], "params": {"lr": 0.01}})
     spec = run_spec(cfg, "medmix_no_rag@note")
@@ -146,7 +153,7 @@ def test_bad_sweeps_are_config_errors(sweep, message):
 
 
 def test_sweep_subset_runs_train_the_sweep_seeds():
-    from medmix.runs import run_seeds
+    from medmix.plan.runs import run_seeds
 
     cfg = _config()
     cfg["seeds"] = [0, 1, 2]

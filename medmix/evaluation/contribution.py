@@ -1,6 +1,6 @@
 """Performance by modality subset and each modality's contribution (Shapley values), from cached predictions.
 
-The modality-combination sweep (:mod:`medmix.sweep`) trains a method on every subset ``S`` of a
+The modality-combination sweep (:mod:`medmix.plan.sweep`) trains a method on every subset ``S`` of a
 dataset's modalities. Its score ``v(S)`` is the macro AUROC (and, separately, AUPRC) of the run
 on the **clean test split** (train protocol ``none``, test protocol ``none``), per seed.
 
@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 
 from medmix.metrics.classification import compute_metrics
+from medmix.plan.sweep import EXACT_MAX, SUBSET_SEP, required_subsets, sampled_orderings, subset_label
 from medmix.store import read_predictions
-from medmix.sweep import EXACT_MAX, SUBSET_SEP, required_subsets, sampled_orderings, subset_label
 
 #: The metrics the sweep and the Shapley values are computed for.
 SCORES = ("auroc", "auprc")
@@ -155,7 +155,7 @@ def contribution_frames(prediction_files: Sequence[str | Path], plan: Mapping[st
     """The subset-performance table (one row per dataset × method × subset × seed) and the
     contribution table (one row per dataset × method × modality), from cached predictions.
 
-    ``plan`` (:func:`medmix.sweep.sweep_plan`): dataset -> method -> ``{"modalities": [...],
+    ``plan`` (:func:`medmix.plan.sweep.sweep_plan`): dataset -> method -> ``{"modalities": [...],
     "runs": {subset label: run name}}``; the full set's run is the method's own run.
     """
     runs = read_runs(prediction_files)

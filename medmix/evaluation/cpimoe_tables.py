@@ -2,7 +2,7 @@
 per-class F1 (Fig. S1 data), Table S2 (training cost) and the router-weight heatmaps (Figs. S2-S4).
 
 Metrics of a (dataset, method, setting, rate, seed) cell are computed on the test split under the
-cell's protocol (:mod:`medmix.missing_grid`): macro F1 over classes (labels), Cohen's kappa and
+cell's protocol (:mod:`medmix.plan.missing_grid`): macro F1 over classes (labels), Cohen's kappa and
 accuracy — the supplementary's three — plus per-class F1. Multiclass: argmax predictions.
 Multilabel / multitask / binary: per-label decisions at thresholds tuned on the seed's clean
 validation predictions (as the main tables), kappa and accuracy averaged over labels.

@@ -56,7 +56,7 @@ class FusionMethod(ABC):
     #: config check refuses any other key there).
     extra_params: ClassVar[tuple[str, ...]] = ()
     #: The method's own defaults: they override the ``training`` section and are overridden by
-    #: ``method_params.<name>`` and a variant's ``params`` (:func:`medmix.config.training_params`).
+    #: ``method_params.<name>`` and a variant's ``params`` (:func:`medmix.plan.config.training_params`).
     param_defaults: ClassVar[dict[str, Any]] = {}
     #: True for an improvement beyond the paper it extends (e.g. ``medmix_stacked``): the tables
     #: show it as its own row, marked as beyond the paper, never under the paper's name.

@@ -3,7 +3,7 @@
 Cohort, stage-1 features and standardisation as ``bench_iu_dev.py`` (three text modalities
 ``indication``, ``findings``, ``impression``; features cached under ``--cache``). Roles: primary =
 ``findings``, secondary = ``impression``. For each (method, setting, rate): train under the
-protocol ``missing_one`` (the grid's, :mod:`medmix.missing_grid`) and evaluate the test split under
+protocol ``missing_one`` (the grid's, :mod:`medmix.plan.missing_grid`) and evaluate the test split under
 the same protocol (mask seed 10000 + the cell's position), thresholds tuned on the clean validation
 split. CP-IMoE's pre-training stages run once and are shared by every cell and by
 ``cpimoe_router``. Writes ``table_s3.md``, ``per_class_f1.md``, ``table_s2.md``, ``grid_metrics.csv``
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     from medmix.methods import create_method
     from medmix.metrics.classification import tune_thresholds
-    from medmix.missing_grid import protocol_name
     from medmix.models.cpimoe import training_step_cost
+    from medmix.plan.missing_grid import protocol_name
     from medmix.protocols import Protocol
     from medmix.training.cpimoe_stages import run_all_stages
 

@@ -75,7 +75,7 @@ def text_committee(config: dict[str, Any]) -> tuple[list[dict[str, str]], str | 
 
 def _expert_key(name: str, settings: dict[str, Any]) -> str:
     from extractors.registry import expert_module, extra_source_files, get_spec
-    from medmix.code_closure import closure_files
+    from medmix.plan.code_closure import closure_files
 
     h = hashlib.sha256()
     for f in [*closure_files(expert_module(name)), *extra_source_files(name)]:

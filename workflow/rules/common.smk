@@ -6,8 +6,8 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from extractors.registry import expert_module, extra_source_files, get_spec
-from medmix.code_closure import closure_files
-from medmix.config import (
+from medmix.plan.code_closure import closure_files
+from medmix.plan.config import (
     canonical_json,
     committee,
     development_datasets,
@@ -23,15 +23,15 @@ from medmix.config import (
 )
 from medmix.methods import get_method_class
 from medmix.protocols import parse_protocols
-from medmix.runs import RUN_NAME_PATTERN, run_seeds
-from medmix.sweep import sweep_plan, sweep_seeds
+from medmix.plan.runs import RUN_NAME_PATTERN, run_seeds
+from medmix.plan.sweep import sweep_plan, sweep_seeds
 from medmix.store import FeatureStoreError, read_metadata
 from medmix.store.inputs import files_digest, folder_fingerprint, read_input_view
 
-# A --configfile that declares datasets of its own runs those alone (medmix.overlay, `include_demo`):
+# A --configfile that declares datasets of its own runs those alone (medmix.plan.overlay, `include_demo`):
 # config.yaml's demo datasets and cohorts, and its settings naming them or their modalities, are not
 # inherited. Otherwise `config` stays Snakemake's merge.
-from medmix.overlay import workflow_config
+from medmix.plan.overlay import workflow_config
 
 _overlay_files = [str(f) for f in workflow.overwrite_configfiles]
 _effective_config = workflow_config(
@@ -61,7 +61,7 @@ EXPERT_INPUT_HOOKS = []
 
 
 def code_inputs(*modules):
-    """The closure of the modules' imports inside the repository (medmix.code_closure); `local`:
+    """The closure of the modules' imports inside the repository (medmix.plan.code_closure); `local`:
     never mapped to a default storage provider (the Kubernetes profile's)."""
     return [local(f) for f in closure_files(*modules)]
 
@@ -368,17 +368,17 @@ def method_code(run, job_module):
 
 
 def train_protocol_spec(dataset, protocol):
-    """A train protocol's spec: `protocols.train`, else the missing grid's (medmix.missing_grid)."""
-    from medmix import missing_grid
+    """A train protocol's spec: `protocols.train`, else the missing grid's (medmix.plan.missing_grid)."""
+    from medmix.plan import missing_grid
 
     return missing_grid.train_protocol_spec(config, dataset, protocol)
 
 
 def test_protocol_specs(dataset, method, protocol):
-    """`protocols.test` plus a missing-grid run's matching test protocol (medmix.missing_grid),
+    """`protocols.test` plus a missing-grid run's matching test protocol (medmix.plan.missing_grid),
     less the `drop_one` protocols of modalities the run does not read (a sweep run or a variant on a
     subset of the modalities: there is nothing to drop, so no rows either)."""
-    from medmix import missing_grid
+    from medmix.plan import missing_grid
 
     specs = missing_grid.test_protocol_specs(config, dataset, method, protocol)
     read = list(committee_spec(dataset, method))
@@ -387,7 +387,7 @@ def test_protocol_specs(dataset, method, protocol):
 
 def train_protocols(dataset):
     """`none` plus the `protocols.train` entries that apply to the dataset (drop_one: its modality exists)."""
-    from medmix import missing_grid
+    from medmix.plan import missing_grid
 
     return [p.name for p in parse_protocols(missing_grid.own_protocols(config, dataset, "train"))]
 
@@ -430,7 +430,7 @@ def prediction_files():
 
 def sweep_prediction_files():
     """Clean-run (train protocol `none`) test-cohort predictions of the sweep's runs and of the
-    swept methods' own runs (medmix.sweep; empty while `sweep.methods` is empty)."""
+    swept methods' own runs (medmix.plan.sweep; empty while `sweep.methods` is empty)."""
     return sorted({prediction_path(d, run, "none", d)
                    for d, methods in sweep_plan(config).items()
                    for spec in methods.values() for run in spec["runs"].values()})
@@ -439,8 +439,8 @@ def sweep_prediction_files():
 def evaluation_runs(dataset):
     """(run, train protocol, cohorts) of every fitted run of development dataset `dataset`, in a fixed
     order: the tables' runs on the dataset and its external cohorts, then the sweep's and the missing
-    grid's other runs on the dataset (medmix.sweep, medmix.missing_grid)."""
-    from medmix import missing_grid
+    grid's other runs on the dataset (medmix.plan.sweep, medmix.plan.missing_grid)."""
+    from medmix.plan import missing_grid
 
     rows = {(m, p): evaluation_cohorts(dataset) for m in config["methods"] for p in train_protocols(dataset)}
     extra = [(run, "none") for spec in sweep_plan(config).get(dataset, {}).values() for run in spec["runs"].values()]

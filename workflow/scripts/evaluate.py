@@ -3,9 +3,9 @@
 import json
 
 from medmix.cohort import read_cohort_schemas
-from medmix.config import with_expected_dims
 from medmix.pipeline import set_threads, setup_logging
 from medmix.pipeline.fit import evaluate_dataset_job
+from medmix.plan.config import with_expected_dims
 
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821

@@ -17,13 +17,13 @@ from typing import Any
 
 import yaml
 
-from medmix.runs import RunSpec, check_name, check_run_name, run_spec, run_specs, select_committee
+from medmix.plan.runs import RunSpec, check_name, check_run_name, run_spec, run_specs, select_committee
 
 __all__ = ["ConfigError", "Member", "RunSpec", "load_config", "run_spec", "run_specs", "select_committee",
            "training_params", "validate_config"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"  # package data
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"  # package data
 RUNTIME_KEYS = ("local_dir", "batch_size", "device", "num_workers", "allow_remote_code", "options")
 IDENTITY_KEYS = ("model_id", "revision", "preprocessing")
 
@@ -257,7 +257,7 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _check_names(cfg: dict[str, Any]) -> None:
     """Dataset, modality and demo-cohort names are path components and Snakemake wildcard values
-    (:data:`medmix.runs.NAME_PATTERN`): ``my cohort`` or ``site/a`` is a config error here, not a
+    (:data:`medmix.plan.runs.NAME_PATTERN`): ``my cohort`` or ``site/a`` is a config error here, not a
     missing input later."""
     try:
         for name in (cfg.get("demo") or {}).get("cohorts") or {}:
@@ -366,7 +366,7 @@ def _check_runs(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"config key `methods`: unknown method or variant {m!r}"
                               f"{_did_you_mean(m, [*known_methods(), *variants])}; known methods: {known_methods()}; "
                               f"variants: {sorted(variants) or 'none'}")
-    from medmix.sweep import check_sweep
+    from medmix.plan.sweep import check_sweep
 
     try:
         check_sweep(cfg)
@@ -382,7 +382,7 @@ def _check_runs(cfg: dict[str, Any]) -> None:
                 f"config key `method_params.{m}.baseline_lr`: removed; every neural method takes `lr` from "
                 f"`training` (use `method_params.{m}.lr` for a method-specific one)"
             )
-    from medmix import missing_grid  # CP-IMoE's missing grid and the datasets' modality roles
+    from medmix.plan import missing_grid  # CP-IMoE's missing grid and the datasets' modality roles
 
     try:
         missing_grid.check(cfg)

@@ -6,7 +6,7 @@ that only some datasets or modalities accept (the schema's ``if``/``then`` branc
 apply. The page is generated, never edited by hand: ``tests/test_docs_config.py`` fails when
 ``docs/configuration.md`` differs from :func:`render`. Rewrite it with::
 
-    python -m medmix.docs_config --write
+    python -m medmix.plan.docs_config --write
 
 This module reads only the schema file and writes through the store's atomic writer (it imports no
 other project module, so it sits on neither stage's side).
@@ -26,10 +26,10 @@ import yaml
 
 from medmix.store.atomic import write_text_atomic
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"  # package data
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"  # package data
 DOC_PATH = REPO_ROOT / "docs" / "configuration.md"
-WRITE_COMMAND = "python -m medmix.docs_config --write"
+WRITE_COMMAND = "python -m medmix.plan.docs_config --write"
 
 #: The name shown for a key the user chooses (a mapping's entries), by the dotted path of the mapping.
 PLACEHOLDERS = {
@@ -49,7 +49,7 @@ PLACEHOLDERS = {
 
 INTRO = """\
 `config.yaml` is validated against `workflow/schemas/config.schema.yaml` (defaults filled in)
-when Snakemake loads it and by `medmix.config.load_config`; an error names the offending key and
+when Snakemake loads it and by `medmix.plan.config.load_config`; an error names the offending key and
 what was expected. Every block is closed: an unknown key (a typo such as `split_colum:`) is an
 error that names where it is and the closest valid key, e.g.
 ``config key `datasets.iu.split_colum`: unknown key 'split_colum'; did you mean 'split_column'?``.
@@ -251,7 +251,7 @@ def missing_descriptions(schema: dict[str, Any] | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medmix.docs_config", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m medmix.plan.docs_config", description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true", help=f"write {DOC_PATH.relative_to(REPO_ROOT)}")
     parser.add_argument("--check", action="store_true", help="exit 1 when the page is out of date")
     args = parser.parse_args(argv)

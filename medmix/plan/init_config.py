@@ -44,8 +44,8 @@ import yaml
 from medmix.cohort import CohortError
 from medmix.datasets.manifest import LABEL_TOKENS, SPLIT_ALIASES, read_table
 from medmix.datasets.paths import resolve_inside
-from medmix.overlay import LARGE_REF_PREFIX, committees, variant_fits
-from medmix.runs import NAME_PATTERN, RESERVED_DATASET_NAMES
+from medmix.plan.overlay import LARGE_REF_PREFIX, committees, variant_fits
+from medmix.plan.runs import NAME_PATTERN, RESERVED_DATASET_NAMES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy", ".npz")

@@ -59,7 +59,7 @@ def required_subsets(modalities: Sequence[str], permutations: int = 64, seed: in
     return sorted(subsets, key=lambda s: (len(s), sorted(s)))
 
 
-#: Separates a sweep run's base run from its subset (the wildcard pattern: :data:`medmix.runs.RUN_NAME_PATTERN`).
+#: Separates a sweep run's base run from its subset (the wildcard pattern: :data:`medmix.plan.runs.RUN_NAME_PATTERN`).
 RUN_SEP = "@"
 
 
