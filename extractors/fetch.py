@@ -142,17 +142,17 @@ def _expert_requirements(name: str, over: dict[str, Any], rag: dict[str, Any],
     model_id, revision = str(s.model_id), str(s.revision or "main")
     if s.local_dir:
         return [_not_fetched(model_id, revision, name, f"read from experts.settings.{name}.local_dir ({s.local_dir})")]
-    from extractors.biomedclip import BiomedCLIP
-    from extractors.chronos import ChronosExpert
+    from extractors.experts.biomedclip import BiomedCLIP
+    from extractors.experts.chronos import ChronosExpert
+    from extractors.experts.merlin import Merlin
+    from extractors.experts.minilm import MiniLM
+    from extractors.experts.moirai import Moirai
+    from extractors.experts.radfm import WEIGHTS, RadFM
+    from extractors.experts.rag_medcpt import RagMedCPTQwen2, RagMiniLM
+    from extractors.experts.resnet50 import ResNet50
     from extractors.hf_text import HFTextExpert
     from extractors.hf_vision import HFViTExpert
     from extractors.knowledge.encoders import MINILM, bundled_minilm_path
-    from extractors.merlin import Merlin
-    from extractors.minilm import MiniLM
-    from extractors.moirai import Moirai
-    from extractors.radfm import WEIGHTS, RadFM
-    from extractors.rag_medcpt import RagMedCPTQwen2, RagMiniLM
-    from extractors.resnet50 import ResNet50
 
     gated, remote = bool(getattr(cls, "gated", False)), bool(spec.trust_remote_code)
     if issubclass(cls, (RagMiniLM, MiniLM)):

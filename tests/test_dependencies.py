@@ -25,7 +25,7 @@ PACKAGE_SOURCES = ("medmix", "extractors", "workflow")
 UNDECLARED_IMPORTS = {"uni2ts": "workflow/envs/moirai.yaml"}
 #: Declared, not imported by our code.
 NOT_IMPORTED = {
-    "timm": "version floor of the library open_clip builds BiomedCLIP's vision tower with (extractors/biomedclip.py)",
+    "timm": "version floor of the library open_clip builds BiomedCLIP's vision tower with (extractors/experts/biomedclip.py)",
     "pylibjpeg": "pydicom pixel-data plugin (JPEG decoders; pydicom finds it, extractors/inputs.py)",
     "pylibjpeg-libjpeg": "pylibjpeg plugin: JPEG lossless / baseline / extended and JPEG-LS decoding",
     "pylibjpeg-openjpeg": "pylibjpeg plugin: JPEG 2000 decoding",

@@ -46,8 +46,9 @@ TABLE_E1 = {  # name: (kinds, role, dim, paper name)
     "merlin": (("volume",), "biomed", 2048, "Merlin"),
     "radfm": (("volume",), "teacher", 768, "RadFM"),
 }
-MY_MODULES = ["biomedclip", "dinov2", "dinov3", "slide_tiling", "gatortron", "qwen2", "chronos", "moirai", "moirai_worker",
-              "merlin", "radfm", "hf_common", "hf_vision", "hf_text", "ts_foundation"]
+MY_MODULES = ["experts.biomedclip", "experts.dinov2", "experts.dinov3", "slide_tiling", "experts.gatortron",
+              "experts.qwen2", "experts.chronos", "experts.moirai", "moirai_worker", "experts.merlin", "experts.radfm",
+              "hf_common", "hf_vision", "hf_text", "ts_foundation"]
 NOTES = [
     "The patient has no acute cardiopulmonary process.",
     "Heart size is normal. Lungs are clear. " * 25,  # several GatorTron windows with the test window size
@@ -86,7 +87,7 @@ def test_table_e1_experts_registered_with_real_ids() -> None:
     assert get_spec("moirai").environment == "moirai"
     assert not any(get_spec(n).trust_remote_code for n in TABLE_E1)  # MAIRA-2 (a RAG bridge) is the only one
     # The slide experts reuse the image experts' classes (their sources are rule inputs).
-    assert str(REPO / "extractors" / "dinov2.py") in closure_files(expert_module("dinov2_slide"))
+    assert str(REPO / "extractors" / "experts" / "dinov2.py") in closure_files(expert_module("dinov2_slide"))
 
 
 def test_expert_modules_import_no_heavy_library() -> None:

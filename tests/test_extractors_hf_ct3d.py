@@ -19,9 +19,9 @@ import pytest
 
 from extractors.base import InputError, ModelUnavailableError
 from extractors.ct_slicing import window_hu
+from extractors.experts.merlin import merlin_preprocess, nifti_spacing_ras, read_ct_ras
+from extractors.experts.radfm import radfm_depth, radfm_preprocess
 from extractors.inputs import read_volume
-from extractors.merlin import merlin_preprocess, nifti_spacing_ras, read_ct_ras
-from extractors.radfm import radfm_depth, radfm_preprocess
 from extractors.registry import create_extractor, expert_module, get_spec
 from extractors.runner import run_extraction
 from medmix.plan.code_closure import closure_files

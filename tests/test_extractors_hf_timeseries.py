@@ -27,7 +27,7 @@ from tiny_models import build_chronos
 
 from extractors import moirai_worker
 from extractors.base import ModelUnavailableError
-from extractors.moirai import export_series, write_worker_features
+from extractors.experts.moirai import export_series, write_worker_features
 from extractors.registry import create_extractor
 from extractors.runner import run_extraction
 from medmix.store import read_features

@@ -173,13 +173,30 @@ def test_no_expert_imports_another_expert():
     assert not offenders, "shared code belongs in helper modules: " + "; ".join(offenders)
 
 
+def test_the_experts_package_holds_exactly_the_registering_modules():
+    """Every module of ``extractors/experts/`` registers an expert and no module elsewhere does;
+    enumerating them all (discovery) loads no heavy library (each expert imports its own lazily)."""
+    import pkgutil
+
+    from extractors import experts
+
+    modules = {f"extractors.experts.{info.name}" for info in pkgutil.iter_modules(experts.__path__)}
+    assert {expert_module(name) for name in list_experts()} == modules
+    heavy = ("torch", "transformers", "open_clip", "chronos", "timm", "sentence_transformers", "faiss", "nibabel",
+             "pydicom")
+    code = ("import sys\nfrom extractors.registry import list_experts\nassert len(list_experts()) > 20\n"
+            f"print(sorted(k for k in {heavy!r} if k in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_closure_follows_helpers_and_lazy_imports():
-    closure = module_closure("extractors.image_texture")
+    closure = module_closure("extractors.experts.image_texture")
     assert {"extractors.image_grey", "extractors.texture_features", "extractors.inputs", "extractors.base"} <= set(closure)
-    assert "extractors.image_intensity" not in closure  # a sibling expert, not a dependency
+    assert "extractors.experts.image_intensity" not in closure  # a sibling expert, not a dependency
     # rag_medcpt imports the knowledge helpers inside functions only
-    assert "extractors.knowledge.index" in module_closure("extractors.rag_medcpt")
-    assert not set(module_closure("extractors.minilm")) & set(NOT_OUTPUT_AFFECTING)
+    assert "extractors.knowledge.index" in module_closure("extractors.experts.rag_medcpt")
+    assert not set(module_closure("extractors.experts.minilm")) & set(NOT_OUTPUT_AFFECTING)
     files = closure_files("medmix.methods.medmix")
     assert str(REPO / "medmix" / "training" / "trainer.py") in files
 

@@ -173,7 +173,7 @@ def _planned_after_edit(workdir, cfg, module: Path, source: Path) -> dict[str, i
 def test_editing_an_extractor_module_reruns_only_the_experts_that_import_it(workflow_run, source):
     workdir, cfg, _ = workflow_run
     # ct_intensity_profile's own module: nothing else imports it
-    jobs = _planned_after_edit(workdir, cfg, source / "extractors" / "ct_profile.py", source)
+    jobs = _planned_after_edit(workdir, cfg, source / "extractors" / "experts" / "ct_profile.py", source)
     assert jobs.get("extract") == 2, jobs  # demo_mimic, demo_mimic_ext
     assert jobs.get("fit") == len(cfg["methods"])  # only demo_mimic's models
     assert evaluations(jobs) == {"evaluate_demo_mimic": 1}  # demo_mimic and its external cohort

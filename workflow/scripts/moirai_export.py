@@ -1,8 +1,8 @@
-"""Thin adapter: the ``moirai_export`` rule -> extractors.moirai.export_series."""
+"""Thin adapter: the ``moirai_export`` rule -> extractors.experts.moirai.export_series."""
 
 import json
 
-from extractors.moirai import export_series
+from extractors.experts.moirai import export_series
 from extractors.registry import create_extractor
 from medmix.pipeline import setup_logging
 from medmix.store.atomic import write_text_atomic

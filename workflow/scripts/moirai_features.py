@@ -1,9 +1,9 @@
-"""Thin adapter: the ``moirai_features`` rule -> extractors.moirai.write_worker_features."""
+"""Thin adapter: the ``moirai_features`` rule -> extractors.experts.moirai.write_worker_features."""
 
 import json
 import logging
 
-from extractors.moirai import write_worker_features
+from extractors.experts.moirai import write_worker_features
 from extractors.registry import create_extractor
 from medmix.pipeline import setup_logging
 from medmix.store.inputs import read_input_view

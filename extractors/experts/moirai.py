@@ -100,7 +100,7 @@ ENV_HELP = (
     "expert 'moirai' needs uni2ts, which pins torch<2.5 and cannot share the main environment. Create its "
     f"environment with `conda env create -f {ENV_FILE}` (Snakemake does this with --use-conda for the rule "
     "declaring that env) and run `python extractors/moirai_worker.py --input series.npz --output emb.npz "
-    "--model Salesforce/moirai-1.0-R-small` there (see extractors/moirai.py), or use the demo profile."
+    "--model Salesforce/moirai-1.0-R-small` there (see extractors/experts/moirai.py), or use the demo profile."
 )
 
 
