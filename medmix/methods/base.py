@@ -61,6 +61,9 @@ class FusionMethod(ABC):
     #: True for an improvement beyond the paper it extends (e.g. ``medmix_stacked``): the tables
     #: show it as its own row, marked as beyond the paper, never under the paper's name.
     beyond_paper: ClassVar[bool] = False
+    #: True where ``predict`` runs in numpy on the CPU (not torch): its cost is measured on the CPU,
+    #: its peak memory with ``tracemalloc`` (:mod:`medmix.pipeline.efficiency`).
+    numpy_predict: ClassVar[bool] = False
 
     def __init__(self, params: dict[str, Any]):
         self.params = {**self.param_defaults, **params}
@@ -86,6 +89,13 @@ class FusionMethod(ABC):
     @abstractmethod
     def restore(self, settings: dict[str, Any], states: list[dict[str, torch.Tensor]]) -> None:
         """Inverse of :meth:`export` on a fresh instance (``self.seeds`` is already set)."""
+
+    def cost(self, batch: TensorData) -> dict[str, Any] | None:
+        """One seed's size and compute on ``batch`` for Table E6 where the method counts them itself:
+        ``params``, ``flops_per_sample``, ``flops_kind`` (``flops``, or what is counted instead),
+        ``params_note`` and ``flops_note``. None (the default, torch methods): the efficiency job
+        counts the exported state's tensor elements and torch's FLOPs around ``predict``."""
+        return None
 
     def curves(self) -> pd.DataFrame:
         """Training curves: one row per (seed, epoch)."""

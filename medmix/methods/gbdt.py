@@ -55,6 +55,7 @@ boosters rebuilt from those strings, so a reloaded method predicts exactly what 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -104,6 +105,49 @@ def gbdt_features(data: TensorData, dims: dict[str, list[int]] | None = None) ->
     if not blocks:
         return np.zeros((data.n, 0))
     return np.ascontiguousarray(np.concatenate(blocks, axis=1))
+
+
+# -- cost (Table E6): LightGBM trees counted from their model strings ----------------------------
+def _leaf_depths(left: Sequence[int], right: Sequence[int]) -> dict[int, int]:
+    """Depth (comparisons from the root) of each leaf of a LightGBM tree; leaves are ``~child``."""
+    depths: dict[int, int] = {}
+    stack = [(0, 0)] if left else []
+    while stack:
+        node, depth = stack.pop()
+        for child in (left[node], right[node]):
+            if child < 0:
+                depths[~child] = depth + 1
+            else:
+                stack.append((child, depth + 1))
+    return depths if left else {0: 0}
+
+
+def lgb_trees(model_str: str) -> list[dict[int, int]]:
+    """Per tree of a LightGBM model string: leaf index -> depth."""
+    trees = []
+    for block in re.split(r"^Tree=\d+\n", model_str, flags=re.M)[1:]:
+        fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        left, right = ([int(v) for v in fields.get(k, "").split()] for k in ("left_child", "right_child"))
+        trees.append(_leaf_depths(left, right))
+    return trees
+
+
+def gbdt_cost(models: Sequence[Any], x: np.ndarray) -> dict[str, Any]:
+    """One seed's LightGBM models (model strings; constant models are probability vectors) on
+    features ``x``: thresholds + leaf values, and mean comparisons + leaf additions per sample."""
+    import lightgbm as lgb
+
+    params, ops = 0, 0.0
+    for m in models:
+        if not isinstance(m, str):
+            params += len(m)
+            continue
+        trees = lgb_trees(m)
+        params += sum(2 * len(t) - 1 for t in trees)
+        leaves = np.asarray(lgb.Booster(model_str=m).predict(x, pred_leaf=True)).reshape(len(x), -1)
+        depth = np.array([[trees[k][int(leaf)] for k, leaf in enumerate(row)] for row in leaves])
+        ops += float(depth.sum(1).mean()) + len(trees) if len(x) else 0.0
+    return {"params": int(params), "flops_per_sample": ops, "flops_kind": "comparisons"}
 
 
 def _check(params: dict[str, Any]) -> dict[str, Any]:
@@ -156,6 +200,7 @@ class GBDT(FusionMethod):
     """LightGBM per label (one multiclass model for multiclass) on the NaN-for-absent concatenation."""
 
     extra_params = tuple(DEFAULTS)
+    numpy_predict = True
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> None:
@@ -329,6 +374,12 @@ class GBDT(FusionMethod):
                     prob[:, j] = m[0] if isinstance(m, np.ndarray) else m.predict(x, num_threads=threads)
             out.append(prob.astype(np.float32))
         return Prediction(np.ascontiguousarray(np.stack(out)))
+
+    def cost(self, batch: TensorData) -> dict[str, Any]:
+        """One seed's trees on ``batch`` (:func:`gbdt_cost`): comparisons, not floating-point FLOPs."""
+        return {**gbdt_cost(self.models[0], gbdt_features(batch, self.settings["dims"])),
+                "params_note": "split thresholds + leaf values over all trees",
+                "flops_note": "threshold comparisons + one leaf-value addition per tree (not FLOPs)"}
 
     def curves(self) -> pd.DataFrame:
         return self._curves
