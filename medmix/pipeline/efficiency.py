@@ -23,9 +23,8 @@ model is one of them), on a batch of the validation split:
 
 from __future__ import annotations
 
-import re
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
