@@ -64,9 +64,9 @@ def is_fatal(err: BaseException | None) -> bool:
 class ExtractorSettings:
     """Runtime settings of one extractor.
 
-    ``model_id``, ``revision`` and ``preprocessing`` change the embeddings (and are part of the
-    Snakemake params), as does the dataset's ``input_schema`` (part of the input fingerprint);
-    ``local_dir``, ``batch_size``, ``device`` and ``num_workers`` do not.
+    :data:`EMBEDDING_SETTINGS` change the embeddings (they are the extraction jobs' params), as does
+    the dataset's ``input_schema`` (part of the input fingerprint); :data:`RUNTIME_SETTINGS` (where
+    and how fast to run) do not.
     """
 
     model_id: str | None = None
@@ -94,6 +94,13 @@ class ExtractorSettings:
         for key, value in overrides.items():
             setattr(out, key, value)
         return out
+
+
+#: The expert settings (``experts.settings.<name>``) that change the embeddings: every extraction
+#: job's params (a change reruns the expert's jobs) and the feature file's identity.
+EMBEDDING_SETTINGS = ("model_id", "revision", "preprocessing")
+#: The other settings a config may give: where and how fast to run (no embedding changes).
+RUNTIME_SETTINGS = tuple(f for f in ExtractorSettings.__dataclass_fields__ if f not in (*EMBEDDING_SETTINGS, "input_schema"))
 
 
 def fetch_hint(expert: str | None = None, setting: str | None = None) -> str:

@@ -282,3 +282,16 @@ def test_snakemake_refuses_an_unsafe_dataset_name_before_any_job(tmp_path):
     assert "config key `datasets.my cohort`: dataset name 'my cohort' may hold only letters, digits and '_'" in (
         proc.stdout + proc.stderr)
     assert "MissingInputException" not in proc.stdout + proc.stderr
+
+
+def test_the_schema_declares_exactly_the_expert_settings():
+    """Which expert settings change the embeddings is declared once (extractors.base); the schema's
+    ``experts.settings.<name>`` keys are those and the runtime ones, nothing else."""
+    from extractors.base import EMBEDDING_SETTINGS, RUNTIME_SETTINGS, ExtractorSettings
+    from medmix.plan.config import SCHEMA_PATH
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    keys = schema["properties"]["experts"]["properties"]["settings"]["additionalProperties"]["properties"]
+    assert set(keys) == {*EMBEDDING_SETTINGS, *RUNTIME_SETTINGS}
+    assert set(EMBEDDING_SETTINGS).isdisjoint(RUNTIME_SETTINGS)
+    assert {*EMBEDDING_SETTINGS, *RUNTIME_SETTINGS, "input_schema"} == set(ExtractorSettings.__dataclass_fields__)

@@ -6,7 +6,7 @@ import logging
 from dataclasses import fields
 from typing import Any
 
-from extractors.base import resolve_device
+from extractors.base import EMBEDDING_SETTINGS, resolve_device
 from extractors.knowledge.bridge import BridgeSettings, create_bridge, run_bridge
 from extractors.knowledge.index import build_index
 from extractors.knowledge.kb import ingest
@@ -24,7 +24,7 @@ def kb_job(source: str, out_path: str, language: str = "English") -> dict[str, A
 
 def index_job(expert: str, kb_path: str, out_dir: str, identity: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
     """Build ``expert``'s retrieval index (and projection) from the knowledge base."""
-    settings = {**runtime, **{k: identity[k] for k in ("model_id", "revision", "preprocessing") if k in identity}}
+    settings = {**runtime, **{k: identity[k] for k in EMBEDDING_SETTINGS if k in identity}}
     encoder, lm = create_extractor(expert, settings).index_specs()
     manifest = build_index(kb_path, out_dir, encoder, lm, device=resolve_device(runtime.get("device", "auto")),
                            batch_size=int(runtime.get("batch_size", 16)))

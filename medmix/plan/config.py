@@ -24,8 +24,6 @@ __all__ = ["ConfigError", "Member", "RunSpec", "load_config", "run_spec", "run_s
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"  # package data
-RUNTIME_KEYS = ("local_dir", "batch_size", "device", "num_workers", "allow_remote_code", "options")
-IDENTITY_KEYS = ("model_id", "revision", "preprocessing")
 
 
 class ConfigError(ValueError):
@@ -408,7 +406,8 @@ def committee(cfg: dict[str, Any], dataset: str, modality: str) -> tuple[list[Me
 
 
 def expert_identity(cfg: dict[str, Any], name: str) -> dict[str, Any]:
-    """Output-affecting settings of an expert: model id, revision, preprocessing (spec + overrides)."""
+    """Output-affecting settings of an expert (``extractors.base.EMBEDDING_SETTINGS``: model id, revision,
+    preprocessing; the spec's, with the config's overrides)."""
     from extractors.registry import get_spec
 
     spec = get_spec(name)
@@ -435,10 +434,11 @@ def with_expected_dims(
     one, an entry under that key. (Computed by the job, not planned as a rule param: adding it
     reruns nothing.)
     """
+    from extractors.base import EMBEDDING_SETTINGS
     from extractors.registry import create_extractor
 
     def dim(name: str, schema: dict[str, Any] | None) -> int:
-        settings = {k: identities[name].get(k) for k in ("model_id", "revision", "preprocessing")}
+        settings = {k: identities[name].get(k) for k in EMBEDDING_SETTINGS}
         return int(create_extractor(name, {**settings, "input_schema": dict(schema or {})}).dim)
 
     out = {name: {**ident, "dim": dim(name, None)} for name, ident in identities.items()}
@@ -451,8 +451,10 @@ def with_expected_dims(
 
 def expert_runtime(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     """Settings that do not change the embeddings (where and how fast to run)."""
+    from extractors.base import RUNTIME_SETTINGS
+
     over = cfg["experts"].get("settings", {}).get(name, {})
-    return {k: over[k] for k in RUNTIME_KEYS if k in over}
+    return {k: over[k] for k in RUNTIME_SETTINGS if k in over}
 
 
 def canonical_json(value: Any) -> str:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from extractors.base import EMBEDDING_SETTINGS
 from extractors.registry import expert_module, extra_source_files, get_spec
 from medmix.plan.code_closure import closure_files
 from medmix.plan.config import (
@@ -315,7 +316,7 @@ def moirai_identity_args():
 
     ident = expert_identity(config, "moirai")
     runtime = {k: v for k, v in expert_runtime(config, "moirai").items() if k in ("local_dir", "options")}
-    ex = create_extractor("moirai", {**runtime, **{k: ident[k] for k in ("model_id", "revision", "preprocessing")}})
+    ex = create_extractor("moirai", {**runtime, **{k: ident[k] for k in EMBEDDING_SETTINGS}})
     args, skip = [], {"--batch-size", "--device"}
     worker = ex.worker_args()
     i = 0

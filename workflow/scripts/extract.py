@@ -2,6 +2,7 @@
 
 import json
 
+from extractors.base import EMBEDDING_SETTINGS
 from extractors.job import extract_job
 from medmix.pipeline import set_threads, setup_logging
 
@@ -15,7 +16,7 @@ extract_job(
     modality=sm.wildcards.modality,
     expert=sm.wildcards.expert,
     out_path=sm.output.features,
-    identity={key: json.loads(sm.params[key]) for key in ("model_id", "revision", "preprocessing")},
+    identity={key: json.loads(sm.params[key]) for key in EMBEDDING_SETTINGS},
     runtime=json.loads(sm.resources.expert_runtime),
     options=options,
     max_failed_fraction=float(sm.params.max_failed_fraction),
