@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medmix.plan.config import ConfigError, committee, expert_identity, extraction_jobs, validate_config
+from medmix.plan.config import (
+    ConfigError,
+    committee,
+    expert_identity,
+    extraction_jobs,
+    training_params,
+    validate_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,8 +26,25 @@ def cfg():
 def test_shipped_config_is_valid_and_gets_defaults(cfg):
     out = validate_config(cfg)
     assert out["training"]["batch_size"] == 256  # paper default filled in
-    assert out["training"]["router_lr_mult"] == 0.3
+    assert "router_lr_mult" not in out["training"]  # MedMIX's own: its defaults, not the global block's
+    assert training_params(out, "medmix")["router_lr_mult"] == 0.3
+    assert training_params(out, "medmix_stacked")["probe_crossfit"] == 5
     assert out["datasets"]["demo_openi"]["role"] == "development"
+
+
+def test_a_methods_own_setting_in_the_training_block_says_where_it_goes(cfg):
+    cfg["training"]["distill_max"] = 0.1
+    with pytest.raises(ConfigError, match=r"`training.distill_max`: .*medmix.*set it under `method_params.medmix`"):
+        validate_config(cfg)
+    del cfg["training"]["distill_max"]
+    cfg["method_params"]["medmix"] = {"distill_max": 0.1}
+    assert training_params(validate_config(cfg), "medmix")["distill_max"] == 0.1
+    cfg["method_params"]["medmix"] = {"distill_ramp_epochs": -1}  # the method's schema checks the value
+    with pytest.raises(ConfigError, match="method_params.medmix.distill_ramp_epochs"):
+        validate_config(cfg)
+    cfg["method_params"] = {"meanavg": {"distill_max": 0.1}}  # not a mean-fusion setting
+    with pytest.raises(ConfigError, match="unknown key 'distill_max'"):
+        validate_config(cfg)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import torch
 
 from medmix.methods import create_method
 from medmix.methods.linear_probe import LinearProbe, probe_features
-from medmix.methods.medmix import PAPER_FORM, MedMIXObjective, build_members, model_config
+from medmix.methods.medmix import PAPER_FORM, MedMIXObjective, MedMIXSettings, build_members, model_config
 from medmix.methods.probe_readout import ProbeSettings, fit_reference_probe, known_targets
 from medmix.models import MedMIXConfig, MedMIXNet
 from medmix.protocols import Protocol
@@ -80,7 +80,7 @@ def test_param_groups_get_the_stated_lr_and_weight_decay(planted):
     (member,) = build_members(cfg, {}, [0], 0.3, ProbeSettings.from_params(params))
     probe_ids = {id(p) for p in member.model.probe_parameters()}
     assert probe_ids and len(member.model.probe_parameters()) == 3 + 1 + 1  # 3 experts, flag weight, bias
-    trainer = EnsembleTrainer(TrainConfig.from_params(params), MedMIXObjective(train.task, TrainConfig()))
+    trainer = EnsembleTrainer(TrainConfig.from_params(params), MedMIXObjective(train.task, MedMIXSettings.from_params({})))
     opt = trainer._optimizer([member])
     seen = set()
     for group in opt.param_groups:
@@ -123,14 +123,14 @@ def test_config_accepts_the_keys_and_checks_their_values():
 
     import yaml
 
-    from medmix.plan.config import ConfigError, validate_config
+    from medmix.plan.config import ConfigError, training_params, validate_config
 
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
     ok = copy.deepcopy(cfg)
     ok["method_params"] = {"medmix": {"probe_readout": True, "probe_lr_mult": 3.0, "probe_init": False,
                                       "probe_crossfit": 0, "lp_c_grid": [0.1, 1.0]}}
     validate_config(ok)
-    defaults = validate_config(copy.deepcopy(cfg))["training"]
+    defaults = training_params(validate_config(copy.deepcopy(cfg)), "medmix")
     assert defaults["probe_readout"] is False and defaults["linear_readout"] is False  # the paper's MedMIX
     assert defaults["modality_loss_weight"] == 0.0 and defaults["fusion_warmup_epochs"] == 0
     stale = copy.deepcopy(cfg)
@@ -178,7 +178,7 @@ def test_objective_adds_the_l2_term_only_with_the_option(planted):
     n = 10
     batch = Batch({m: [t[:n] for t in xs] for m, xs in train.x.items()}, {m: t[:n].bool() for m, t in train.mask.items()},
                   train.y[:n])
-    config = TrainConfig.from_params(FAST)
+    config = MedMIXSettings.from_params(FAST)
     member.model.eval()
     plain, parts0 = MedMIXObjective(train.task, config).loss(member, batch, 0)
     with_l2, parts = MedMIXObjective(train.task, config, probe_l2=0.1).loss(member, batch, 0)
@@ -286,16 +286,16 @@ def test_crossfit_training_loss_reads_the_out_of_fold_probes(planted):
     mask = {m: v[:16] for m, v in train.mask.items()}
     y = train.y[:16]
     zero = ProbeReadout(config.dims, config.n_out)  # all-zero out-of-fold probes
-    tc = TrainConfig.from_params(params)
+    tc = MedMIXSettings.from_params(params)
     member.model.eval()  # no dropout: the two losses see the same network
     with torch.no_grad():
         plain, _ = MedMIXObjective(train.task, tc).loss(member, Batch(x, mask, y), epoch=0)
         member.model.probe.load_probe(torch.randn_like(torch.cat(
             [r.weight for rs in member.model.probe.experts.values() for r in rs] + [member.model.probe.flags.weight], 1)),
             torch.zeros(config.n_out))
-        fold = torch.zeros(16, dtype=torch.long)
-        stacked, _ = MedMIXObjective(train.task, tc, fold_readouts=[zero, zero]).loss(member, Batch(x, mask, y, fold=fold),
-                                                                                      epoch=0)
+        folds = torch.zeros(train.n, dtype=torch.long)  # the objective's fold per training row, read at the batch's rows
+        stacked, _ = MedMIXObjective(train.task, tc, fold_readouts=[zero, zero], folds=folds).loss(
+            member, Batch(x, mask, y, rows=torch.arange(16)), epoch=0)
     # the full (now non-zero) probe is swapped out for the all-zero out-of-fold ones: the loss of the bare network
     torch.testing.assert_close(stacked, plain)
 

@@ -58,6 +58,10 @@ class FusionMethod(ABC):
     #: The method's own defaults: they override the ``training`` section and are overridden by
     #: ``method_params.<name>`` and a variant's ``params`` (:func:`medmix.plan.config.training_params`).
     param_defaults: ClassVar[dict[str, Any]] = {}
+    #: JSON-schema properties of the method's own settings (keys of ``method_params.<name>`` beyond
+    #: the ``training`` section's, checked like that section's and listed in docs/configuration.md);
+    #: their defaults belong in ``param_defaults``.
+    param_schema: ClassVar[dict[str, dict[str, Any]]] = {}
     #: True for an improvement beyond the paper it extends (e.g. ``medmix_stacked``): the tables
     #: show it as its own row, marked as beyond the paper, never under the paper's name.
     beyond_paper: ClassVar[bool] = False

@@ -96,6 +96,27 @@ def _unknown_key(where: str, key: str, allowed) -> str:
         f" (valid keys here: {valid})"
 
 
+def method_owned_keys() -> dict[str, list[str]]:
+    """Each key a method declares as its own (``FusionMethod.param_schema``) -> the methods that read it."""
+    from medmix.methods import get_method_class, known_methods
+
+    owners: dict[str, list[str]] = {}
+    for name in known_methods():
+        if "<" not in name:
+            for key in get_method_class(name).param_schema:
+                owners.setdefault(key, []).append(name)
+    return owners
+
+
+def _check_method_owned_keys(cfg: dict[str, Any]) -> None:
+    """A method's own setting in the global ``training`` block is an error that says where it goes."""
+    owners = method_owned_keys()
+    for key in sorted(set(cfg.get("training") or {}) & set(owners)):
+        raise ConfigError(f"config key `training.{key}`: {key!r} is a setting of {', '.join(owners[key])} alone; "
+                          f"set it under `method_params.{owners[key][0]}` (or that run's `method_params` / variant "
+                          "`params`)")
+
+
 def _check_method_params(method: str, params: dict[str, Any], cfg: dict[str, Any], where: str | None = None) -> None:
     """``method_params.<method>`` (or a variant's ``params``) holds ``training`` keys and the method's own
     ``extra_params``."""
@@ -105,16 +126,17 @@ def _check_method_params(method: str, params: dict[str, Any], cfg: dict[str, Any
     from medmix.training.trainer import TrainConfig
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    cls = get_method_class(method)
     allowed = set(schema["properties"]["training"]["properties"]) | {f.name for f in fields(TrainConfig)}
-    allowed |= set(get_method_class(method).extra_params)
+    allowed |= set(cls.extra_params) | set(cls.param_schema)
     for key in params:
         if key not in allowed and key != "baseline_lr":
             raise ConfigError(f"config key `{where or f'method_params.{method}'}.{key}`: unknown key {key!r}"
                               f"{_did_you_mean(key, allowed)} (valid keys here: the `training` keys"
-                              + (f" and {sorted(get_method_class(method).extra_params)}" if
-                                 get_method_class(method).extra_params else "") + ")")
+                              + (f" and {sorted({*cls.extra_params, *cls.param_schema})}" if
+                                 cls.extra_params or cls.param_schema else "") + ")")
     _check_training_values(method, params, cfg, where or f"method_params.{method}",
-                           schema["properties"]["training"]["properties"])
+                           {**schema["properties"]["training"]["properties"], **cls.param_schema})
     check = getattr(get_method_class(method), "check_params", None)  # a method's own value checks
     if check is not None:
         try:
@@ -128,7 +150,7 @@ def _check_training_values(method: str, params: dict[str, Any], cfg: dict[str, A
     """The ``training`` keys a run of ``method`` gets, merged as :func:`training_params` merges them
     (``training``, the class's ``param_defaults``, ``method_params`` of its family and of itself, then
     ``params`` when they are a variant's, at ``where``), validated against the ``training`` block's
-    schema (minimum, type, enum...): ``method_params.medmix.max_epochs: 0`` is refused like
+    schema and the method's own (``param_schema``; minimum, type, enum...): ``method_params.medmix.max_epochs: 0`` is refused like
     ``training.max_epochs: 0``. The error names the key that set the offending value."""
     import jsonschema
 
@@ -190,6 +212,7 @@ def _allowed_keys(validator, root: dict[str, Any], schema: dict[str, Any], insta
 
 def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """Schema + semantic validation; returns ``cfg`` with defaults filled in."""
+    _check_method_owned_keys(cfg)
     validate_schema(cfg)
     _check_names(cfg)
     _check_unique(cfg)

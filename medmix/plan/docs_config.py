@@ -56,10 +56,11 @@ error that names where it is and the closest valid key, e.g.
 Which dataset keys are valid depends on the dataset's `adapter` (`definitions.adapter_*` in the
 schema), and which modality keys on its `kind` (`definitions.modality`). Sections: `datasets`, `experts`
 (profiles of per-kind committees with roles and an optional teacher; per-expert settings),
-`training` (the paper's Appendix C values are the defaults: AdamW, lr 1e-5, router lr ×0.3,
-50 warm-up epochs, ≤200 epochs, batch 256, patience 20, distillation ramp 0→0.3 over 30 epochs,
-λ_RKD 0.05), `methods` (run names: registered methods and variants), `method_params`, `variants`,
-`protocols` (train- and test-time missing-modality
+`training` (what every method reads; the paper's Appendix C values are the defaults: AdamW,
+lr 1e-5, 50 warm-up epochs, ≤200 epochs, batch 256, patience 20), `methods` (run names:
+registered methods and variants), `method_params` (per method: `training` overrides and the
+method's own keys, e.g. MedMIX's router lr ×0.3, distillation ramp 0→0.3 over 30 epochs, λ_RKD
+0.05 and read-out options), `variants`, `protocols` (train- and test-time missing-modality
 protocols: `none`, `drop_one`, `random_drop`), `seeds`, `rag`, `resources` (per-rule overrides
 for clusters; see `workflow/profiles/slurm/`).
 
@@ -193,6 +194,25 @@ def rows(schema: dict[str, Any] | None = None) -> list[Row]:
     return out
 
 
+def method_rows() -> list[Row]:
+    """A method's own settings (``FusionMethod.param_schema``, defaults from its ``param_defaults``), one
+    row per key under the method that declares them, naming every method that reads them."""
+    from medmix.methods import get_method_class, known_methods
+
+    names = [n for n in known_methods() if "<" not in n]
+    out = []
+    for name in names:
+        cls = get_method_class(name)
+        if "param_schema" not in vars(cls):
+            continue
+        readers = [n for n in names if get_method_class(n).param_schema is cls.param_schema]
+        for key, spec in cls.param_schema.items():
+            default = _literal(cls.param_defaults[key]) if key in cls.param_defaults else ""
+            out.append(Row(f"method_params.{name}.{key}", type_of(spec, {}), default,
+                           _text(spec.get("description", "")), [f"methods: {', '.join(readers)}"]))
+    return out
+
+
 def _when(conditions: list[str]) -> str:
     """``["kind: image, volume", "kind: text"]`` -> ``kind: image, volume, text``."""
     merged: dict[str, list[str]] = {}
@@ -216,7 +236,7 @@ def _prose(text: str) -> str:
 def render(schema: dict[str, Any] | None = None) -> str:
     """The Markdown of ``docs/configuration.md``."""
     root = schema if schema is not None else load_schema()
-    all_rows = rows(root)
+    all_rows = rows(root) + (method_rows() if schema is None else [])
     lines = [
         f"<!-- Generated from workflow/schemas/config.schema.yaml by `{WRITE_COMMAND}`; do not edit by hand. -->",
         "",
