@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medmix.evaluation.paper_tables import REFERENCE, PaperTable, summarise
+from medmix.evaluation.paper_tables import HOW, REFERENCE, TITLES, PaperTable, summarise
 from medmix.metrics.classification import METRICS
 
-TITLE = "Table E6: efficiency (deployed parameters, inference FLOPs, peak memory; clean test Perf)"
+TITLE = TITLES["tableE6"]
 EXPERT_BYTES_PER_PARAM = 4
 COSTS = ("params", "flops", "mem")
 #: Display columns: (header, cost, part, scale).
@@ -181,7 +181,7 @@ def notes(frame: pd.DataFrame) -> list[str]:
 def to_markdown(frame: pd.DataFrame) -> str:
     lines = [f"# {TITLE}", ""]
     if frame.empty:
-        return "\n".join([*lines, "Not configured: list runs in `methods` (Table 1's rows are the table's rows).", ""])
+        return "\n".join([*lines, f"Not configured: {HOW['tableE6']}.", ""])
     shown = display_frame(frame)
     cols = list(shown.columns)
     lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]

@@ -524,12 +524,24 @@ def all_targets():
     ]
 
 
-#: The paper's tables (medmix.evaluation.paper_tables) and figures (medmix.evaluation.figures).
-PAPER_TABLE_FILES = [f"results/tables/{t}.{ext}" for t in
-                     ("table1", "table2", "tableE2", "tableE3", "tableE4", "tableE5", "tableE6", "tableE7", "tableE8")
-                     for ext in ("md", "tex", "csv")]
-FIGURE_FILES = [f"results/figures/{f}.{ext}" for f in ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation",
-                                                "fig_per_label_f1", "fig5_efficiency") for ext in ("png", "pdf")]
+#: Every table (the one list: medmix.evaluation.paper_tables.table_specs, new tables included) and
+#: figure (medmix.evaluation.figures.FIGURES) the tables job writes, and the modules that build them.
+from medmix.evaluation.figures import FIGURES
+from medmix.evaluation.paper_tables import table_modules, table_specs
+
+PAPER_TABLE_FILES = [f"results/tables/{spec.name}.{ext}" for spec in table_specs() for ext in ("md", "tex", "csv")]
+FIGURE_FILES = [f"results/figures/{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")]
+TABLE_MODULES = table_modules()
+
+
+def table_output(path):
+    """A table file of the tables rule: its CSV goes into the report, with its caption when
+    workflow/report/ has one (a table added as a module may have none yet)."""
+    if not path.endswith(".csv"):
+        return path
+    caption = Path(workflow.basedir) / "workflow" / "report" / f"{Path(path).stem}.rst"
+    extra = {"caption": f"../report/{caption.name}"} if caption.is_file() else {}
+    return report(path, category="Tables", subcategory="Paper tables", **extra)
 
 
 def clean_fit_keys():
