@@ -312,7 +312,7 @@ def test_the_schema_declares_exactly_the_expert_settings():
     """Which expert settings change the embeddings is declared once (extractors.base); the schema's
     ``experts.settings.<name>`` keys are those and the runtime ones, nothing else."""
     from extractors.base import EMBEDDING_SETTINGS, RUNTIME_SETTINGS, ExtractorSettings
-    from medmix.plan.config import SCHEMA_PATH
+    from medmix.plan.schema import SCHEMA_PATH
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     keys = schema["properties"]["experts"]["properties"]["settings"]["additionalProperties"]["properties"]

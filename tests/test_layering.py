@@ -99,8 +99,8 @@ def test_an_import_running_back_up_fails(tmp_path, where, upward):
     (fake / where).write_text(upward)
     if where.startswith("medmix/plan/"):  # placed on the lowest level of the workflow layer
         text = (fake / "pyproject.toml").read_text()
-        (fake / "pyproject.toml").write_text(text.replace('"sweep | missing_grid | code_closure"',
-                                                          '"sweep | missing_grid | code_closure | upward_sweep"'))
+        (fake / "pyproject.toml").write_text(text.replace('"sweep | missing_grid | code_closure | schema"',
+                                                          '"sweep | missing_grid | code_closure | schema | upward_sweep"'))
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     proc = subprocess.run([exe, "--config", str(fake / "pyproject.toml")], cwd=fake, capture_output=True, text=True,
                           env={"PYTHONPATH": str(fake), "PATH": str(Path(sys.executable).parent)})

@@ -18,12 +18,12 @@ from typing import Any
 import yaml
 
 from medmix.plan.runs import RunSpec, check_name, check_run_name, run_spec, run_specs, select_committee
+from medmix.plan.schema import config_schema
 
 __all__ = ["ConfigError", "Member", "RunSpec", "load_config", "run_spec", "run_specs", "select_committee",
            "training_params", "validate_config"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"  # package data
 
 
 class ConfigError(ValueError):
@@ -54,7 +54,7 @@ def validate_schema(cfg: dict[str, Any]) -> dict[str, Any]:
     """
     import jsonschema
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = config_schema()
     base = jsonschema.Draft202012Validator
 
     def set_defaults(validator, properties, instance, schema):
@@ -125,7 +125,7 @@ def _check_method_params(method: str, params: dict[str, Any], cfg: dict[str, Any
     from medmix.methods import get_method_class
     from medmix.training.trainer import TrainConfig
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = config_schema()
     cls = get_method_class(method)
     allowed = set(schema["properties"]["training"]["properties"]) | {f.name for f in fields(TrainConfig)}
     allowed |= set(cls.extra_params) | set(cls.param_schema)
@@ -218,9 +218,14 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     _check_unique(cfg)
     from extractors.registry import get_spec, list_experts
     from medmix.cohort import CohortError
+    from medmix.datasets import known_adapters
     from medmix.datasets.declared import default_modalities, has_fixed_modalities
 
+    adapters = known_adapters()
     for ds_name, ds in cfg["datasets"].items():
+        if ds["adapter"] not in adapters:
+            raise ConfigError(f"config key `datasets.{ds_name}.adapter`: unknown adapter {ds['adapter']!r}"
+                              f"{_did_you_mean(ds['adapter'], adapters)}; registered adapters: {', '.join(adapters)}")
         if not ds.get("labels") and not has_fixed_modalities(ds["adapter"]) and ds["task"] != "multiclass":
             raise ConfigError(f"config key `datasets.{ds_name}.labels`: required for adapter {ds['adapter']!r}")
         if not ds.get("modalities"):  # named adapters know their own modalities

@@ -22,12 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from medmix.plan.schema import config_schema
 from medmix.store.atomic import write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"  # package data
 DOC_PATH = REPO_ROOT / "docs" / "configuration.md"
 WRITE_COMMAND = "python -m medmix.plan.docs_config --write"
 
@@ -84,8 +82,9 @@ class Row:
     when: list[str]
 
 
-def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())
+def load_schema() -> dict[str, Any]:
+    """The schema the workflow validates against (the registered adapters' own keys included)."""
+    return config_schema()
 
 
 def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:

@@ -3,8 +3,6 @@ import logging
 import os
 from pathlib import Path
 
-from snakemake.utils import validate
-
 from extractors.base import EMBEDDING_SETTINGS
 from extractors.registry import expert_module, extra_source_files, get_spec
 from medmix.plan.code_closure import closure_files
@@ -44,9 +42,9 @@ if _effective_config is not None:
     config.clear()
     config.update(_effective_config)
 
-# Semantic validation names the offending key; the schema pass fills in its defaults.
+# Schema (the file plus the registered adapters' own keys, medmix.plan.schema; defaults filled in)
+# and semantic validation; an error names the offending key.
 validate_config(config)
-validate(config, "../schemas/config.schema.yaml")
 
 
 #: How input files are compared (config `inputs_check`): "stat" (name, size, mtime) or "content" (sha256).
