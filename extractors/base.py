@@ -51,7 +51,8 @@ def is_fatal(err: BaseException | None) -> bool:
         if isinstance(err, OSError) and err.errno == errno.ENOMEM:
             return True
         torch = sys.modules.get("torch")  # not imported -> no torch error can exist
-        oom = getattr(torch, "OutOfMemoryError", None) or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+        oom = (getattr(torch, "OutOfMemoryError", None)
+               or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None))
         if isinstance(oom, type) and isinstance(err, oom):
             return True
         if isinstance(err, RuntimeError) and _FATAL_MESSAGE.search(str(err)):
@@ -100,7 +101,8 @@ class ExtractorSettings:
 #: job's params (a change reruns the expert's jobs) and the feature file's identity.
 EMBEDDING_SETTINGS = ("model_id", "revision", "preprocessing")
 #: The other settings a config may give: where and how fast to run (no embedding changes).
-RUNTIME_SETTINGS = tuple(f for f in ExtractorSettings.__dataclass_fields__ if f not in (*EMBEDDING_SETTINGS, "input_schema"))
+RUNTIME_SETTINGS = tuple(f for f in ExtractorSettings.__dataclass_fields__
+                         if f not in (*EMBEDDING_SETTINGS, "input_schema"))
 
 
 def fetch_hint(expert: str | None = None, setting: str | None = None) -> str:

@@ -216,8 +216,10 @@ def _bridge_requirements(expert: str, rag: dict[str, Any], kinds: tuple[str, ...
             out.append(_transformers(model_id, revision, who, gated=True, remote_code=True))
         elif bridge == "merlin":
             out.append(_not_fetched(model_id, revision, who,
-                                    "merlin-vlm downloads its report-generation checkpoint and StanfordAIMI/RadLLaMA-7b "
-                                    "itself on first use (into its package folder and ./checkpoints); not fetched here"))
+                                    "merlin-vlm downloads its report-generation checkpoint and "
+                                    "StanfordAIMI/RadLLaMA-7b "
+                                    "itself on first use (into its package folder and "
+                                    "./checkpoints); not fetched here"))
         else:
             out.append(_not_fetched(model_id, revision, who,
                                     "not a hub download: set rag.bridges.histgen.options.checkpoint / ann_path and put "
@@ -877,7 +879,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a config file merged over --base, as `snakemake --configfile` (repeatable)")
     parser.add_argument("--base", default="config.yaml", help="the workflow's config (default: config.yaml)")
     parser.add_argument("--yes", action="store_true", help="download (without it: print the plan only)")
-    parser.add_argument("--update", action="store_true", help="re-resolve `main`-like revisions (pinned commits never move)")
+    parser.add_argument("--update", action="store_true",
+                        help="re-resolve `main`-like revisions (pinned commits never move)")
     parser.add_argument("--lock", help=f"the lock file (default: $MEDMIX_LOCK_FILE or {lock_path()})")
     parser.add_argument("--cache-dir", help="the hub cache (default: HF_HUB_CACHE / $HF_HOME/hub)")
     parser.add_argument("--endpoint", default=os.environ.get("HF_ENDPOINT"), help="the hub (default: HF_ENDPOINT)")
@@ -892,7 +895,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(format_rows(describe(reqs, args.cache_dir, read_lock(lock_file)))))
             return 0
         if not [r for r in reqs if r.fetchable]:
-            print(f"nothing to fetch: the experts ({', '.join(names) or 'profile ' + str(args.profile or cfg['experts']['profile'])})"
+            print("nothing to fetch: the experts "
+                  f"({', '.join(names) or 'profile ' + str(args.profile or cfg['experts']['profile'])})"
                   " need no hub download (weight-free, bundled or local_dir); the paper's experts: --profile paper")
             return 0
         result = fetch(reqs, yes=args.yes, update=args.update, lock_file=lock_file, cache_dir=args.cache_dir,

@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="hub id or local folder of a MOIRAI 1.x checkpoint")
     parser.add_argument("--revision", default=None)
     parser.add_argument("--local-files-only", action="store_true")
-    parser.add_argument("--patch-size", type=int, default=32, help="hourly data: 32 (uni2ts constraints; see moirai.py)")
+    parser.add_argument("--patch-size", type=int, default=32,
+                        help="hourly data: 32 (uni2ts constraints; see moirai.py)")
     parser.add_argument("--max-time-steps", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto")

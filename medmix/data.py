@@ -124,7 +124,8 @@ class Standardizer:
         """Standardised copy clipped to ±``CLIP`` standard deviations; absent rows stay exactly zero."""
         x = {
             m: [
-                ((t - self.mean[m][k]) / self.std[m][k]).clamp(-self.CLIP, self.CLIP) * data.mask[m][:, k : k + 1].to(t.dtype)
+                ((t - self.mean[m][k]) / self.std[m][k]).clamp(-self.CLIP, self.CLIP)
+                * data.mask[m][:, k : k + 1].to(t.dtype)
                 for k, t in enumerate(xs)
             ]
             for m, xs in data.x.items()

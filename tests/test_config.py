@@ -53,7 +53,8 @@ def test_a_methods_own_setting_in_the_training_block_says_where_it_goes(cfg):
         (lambda c: c["datasets"]["demo_openi"].__setitem__("task", "regression"), "datasets.demo_openi.task"),
         (lambda c: c.__setitem__("seeds", "zero"), "`seeds`"),
         (lambda c: c["training"].__setitem__("lr", -1), "training.lr"),
-        (lambda c: c["datasets"]["demo_openi"]["modalities"]["note"].__setitem__("kind", "audio"), "modalities.note.kind"),
+        (lambda c: c["datasets"]["demo_openi"]["modalities"]["note"].__setitem__("kind", "audio"),
+         "modalities.note.kind"),
         (lambda c: c.__setitem__("unexpected_section", 1), "unexpected_section"),
         (lambda c: c["experts"].__setitem__("profile", "nope"), "experts.profile"),
     ],
@@ -219,7 +220,9 @@ def test_method_params_keys_are_training_keys_or_the_methods_own(cfg):
     cfg["method_params"] = {"linear_probe": {"lp_c_grid": [0.1, 1.0]}, "medmix": {"linear_readout": False, "lr": 3e-4}}
     validate_config(copy.deepcopy(cfg))
     cfg["method_params"] = {"medmix": {"hiden_dim": 64}}
-    with pytest.raises(ConfigError, match=r"`method_params.medmix.hiden_dim`: unknown key 'hiden_dim' \(did you mean 'hidden_dim'\?\)"):
+    with pytest.raises(ConfigError,
+                       match=r"`method_params.medmix.hiden_dim`: unknown key 'hiden_dim' \(did you "
+                             r"mean 'hidden_dim'\?\)"):
         validate_config(copy.deepcopy(cfg))
     cfg["method_params"] = {"meanavg": {"lp_c_grid": [1.0]}}  # the probe's own key, not meanavg's
     with pytest.raises(ConfigError, match=r"`method_params.meanavg.lp_c_grid`: unknown key"):

@@ -152,7 +152,8 @@ def _cuda_errors() -> list[BaseException]:
         RuntimeError("CUDA error: an illegal memory access was encountered"),
         RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"),
         RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
-        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
+                     "tried to allocate 8 bytes"),
         InputError("unreadable volume x.npz: MemoryError"),  # an expert's wrapper around an OOM (cause set below)
     ]
     errors[-1].__cause__ = MemoryError()

@@ -218,7 +218,8 @@ def test_tile_selection_rule() -> None:
 
 
 def test_dinov2_slide_reuses_image_expert(dinov2_dir: Path, tmp_path: Path) -> None:
-    slides = [_slide(tmp_path / "s0.png", [(0, 0, 448, 224)]), _slide(tmp_path / "s1.png", [(224, 224, 672, 448)], seed=1),
+    slides = [_slide(tmp_path / "s0.png", [(0, 0, 448, 224)]),
+              _slide(tmp_path / "s1.png", [(224, 224, 672, 448)], seed=1),
               _slide(tmp_path / "blank.png", [])]
     ff, summary, ext = _extract("dinov2_slide", [*slides, None], tmp_path / "a.parquet", local_dir=str(dinov2_dir))
     assert ff.embeddings.shape == (4, 768) and ff.present.tolist() == [True, True, False, False]
@@ -245,7 +246,8 @@ def test_dinov2_ct25d_appendix_a(dinov2_dir: Path, shared_data: Path, tmp_path: 
     std = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
     ref = _dinov2_reference(dinov2_dir, ((slices - mean) / std).astype(np.float32)).mean(axis=0)
     np.testing.assert_allclose(ff.embeddings[0], ref, atol=2e-5, rtol=1e-4)
-    assert ff.metadata["preprocessing"]["n_slices"] == 48 and ext.settings.preprocessing["hu_range"] == [-1000.0, 1000.0]
+    assert (ff.metadata["preprocessing"]["n_slices"] == 48
+            and ext.settings.preprocessing["hu_range"] == [-1000.0, 1000.0])
 
 
 # -- text --------------------------------------------------------------------------------------

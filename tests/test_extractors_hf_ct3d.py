@@ -267,7 +267,8 @@ def test_merlin_end_to_end_random_weights(tmp_path: Path, monkeypatch: pytest.Mo
     np.testing.assert_allclose(ff.embeddings[0], ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
 
     # Deterministic: a fresh extractor loading the same checkpoint writes the same features.
-    run_extraction(create_extractor("merlin", {"local_dir": str(tmp_path), "device": "cpu"}), ids, values, str(tmp_path / "b.parquet"))
+    run_extraction(create_extractor("merlin", {"local_dir": str(tmp_path), "device": "cpu"}), ids, values,
+                   str(tmp_path / "b.parquet"))
     np.testing.assert_array_equal(read_features(tmp_path / "b.parquet").embeddings, ff.embeddings)
 
 

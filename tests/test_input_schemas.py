@@ -243,7 +243,8 @@ def test_external_cohort_encodes_with_the_development_categories(tmp_path):
     reference = read_cohort(tmp_path / "dev.parquet")  # as prepare_dataset reads it
     ext = adopt_reference(load_manifest_dataset("ext", _cfg(ext_manifest, role="external"), ext_dir),
                           reference.schemas, "dev")
-    assert ext.schemas["vitals"]["categorical"] == {"sex": ["Female", "Male"]} and ext.schemas["vitals"]["from"] == "dev"
+    assert (ext.schemas["vitals"]["categorical"] == {"sex": ["Female", "Male"]}
+            and ext.schemas["vitals"]["from"] == "dev")
     feats, _ = _extract(tmp_path, ext, "vitals", "tabular_raw")
     dev_feats, _ = _extract(tmp_path, dev, "vitals", "tabular_raw")
     assert feats.dim == dev_feats.dim == 6

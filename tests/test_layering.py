@@ -99,8 +99,9 @@ def test_an_import_running_back_up_fails(tmp_path, where, upward):
     (fake / where).write_text(upward)
     if where.startswith("medmix/plan/"):  # placed on the lowest level of the workflow layer
         text = (fake / "pyproject.toml").read_text()
-        (fake / "pyproject.toml").write_text(text.replace('"sweep | missing_grid | code_closure | schema"',
-                                                          '"sweep | missing_grid | code_closure | schema | upward_sweep"'))
+        placed = text.replace('"sweep | missing_grid | code_closure | schema"',
+                              '"sweep | missing_grid | code_closure | schema | upward_sweep"')
+        (fake / "pyproject.toml").write_text(placed)
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     proc = subprocess.run([exe, "--config", str(fake / "pyproject.toml")], cwd=fake, capture_output=True, text=True,
                           env={"PYTHONPATH": str(fake), "PATH": str(Path(sys.executable).parent)})
@@ -192,7 +193,8 @@ def test_the_experts_package_holds_exactly_the_registering_modules():
 
 def test_closure_follows_helpers_and_lazy_imports():
     closure = module_closure("extractors.experts.image_texture")
-    assert {"extractors.image_grey", "extractors.texture_features", "extractors.inputs", "extractors.base"} <= set(closure)
+    assert {"extractors.image_grey", "extractors.texture_features", "extractors.inputs",
+            "extractors.base"} <= set(closure)
     assert "extractors.experts.image_intensity" not in closure  # a sibling expert, not a dependency
     # rag_medcpt imports the knowledge helpers inside functions only
     assert "extractors.knowledge.index" in module_closure("extractors.experts.rag_medcpt")

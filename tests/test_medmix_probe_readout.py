@@ -30,7 +30,8 @@ def planted():
 
 def _inputs(n=6, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    x = {"a": [torch.randn(n, 12, generator=gen), torch.randn(n, 8, generator=gen)], "b": [torch.randn(n, 6, generator=gen)]}
+    x = {"a": [torch.randn(n, 12, generator=gen), torch.randn(n, 8, generator=gen)],
+         "b": [torch.randn(n, 6, generator=gen)]}
     mask = {"a": torch.rand(n, 2, generator=gen) > 0.3, "b": torch.rand(n, 1, generator=gen) > 0.3}
     return x, mask
 
@@ -80,7 +81,8 @@ def test_param_groups_get_the_stated_lr_and_weight_decay(planted):
     (member,) = build_members(cfg, {}, [0], 0.3, ProbeSettings.from_params(params))
     probe_ids = {id(p) for p in member.model.probe_parameters()}
     assert probe_ids and len(member.model.probe_parameters()) == 3 + 1 + 1  # 3 experts, flag weight, bias
-    trainer = EnsembleTrainer(TrainConfig.from_params(params), MedMIXObjective(train.task, MedMIXSettings.from_params({})))
+    trainer = EnsembleTrainer(TrainConfig.from_params(params),
+                              MedMIXObjective(train.task, MedMIXSettings.from_params({})))
     opt = trainer._optimizer([member])
     seen = set()
     for group in opt.param_groups:
@@ -176,7 +178,8 @@ def test_objective_adds_the_l2_term_only_with_the_option(planted):
     (member,) = build_members(cfg, {}, [0], 0.3, ProbeSettings(enabled=True))
     member.model.probe.load_probe(torch.ones(2, 29), torch.zeros(2))
     n = 10
-    batch = Batch({m: [t[:n] for t in xs] for m, xs in train.x.items()}, {m: t[:n].bool() for m, t in train.mask.items()},
+    batch = Batch({m: [t[:n] for t in xs] for m, xs in train.x.items()},
+                  {m: t[:n].bool() for m, t in train.mask.items()},
                   train.y[:n])
     config = MedMIXSettings.from_params(FAST)
     member.model.eval()
@@ -245,13 +248,15 @@ def test_out_of_fold_logits_take_each_rows_own_fold_probe():
     readouts = []
     for k in range(3):
         r = ProbeReadout(dims, 2)
-        r.load_probe(torch.randn(2, 12 + 8 + 6 + 3, generator=torch.Generator().manual_seed(k)), torch.full((2,), float(k)))
+        r.load_probe(torch.randn(2, 12 + 8 + 6 + 3, generator=torch.Generator().manual_seed(k)),
+                     torch.full((2,), float(k)))
         readouts.append(r)
     x, mask = _inputs(n=7)
     fold = torch.tensor([0, 2, 1, 1, 0, 2, 2])
     got = out_of_fold_logits(readouts, x, mask, fold)
     for i, k in enumerate(fold.tolist()):
-        expected = readouts[k]({m: [t[i:i + 1] for t in v] for m, v in x.items()}, {m: v[i:i + 1] for m, v in mask.items()})
+        expected = readouts[k]({m: [t[i:i + 1] for t in v] for m, v in x.items()},
+                               {m: v[i:i + 1] for m, v in mask.items()})
         torch.testing.assert_close(got[i:i + 1], expected)
 
 
@@ -291,9 +296,11 @@ def test_crossfit_training_loss_reads_the_out_of_fold_probes(planted):
     with torch.no_grad():
         plain, _ = MedMIXObjective(train.task, tc).loss(member, Batch(x, mask, y), epoch=0)
         member.model.probe.load_probe(torch.randn_like(torch.cat(
-            [r.weight for rs in member.model.probe.experts.values() for r in rs] + [member.model.probe.flags.weight], 1)),
+            [r.weight for rs in member.model.probe.experts.values() for r in rs] + [member.model.probe.flags.weight],
+            1)),
             torch.zeros(config.n_out))
-        folds = torch.zeros(train.n, dtype=torch.long)  # the objective's fold per training row, read at the batch's rows
+        # the objective's fold per training row, read at the batch's rows
+        folds = torch.zeros(train.n, dtype=torch.long)
         stacked, _ = MedMIXObjective(train.task, tc, fold_readouts=[zero, zero], folds=folds).loss(
             member, Batch(x, mask, y, rows=torch.arange(16)), epoch=0)
     # the full (now non-zero) probe is swapped out for the all-zero out-of-fold ones: the loss of the bare network

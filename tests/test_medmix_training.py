@@ -19,7 +19,8 @@ from medmix.training.synthetic import synthetic_data
 from medmix.training.trainer import EnsembleTrainer, TrainConfig, _DeviceData, cpu_supports_bf16
 
 # Tiny models: one intra-op thread is fastest (and immune to a busy machine).
-FAST = dict(lr=3e-3, warmup_epochs=2, max_epochs=30, patience=6, batch_size=64, hidden_dim=32, precision="fp32", threads=1)
+FAST = dict(lr=3e-3, warmup_epochs=2, max_epochs=30, patience=6, batch_size=64, hidden_dim=32, precision="fp32",
+            threads=1)
 
 
 @pytest.fixture(scope="module")

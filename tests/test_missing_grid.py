@@ -127,6 +127,7 @@ def test_mixing_weights_per_cell_are_cpimoe_router_or_medmix_fusion_weights(tmp_
     fusion = gates[gates.method == "medmix"]
     assert set(fusion.kind) == {"fusion"} and set(fusion.expert) == {"a", "b"}
     assert fusion.weight.tolist() == pytest.approx([0.5] * 4)
-    assert gate_means([str(f) for f in files], cells, "train_and_test", ["medmix"]).method.unique().tolist() == ["medmix"]
+    assert gate_means([str(f) for f in files], cells, "train_and_test",
+                      ["medmix"]).method.unique().tolist() == ["medmix"]
     gate_heatmap(gates, "d", "medmix", tmp_path / "fusion.png")
     assert (tmp_path / "fusion.png").stat().st_size > 0

@@ -78,7 +78,8 @@ def test_moirai_patch_size_from_frequency() -> None:
     from extractors.experts.moirai import PATCH_SIZE_RANGES, resolve_patch_size
 
     # uni2ts 2.0.0 DefaultPatchSizeConstraints.DEFAULT_RANGES (uni2ts/transform/patch.py).
-    assert PATCH_SIZE_RANGES["H"] == (32, 64) and PATCH_SIZE_RANGES["M"] == (8, 32) and PATCH_SIZE_RANGES["D"] == (16, 32)
+    assert (PATCH_SIZE_RANGES["H"] == (32, 64) and PATCH_SIZE_RANGES["M"] == (8, 32)
+            and PATCH_SIZE_RANGES["D"] == (16, 32))
     assert resolve_patch_size({"frequency": "H", "patch_size": "auto"}) == 32
     assert resolve_patch_size({"frequency": "1h", "patch_size": "auto"}) == 32
     assert resolve_patch_size({"frequency": "15min", "patch_size": "auto"}) == 32

@@ -243,7 +243,8 @@ def tiny_config(shards: int = 1) -> dict:
 
 @pytest.mark.slow
 def test_cluster_generic_run_with_shards_and_groups_equals_a_local_run(tmp_path):
-    """Each job (shards, merges, the group of fit jobs, the dataset's evaluate job) is a separately submitted process."""
+    """Each job (shards, merges, the group of fit jobs, the dataset's evaluate job) is a separately submitted
+    process."""
     local, cluster = tmp_path / "local", tmp_path / "cluster"
     for folder, shards in ((local, 1), (cluster, 2)):
         folder.mkdir()

@@ -37,7 +37,8 @@ def _config(**variants) -> dict:
 
 def test_a_plain_method_is_its_own_run():
     spec = run_spec(_config(), "medmix")
-    assert (spec.name, spec.method, spec.modalities, spec.roles, spec.is_variant) == ("medmix", "medmix", None, None, False)
+    assert ((spec.name, spec.method, spec.modalities, spec.roles, spec.is_variant)
+            == ("medmix", "medmix", None, None, False))
     assert select_committee(COMMITTEE, spec, "d") == COMMITTEE
 
 
@@ -70,7 +71,8 @@ def test_variant_params_override_training_and_method_params():
     ({"medmix": {"method": "medmix"}}, "is a registered method"),
     ({"v": {"method": "medmixx"}}, "variants.v.method`: unknown method 'medmixx'.*did you mean 'medmix'"),
     ({"v": {"method": "medmix", "params": {"lrr": 1}}}, "variants.v.params.lrr`: unknown key 'lrr'"),
-    ({"v": {"method": "medmix", "modalities": ["pathology"]}}, "variants.v`: run 'v' on dataset 'demo_openi': no expert left"),
+    ({"v": {"method": "medmix", "modalities": ["pathology"]}},
+     "variants.v`: run 'v' on dataset 'demo_openi': no expert left"),
     ({"bad/name": {"method": "medmix"}}, "must match"),
 ])
 def test_bad_variants_are_config_errors_naming_the_key(variants, message):

@@ -74,7 +74,8 @@ def normalise_frequency(freq: str) -> str:
     name = m.group(1)
     key = _FREQ_ALIASES.get(name, name.upper() if name.upper() in PATCH_SIZE_RANGES else name)
     if key not in PATCH_SIZE_RANGES:
-        raise ValueError(f"frequency {freq!r}: no MOIRAI patch-size range for {key!r} (known: {sorted(PATCH_SIZE_RANGES)})")
+        raise ValueError(f"frequency {freq!r}: no MOIRAI patch-size range for {key!r} (known: "
+                         f"{sorted(PATCH_SIZE_RANGES)})")
     return key
 
 
@@ -85,7 +86,8 @@ def resolve_patch_size(pre: dict[str, Any], model_patch_sizes: tuple[int, ...] =
     setting = pre.get("patch_size", "auto")
     if setting == "auto":
         if not allowed:
-            raise ValueError(f"no model patch size {model_patch_sizes} within {lo}-{hi} for frequency {pre.get('frequency')!r}")
+            raise ValueError(f"no model patch size {model_patch_sizes} within {lo}-{hi} for frequency "
+                             f"{pre.get('frequency')!r}")
         return min(allowed)
     size = int(setting)
     if pre.get("patch_size_check", True) and not lo <= size <= hi:

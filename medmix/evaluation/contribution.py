@@ -166,7 +166,8 @@ def contribution_frames(prediction_files: Sequence[str | Path], plan: Mapping[st
             per_subset: dict[frozenset[str], pd.DataFrame] = {}
             for label, run in spec["runs"].items():
                 if (dataset, run) not in runs:
-                    raise KeyError(f"no predictions of run {run!r} on {dataset!r} among the inputs (rerun its evaluate job)")
+                    raise KeyError(f"no predictions of run {run!r} on {dataset!r} among the inputs "
+                                   "(rerun its evaluate job)")
                 scores = run_scores(runs[(dataset, run)], tasks[dataset])
                 if scores.empty:
                     raise ValueError(f"run {run!r} on {dataset!r}: no clean test predictions")
@@ -204,9 +205,11 @@ def contribution_frames(prediction_files: Sequence[str | Path], plan: Mapping[st
                     values = phis[score][m] if not reason else []
                     mean, std = _mean_std(values)
                     per_seed_total = np.sum([phis[score][o] for o in mods], axis=0) if values else np.array([])
-                    share = _mean_std(np.asarray(values) / per_seed_total)[0] if values and np.all(per_seed_total != 0) else float("nan")
+                    share = (_mean_std(np.asarray(values) / per_seed_total)[0]
+                             if values and np.all(per_seed_total != 0) else float("nan"))
                     row.update({f"shapley_{score}": mean, f"shapley_{score}_std": std, f"share_{score}": share,
-                                f"full_{score}": _mean_std(ends[score][0])[0], f"empty_{score}": _mean_std(ends[score][1])[0]})
+                                f"full_{score}": _mean_std(ends[score][0])[0],
+                                f"empty_{score}": _mean_std(ends[score][1])[0]})
                 wm, ws = _mean_std(weights[m]) if weights is not None else (float("nan"), float("nan"))
                 pm, ps = _mean_std(probe[m]) if probe is not None else (float("nan"), float("nan"))
                 row.update({"fusion_weight": wm, "fusion_weight_std": ws, "probe_share": pm, "probe_share_std": ps,
@@ -247,7 +250,8 @@ def sweep_markdown(summary: pd.DataFrame, seeds: Sequence[int]) -> str:
              "the full set is the method's own run. ★ = a single modality.", ""]
     for (dataset, method), part in summary.groupby(["dataset", "method"], sort=False):
         table = pd.DataFrame({
-            "subset": [("★ " if s else "") + name.replace(SUBSET_SEP, " + ") for name, s in zip(part.subset, part.single, strict=True)],
+            "subset": [("★ " if s else "") + name.replace(SUBSET_SEP, " + ")
+                       for name, s in zip(part.subset, part.single, strict=True)],
             "modalities": part.n_modalities.to_numpy(),
             "AUROC": [_fmt(m, s) for m, s in zip(part.auroc_mean, part.auroc_std, strict=True)],
             "AUPRC": [_fmt(m, s) for m, s in zip(part.auprc_mean, part.auprc_std, strict=True)],
@@ -281,7 +285,8 @@ def contribution_markdown(contrib: pd.DataFrame, seeds: Sequence[int]) -> str:
                             for m, s in zip(part.probe_share, part.probe_share_std, strict=True)]})
         lines += [f"## {dataset} — {method}", "",
                   f"v(full) AUROC {first.full_auroc:.4f}, v(∅) {first.empty_auroc:.4f}; v(full) AUPRC "
-                  f"{first.full_auprc:.4f}, v(∅) {first.empty_auprc:.4f}; {first.estimator}; {first.n_seeds} seeds.", "",
+                  f"{first.full_auprc:.4f}, v(∅) {first.empty_auprc:.4f}; {first.estimator}; {first.n_seeds} seeds.",
+                  "",
                   _markdown(table), ""]
     return "\n".join(lines)
 
@@ -303,7 +308,8 @@ def sweep_figure(summary: pd.DataFrame, path: str | Path) -> None:
 
     plt = _pyplot()
     datasets = list(dict.fromkeys(summary.dataset))
-    heights = [max(2.5, 0.35 * summary[summary.dataset == d].subset.nunique() * summary[summary.dataset == d].method.nunique() + 1)
+    heights = [max(2.5, 0.35 * summary[summary.dataset == d].subset.nunique()
+                   * summary[summary.dataset == d].method.nunique() + 1)
                for d in datasets]
     fig, axes = plt.subplots(len(datasets), 1, figsize=(8, sum(heights)), gridspec_kw={"height_ratios": heights},
                              squeeze=False)
@@ -346,9 +352,11 @@ def contribution_figure(contrib: pd.DataFrame, path: str | Path) -> None:
         part = contrib[contrib.dataset == dataset]
         mods = list(dict.fromkeys(part.modality))
         methods = list(dict.fromkeys(part.method))
-        bars = [(f"Shapley share: {m}", part[part.method == m].set_index("modality").share_auroc.reindex(mods), None, f"C{i}")
+        bars = [(f"Shapley share: {m}", part[part.method == m].set_index("modality").share_auroc.reindex(mods), None,
+                 f"C{i}")
                 for i, m in enumerate(methods)]
-        bars += [(f"fusion weight: {m}", part[part.method == m].set_index("modality").fusion_weight.reindex(mods), "xx", "0.7")
+        bars += [(f"fusion weight: {m}", part[part.method == m].set_index("modality").fusion_weight.reindex(mods), "xx",
+                  "0.7")
                  for m in methods if part[part.method == m].fusion_weight.notna().any()]
         if "probe_share" in part:
             bars += [(f"probe share: {m}", part[part.method == m].set_index("modality").probe_share.reindex(mods), "//",

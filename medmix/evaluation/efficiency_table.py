@@ -88,7 +88,8 @@ def efficiency_frame(table1: PaperTable, fit_costs: Mapping[tuple[str, str], dic
     for _, r in perf_frame(table1).iterrows():
         cost = fit_costs.get((r.dataset, r.method)) or {}
         ex = expert_totals(experts.get(r.dataset, {}).get(r.method, []))
-        fusion = {"params": cost.get("params"), "flops": cost.get("flops_per_sample"), "mem": cost.get("peak_mem_bytes")}
+        fusion = {"params": cost.get("params"), "flops": cost.get("flops_per_sample"),
+                  "mem": cost.get("peak_mem_bytes")}
         row: dict[str, Any] = {"dataset": r.dataset, "method": r.method, "perf": float(r.perf),
                                "flops_kind": cost.get("flops_kind", ""), "device": cost.get("device", ""),
                                "batch_size": cost.get("batch_size")}

@@ -235,7 +235,8 @@ def build_tables(metrics: pd.DataFrame, label_metrics: pd.DataFrame, protocols: 
     the paper (``improvements``, default :func:`improvement_runs`) last, marked.
     """
     improvements = improvement_runs(run_methods) if improvements is None else frozenset(improvements)
-    runs = ([r for r in run_methods if r != REFERENCE and r not in improvements] + [r for r in run_methods if r == REFERENCE]
+    runs = ([r for r in run_methods if r != REFERENCE and r not in improvements]
+            + [r for r in run_methods if r == REFERENCE]
             + [r for r in run_methods if r in improvements])
     order = {r: i for i, r in enumerate(runs)}
     ablation = frozenset(r for r, m in run_methods.items() if is_ablation(r, m, improvements))
@@ -291,7 +292,8 @@ def _cell(mean: float, std: float, bold: bool, latex: bool) -> str:
     return f"**{text}**" if bold else text
 
 
-def _display(summary: pd.DataFrame, block: Sequence[str], latex: bool, marked: frozenset[str] = frozenset()) -> pd.DataFrame:
+def _display(summary: pd.DataFrame, block: Sequence[str], latex: bool,
+             marked: frozenset[str] = frozenset()) -> pd.DataFrame:
     bold = best_mask(summary, block)
     rows = []
     for i, r in summary.iterrows():

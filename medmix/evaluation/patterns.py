@@ -60,7 +60,8 @@ def patterns_markdown(summary: pd.DataFrame, seeds: Sequence[int]) -> str:
     if summary.empty:
         return "\n".join([*lines, "No clean test predictions with modality presence columns.", ""])
     for dataset, part in summary.groupby("dataset", sort=False):
-        lines += [f"## {dataset}", "", "| method | pattern | n | AUROC | AUPRC | mF1 | Acc |", "|---|---|---|---|---|---|---|"]
+        lines += [f"## {dataset}", "", "| method | pattern | n | AUROC | AUPRC | mF1 | Acc |",
+                  "|---|---|---|---|---|---|---|"]
         for _, r in part.iterrows():
             cells = [f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_std']:.4f}" if np.isfinite(r[f"{m}_mean"]) else "n/a"
                      for m in METRICS]

@@ -125,7 +125,8 @@ class FusionMethod(ABC):
             with atomic_path(path) as tmp:
                 save_file(tensors, str(tmp), metadata={"format": METHOD_FORMAT, "method": self.name, "seed": str(seed)})
             files.append(path)
-        info = {"format": METHOD_FORMAT, "method": self.name, "seeds": self.seeds, "params": self.params, "settings": settings,
+        info = {"format": METHOD_FORMAT, "method": self.name, "seeds": self.seeds, "params": self.params,
+                "settings": settings,
                 "selection": self.selection}
         meta = folder / "method.json"
         write_text_atomic(meta, json.dumps(info, indent=2, sort_keys=True, default=_json_default))

@@ -173,7 +173,8 @@ def _check(params: dict[str, Any]) -> dict[str, Any]:
     for key in ("gbdt_feature_fraction", "gbdt_bagging_fraction"):
         if isinstance(out[key], bool) or not isinstance(out[key], int | float) or not 0 < out[key] <= 1:
             raise bad(key, "a number in (0, 1]")
-    if isinstance(out["gbdt_lambda_l2"], bool) or not isinstance(out["gbdt_lambda_l2"], int | float) or out["gbdt_lambda_l2"] < 0:
+    if (isinstance(out["gbdt_lambda_l2"], bool) or not isinstance(out["gbdt_lambda_l2"], int | float)
+            or out["gbdt_lambda_l2"] < 0):
         raise bad("gbdt_lambda_l2", "a number >= 0")
     return out
 
@@ -221,8 +222,10 @@ class GBDT(FusionMethod):
                     col_wise: bool) -> dict[str, Any]:
         params = {
             "objective": objective, "num_leaves": num_leaves, "learning_rate": lr,
-            "min_data_in_leaf": self.cfg["gbdt_min_data_in_leaf"], "feature_fraction": self.cfg["gbdt_feature_fraction"],
-            "bagging_fraction": self.cfg["gbdt_bagging_fraction"], "bagging_freq": 1 if self.cfg["gbdt_bagging_fraction"] < 1 else 0,
+            "min_data_in_leaf": self.cfg["gbdt_min_data_in_leaf"],
+            "feature_fraction": self.cfg["gbdt_feature_fraction"],
+            "bagging_fraction": self.cfg["gbdt_bagging_fraction"],
+            "bagging_freq": 1 if self.cfg["gbdt_bagging_fraction"] < 1 else 0,
             "lambda_l2": self.cfg["gbdt_lambda_l2"], "seed": seed, "deterministic": True,
             "force_col_wise": col_wise, "force_row_wise": not col_wise, "max_bin": self.cfg["gbdt_max_bin"],
             "num_threads": self._threads(), "verbosity": -1, "use_missing": True, "zero_as_missing": False,
@@ -368,7 +371,8 @@ class GBDT(FusionMethod):
             prob = np.zeros((data.n, n_out))
             if self.settings["task"] == "multiclass":
                 m = models[0]
-                prob[:] = np.broadcast_to(m, prob.shape) if isinstance(m, np.ndarray) else m.predict(x, num_threads=threads)
+                prob[:] = (np.broadcast_to(m, prob.shape) if isinstance(m, np.ndarray)
+                           else m.predict(x, num_threads=threads))
             else:
                 for j, m in enumerate(models):
                     prob[:, j] = m[0] if isinstance(m, np.ndarray) else m.predict(x, num_threads=threads)
@@ -409,6 +413,7 @@ class GBDT(FusionMethod):
         self.models = []
         for state, const in zip(states, constants, strict=True):
             n = int(state["n_models"][0])
-            self.models.append([_decode(state[f"booster.{j}"]) if f"booster.{j}" in state else [float(v) for v in const[str(j)]]
+            self.models.append([_decode(state[f"booster.{j}"]) if f"booster.{j}" in state
+                                else [float(v) for v in const[str(j)]]
                                 for j in range(n)])
         self._boosters = []

@@ -123,9 +123,11 @@ class LinearProbe(FusionMethod):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model.fit(x[known], cls)
-        coef[model.classes_] = model.coef_ if model.coef_.shape[0] == seen.size else np.stack([-model.coef_[0], model.coef_[0]])
+        coef[model.classes_] = (model.coef_ if model.coef_.shape[0] == seen.size
+                                else np.stack([-model.coef_[0], model.coef_[0]]))
         intercept[model.classes_] = (
-            model.intercept_ if model.intercept_.shape[0] == seen.size else np.array([-model.intercept_[0], model.intercept_[0]])
+            model.intercept_ if model.intercept_.shape[0] == seen.size
+            else np.array([-model.intercept_[0], model.intercept_[0]])
         )
         return coef, intercept
 

@@ -4,8 +4,8 @@ Params (the ``training`` config section merged with ``method_params.<name>``): e
 :class:`~medmix.training.trainer.TrainConfig` key plus ``hidden_dim`` (default 256) and
 ``dropout`` (default 0.1), and MedMIX's own settings (:data:`MEDMIX_PARAMS`, keys of
 ``method_params.medmix`` and of its variants; their defaults are declared there only).
-``distill_max: 0`` (or a committee without teachers) trains without distillation. Teachers are only read in :meth:`MedMIX.fit`; prediction and checkpoints never
-touch them.
+``distill_max: 0`` (or a committee without teachers) trains without distillation. Teachers are only read in
+:meth:`MedMIX.fit`; prediction and checkpoints never touch them.
 
 ``medmix`` is **the paper's model**: intra-modality routers over residual adapters, per-modality
 heads, masked-softmax fusion of the modality logits, ``L = L_task + λ_D · L_distill``
@@ -46,8 +46,8 @@ the router; ``best_single`` — each modality keeps one committee expert alone, 
 linear probe (:mod:`medmix.methods.linear_probe` on that expert's embedding and presence flag,
 its ``C`` chosen on validation from :data:`SELECTION_C_GRID`) has the lowest **validation**
 log-loss; the paper does not say how it picked the best expert, and a probe per expert is the
-affordable proxy for a MedMIX run per expert. The choice is stored in the checkpoint (``selected``) and the predictions read only those
-experts; a sample whose chosen expert is absent has that modality absent.
+affordable proxy for a MedMIX run per expert. The choice is stored in the checkpoint (``selected``) and the predictions
+read only those experts; a sample whose chosen expert is absent has that modality absent.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ MEDMIX_PARAMS: dict[str, dict[str, Any]] = {
     "distill_max": {"type": "number", "minimum": 0, "default": 0.3,
                     "description": "MedMIX distillation weight lambda_D after the ramp (0: no distillation)"},
     "distill_ramp_epochs": {"type": "integer", "minimum": 0, "default": 30,
-                            "description": "epochs over which lambda_D ramps linearly from 0 to distill_max (0: constant)"},
+                            "description": "epochs over which lambda_D ramps linearly from 0 to "
+                                           "distill_max (0: constant)"},
     "rkd_weight": {"type": "number", "minimum": 0, "default": 0.05, "description": (
         "weight of the relational (distance-wise RKD) term added to the cosine distillation loss, per modality "
         "with a teacher")},
@@ -535,4 +536,5 @@ class MedMIXNoDistill(MedMIX):
         super().__init__({**params, "distill_max": 0.0})
 
     def fit(self, train: TensorData, val: TensorData, seeds: Sequence[int], protocol: Protocol) -> None:
-        super().fit(replace(train, teacher={}, teacher_mask={}), replace(val, teacher={}, teacher_mask={}), seeds, protocol)
+        super().fit(replace(train, teacher={}, teacher_mask={}), replace(val, teacher={}, teacher_mask={}), seeds,
+                    protocol)

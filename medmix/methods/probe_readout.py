@@ -59,9 +59,11 @@ PROBE_PARAMS: dict[str, dict[str, Any]] = {
     "probe_wd_mult": {"type": "number", "minimum": 0, "default": 0.0, "description": (
         "MedMIX probe_readout: the read-out's AdamW weight decay is probe_wd_mult x weight_decay")},
     "probe_l2": {"type": "boolean", "default": True, "description": (
-        "MedMIX probe_readout: add the linear probe's L2 penalty, its C chosen on validation (lp_c_grid), to the loss")},
+        "MedMIX probe_readout: add the linear probe's L2 penalty, its C chosen on validation "
+        "(lp_c_grid), to the loss")},
     "probe_init": {"type": "boolean", "default": True, "description": (
-        "MedMIX probe_readout: start the read-out from the validation-chosen linear probe fitted on the training split")},
+        "MedMIX probe_readout: start the read-out from the validation-chosen linear probe fitted "
+        "on the training split")},
     "probe_crossfit": {"type": "integer", "minimum": 0, "default": 5, "description": (
         "MedMIX probe_readout: 0 = off; K >= 2 = freeze the read-out at the reference probe and train the rest of "
         "the network on top of K-fold out-of-fold probe logits (stacking)")},

@@ -16,8 +16,8 @@ model is one of them), on a batch of the validation split:
   ``predict`` allocates. CUDA: ``torch.cuda.max_memory_allocated`` after
   ``reset_peak_memory_stats`` (less what was allocated before). CPU, torch methods: the peak of
   live tensor storage created during ``predict`` (:class:`PeakLiveTensors`); numpy methods
-  (``FusionMethod.numpy_predict``: ``gbdt``, ``linear_probe``): the ``tracemalloc`` peak (numpy reports its buffers there; what
-  LightGBM's C++ code allocates internally is not seen). These are upper bounds for one seed's
+  (``FusionMethod.numpy_predict``: ``gbdt``, ``linear_probe``): the ``tracemalloc`` peak (numpy reports its buffers
+  there; what LightGBM's C++ code allocates internally is not seen). These are upper bounds for one seed's
   activations where ``predict`` keeps earlier seeds' (small) outputs alive.
 """
 

@@ -150,8 +150,8 @@ def _check_training_values(method: str, params: dict[str, Any], cfg: dict[str, A
     """The ``training`` keys a run of ``method`` gets, merged as :func:`training_params` merges them
     (``training``, the class's ``param_defaults``, ``method_params`` of its family and of itself, then
     ``params`` when they are a variant's, at ``where``), validated against the ``training`` block's
-    schema and the method's own (``param_schema``; minimum, type, enum...): ``method_params.medmix.max_epochs: 0`` is refused like
-    ``training.max_epochs: 0``. The error names the key that set the offending value."""
+    schema and the method's own (``param_schema``; minimum, type, enum...): ``method_params.medmix.max_epochs: 0`` is
+    refused like ``training.max_epochs: 0``. The error names the key that set the offending value."""
     import jsonschema
 
     from medmix.methods import get_method_class

@@ -55,7 +55,8 @@ def required_subsets(modalities: Sequence[str], permutations: int = 64, seed: in
     if len(mods) <= EXACT_MAX:
         subsets = {frozenset(c) for k in range(1, len(mods) + 1) for c in itertools.combinations(mods, k)}
     else:
-        subsets = {frozenset(o[:k]) for o in sampled_orderings(mods, permutations, seed) for k in range(1, len(mods) + 1)}
+        subsets = {frozenset(o[:k]) for o in sampled_orderings(mods, permutations, seed)
+                   for k in range(1, len(mods) + 1)}
     return sorted(subsets, key=lambda s: (len(s), sorted(s)))
 
 

@@ -3,8 +3,8 @@
 Schema: ``sample_id`` (string), ``present`` (bool), ``embedding`` (fixed-size list of float32,
 null where ``present`` is false). Embeddings of present samples are finite: the writer refuses
 NaN/inf (the extraction job records such a sample as absent with the reason "non-finite
-embedding" instead) and the reader refuses a file holding any, never repairing them. The file's key-value metadata (key ``medmix``) records the
-extractor, model id, revision, dim, preprocessing, package version and a hash of the inputs.
+embedding" instead) and the reader refuses a file holding any, never repairing them. The file's key-value metadata (key
+``medmix``) records the extractor, model id, revision, dim, preprocessing, package version and a hash of the inputs.
 
 Every file carries a checksum of its values and metadata (:mod:`medmix.store.checksum`), verified
 by :func:`read_features` (values and metadata) and :func:`read_metadata` (metadata and row count).

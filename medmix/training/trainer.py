@@ -213,7 +213,8 @@ class Member:
         out = []
         for group in self.param_groups:
             if len(group) not in (2, 3):
-                raise ValueError(f"seed {self.seed}: a parameter group is (params, lr_mult[, wd_mult]), got {len(group)} items")
+                raise ValueError(f"seed {self.seed}: a parameter group is (params, lr_mult[, wd_mult]), "
+                                 f"got {len(group)} items")
             params, lr_mult, wd_mult = (*group, 1.0) if len(group) == 2 else group
             if lr_mult <= 0 or wd_mult < 0:
                 raise ValueError(f"seed {self.seed}: lr multiplier must be > 0 and weight-decay multiplier >= 0, "

@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
         for label, full in (("Full model training", True), ("cpimoe (last stage)", False)):
             c = training_step_cost(models["cpimoe"].models[0], x, mask, y, train.task, full=full)
             cost.append({"method": label, "trainable_params": int(c["trainable_params"]),
-                         "flops_per_sample": c["flops_per_step"] / n, "flops_per_epoch": c["flops_per_step"] / n * train.n})
+                         "flops_per_sample": c["flops_per_step"] / n,
+                         "flops_per_epoch": c["flops_per_step"] / n * train.n})
         (args.out / "table_s2.md").write_text(table_s2_markdown({"iu_xray_dev": cost}) + "\n")
     print((args.out / "table_s3.md").read_text())
     print(f"wall {time.perf_counter() - t0:.1f}s; mean test F1 per method: "

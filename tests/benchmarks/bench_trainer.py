@@ -38,7 +38,8 @@ N_LABELS = 3
 def make_data(n: int):
     from medmix.training.synthetic import synthetic_data
 
-    data = synthetic_data(n=n, dims=DIMS, n_labels=N_LABELS, task="multitask", teacher_dims=TEACHERS, seed=0, split=(0.7, 0.15))
+    data = synthetic_data(n=n, dims=DIMS, n_labels=N_LABELS, task="multitask", teacher_dims=TEACHERS, seed=0,
+                          split=(0.7, 0.15))
     return data.split_part("train"), data.split_part("val")
 
 
@@ -92,7 +93,8 @@ def epoch_shapes(n_train: int, n_val: int, batch: int, hidden: int):
 
 def reference_flops_per_s(shapes, dtype: torch.dtype, device: str, clock, repeats: int = 3) -> float:
     """FLOP/s of plain ``torch.mm`` over exactly ``shapes`` (best of ``repeats`` passes of ``clock``)."""
-    mats = [(torch.randn(m, k, device=device).to(dtype), torch.randn(k, n, device=device).to(dtype)) for m, k, n in shapes]
+    mats = [(torch.randn(m, k, device=device).to(dtype), torch.randn(k, n, device=device).to(dtype))
+            for m, k, n in shapes]
     best = float("inf")
     for _ in range(repeats + 1):
         _sync(device)
@@ -231,8 +233,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average before: {os.getloadavg()}")
     print(f"data: {args.n} samples, {sum(map(len, DIMS.values()))} experts {DIMS}, teachers {TEACHERS}; "
           f"{args.seeds} seeds x {args.epochs} epochs, batch 256, hidden 256\n")
-    header = f"{'device':6} {'thr':>3} {'variant':14} {'dtype':8} {'wall s':>7} {'cpu s':>7} {'clock':5} {'speed-up':>8} " \
-             f"{'GFLOP/s':>8} {'mm ref':>8} {'frac':>5} {'RSS MB':>7} {'GPU MB':>7} {'val loss':>8}"
+    header = f"{'device':6} {'thr':>3} {'variant':14} {'dtype':8} {'wall s':>7} {'cpu s':>7} {'clock':5} " \
+             f"{'speed-up':>8} {'GFLOP/s':>8} {'mm ref':>8} {'frac':>5} {'RSS MB':>7} {'GPU MB':>7} {'val loss':>8}"
     print(header)
     print("-" * len(header))
     for device in devices:
