@@ -136,7 +136,7 @@ def run_plain(n: int, seeds: int, epochs: int, precision: str, device: str, thre
     """The straightforward loop: one seed after the other, a DataLoader, float32."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from medmix.methods.medmix import MedMIXObjective, model_config
+    from medmix.methods.medmix import MedMIXObjective, MedMIXSettings, model_config
     from medmix.models import MedMIXNet, TeacherHeads
     from medmix.training.trainer import Batch, Member, TrainConfig
 
@@ -144,7 +144,7 @@ def run_plain(n: int, seeds: int, epochs: int, precision: str, device: str, thre
         torch.set_num_threads(threads)
     train, val = make_data(n)
     config = TrainConfig.from_params(params(epochs, "fp32", device, threads))
-    objective = MedMIXObjective(train.task, config)
+    objective = MedMIXObjective(train.task, MedMIXSettings.from_params(params(epochs, "fp32", device, threads)))
     mods = list(DIMS)
     tensors = [t for m in mods for t in train.x[m]] + [train.mask[m] for m in mods]
     tensors += [train.teacher[m] for m in mods] + [train.teacher_mask[m] for m in mods] + [train.y]
