@@ -237,7 +237,8 @@ def render(schema: dict[str, Any] | None = None) -> str:
     root = schema if schema is not None else load_schema()
     all_rows = rows(root) + (method_rows() if schema is None else [])
     lines = [
-        f"<!-- Generated from workflow/schemas/config.schema.yaml by `{WRITE_COMMAND}`; do not edit by hand. -->",
+        f"<!-- Generated from workflow/schemas/config.schema.yaml and the settings registered methods and dataset "
+        f"adapters declare, by `{WRITE_COMMAND}`; do not edit by hand. -->",
         "",
         "# Configuration",
         "",
