@@ -51,7 +51,8 @@ def is_fatal(err: BaseException | None) -> bool:
         if isinstance(err, OSError) and err.errno == errno.ENOMEM:
             return True
         torch = sys.modules.get("torch")  # not imported -> no torch error can exist
-        oom = getattr(torch, "OutOfMemoryError", None) or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+        oom = (getattr(torch, "OutOfMemoryError", None)
+               or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None))
         if isinstance(oom, type) and isinstance(err, oom):
             return True
         if isinstance(err, RuntimeError) and _FATAL_MESSAGE.search(str(err)):
@@ -64,9 +65,9 @@ def is_fatal(err: BaseException | None) -> bool:
 class ExtractorSettings:
     """Runtime settings of one extractor.
 
-    ``model_id``, ``revision`` and ``preprocessing`` change the embeddings (and are part of the
-    Snakemake params), as does the dataset's ``input_schema`` (part of the input fingerprint);
-    ``local_dir``, ``batch_size``, ``device`` and ``num_workers`` do not.
+    :data:`EMBEDDING_SETTINGS` change the embeddings (they are the extraction jobs' params), as does
+    the dataset's ``input_schema`` (part of the input fingerprint); :data:`RUNTIME_SETTINGS` (where
+    and how fast to run) do not.
     """
 
     model_id: str | None = None
@@ -94,6 +95,14 @@ class ExtractorSettings:
         for key, value in overrides.items():
             setattr(out, key, value)
         return out
+
+
+#: The expert settings (``experts.settings.<name>``) that change the embeddings: every extraction
+#: job's params (a change reruns the expert's jobs) and the feature file's identity.
+EMBEDDING_SETTINGS = ("model_id", "revision", "preprocessing")
+#: The other settings a config may give: where and how fast to run (no embedding changes).
+RUNTIME_SETTINGS = tuple(f for f in ExtractorSettings.__dataclass_fields__
+                         if f not in (*EMBEDDING_SETTINGS, "input_schema"))
 
 
 def fetch_hint(expert: str | None = None, setting: str | None = None) -> str:
@@ -134,7 +143,7 @@ class Extractor:
     spec: ClassVar[ExpertSpec]
     # Files inside ``extractors/`` that decide the embeddings but are never imported (e.g. a worker
     # script run in its own environment). Imported modules need no listing: the workflow follows
-    # the closure of the expert module's imports (medmix.code_closure).
+    # the closure of the expert module's imports (medmix.plan.code_closure).
     extra_sources: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: dict[str, Any] | None = None):

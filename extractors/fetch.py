@@ -142,18 +142,18 @@ def _expert_requirements(name: str, over: dict[str, Any], rag: dict[str, Any],
     model_id, revision = str(s.model_id), str(s.revision or "main")
     if s.local_dir:
         return [_not_fetched(model_id, revision, name, f"read from experts.settings.{name}.local_dir ({s.local_dir})")]
-    from extractors.biomedclip import BiomedCLIP
     from extractors.bundled_minilm import bundled_path
-    from extractors.chronos import ChronosExpert
+    from extractors.experts.biomedclip import BiomedCLIP
+    from extractors.experts.chronos import ChronosExpert
+    from extractors.experts.merlin import Merlin
+    from extractors.experts.minilm import MiniLM
+    from extractors.experts.moirai import Moirai
+    from extractors.experts.radfm import WEIGHTS, RadFM
+    from extractors.experts.rag_medcpt import RagMedCPTQwen2, RagMiniLM
+    from extractors.experts.resnet50 import ResNet50
     from extractors.hf_text import HFTextExpert
     from extractors.hf_vision import HFViTExpert
     from extractors.knowledge.encoders import MINILM
-    from extractors.merlin import Merlin
-    from extractors.minilm import MiniLM
-    from extractors.moirai import Moirai
-    from extractors.radfm import WEIGHTS, RadFM
-    from extractors.rag_medcpt import RagMedCPTQwen2, RagMiniLM
-    from extractors.resnet50 import ResNet50
 
     gated, remote = bool(getattr(cls, "gated", False)), bool(spec.trust_remote_code)
     if issubclass(cls, (RagMiniLM, MiniLM)):
@@ -217,8 +217,10 @@ def _bridge_requirements(expert: str, rag: dict[str, Any], kinds: tuple[str, ...
             out.append(_transformers(model_id, revision, who, gated=True, remote_code=True))
         elif bridge == "merlin":
             out.append(_not_fetched(model_id, revision, who,
-                                    "merlin-vlm downloads its report-generation checkpoint and StanfordAIMI/RadLLaMA-7b "
-                                    "itself on first use (into its package folder and ./checkpoints); not fetched here"))
+                                    "merlin-vlm downloads its report-generation checkpoint and "
+                                    "StanfordAIMI/RadLLaMA-7b "
+                                    "itself on first use (into its package folder and "
+                                    "./checkpoints); not fetched here"))
         else:
             out.append(_not_fetched(model_id, revision, who,
                                     "not a hub download: set rag.bridges.histgen.options.checkpoint / ann_path and put "
@@ -878,7 +880,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a config file merged over --base, as `snakemake --configfile` (repeatable)")
     parser.add_argument("--base", default="config.yaml", help="the workflow's config (default: config.yaml)")
     parser.add_argument("--yes", action="store_true", help="download (without it: print the plan only)")
-    parser.add_argument("--update", action="store_true", help="re-resolve `main`-like revisions (pinned commits never move)")
+    parser.add_argument("--update", action="store_true",
+                        help="re-resolve `main`-like revisions (pinned commits never move)")
     parser.add_argument("--lock", help=f"the lock file (default: $MEDMIX_LOCK_FILE or {lock_path()})")
     parser.add_argument("--cache-dir", help="the hub cache (default: HF_HUB_CACHE / $HF_HOME/hub)")
     parser.add_argument("--endpoint", default=os.environ.get("HF_ENDPOINT"), help="the hub (default: HF_ENDPOINT)")
@@ -893,7 +896,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(format_rows(describe(reqs, args.cache_dir, read_lock(lock_file)))))
             return 0
         if not [r for r in reqs if r.fetchable]:
-            print(f"nothing to fetch: the experts ({', '.join(names) or 'profile ' + str(args.profile or cfg['experts']['profile'])})"
+            print("nothing to fetch: the experts "
+                  f"({', '.join(names) or 'profile ' + str(args.profile or cfg['experts']['profile'])})"
                   " need no hub download (weight-free, bundled or local_dir); the paper's experts: --profile paper")
             return 0
         result = fetch(reqs, yes=args.yes, update=args.update, lock_file=lock_file, cache_dir=args.cache_dir,

@@ -115,7 +115,8 @@ def read_lock(path: str | Path | None = None) -> dict[str, Any]:
     except ValueError as err:
         raise ValueError(f"{path}: not a medmix lock file ({err}); rewrite it with `medmix fetch --yes`") from None
     if not isinstance(lock, dict) or lock.get("format") != LOCK_FORMAT or not isinstance(lock.get("models"), dict):
-        raise ValueError(f"{path}: not a medmix lock file of format {LOCK_FORMAT}; rewrite it with `medmix fetch --yes`")
+        raise ValueError(f"{path}: not a medmix lock file of format {LOCK_FORMAT}; rewrite it with "
+                         "`medmix fetch --yes`")
     _LOCK_CACHE[key] = ((stat.st_mtime_ns, stat.st_size), lock)
     return lock
 

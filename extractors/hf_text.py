@@ -64,7 +64,8 @@ def config_lowercase(config: Any) -> bool | None:
     if kind in MEGATRON_TOKENIZER_CASING:
         return MEGATRON_TOKENIZER_CASING[kind]
     if kind is not None:
-        raise ValueError(f"unknown tokenizer_type {kind!r} in the model config (known: {sorted(MEGATRON_TOKENIZER_CASING)})")
+        raise ValueError(f"unknown tokenizer_type {kind!r} in the model config (known: "
+                         f"{sorted(MEGATRON_TOKENIZER_CASING)})")
     lower = get("do_lower_case", None)
     return None if lower is None else bool(lower)
 
@@ -102,7 +103,8 @@ class HFTextExpert(HubExpert):
         if isinstance(setting, bool):
             return setting
         if setting != "from_config":
-            raise ValueError(f"expert {self.spec.name!r}: lowercase must be true, false or 'from_config', got {setting!r}")
+            raise ValueError(f"expert {self.spec.name!r}: lowercase must be true, false or "
+                             f"'from_config', got {setting!r}")
         from transformers import AutoConfig
 
         try:

@@ -334,8 +334,8 @@ def _read_dicom_series(folder: Path) -> np.ndarray:
     """One DICOM series: slices sorted along the slice normal, the modality LUT applied (HU).
 
     Files that are not DICOM are skipped; a folder with several series, slices of different
-    sizes, multi-frame or multi-sample files, or no usable slices is unusable, and so is a series with two slices at one position or a gap
-    (neighbouring slices more than ``MAX_SLICE_GAP`` times the median spacing apart: a missing
+    sizes, multi-frame or multi-sample files, or no usable slices is unusable, and so is a series with two slices at one
+    position or a gap (neighbouring slices more than ``MAX_SLICE_GAP`` times the median spacing apart: a missing
     slice); the several-series reason names their SeriesInstanceUIDs. Compressed pixel
     data (JPEG lossless, JPEG-LS, JPEG 2000, RLE) decodes through pydicom's pylibjpeg plugins.
     The decoded size (rows x columns x frames x samples, in float32) is checked from the headers
@@ -447,7 +447,8 @@ def _check_spacing(folder: Path, positions: list[float]) -> None:
     steps = np.diff(pos)
     dup = np.flatnonzero(steps < 1e-3)
     if len(dup):
-        raise InputError(f"DICOM series {folder} has two slices at position {pos[dup[0]]:.2f} mm along the slice normal")
+        raise InputError(f"DICOM series {folder} has two slices at position {pos[dup[0]]:.2f} mm "
+                         "along the slice normal")
     median = float(np.median(steps))
     gaps = np.flatnonzero(steps > MAX_SLICE_GAP * median)
     if len(gaps):

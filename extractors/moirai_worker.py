@@ -9,12 +9,12 @@ uni2ts (never ``medmix``), so it runs there as a plain script::
         --model Salesforce/moirai-1.0-R-small --revision main [--local-files-only] \\
         [--patch-size 32] [--max-time-steps 512] [--batch-size 16] [--device auto]
 
-Input (written by :func:`extractors.moirai.export_series` in the main environment): an ``.npz`` with
+Input (written by :func:`extractors.experts.moirai.export_series` in the main environment): an ``.npz`` with
 ``sample_ids`` (str ``[N]``), ``values`` (float32 ``[N, T, V]``, NaN = missing or left padding) and
 ``lengths`` (int ``[N]``, the real time steps of each sample, right-aligned). Output: an ``.npz``
 with ``sample_ids`` and ``embeddings`` (float32 ``[N, d_model]``), written atomically.
 
-Embedding rule (documented in :mod:`extractors.moirai`): the sample's V variables form one
+Embedding rule (documented in :mod:`extractors.experts.moirai`): the sample's V variables form one
 multivariate MOIRAI input (the model's "any-variate" attention, variate ids 0..V-1); each variable
 is cut into non-overlapping patches of ``patch_size`` steps (left-padded to a multiple), missing
 values are masked (observed mask False, value 0), the last ``max_time_steps`` steps are kept; the
@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="hub id or local folder of a MOIRAI 1.x checkpoint")
     parser.add_argument("--revision", default=None)
     parser.add_argument("--local-files-only", action="store_true")
-    parser.add_argument("--patch-size", type=int, default=32, help="hourly data: 32 (uni2ts constraints; see moirai.py)")
+    parser.add_argument("--patch-size", type=int, default=32,
+                        help="hourly data: 32 (uni2ts constraints; see moirai.py)")
     parser.add_argument("--max-time-steps", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto")

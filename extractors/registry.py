@@ -1,9 +1,11 @@
 """Decorator registry of expert extractors.
 
-Each expert module declares an :class:`ExpertSpec` with its own metadata and registers its
-extractor class with :func:`register_expert`. Modules import their heavy libraries lazily
-(inside ``load``), so importing every module to enumerate the registry stays cheap and a job
-for one expert never pulls in another expert's dependencies.
+Each expert module (``extractors/experts/``: every module there registers at least one expert,
+and nothing else does) declares an :class:`ExpertSpec` with its own metadata and registers its
+extractor class with :func:`register_expert`. Discovery imports every module of
+``extractors.experts``; modules import their heavy libraries lazily (inside ``load``), so
+enumerating the registry stays cheap and a job for one expert never pulls in another expert's
+dependencies.
 """
 
 from __future__ import annotations
@@ -38,12 +40,9 @@ def _discover() -> None:
     global _DISCOVERED
     if _DISCOVERED:
         return
-    import extractors
+    from extractors import experts
 
-    for info in pkgutil.walk_packages(extractors.__path__, prefix="extractors."):
-        leaf = info.name.rsplit(".", 1)[-1]
-        if leaf.startswith("_") or leaf in {"registry", "base", "runner", "inputs", "job"} or ".knowledge" in info.name:
-            continue
+    for info in pkgutil.iter_modules(experts.__path__, prefix="extractors.experts."):
         importlib.import_module(info.name)
     _DISCOVERED = True
 

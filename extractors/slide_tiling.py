@@ -123,7 +123,8 @@ def slide_spec(name: str, base: type, role: str, paper_name: str, mem_mb: int) -
         dim=spec.dim,
         hub_id=spec.hub_id,
         params=spec.params,
-        cost_note=f"weights of {spec.name}: {spec.cost_note or 'not declared'}; FLOPs per slide (many tiles) not declared",
+        cost_note=f"weights of {spec.name}: {spec.cost_note or 'not declared'}; FLOPs per slide "
+                  "(many tiles) not declared",
         revision=spec.revision,
         preprocessing={**TILING, "tile_preprocessing": dict(spec.preprocessing)},
         paper_name=paper_name,

@@ -1,7 +1,7 @@
 """Radiomics-style texture features of greyscale images (GLCM, detrended cell energy, LBP).
 
 A helper shared by ``image_texture`` and ``ct_texture25d`` (not an expert itself); see
-:mod:`extractors.image_texture` for what the features mean.
+:mod:`extractors.experts.image_texture` for what the features mean.
 """
 
 from __future__ import annotations

@@ -11,15 +11,15 @@ import sys
 from pathlib import Path
 
 from medmix import __version__ as medmix_version
-from medmix.config import REPO_ROOT, ConfigError, committee, expert_identity, validate_config
 from medmix.datasets.declared import declared_labels
+from medmix.plan.config import REPO_ROOT, ConfigError, committee, expert_identity, validate_config
 from medmix.store.atomic import write_text_atomic
 
 
 def _effective(base: str, overlays: list[str]) -> tuple[dict, str]:
     """The validated config of ``base`` with ``overlays`` merged on top as the workflow merges them
-    (:mod:`medmix.overlay`), and how to name it."""
-    from medmix.overlay import load_yaml, resolve_files
+    (:mod:`medmix.plan.overlay`), and how to name it."""
+    from medmix.plan.overlay import load_yaml, resolve_files
 
     if not overlays:
         if not Path(base).is_file():
@@ -44,7 +44,8 @@ def _info(args) -> int:
     print(f"config: {shown} (valid)")
     print(f"seeds: {cfg['seeds']}")
     print(f"methods: {', '.join(cfg['methods'])}")
-    print(f"train protocols: {', '.join(cfg['protocols']['train'])}; test protocols: {', '.join(cfg['protocols']['test'])}")
+    print(f"train protocols: {', '.join(cfg['protocols']['train'])}; "
+          f"test protocols: {', '.join(cfg['protocols']['test'])}")
     print(f"expert profile: {cfg['experts']['profile']}")
     used = set()
     for name, ds in cfg["datasets"].items():
@@ -92,7 +93,7 @@ def _experts(args) -> int:
 
 
 def _cache(args) -> int:
-    from medmix.cache_report import CacheReport, ls_lines, show_lines
+    from medmix.plan.cache_report import CacheReport, ls_lines, show_lines
 
     cfg, shown = _effective(args.base, args.config or [])
     report = CacheReport(cfg, args.cache)
@@ -116,8 +117,8 @@ def _config_ref(path: Path) -> str:
 def _init(args) -> int:
     from medmix.cohort import CohortError
     from medmix.datasets import build_cohort
-    from medmix.init_config import InitError, build_overlay, infer_dataset, render
-    from medmix.overlay import effective_config, load_yaml
+    from medmix.plan.init_config import InitError, build_overlay, infer_dataset, render
+    from medmix.plan.overlay import effective_config, load_yaml
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -175,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     p_init = sub.add_parser("init", help="write a config for a cohort described by a manifest table",
                             description="Infer a dataset config (modalities, labels, patient, split, protocols, "
                                         "runs) from a manifest and write it as a --configfile for snakemake.")
-    p_init.add_argument("--manifest", required=True, help="the cohort table (.csv, .tsv or .parquet), one row per sample")
+    p_init.add_argument("--manifest", required=True,
+                        help="the cohort table (.csv, .tsv or .parquet), one row per sample")
     p_init.add_argument("--labels", required=True, nargs="+", help="label column(s)")
     p_init.add_argument("--out", required=True, help="the config file to write")
     p_init.add_argument("--name", help="dataset name (default: the manifest's file stem)")

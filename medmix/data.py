@@ -20,9 +20,7 @@ class TensorData:
     - ``mask[m]``: bool ``[N, K_m]``, expert presence;
     - ``teacher[m]`` / ``teacher_mask[m]``: optional teacher embedding ``[N, d_T]`` and ``[N]``;
     - ``y``: float32 ``[N, C]`` (NaN = unknown label);
-    - ``groups``: optional patient id per sample (folds inside the training split keep a patient together);
-    - ``fold``: optional long ``[N]`` cross-fitting fold per sample (training split only, set by
-      MedMIX's ``probe_crossfit``).
+    - ``groups``: optional patient id per sample (folds inside the training split keep a patient together).
     """
 
     sample_ids: list[str]
@@ -37,7 +35,6 @@ class TensorData:
     teacher: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_mask: dict[str, torch.Tensor] = field(default_factory=dict)
     groups: np.ndarray | None = None
-    fold: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -69,7 +66,6 @@ class TensorData:
             teacher={m: t[idx] for m, t in self.teacher.items()},
             teacher_mask={m: t[idx] for m, t in self.teacher_mask.items()},
             groups=None if self.groups is None else self.groups[idx.numpy()],
-            fold=None if self.fold is None else self.fold[idx],
         )
 
     def split_part(self, name: str) -> TensorData:
@@ -128,7 +124,8 @@ class Standardizer:
         """Standardised copy clipped to ±``CLIP`` standard deviations; absent rows stay exactly zero."""
         x = {
             m: [
-                ((t - self.mean[m][k]) / self.std[m][k]).clamp(-self.CLIP, self.CLIP) * data.mask[m][:, k : k + 1].to(t.dtype)
+                ((t - self.mean[m][k]) / self.std[m][k]).clamp(-self.CLIP, self.CLIP)
+                * data.mask[m][:, k : k + 1].to(t.dtype)
                 for k, t in enumerate(xs)
             ]
             for m, xs in data.x.items()

@@ -245,7 +245,8 @@ def _write_volume(folder: Path, i: int, case: str | None) -> str:
         return f"ct/{i}.nii.gz"
     if case == "fewer_slices":
         data = np.transpose(vol[:2], (2, 1, 0))[::-1, ::-1, :]
-        nib.save(nib.Nifti1Image(np.ascontiguousarray(data), np.diag([1.0, 1.0, 2.0, 1.0])), str(folder / f"{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(data), np.diag([1.0, 1.0, 2.0, 1.0])),
+                 str(folder / f"{i}.nii.gz"))
         return f"ct/{i}.nii.gz"
     if case.startswith("dicom_"):
         _write_dicom(folder / f"dicom{i}", vol, case)

@@ -34,7 +34,8 @@ def build(out_dir: str, seed: int) -> None:
     torch.manual_seed(seed)
     # The component mixture of the released moirai-1.0-R checkpoints; num_heads = d_model // 64.
     distr = MixtureOutput([StudentTOutput(), NormalFixedScaleOutput(), NegativeBinomialOutput(), LogNormalOutput()])
-    module = MoiraiModule(distr_output=distr, d_model=384, num_layers=2, patch_sizes=(8, 16, 32, 64, 128), max_seq_len=64,
+    module = MoiraiModule(distr_output=distr, d_model=384, num_layers=2, patch_sizes=(8, 16, 32, 64, 128),
+                          max_seq_len=64,
                           attn_dropout_p=0.0, dropout_p=0.0, scaling=True)
     module.save_pretrained(out_dir)
 

@@ -16,7 +16,8 @@ from medmix.training.trainer import seeded_init
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FAST = dict(lr=3e-3, warmup_epochs=1, max_epochs=6, patience=3, batch_size=64, hidden_dim=16, precision="fp32", threads=1)
+FAST = dict(lr=3e-3, warmup_epochs=1, max_epochs=6, patience=3, batch_size=64, hidden_dim=16, precision="fp32",
+            threads=1)
 DROP = Protocol("rd", "random_drop", {"p": 0.2})
 
 
@@ -49,9 +50,11 @@ def test_stage2_freezes_the_small_branch_but_not_its_classifier(splits, two_stag
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # ... stage 1 did train it (it is not the initialisation)
     fresh = seeded_init(0, lambda: AdaCoMed(FAST).build(stage1.settings))
-    assert any(not torch.equal(a, b) for a, b in zip(fresh.small_branch_parameters(), net1.small_branch_parameters(), strict=True))
+    assert any(not torch.equal(a, b)
+               for a, b in zip(fresh.small_branch_parameters(), net1.small_branch_parameters(), strict=True))
     # ... while stage 2 trained the classifier and the large branch
-    assert any(not torch.equal(a, b) for a, b in zip(net1.classifier_parameters(), net2.classifier_parameters(), strict=True))
+    assert any(not torch.equal(a, b)
+               for a, b in zip(net1.classifier_parameters(), net2.classifier_parameters(), strict=True))
     assert not torch.equal(net1.large_out.weight, net2.large_out.weight)
     assert not torch.equal(net1.gate.weight, net2.gate.weight)
     # stage 1 never touched the large branch; the frozen flags are undone after the fit

@@ -39,7 +39,7 @@ ALLOWED = {
     ("medmix/pipeline/fit.py", "model.save(out_model)"): "Method.save writes each file with atomic_path",
     ("medmix/pipeline/fit.py", "scaler.save(Path(out_model) / SCALER_FILE)"): "Standardizer.save uses atomic_path",
     ("medmix/pipeline/__init__.py", 'logging.FileHandler(path, mode="w")'): "a log file, appended as it runs",
-    ("medmix/init_config.py", "yaml.safe_dump(overlay, sort_keys=False, default_flow_style=None, width=110)"):
+    ("medmix/plan/init_config.py", "yaml.safe_dump(overlay, sort_keys=False, default_flow_style=None, width=110)"):
         "dumps to a string (no stream); the CLI writes the file with write_text_atomic",
     ("extractors/fetch.py", 'open(partial, "ab")'): "a resumable download appends to its `.incomplete` blob "
         "(that is how it resumes); the blob is sha256-checked and os.replace'd into place only when complete",

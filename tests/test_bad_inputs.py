@@ -404,7 +404,7 @@ def _bad_config(case: str) -> dict:
 
 @pytest.mark.parametrize("case", list(CONFIG_ERRORS))
 def test_config_error_names_the_key(case):
-    from medmix.config import ConfigError, validate_config
+    from medmix.plan.config import ConfigError, validate_config
 
     with pytest.raises(ConfigError) as err:
         validate_config(_bad_config(case))

@@ -13,12 +13,12 @@ import yaml
 from PIL import Image
 
 from extractors.job import extract_job
-from medmix.cache_report import expert_code_files
 from medmix.cli import main
-from medmix.code_closure import REPO
-from medmix.config import REPO_ROOT, expert_identity, feature_path
 from medmix.datasets import build_cohort
-from medmix.overlay import effective_config, load_yaml
+from medmix.plan.cache_report import expert_code_files
+from medmix.plan.code_closure import REPO
+from medmix.plan.config import REPO_ROOT, expert_identity, feature_path
+from medmix.plan.overlay import effective_config, load_yaml
 from medmix.store.inputs import source_fingerprint, write_input_view
 
 BASE = str(REPO_ROOT / "config.yaml")

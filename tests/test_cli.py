@@ -1,5 +1,5 @@
 """``medmix init`` (a config inferred from a manifest), ``medmix info`` over overlays, and the overlay
-rule (medmix.overlay): a config that declares its own datasets inherits none of the demo's."""
+rule (medmix.plan.overlay): a config that declares its own datasets inherits none of the demo's."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import yaml
 from PIL import Image
 
 from medmix.cli import main
-from medmix.config import REPO_ROOT, validate_config
 from medmix.datasets.manifest import KINDS
-from medmix.init_config import InitError, build_overlay, infer_dataset, modality_name
-from medmix.overlay import effective_config, load_yaml, merge
+from medmix.plan.config import REPO_ROOT, validate_config
+from medmix.plan.init_config import InitError, build_overlay, infer_dataset, modality_name
+from medmix.plan.overlay import effective_config, load_yaml, merge
 
 BASE = load_yaml(REPO_ROOT / "config.yaml")
 DEMO_DATASETS = {"demo_openi", "demo_mimic", "demo_mimic_ext"}
@@ -100,7 +100,8 @@ def test_init_split_column_task_and_errors(tmp_path):
         infer_dataset(manifest, ["outcome", "nope"])
     with pytest.raises(InitError, match=r"labels \['diagnosis'\] hold values other than 0/1"):
         infer_dataset(manifest, ["outcome", "diagnosis"])
-    assert modality_name("note text", set()) == "note" and modality_name("a-b", set()) == "a_b" and modality_name("ct_path", {"ct"}) == "ct_path"
+    assert (modality_name("note text", set()) == "note" and modality_name("a-b", set()) == "a_b"
+            and modality_name("ct_path", {"ct"}) == "ct_path")
 
 
 def test_init_command_writes_a_valid_config_without_demo_leftovers(tmp_path, monkeypatch, capsys):
@@ -173,7 +174,8 @@ def test_overlay_with_own_datasets_inherits_nothing_of_the_demo():
 
     # What the overlay says itself stays, even where it names a missing modality (then the check reports it).
     own = merge(overlay, {"methods": ["meanavg", "large_ref_note"], "sweep": {"methods": ["gbdt"]},
-                          "protocols": {"test": {"drop_one_note_50": {"kind": "drop_one", "modality": "note", "p": 0.5}}}})
+                          "protocols": {"test": {"drop_one_note_50": {"kind": "drop_one", "modality": "note",
+                                                                      "p": 0.5}}}})
     cfg = effective_config(BASE, [own])
     assert cfg["methods"] == ["meanavg", "large_ref_note"] and "drop_one_note_50" in cfg["protocols"]["test"]
     assert cfg["sweep"]["methods"] == ["gbdt"] and "datasets" not in cfg["sweep"]  # every development dataset

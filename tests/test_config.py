@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medmix.config import ConfigError, committee, expert_identity, extraction_jobs, validate_config
+from medmix.plan.config import (
+    ConfigError,
+    committee,
+    expert_identity,
+    extraction_jobs,
+    training_params,
+    validate_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,8 +26,25 @@ def cfg():
 def test_shipped_config_is_valid_and_gets_defaults(cfg):
     out = validate_config(cfg)
     assert out["training"]["batch_size"] == 256  # paper default filled in
-    assert out["training"]["router_lr_mult"] == 0.3
+    assert "router_lr_mult" not in out["training"]  # MedMIX's own: its defaults, not the global block's
+    assert training_params(out, "medmix")["router_lr_mult"] == 0.3
+    assert training_params(out, "medmix_stacked")["probe_crossfit"] == 5
     assert out["datasets"]["demo_openi"]["role"] == "development"
+
+
+def test_a_methods_own_setting_in_the_training_block_says_where_it_goes(cfg):
+    cfg["training"]["distill_max"] = 0.1
+    with pytest.raises(ConfigError, match=r"`training.distill_max`: .*medmix.*set it under `method_params.medmix`"):
+        validate_config(cfg)
+    del cfg["training"]["distill_max"]
+    cfg["method_params"]["medmix"] = {"distill_max": 0.1}
+    assert training_params(validate_config(cfg), "medmix")["distill_max"] == 0.1
+    cfg["method_params"]["medmix"] = {"distill_ramp_epochs": -1}  # the method's schema checks the value
+    with pytest.raises(ConfigError, match="method_params.medmix.distill_ramp_epochs"):
+        validate_config(cfg)
+    cfg["method_params"] = {"meanavg": {"distill_max": 0.1}}  # not a mean-fusion setting
+    with pytest.raises(ConfigError, match="unknown key 'distill_max'"):
+        validate_config(cfg)
 
 
 @pytest.mark.parametrize(
@@ -29,7 +53,8 @@ def test_shipped_config_is_valid_and_gets_defaults(cfg):
         (lambda c: c["datasets"]["demo_openi"].__setitem__("task", "regression"), "datasets.demo_openi.task"),
         (lambda c: c.__setitem__("seeds", "zero"), "`seeds`"),
         (lambda c: c["training"].__setitem__("lr", -1), "training.lr"),
-        (lambda c: c["datasets"]["demo_openi"]["modalities"]["note"].__setitem__("kind", "audio"), "modalities.note.kind"),
+        (lambda c: c["datasets"]["demo_openi"]["modalities"]["note"].__setitem__("kind", "audio"),
+         "modalities.note.kind"),
         (lambda c: c.__setitem__("unexpected_section", 1), "unexpected_section"),
         (lambda c: c["experts"].__setitem__("profile", "nope"), "experts.profile"),
     ],
@@ -162,7 +187,7 @@ def test_every_key_an_adapter_reads_is_declared_for_it():
 
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    from medmix.config import _allowed_keys
+    from medmix.plan.config import _allowed_keys
 
     for adapter, spec in known_adapters().items():
         source = REPO / (spec.module.replace(".", "/") + ".py")
@@ -195,7 +220,9 @@ def test_method_params_keys_are_training_keys_or_the_methods_own(cfg):
     cfg["method_params"] = {"linear_probe": {"lp_c_grid": [0.1, 1.0]}, "medmix": {"linear_readout": False, "lr": 3e-4}}
     validate_config(copy.deepcopy(cfg))
     cfg["method_params"] = {"medmix": {"hiden_dim": 64}}
-    with pytest.raises(ConfigError, match=r"`method_params.medmix.hiden_dim`: unknown key 'hiden_dim' \(did you mean 'hidden_dim'\?\)"):
+    with pytest.raises(ConfigError,
+                       match=r"`method_params.medmix.hiden_dim`: unknown key 'hiden_dim' \(did you "
+                             r"mean 'hidden_dim'\?\)"):
         validate_config(copy.deepcopy(cfg))
     cfg["method_params"] = {"meanavg": {"lp_c_grid": [1.0]}}  # the probe's own key, not meanavg's
     with pytest.raises(ConfigError, match=r"`method_params.meanavg.lp_c_grid`: unknown key"):
@@ -282,3 +309,16 @@ def test_snakemake_refuses_an_unsafe_dataset_name_before_any_job(tmp_path):
     assert "config key `datasets.my cohort`: dataset name 'my cohort' may hold only letters, digits and '_'" in (
         proc.stdout + proc.stderr)
     assert "MissingInputException" not in proc.stdout + proc.stderr
+
+
+def test_the_schema_declares_exactly_the_expert_settings():
+    """Which expert settings change the embeddings is declared once (extractors.base); the schema's
+    ``experts.settings.<name>`` keys are those and the runtime ones, nothing else."""
+    from extractors.base import EMBEDDING_SETTINGS, RUNTIME_SETTINGS, ExtractorSettings
+    from medmix.plan.schema import SCHEMA_PATH
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    keys = schema["properties"]["experts"]["properties"]["settings"]["additionalProperties"]["properties"]
+    assert set(keys) == {*EMBEDDING_SETTINGS, *RUNTIME_SETTINGS}
+    assert set(EMBEDDING_SETTINGS).isdisjoint(RUNTIME_SETTINGS)
+    assert {*EMBEDDING_SETTINGS, *RUNTIME_SETTINGS, "input_schema"} == set(ExtractorSettings.__dataclass_fields__)

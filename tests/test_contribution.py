@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medmix.evaluation.contribution import contribution_frames, shapley_values, write_outputs
-from medmix.sweep import parse_sweep_name, required_subsets, sweep_jobs, sweep_plan, sweep_run_name
+from medmix.plan.sweep import parse_sweep_name, required_subsets, sweep_jobs, sweep_plan, sweep_run_name
 
 # -- Shapley values ---------------------------------------------------------------------------------------
 

@@ -239,7 +239,8 @@ def test_oversized_npz_refused_from_its_header(tmp_path: Path) -> None:
     import zipfile
 
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (768, 1024, 1024)})  # 3 GiB
+    # 3 GiB
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (768, 1024, 1024)})
     path = tmp_path / "bomb.npz"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("volume.npy", header.getvalue() + b"\0" * 64)

@@ -25,7 +25,8 @@ PACKAGE_SOURCES = ("medmix", "extractors", "workflow")
 UNDECLARED_IMPORTS = {"uni2ts": "workflow/envs/moirai.yaml"}
 #: Declared, not imported by our code.
 NOT_IMPORTED = {
-    "timm": "version floor of the library open_clip builds BiomedCLIP's vision tower with (extractors/biomedclip.py)",
+    "timm": "version floor of the library open_clip builds BiomedCLIP's vision tower with "
+            "(extractors/experts/biomedclip.py)",
     "pylibjpeg": "pydicom pixel-data plugin (JPEG decoders; pydicom finds it, extractors/inputs.py)",
     "pylibjpeg-libjpeg": "pylibjpeg plugin: JPEG lossless / baseline / extended and JPEG-LS decoding",
     "pylibjpeg-openjpeg": "pylibjpeg plugin: JPEG 2000 decoding",
@@ -74,7 +75,8 @@ def imports_of(paths) -> dict[str, set[str]]:
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     names.add(node.module.split(".")[0])
         else:  # Snakefile / *.smk: Python import lines
-            lines = re.findall(r"^\s*(?:from\s+([A-Za-z_]\w*)[\w.]*\s+import\s|import\s+([A-Za-z_]\w*))", text, flags=re.M)
+            lines = re.findall(r"^\s*(?:from\s+([A-Za-z_]\w*)[\w.]*\s+import\s|import\s+([A-Za-z_]\w*))", text,
+                               flags=re.M)
             names = {a or b for a, b in lines}
         for name in names:
             found.setdefault(name, set()).add(str(path.relative_to(REPO)))
@@ -113,9 +115,11 @@ def test_every_package_import_is_declared():
             continue
         dists = distributions(module)
         if not dists:
-            problems.append(f"{module} (imported by {sorted(files)[:3]}) is not installed: cannot tell its distribution")
+            problems.append(f"{module} (imported by {sorted(files)[:3]}) is not installed: cannot "
+                            "tell its distribution")
         elif not dists & allowed:
-            problems.append(f"{module} -> {sorted(dists)} (imported by {sorted(files)[:3]}) is not declared in pyproject")
+            problems.append(f"{module} -> {sorted(dists)} (imported by {sorted(files)[:3]}) is not "
+                            "declared in pyproject")
     assert not problems, "\n".join(problems)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medmix import docs_config
+from medmix.plan import docs_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,13 +14,13 @@ def test_configuration_page_matches_the_schema():
     current = page.read_text() if page.is_file() else ""
     assert current == docs_config.render(), (
         "docs/configuration.md differs from workflow/schemas/config.schema.yaml: run "
-        "`python -m medmix.docs_config --write`")
+        "`python -m medmix.plan.docs_config --write`")
 
 
 def test_every_schema_key_has_a_description():
     missing = docs_config.missing_descriptions()
     assert not missing, ("give these keys a `description` in workflow/schemas/config.schema.yaml, then run "
-                         "`python -m medmix.docs_config --write`: " + ", ".join(missing))
+                         "`python -m medmix.plan.docs_config --write`: " + ", ".join(missing))
 
 
 def test_nested_referenced_and_conditional_keys_are_rendered():

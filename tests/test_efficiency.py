@@ -15,6 +15,8 @@ from extractors.registry import get_spec
 from medmix.evaluation import efficiency_table as et
 from medmix.evaluation.paper_tables import PaperTable
 from medmix.methods.base import Prediction
+from medmix.methods.gbdt import _leaf_depths, lgb_trees
+from medmix.methods.linear_probe import linear_cost
 from medmix.pipeline import efficiency as ef
 from medmix.training.synthetic import synthetic_data
 
@@ -29,7 +31,7 @@ def test_linear_params_and_flops():
     lin = nn.Linear(10, 5)
     assert ef.state_params(lin.state_dict()) == 50 + 5
     assert _flops_per_sample(lin, 8, 10) == 2 * 10 * 5
-    assert ef.linear_cost(10, 5) == {"params": 55, "flops_per_sample": 100.0, "flops_kind": "flops"}
+    assert linear_cost(10, 5) == {"params": 55, "flops_per_sample": 100.0, "flops_kind": "flops"}
 
 
 def test_mlp_params_and_flops():
@@ -56,6 +58,7 @@ class _TinyEnsemble:
     """A two-seed stand-in for a torch FusionMethod: predict runs each seed's linear layer."""
 
     name = "tiny"
+    numpy_predict = False
 
     def __init__(self):
         self.seeds = [0, 1]
@@ -63,6 +66,9 @@ class _TinyEnsemble:
 
     def export(self):
         return {}, [net.state_dict() for net in self.nets]
+
+    def cost(self, batch):
+        return None  # counted by the efficiency job (FusionMethod.cost's default)
 
     def predict(self, data):
         x = data.x["a"][0]
@@ -79,11 +85,35 @@ def test_method_cost_is_one_seed():
     assert cost["peak_mem_bytes"] >= cost["param_bytes"] + ef.batch_bytes(data) + 40 * 2 * 4
 
 
+@pytest.mark.parametrize("name", ["linear_probe", "gbdt"])
+def test_numpy_methods_count_their_own_cost_on_the_cpu(name):
+    """gbdt and linear_probe count their cost themselves (FusionMethod.cost), on the CPU, with the
+    tracemalloc peak; what they report is what their fitted state holds."""
+    from medmix.methods import create_method
+    from medmix.protocols import Protocol
+
+    data = synthetic_data(n=120, dims={"a": [6], "b": [4]}, n_labels=2, seed=0)
+    params = {"lp_c_grid": [1.0]} if name == "linear_probe" else {"gbdt_num_leaves": [3], "gbdt_learning_rate": [0.3],
+                                                                  "gbdt_max_rounds": 5}
+    method = create_method(name, params)
+    method.fit(data.split_part("train"), data.split_part("val"), [0], Protocol("none"))
+    assert method.numpy_predict and ef.predict_device(method).type == "cpu"
+    cost = ef.fit_cost(method, data.split_part("val"))
+    assert cost["memory_method"].startswith("cpu tracemalloc")
+    if name == "linear_probe":
+        d_in = 6 + 4 + 2  # embeddings + one presence flag per expert
+        assert cost["params"] == 2 * d_in + 2 and cost["flops_per_sample"] == 2 * d_in * 2
+        assert cost["flops_kind"] == "flops"
+    else:
+        trees = [lgb_trees(m) for m in method.models[0] if isinstance(m, str)]
+        assert cost["params"] == sum(2 * len(t) - 1 for ts in trees for t in ts) and cost["flops_kind"] == "comparisons"
+
+
 def test_lightgbm_tree_depths():
     # root 0 -> (node 1, leaf 0); node 1 -> (leaf 1, leaf 2)
-    assert ef._leaf_depths([1, -2], [-1, -3]) == {0: 1, 1: 2, 2: 2}
+    assert _leaf_depths([1, -2], [-1, -3]) == {0: 1, 1: 2, 2: 2}
     text = "tree\nTree=0\nnum_leaves=3\nleft_child=1 -2\nright_child=-1 -3\n\nTree=1\nnum_leaves=1\n\nend of trees\n"
-    assert ef.lgb_trees(text) == [{0: 1, 1: 2, 2: 2}, {0: 0}]
+    assert lgb_trees(text) == [{0: 1, 1: 2, 2: 2}, {0: 0}]
 
 
 def test_minilm_params_from_its_bert_config():

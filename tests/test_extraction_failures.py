@@ -89,7 +89,7 @@ def test_threshold_counts_only_inputs_present_in_the_cohort(tmp_path: Path, n_ba
 def test_extract_job_passes_max_failed_fraction(tmp_path: Path) -> None:
     """``extraction.max_failed_fraction`` reaches the runner through the rule's job body."""
     from extractors.job import extract_job
-    from medmix.config import validate_schema
+    from medmix.plan.config import validate_schema
     from medmix.store.inputs import InputView, write_input_view
 
     cfg = validate_schema({"datasets": {"d": {"adapter": "manifest", "task": "binary", "labels": ["y"]}},
@@ -152,7 +152,8 @@ def _cuda_errors() -> list[BaseException]:
         RuntimeError("CUDA error: an illegal memory access was encountered"),
         RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"),
         RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
-        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
+                     "tried to allocate 8 bytes"),
         InputError("unreadable volume x.npz: MemoryError"),  # an expert's wrapper around an OOM (cause set below)
     ]
     errors[-1].__cause__ = MemoryError()

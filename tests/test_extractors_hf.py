@@ -25,7 +25,7 @@ from extractors.inputs import read_volume
 from extractors.registry import create_extractor, expert_module, get_spec, list_experts
 from extractors.runner import run_extraction
 from extractors.slide_tiling import select_tiles
-from medmix.code_closure import closure_files
+from medmix.plan.code_closure import closure_files
 from medmix.store import read_features
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,8 +46,9 @@ TABLE_E1 = {  # name: (kinds, role, dim, paper name)
     "merlin": (("volume",), "biomed", 2048, "Merlin"),
     "radfm": (("volume",), "teacher", 768, "RadFM"),
 }
-MY_MODULES = ["biomedclip", "dinov2", "dinov3", "slide_tiling", "gatortron", "qwen2", "chronos", "moirai", "moirai_worker",
-              "merlin", "radfm", "hf_common", "hf_vision", "hf_text", "ts_foundation"]
+MY_MODULES = ["experts.biomedclip", "experts.dinov2", "experts.dinov3", "slide_tiling", "experts.gatortron",
+              "experts.qwen2", "experts.chronos", "experts.moirai", "moirai_worker", "experts.merlin", "experts.radfm",
+              "hf_common", "hf_vision", "hf_text", "ts_foundation"]
 NOTES = [
     "The patient has no acute cardiopulmonary process.",
     "Heart size is normal. Lungs are clear. " * 25,  # several GatorTron windows with the test window size
@@ -86,7 +87,7 @@ def test_table_e1_experts_registered_with_real_ids() -> None:
     assert get_spec("moirai").environment == "moirai"
     assert not any(get_spec(n).trust_remote_code for n in TABLE_E1)  # MAIRA-2 (a RAG bridge) is the only one
     # The slide experts reuse the image experts' classes (their sources are rule inputs).
-    assert str(REPO / "extractors" / "dinov2.py") in closure_files(expert_module("dinov2_slide"))
+    assert str(REPO / "extractors" / "experts" / "dinov2.py") in closure_files(expert_module("dinov2_slide"))
 
 
 def test_expert_modules_import_no_heavy_library() -> None:
@@ -217,7 +218,8 @@ def test_tile_selection_rule() -> None:
 
 
 def test_dinov2_slide_reuses_image_expert(dinov2_dir: Path, tmp_path: Path) -> None:
-    slides = [_slide(tmp_path / "s0.png", [(0, 0, 448, 224)]), _slide(tmp_path / "s1.png", [(224, 224, 672, 448)], seed=1),
+    slides = [_slide(tmp_path / "s0.png", [(0, 0, 448, 224)]),
+              _slide(tmp_path / "s1.png", [(224, 224, 672, 448)], seed=1),
               _slide(tmp_path / "blank.png", [])]
     ff, summary, ext = _extract("dinov2_slide", [*slides, None], tmp_path / "a.parquet", local_dir=str(dinov2_dir))
     assert ff.embeddings.shape == (4, 768) and ff.present.tolist() == [True, True, False, False]
@@ -244,7 +246,8 @@ def test_dinov2_ct25d_appendix_a(dinov2_dir: Path, shared_data: Path, tmp_path: 
     std = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
     ref = _dinov2_reference(dinov2_dir, ((slices - mean) / std).astype(np.float32)).mean(axis=0)
     np.testing.assert_allclose(ff.embeddings[0], ref, atol=2e-5, rtol=1e-4)
-    assert ff.metadata["preprocessing"]["n_slices"] == 48 and ext.settings.preprocessing["hu_range"] == [-1000.0, 1000.0]
+    assert (ff.metadata["preprocessing"]["n_slices"] == 48
+            and ext.settings.preprocessing["hu_range"] == [-1000.0, 1000.0])
 
 
 # -- text --------------------------------------------------------------------------------------

@@ -19,12 +19,12 @@ import pytest
 
 from extractors.base import InputError, ModelUnavailableError
 from extractors.ct_slicing import window_hu
+from extractors.experts.merlin import merlin_preprocess, nifti_spacing_ras, read_ct_ras
+from extractors.experts.radfm import radfm_depth, radfm_preprocess
 from extractors.inputs import read_volume
-from extractors.merlin import merlin_preprocess, nifti_spacing_ras, read_ct_ras
-from extractors.radfm import radfm_depth, radfm_preprocess
 from extractors.registry import create_extractor, expert_module, get_spec
 from extractors.runner import run_extraction
-from medmix.code_closure import closure_files
+from medmix.plan.code_closure import closure_files
 from medmix.store import read_features
 
 
@@ -267,7 +267,8 @@ def test_merlin_end_to_end_random_weights(tmp_path: Path, monkeypatch: pytest.Mo
     np.testing.assert_allclose(ff.embeddings[0], ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
 
     # Deterministic: a fresh extractor loading the same checkpoint writes the same features.
-    run_extraction(create_extractor("merlin", {"local_dir": str(tmp_path), "device": "cpu"}), ids, values, str(tmp_path / "b.parquet"))
+    run_extraction(create_extractor("merlin", {"local_dir": str(tmp_path), "device": "cpu"}), ids, values,
+                   str(tmp_path / "b.parquet"))
     np.testing.assert_array_equal(read_features(tmp_path / "b.parquet").embeddings, ff.embeddings)
 
 

@@ -27,7 +27,7 @@ from tiny_models import build_chronos
 
 from extractors import moirai_worker
 from extractors.base import ModelUnavailableError
-from extractors.moirai import export_series, write_worker_features
+from extractors.experts.moirai import export_series, write_worker_features
 from extractors.registry import create_extractor
 from extractors.runner import run_extraction
 from medmix.store import read_features
@@ -320,7 +320,8 @@ def test_moirai_worker_loads_safetensors_strictly(moirai_env, moirai_dirs, tmp_p
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("MEDMIX_MOIRAI_PYTHON"),
                     reason="opt-in: set MEDMIX_MOIRAI_PYTHON to the python of an env with uni2ts 2.0.0 "
-                           "(conda env create -f workflow/envs/moirai.yaml, or a venv with pip install uni2ts==2.0.0; ~6 GB)")
+                           "(conda env create -f workflow/envs/moirai.yaml, or a venv with pip install "
+                           "uni2ts==2.0.0; ~6 GB)")
 def test_moirai_worker_same_in_production_env(moirai_env, moirai_dirs, tmp_path: Path) -> None:
     """The worker in the real MOIRAI env (torch<2.5, numpy 1.26, all of uni2ts) == the test env."""
     prod_python = os.environ["MEDMIX_MOIRAI_PYTHON"]

@@ -95,7 +95,7 @@ def test_module_imports_no_heavy_library() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, extractors.resnet50\n"
+    code = ("import sys, extractors.experts.resnet50\n"
             "print(sorted(k for k in ('torch', 'timm', 'safetensors') if k in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -12,7 +12,7 @@ import pytest
 from extractors.registry import create_extractor, expert_module, get_spec
 from extractors.runner import run_extraction
 from extractors.text_hashing import char_ngrams, word_ngrams
-from medmix.code_closure import closure_files
+from medmix.plan.code_closure import closure_files
 from medmix.store import read_features
 
 NOTES = ["Calcified granuloma in the right upper lobe. No pleural effusion.",

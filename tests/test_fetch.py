@@ -63,7 +63,8 @@ def online(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
-    return {"large": build_chronos(root / "large", d_model=1024), "large_v2": build_chronos(root / "large2", d_model=1024,
+    return {"large": build_chronos(root / "large", d_model=1024),
+            "large_v2": build_chronos(root / "large2", d_model=1024,
                                                                                              seed=1),
             "small": build_chronos(root / "small", d_model=512)}
 
@@ -118,7 +119,8 @@ def test_paper_profile_requirements_cover_every_expert_teacher_encoder_and_bridg
     assert fetchable[MAIRA2].remote_code and "*.py" in fetchable[MAIRA2].patterns
     assert len(fetchable["Qwen/Qwen2-0.5B"].used_by) == 2
     # Merlin's and HistGen's report generators are not hub downloads here: listed with the reason
-    assert not reqs[("stanfordmimi/Merlin", False)].fetchable and "merlin-vlm" in reqs[("stanfordmimi/Merlin", False)].note
+    assert (not reqs[("stanfordmimi/Merlin", False)].fetchable
+            and "merlin-vlm" in reqs[("stanfordmimi/Merlin", False)].note)
     assert "HistGen" in reqs[("dddavid4real/HistGen", False)].note
     assert fetchable["chaoyi-wu/RadFM"].unpack == "pytorch_model.bin"
     # a local_dir and the bundled MiniLM need no download; weight-free experts need nothing
@@ -476,7 +478,8 @@ def test_each_loader_family_reads_the_fetched_cache_offline(fresh_hub, online, t
 
     from extractors.knowledge.encoders import MEDCPT_QUERY, MEDCPT_QUERY_REVISION, EncoderSpec, build_encoder
 
-    fresh_hub.add_commit("UFNLP/gatortron-base", build_gatortron(tmp_path / "g"), sha=get_spec("gatortron_base").revision)
+    fresh_hub.add_commit("UFNLP/gatortron-base", build_gatortron(tmp_path / "g"),
+                         sha=get_spec("gatortron_base").revision)
     fresh_hub.add_commit("facebook/dinov2-base", build_dinov2(tmp_path / "d"), sha=get_spec("dinov2_base").revision)
     fresh_hub.add_commit(MEDCPT_QUERY, _tiny_bert(tmp_path / "q"), sha=MEDCPT_QUERY_REVISION)
     reqs = [r for r in requirements(["gatortron_base", "dinov2_base", "rag_medcpt_qwen2"], {})

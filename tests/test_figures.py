@@ -23,7 +23,8 @@ from medmix.metrics.classification import METRICS
 RUN_METHODS = {"meanavg": "meanavg", "concat": "concat", "max": "max", "medmix_uniform": "medmix",
                "medmix_nodistill": "medmix_nodistill", "medmix": "medmix", "medmix_stacked": "medmix_stacked"}
 TEST_PROTOCOLS = {"none": {"kind": "none"}, "rd30": {"kind": "random_drop", "p": 0.3},
-                  "rd50": {"kind": "random_drop", "p": 0.5}, "note50": {"kind": "drop_one", "modality": "note", "p": 0.5},
+                  "rd50": {"kind": "random_drop", "p": 0.5},
+                  "note50": {"kind": "drop_one", "modality": "note", "p": 0.5},
                   "img50": {"kind": "drop_one", "modality": "img", "p": 0.5}}
 
 
@@ -47,7 +48,8 @@ def figures() -> dict[str, object]:
     metrics, labels = _metrics()
     tables = pt.build_tables(metrics, labels, {"train": {"none": {"kind": "none"}}, "test": TEST_PROTOCOLS},
                              RUN_METHODS, {"dev": "multilabel"})
-    costs = {("dev", r): {"params": 1000 * (k + 1), "flops_per_sample": 3000.0 * (k + 1), "peak_mem_bytes": 8000 * (k + 1)}
+    costs = {("dev", r): {"params": 1000 * (k + 1), "flops_per_sample": 3000.0 * (k + 1),
+                          "peak_mem_bytes": 8000 * (k + 1)}
              for k, r in enumerate(RUN_METHODS)}
     efficiency = eff.efficiency_frame(tables["table1"], costs, {})
     subsets = ["img", "note", "img+note"]
@@ -97,7 +99,8 @@ def test_no_empty_panel_and_no_legend_over_a_panel(figures):
             assert legends, name
         for legend in legends:
             box = legend.get_window_extent(renderer)
-            assert frame.x0 - 1 <= box.x0 and box.x1 <= frame.x1 + 1 and frame.y0 - 1 <= box.y0 and box.y1 <= frame.y1 + 1, \
+            assert (frame.x0 - 1 <= box.x0 and box.x1 <= frame.x1 + 1
+                    and frame.y0 - 1 <= box.y0 and box.y1 <= frame.y1 + 1), \
                 f"{name}: legend cut off by the figure's edge"
             for ax in fig.axes:
                 assert not box.overlaps(ax.get_tightbbox(renderer)), f"{name}: legend over {ax.get_title()!r}"

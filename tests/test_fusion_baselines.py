@@ -27,7 +27,8 @@ from medmix.pipeline.fit import predict_protocols
 from medmix.protocols import Protocol
 from medmix.training.synthetic import synthetic_data
 
-FAST = dict(lr=3e-3, warmup_epochs=2, max_epochs=30, patience=6, batch_size=64, hidden_dim=32, precision="fp32", threads=1)
+FAST = dict(lr=3e-3, warmup_epochs=2, max_epochs=30, patience=6, batch_size=64, hidden_dim=32, precision="fp32",
+            threads=1)
 RULES = ["meanavg", "concat", "max", "attention"]
 LEARNERS = [*RULES, "large_ref_a"]
 ALL = [*LEARNERS, "mask_only"]
@@ -82,7 +83,8 @@ def _logloss(y, p):
 
 def test_registry_discovers_every_method_module():
     names = known_methods()
-    for name in [*RULES, "mask_only", "linear_probe", "medmix", "medmix_nodistill", "medmix_stacked", "large_ref_<variant>"]:
+    for name in [*RULES, "mask_only", "linear_probe", "medmix", "medmix_nodistill", "medmix_stacked",
+                 "large_ref_<variant>"]:
         assert name in names
     import pkgutil
 
@@ -97,7 +99,8 @@ def test_registry_discovers_every_method_module():
 
 def test_importing_the_registry_imports_no_method_module():
     code = ("import sys, medmix.methods as m; "
-            "assert not [k for k in sys.modules if k.startswith('medmix.methods.') and k not in ('medmix.methods.base', 'medmix.methods.registry')], "
+            "assert not [k for k in sys.modules if k.startswith('medmix.methods.') and k not in "
+            "('medmix.methods.base', 'medmix.methods.registry')], "
             "sorted(sys.modules); m.get_method_class('concat'); assert 'medmix.methods.attention' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -112,7 +115,7 @@ def test_method_family_variants():
 
 
 def test_config_accepts_families_and_merges_their_params():
-    from medmix.config import training_params
+    from medmix.plan.config import training_params
 
     cfg = {"training": {"lr": 1e-3, "dropout": 0.1}, "method_params": {"large_ref": {"dropout": 0.3},
                                                                      "large_ref_note": {"lr": 2e-3}}}
@@ -197,7 +200,8 @@ def test_values_in_masked_slots_change_no_output(planted, fitted, name, fill, dr
     np.testing.assert_array_equal(ref, got)
 
 
-dims_strategy = st.dictionaries(st.sampled_from(["img", "note", "ehr"]), st.lists(st.integers(1, 20), min_size=1, max_size=3),
+dims_strategy = st.dictionaries(st.sampled_from(["img", "note", "ehr"]),
+                                st.lists(st.integers(1, 20), min_size=1, max_size=3),
                                 min_size=1, max_size=3)
 
 
@@ -210,7 +214,8 @@ def test_fusion_nets_ignore_absent_experts(net, dims, n, seed, fill):
     x = {m: [torch.randn(n, d, generator=gen) for d in ds] for m, ds in dims.items()}
     mask = {m: torch.rand(n, len(ds), generator=gen) < 0.5 for m, ds in dims.items()}
     mask[next(iter(dims))][0] = False  # at least one sample misses a whole modality
-    dirty = {m: [torch.where(mask[m][:, k : k + 1], t, torch.tensor(fill)) for k, t in enumerate(xs)] for m, xs in x.items()}
+    dirty = {m: [torch.where(mask[m][:, k : k + 1], t, torch.tensor(fill)) for k, t in enumerate(xs)]
+             for m, xs in x.items()}
     with torch.no_grad():
         a, b = model(x, mask), model(dirty, mask)
         nothing = {m: torch.zeros_like(t) for m, t in mask.items()}
@@ -295,7 +300,7 @@ def test_config_validates_the_new_methods_and_refuses_baseline_lr():
 
     import yaml
 
-    from medmix.config import ConfigError, validate_config
+    from medmix.plan.config import ConfigError, validate_config
 
     cfg = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
     cfg["methods"] = [*RULES, "mask_only", "large_ref_note"]
@@ -323,12 +328,14 @@ def test_attention_weights_are_reported_per_expert(planted, fitted):
     pred = fitted["attention"].predict(test)
     w = pred.extras["attention"]
     names = pred.extra_columns["attention"]
-    assert w.shape == (2, test.n, 3) and names == ["a:a_expert0_informative", "a:a_expert1_noise", "b:b_expert0_informative"]
+    assert w.shape == (2, test.n, 3) and names == ["a:a_expert0_informative", "a:a_expert1_noise",
+                                                   "b:b_expert0_informative"]
     present = np.concatenate([test.mask[m].numpy() for m in test.modalities], 1)
     assert (w[:, ~present] == 0).all()
     np.testing.assert_allclose(w.sum(-1), np.broadcast_to(present.any(1), w.shape[:2]).astype(float), atol=1e-6)
     frame = predict_protocols(fitted["attention"], test, [Protocol("none")],
-                              {"dataset": "syn", "method": "attention", "train_protocol": "none", "cohort": "syn", "eval_set": "test"})[0]
+                              {"dataset": "syn", "method": "attention", "train_protocol": "none", "cohort": "syn",
+                               "eval_set": "test"})[0]
     assert "attention:b:b_expert0_informative" in frame.columns
 
 

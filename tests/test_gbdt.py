@@ -8,10 +8,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from medmix.config import ConfigError, _check_method_params
 from medmix.data import Standardizer
 from medmix.methods import create_method, known_methods, load_method
 from medmix.methods.gbdt import gbdt_features
+from medmix.plan.config import ConfigError, _check_method_params
 from medmix.protocols import Protocol
 from medmix.training.synthetic import synthetic_data
 

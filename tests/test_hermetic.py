@@ -45,7 +45,8 @@ def test_isolation_overrides_the_outer_environment(tmp_path):
 
 def test_child_processes_inherit_the_isolation_and_get_no_network():
     code = ("import os, urllib.request\nprint(os.environ['HF_HOME'])\n"
-            "try:\n    urllib.request.urlopen('http://example.com', timeout=5)\nexcept OSError as e:\n    print('refused')\n")
+            "try:\n    urllib.request.urlopen('http://example.com', timeout=5)\nexcept OSError as e:\n  "
+            "  print('refused')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == [os.environ["HF_HOME"], "refused"]
 

@@ -1,5 +1,5 @@
 """Your data in two commands: ``medmix init`` writes a config for a manifest cohort, and
-``snakemake --cores 2 all --configfile <it>`` runs that cohort alone (medmix.overlay: a config that
+``snakemake --cores 2 all --configfile <it>`` runs that cohort alone (medmix.plan.overlay: a config that
 declares its own datasets inherits none of the demo's); the plain default still plans the demo
 exactly as before the overlay rule."""
 

@@ -19,9 +19,9 @@ from extractors.inputs import read_tabular, read_timeseries
 from extractors.job import extract_job
 from extractors.registry import create_extractor
 from medmix.cohort import CohortError, read_cohort, write_cohort
-from medmix.config import REPO_ROOT, ConfigError, validate_config
 from medmix.datasets.manifest import load_manifest_dataset
 from medmix.datasets.schema import adopt_reference, series_header
+from medmix.plan.config import REPO_ROOT, ConfigError, validate_config
 from medmix.store import read_features
 from medmix.store.inputs import read_input_view, write_input_view
 
@@ -243,7 +243,8 @@ def test_external_cohort_encodes_with_the_development_categories(tmp_path):
     reference = read_cohort(tmp_path / "dev.parquet")  # as prepare_dataset reads it
     ext = adopt_reference(load_manifest_dataset("ext", _cfg(ext_manifest, role="external"), ext_dir),
                           reference.schemas, "dev")
-    assert ext.schemas["vitals"]["categorical"] == {"sex": ["Female", "Male"]} and ext.schemas["vitals"]["from"] == "dev"
+    assert (ext.schemas["vitals"]["categorical"] == {"sex": ["Female", "Male"]}
+            and ext.schemas["vitals"]["from"] == "dev")
     feats, _ = _extract(tmp_path, ext, "vitals", "tabular_raw")
     dev_feats, _ = _extract(tmp_path, dev, "vitals", "tabular_raw")
     assert feats.dim == dev_feats.dim == 6
@@ -257,7 +258,7 @@ def test_external_cohort_encodes_with_the_development_categories(tmp_path):
 
 def test_expected_widths_follow_the_datasets_schema():
     """Fit/evaluate refuse caches of another width: dataset-sized experts are checked per feature key."""
-    from medmix.config import with_expected_dims
+    from medmix.plan.config import with_expected_dims
 
     identities = {n: {"model_id": None, "revision": None, "preprocessing": create_extractor(n).settings.preprocessing}
                   for n in ("ts_summary", "tabular_raw")}

@@ -222,7 +222,8 @@ def test_series_values_that_are_not_numbers_make_the_sample_missing(tmp_path: Pa
     with pytest.raises(InputError) as err:
         read_timeseries(str(path))
     assert str(err.value) == (f"time series {path}: column 'sbp' has 2 value(s) that are not numbers, first at data "
-                              "row 1 ('120,5'); write numbers with a '.' decimal point and leave unobserved values empty")
+                              "row 1 ('120,5'); write numbers with a '.' decimal point and leave "
+                              "unobserved values empty")
     ok = tmp_path / "ok.csv"
     ok.write_text("time,hr,sbp\n1,81, \n0,80,NA\n2,,122.5\n")  # blank, NA and empty cells: unobserved
     frame = read_timeseries(str(ok))

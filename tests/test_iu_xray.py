@@ -193,7 +193,8 @@ def _xml_report(uid: str, findings: str, impression: str, major: list[str], auto
                 images: list[str]) -> str:
     """One report in the Open-i ecgen-radiology format (structure of the released files)."""
     def section(label, text):
-        return f'<AbstractText Label="{label}">{escape(text)}</AbstractText>' if text else f'<AbstractText Label="{label}"/>'
+        return (f'<AbstractText Label="{label}">{escape(text)}</AbstractText>' if text
+                else f'<AbstractText Label="{label}"/>')
 
     mesh = "".join(f"<major>{escape(m)}</major>" for m in major) + "".join(
         f"<automatic>{escape(a)}</automatic>" for a in automatic)

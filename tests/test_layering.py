@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from extractors.registry import expert_module, list_experts
-from medmix.code_closure import (
+from medmix.plan.code_closure import (
     NOT_OUTPUT_AFFECTING,
     _imported_names,
     _module_file,
@@ -21,7 +21,7 @@ from medmix.code_closure import (
 
 REPO = Path(__file__).resolve().parents[1]
 #: medmix modules that may know both stages (the workflow layer) and the shared door.
-WORKFLOW_LAYER = {"medmix.config", "medmix.cli", "medmix.overlay", "medmix.init_config", "medmix.cache_report"}
+WORKFLOW_LAYER = {"medmix.plan", "medmix.cli"}
 DOOR = "medmix.store"
 
 
@@ -29,14 +29,24 @@ def _contracts() -> list[dict]:
     return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
 
 
-def _top_level_medmix() -> set[str]:
+def _children(package: str) -> set[str]:
+    """The modules and sub-packages directly inside ``package`` (e.g. ``medmix``)."""
     out = set()
-    for path in (REPO / "medmix").iterdir():
+    for path in (REPO / package.replace(".", "/")).iterdir():
         if path.name.startswith(("_", ".")):
             continue
         if path.suffix == ".py" or (path / "__init__.py").is_file():
-            out.add(f"medmix.{path.stem}")
+            out.add(f"{package}.{path.stem}")
     return out
+
+
+def _top_level_medmix() -> set[str]:
+    return _children("medmix")
+
+
+def _layers(container: str) -> list[str]:
+    (contract,) = [c for c in _contracts() if c["type"] == "layers" and c["containers"] == [container]]
+    return contract["layers"]
 
 
 def test_import_contracts_hold():
@@ -69,21 +79,34 @@ def test_a_violation_is_caught(tmp_path):
     assert proc.returncode != 0 and "extractors.leak" in proc.stdout
 
 
-def test_layers_cover_every_medmix_package_and_catch_an_import_running_back_up(tmp_path):
-    """The layers contract places every top-level medmix package (exhaustive) and fails when a lower
-    package imports a higher one (here: the trainer importing the table jobs)."""
-    (layers,) = [c for c in _contracts() if c["type"] == "layers"]
-    placed = {f"medmix.{part.strip()}" for layer in layers["layers"] for part in layer.split("|")}
-    assert placed == _top_level_medmix(), placed ^ _top_level_medmix()
+@pytest.mark.parametrize("container", ["medmix", "medmix.plan"])
+def test_layers_place_every_module(container):
+    """Each layers contract places every module and package of its container (exhaustive)."""
+    placed = {f"{container}.{part.strip()}" for layer in _layers(container) for part in layer.split("|")}
+    assert placed == _children(container), placed ^ _children(container)
+
+
+@pytest.mark.parametrize(("where", "upward"), [
+    ("medmix/training/upward.py", "from medmix.evaluation import tables\n"),  # the trainer -> the table jobs
+    ("medmix/pipeline/upward.py", "from medmix.plan import runs\n"),  # a job body -> the workflow layer
+    ("medmix/plan/upward_sweep.py", "from medmix.plan import config\n"),  # inside the workflow layer
+])
+def test_an_import_running_back_up_fails(tmp_path, where, upward):
     fake = tmp_path / "proj"
     shutil.copytree(REPO / "medmix", fake / "medmix", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "extractors", fake / "extractors", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", fake / "pyproject.toml")
-    (fake / "medmix" / "training" / "upward.py").write_text("from medmix.evaluation import tables\n")
+    (fake / where).write_text(upward)
+    if where.startswith("medmix/plan/"):  # placed on the lowest level of the workflow layer
+        text = (fake / "pyproject.toml").read_text()
+        placed = text.replace('"sweep | missing_grid | code_closure | schema"',
+                              '"sweep | missing_grid | code_closure | schema | upward_sweep"')
+        (fake / "pyproject.toml").write_text(placed)
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
     proc = subprocess.run([exe, "--config", str(fake / "pyproject.toml")], cwd=fake, capture_output=True, text=True,
                           env={"PYTHONPATH": str(fake), "PATH": str(Path(sys.executable).parent)})
-    assert proc.returncode != 0 and "medmix.training.upward" in proc.stdout, proc.stdout[-2000:]
+    module = where.removesuffix(".py").replace("/", ".")
+    assert proc.returncode != 0 and module in proc.stdout, proc.stdout[-2000:]
 
 
 def _cycles(package: str) -> list[list[str]]:
@@ -151,13 +174,31 @@ def test_no_expert_imports_another_expert():
     assert not offenders, "shared code belongs in helper modules: " + "; ".join(offenders)
 
 
+def test_the_experts_package_holds_exactly_the_registering_modules():
+    """Every module of ``extractors/experts/`` registers an expert and no module elsewhere does;
+    enumerating them all (discovery) loads no heavy library (each expert imports its own lazily)."""
+    import pkgutil
+
+    from extractors import experts
+
+    modules = {f"extractors.experts.{info.name}" for info in pkgutil.iter_modules(experts.__path__)}
+    assert {expert_module(name) for name in list_experts()} == modules
+    heavy = ("torch", "transformers", "open_clip", "chronos", "timm", "sentence_transformers", "faiss", "nibabel",
+             "pydicom")
+    code = ("import sys\nfrom extractors.registry import list_experts\nassert len(list_experts()) > 20\n"
+            f"print(sorted(k for k in {heavy!r} if k in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_closure_follows_helpers_and_lazy_imports():
-    closure = module_closure("extractors.image_texture")
-    assert {"extractors.image_grey", "extractors.texture_features", "extractors.inputs", "extractors.base"} <= set(closure)
-    assert "extractors.image_intensity" not in closure  # a sibling expert, not a dependency
+    closure = module_closure("extractors.experts.image_texture")
+    assert {"extractors.image_grey", "extractors.texture_features", "extractors.inputs",
+            "extractors.base"} <= set(closure)
+    assert "extractors.experts.image_intensity" not in closure  # a sibling expert, not a dependency
     # rag_medcpt imports the knowledge helpers inside functions only
-    assert "extractors.knowledge.index" in module_closure("extractors.rag_medcpt")
-    assert not set(module_closure("extractors.minilm")) & set(NOT_OUTPUT_AFFECTING)
+    assert "extractors.knowledge.index" in module_closure("extractors.experts.rag_medcpt")
+    assert not set(module_closure("extractors.experts.minilm")) & set(NOT_OUTPUT_AFFECTING)
     files = closure_files("medmix.methods.medmix")
     assert str(REPO / "medmix" / "training" / "trainer.py") in files
 

@@ -156,7 +156,8 @@ def test_duplicate_ids_name_the_rows(tmp_path):
 def test_label_outside_domain_names_the_rows(tmp_path):
     base = _all_kinds_fixture(tmp_path)
     _rewrite(base, lambda f: f.__setitem__("nodule", ["0", "2", "1", "yes"]))
-    with pytest.raises(CohortError, match=r"label 'nodule' outside \{0, 1\}.*row 2 \(id 'b'\): '2'.*row 4 \(id 'd'\): 'yes'"):
+    with pytest.raises(CohortError,
+                       match=r"label 'nodule' outside \{0, 1\}.*row 2 \(id 'b'\): '2'.*row 4 \(id 'd'\): 'yes'"):
         build_cohort("fx", _cfg(), base)
     cohort = build_cohort("fx", _cfg(label_map={"yes": 1, "2": 1}), base)  # explicit spellings are accepted
     assert cohort.label_matrix()[:, 1].tolist() == [0.0, 1.0, 1.0, 1.0]
@@ -165,7 +166,9 @@ def test_label_outside_domain_names_the_rows(tmp_path):
 def test_patient_in_two_splits_is_refused(tmp_path):
     base = _all_kinds_fixture(tmp_path)
     _rewrite(base, lambda f: f.__setitem__("split", ["train", "test", "val", "test"]))
-    with pytest.raises(CohortError, match=r"more than one split.*row 1 \(id 'a'\): patient 'p1' in train.*row 2 \(id 'b'\): patient 'p1' in test"):
+    with pytest.raises(CohortError,
+                       match=r"more than one split.*row 1 \(id 'a'\): patient 'p1' in train.*row 2 \(id 'b'\): "
+                             r"patient 'p1' in test"):
         build_cohort("fx", _cfg(), base)
 
 
@@ -214,7 +217,8 @@ def test_symlink_pointing_outside_is_refused(tmp_path):
 def test_non_numeric_tabular_values_are_refused(tmp_path):
     base = _all_kinds_fixture(tmp_path)
     _rewrite(base, lambda f: f.__setitem__("bmi", ["22", "", "n/a", ""]))
-    with pytest.raises(CohortError, match=r"tabular modality 'vitals' has non-numeric values: row 3 \(id 'c'\): bmi='n/a'"):
+    with pytest.raises(CohortError,
+                       match=r"tabular modality 'vitals' has non-numeric values: row 3 \(id 'c'\): bmi='n/a'"):
         build_cohort("fx", _cfg(), base)
 
 
@@ -313,7 +317,8 @@ def test_val_from_train_carves_patients(tmp_path):
                   "split": ["test" if i >= 80 else "train" for i in range(n)], "y": ["1", "0"] * (n // 2),
                   "t": ["x"] * n}).to_csv(data / "m.csv", index=False)
     cfg = {"manifest": "d/m.csv", "id_column": "sid", "patient_column": "pid", "split_column": "split",
-           "val_from_train": 0.25, "task": "binary", "labels": ["y"], "modalities": {"t": {"kind": "text", "column": "t"}}}
+           "val_from_train": 0.25, "task": "binary", "labels": ["y"],
+           "modalities": {"t": {"kind": "text", "column": "t"}}}
     split = build_cohort("v", cfg, tmp_path).frame["split"].value_counts()
     assert (split["train"], split["val"], split["test"]) == (60, 20, 20)
 
@@ -415,7 +420,8 @@ def test_mimic_ehr_files_must_have_the_46_variables(tmp_path):
 
 def test_mimic_iii_is_external_test_only(tmp_path):
     _mimic_fixture(tmp_path / "m3", n_subjects=5, with_cxr=False, id_col="icustay_id")
-    cfg = {"adapter": "mimic_iii", "root": "m3", "task": "multitask", "labels": ["mortality", "long_stay", "readmission_30d"]}
+    cfg = {"adapter": "mimic_iii", "root": "m3", "task": "multitask",
+           "labels": ["mortality", "long_stay", "readmission_30d"]}
     cohort = build_cohort("mimic_iii", cfg, tmp_path)
     assert set(cohort.frame["split"]) == {"test"}
     assert cohort.extra["role"] == "external"
@@ -487,15 +493,18 @@ def test_docs_recipes_parse_and_fit_the_config_schema():
     snippets = _doc_dataset_snippets()
     assert {"mycohort", "openi", "mimic_iv_mm", "mimic_iii", "mmist_ccrcc", "derm7pt", "mmc_amd",
             "harvard_glaucoma"} <= set(snippets)
-    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    dataset_schema = {**schema["properties"]["datasets"]["additionalProperties"], "definitions": schema.get("definitions", {})}
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow" / "schemas"
+                             / "config.schema.yaml").read_text())
+    dataset_schema = {**schema["properties"]["datasets"]["additionalProperties"],
+                      "definitions": schema.get("definitions", {})}
     for name, cfg in snippets.items():
         assert cfg["adapter"] in known_adapters(), name
         jsonschema.validate(cfg, dataset_schema)
     assert snippets["derm7pt"]["classes"] == ["NEV", "BCC", "MEL", "MISC", "SK"]
     assert set(snippets["derm7pt"]["class_map"].values()) == {"NEV", "BCC", "MEL", "MISC", "SK"}
     assert declared_labels(snippets["openi"]) == [
-        "cardiomegaly", "pulmonary_atelectasis", "opacity", "calcified_granuloma", "lung", "thoracic_vertebrae", "spine",
+        "cardiomegaly", "pulmonary_atelectasis", "opacity", "calcified_granuloma", "lung", "thoracic_vertebrae",
+        "spine",
         "calcinosis", "markings", "pleural_effusion", "diaphragm", "density", "granulomatous_disease", "nodule",
         "airspace_disease"]
 
@@ -598,11 +607,13 @@ def test_symlink_loop_and_directory_are_per_sample_reasons(tmp_path):
     root = data.resolve()
     assert cohort.inputs("frontal")[1] is None and cohort.inputs("report")[1] is None
     assert cohort.extra["unusable_files"]["frontal"] == {
-        "b": f"path {root / 'img' / 'loop.png'} is a symlink loop (too many levels of symbolic links); it names no file"}
-    assert cohort.extra["unusable_files"]["report"] == {"b": f"note path {root / 'notes' / 'folder.txt'} is a directory, "
-                                                             "not a file"}
+        "b": f"path {root / 'img' / 'loop.png'} is a symlink loop (too many levels of symbolic "
+             "links); it names no file"}
+    assert cohort.extra["unusable_files"]["report"] == {"b": f"note path {root / 'notes' / 'folder.txt'} "
+                                                             "is a directory, not a file"}
     os.symlink("../../outside.png", data / "img" / "out.png")  # a loop that also leaves the folder
     os.symlink(data / "img" / "out.png", tmp_path / "outside.png")
     _rewrite(base, lambda f: f.__setitem__("frontal_path", ["img/a.png", "../outside.png", "", ""]))
-    with pytest.raises(CohortError, match=r"row 2 \(id 'b'\): path '../outside.png' leads to .*outside the data folder"):
+    with pytest.raises(CohortError,
+                       match=r"row 2 \(id 'b'\): path '../outside.png' leads to .*outside the data folder"):
         build_cohort("fx", _cfg(), base)

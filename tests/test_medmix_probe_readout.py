@@ -10,7 +10,7 @@ import torch
 
 from medmix.methods import create_method
 from medmix.methods.linear_probe import LinearProbe, probe_features
-from medmix.methods.medmix import PAPER_FORM, MedMIXObjective, build_members, model_config
+from medmix.methods.medmix import PAPER_FORM, MedMIXObjective, MedMIXSettings, build_members, model_config
 from medmix.methods.probe_readout import ProbeSettings, fit_reference_probe, known_targets
 from medmix.models import MedMIXConfig, MedMIXNet
 from medmix.protocols import Protocol
@@ -30,7 +30,8 @@ def planted():
 
 def _inputs(n=6, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    x = {"a": [torch.randn(n, 12, generator=gen), torch.randn(n, 8, generator=gen)], "b": [torch.randn(n, 6, generator=gen)]}
+    x = {"a": [torch.randn(n, 12, generator=gen), torch.randn(n, 8, generator=gen)],
+         "b": [torch.randn(n, 6, generator=gen)]}
     mask = {"a": torch.rand(n, 2, generator=gen) > 0.3, "b": torch.rand(n, 1, generator=gen) > 0.3}
     return x, mask
 
@@ -80,7 +81,8 @@ def test_param_groups_get_the_stated_lr_and_weight_decay(planted):
     (member,) = build_members(cfg, {}, [0], 0.3, ProbeSettings.from_params(params))
     probe_ids = {id(p) for p in member.model.probe_parameters()}
     assert probe_ids and len(member.model.probe_parameters()) == 3 + 1 + 1  # 3 experts, flag weight, bias
-    trainer = EnsembleTrainer(TrainConfig.from_params(params), MedMIXObjective(train.task, TrainConfig()))
+    trainer = EnsembleTrainer(TrainConfig.from_params(params),
+                              MedMIXObjective(train.task, MedMIXSettings.from_params({})))
     opt = trainer._optimizer([member])
     seen = set()
     for group in opt.param_groups:
@@ -123,14 +125,14 @@ def test_config_accepts_the_keys_and_checks_their_values():
 
     import yaml
 
-    from medmix.config import ConfigError, validate_config
+    from medmix.plan.config import ConfigError, training_params, validate_config
 
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
     ok = copy.deepcopy(cfg)
     ok["method_params"] = {"medmix": {"probe_readout": True, "probe_lr_mult": 3.0, "probe_init": False,
                                       "probe_crossfit": 0, "lp_c_grid": [0.1, 1.0]}}
     validate_config(ok)
-    defaults = validate_config(copy.deepcopy(cfg))["training"]
+    defaults = training_params(validate_config(copy.deepcopy(cfg)), "medmix")
     assert defaults["probe_readout"] is False and defaults["linear_readout"] is False  # the paper's MedMIX
     assert defaults["modality_loss_weight"] == 0.0 and defaults["fusion_warmup_epochs"] == 0
     stale = copy.deepcopy(cfg)
@@ -176,9 +178,10 @@ def test_objective_adds_the_l2_term_only_with_the_option(planted):
     (member,) = build_members(cfg, {}, [0], 0.3, ProbeSettings(enabled=True))
     member.model.probe.load_probe(torch.ones(2, 29), torch.zeros(2))
     n = 10
-    batch = Batch({m: [t[:n] for t in xs] for m, xs in train.x.items()}, {m: t[:n].bool() for m, t in train.mask.items()},
+    batch = Batch({m: [t[:n] for t in xs] for m, xs in train.x.items()},
+                  {m: t[:n].bool() for m, t in train.mask.items()},
                   train.y[:n])
-    config = TrainConfig.from_params(FAST)
+    config = MedMIXSettings.from_params(FAST)
     member.model.eval()
     plain, parts0 = MedMIXObjective(train.task, config).loss(member, batch, 0)
     with_l2, parts = MedMIXObjective(train.task, config, probe_l2=0.1).loss(member, batch, 0)
@@ -245,13 +248,15 @@ def test_out_of_fold_logits_take_each_rows_own_fold_probe():
     readouts = []
     for k in range(3):
         r = ProbeReadout(dims, 2)
-        r.load_probe(torch.randn(2, 12 + 8 + 6 + 3, generator=torch.Generator().manual_seed(k)), torch.full((2,), float(k)))
+        r.load_probe(torch.randn(2, 12 + 8 + 6 + 3, generator=torch.Generator().manual_seed(k)),
+                     torch.full((2,), float(k)))
         readouts.append(r)
     x, mask = _inputs(n=7)
     fold = torch.tensor([0, 2, 1, 1, 0, 2, 2])
     got = out_of_fold_logits(readouts, x, mask, fold)
     for i, k in enumerate(fold.tolist()):
-        expected = readouts[k]({m: [t[i:i + 1] for t in v] for m, v in x.items()}, {m: v[i:i + 1] for m, v in mask.items()})
+        expected = readouts[k]({m: [t[i:i + 1] for t in v] for m, v in x.items()},
+                               {m: v[i:i + 1] for m, v in mask.items()})
         torch.testing.assert_close(got[i:i + 1], expected)
 
 
@@ -286,16 +291,18 @@ def test_crossfit_training_loss_reads_the_out_of_fold_probes(planted):
     mask = {m: v[:16] for m, v in train.mask.items()}
     y = train.y[:16]
     zero = ProbeReadout(config.dims, config.n_out)  # all-zero out-of-fold probes
-    tc = TrainConfig.from_params(params)
+    tc = MedMIXSettings.from_params(params)
     member.model.eval()  # no dropout: the two losses see the same network
     with torch.no_grad():
         plain, _ = MedMIXObjective(train.task, tc).loss(member, Batch(x, mask, y), epoch=0)
         member.model.probe.load_probe(torch.randn_like(torch.cat(
-            [r.weight for rs in member.model.probe.experts.values() for r in rs] + [member.model.probe.flags.weight], 1)),
+            [r.weight for rs in member.model.probe.experts.values() for r in rs] + [member.model.probe.flags.weight],
+            1)),
             torch.zeros(config.n_out))
-        fold = torch.zeros(16, dtype=torch.long)
-        stacked, _ = MedMIXObjective(train.task, tc, fold_readouts=[zero, zero]).loss(member, Batch(x, mask, y, fold=fold),
-                                                                                      epoch=0)
+        # the objective's fold per training row, read at the batch's rows
+        folds = torch.zeros(train.n, dtype=torch.long)
+        stacked, _ = MedMIXObjective(train.task, tc, fold_readouts=[zero, zero], folds=folds).loss(
+            member, Batch(x, mask, y, rows=torch.arange(16)), epoch=0)
     # the full (now non-zero) probe is swapped out for the all-zero out-of-fold ones: the loss of the bare network
     torch.testing.assert_close(stacked, plain)
 

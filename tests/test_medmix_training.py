@@ -11,7 +11,7 @@ from safetensors import safe_open
 from sklearn.metrics import roc_auc_score
 
 from medmix.methods import create_method, load_method
-from medmix.methods.medmix import MedMIXObjective, build_members
+from medmix.methods.medmix import MEDMIX_DEFAULTS, MedMIXObjective, MedMIXSettings, build_members
 from medmix.models import MedMIXConfig
 from medmix.protocols import Protocol
 from medmix.training.distill import cosine_distill, distill_loss, distill_weight, rkd_distance
@@ -19,7 +19,8 @@ from medmix.training.synthetic import synthetic_data
 from medmix.training.trainer import EnsembleTrainer, TrainConfig, _DeviceData, cpu_supports_bf16
 
 # Tiny models: one intra-op thread is fastest (and immune to a busy machine).
-FAST = dict(lr=3e-3, warmup_epochs=2, max_epochs=30, patience=6, batch_size=64, hidden_dim=32, precision="fp32", threads=1)
+FAST = dict(lr=3e-3, warmup_epochs=2, max_epochs=30, patience=6, batch_size=64, hidden_dim=32, precision="fp32",
+            threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,7 @@ def test_curves_and_best_validation_checkpoint(trained, planted):
     assert {"seed", "epoch", "train_loss", "val_loss", "task_loss", "distill_loss", "lr"} <= set(curves.columns)
     assert curves["train_loss"].iloc[-1] < curves["train_loss"].iloc[0]
     method = create_method("medmix", FAST)
-    trainer = EnsembleTrainer(method.train_config, MedMIXObjective(val.task, method.train_config))
+    trainer = EnsembleTrainer(method.train_config, MedMIXObjective(val.task, method.settings))
     for seed, model in zip(trained.seeds, trained.models, strict=True):
         best = curves.loc[curves.seed == seed, "val_loss"].min()
         assert trainer.validation_loss(model, _DeviceData(val, trainer.device, model.modalities, trainer.dtype)) == best
@@ -226,7 +227,8 @@ def test_router_learning_rate_and_linear_warmup():
     trainer = EnsembleTrainer(config, objective=None)
     assert [trainer.lr_factor(step, 5) for step in (0, 4, 9, 10, 500)] == [0.1, 0.5, 1.0, 1.0, 1.0]
     model_cfg = MedMIXConfig(dims={"a": [8, 6], "b": [5]}, n_out=2, task="binary", hidden_dim=8)
-    members = build_members(model_cfg, {"a": 12}, [0, 1], config.router_lr_mult)
+    router_lr_mult = MedMIXSettings.from_params({}).router_lr_mult
+    members = build_members(model_cfg, {"a": 12}, [0, 1], router_lr_mult)
     optimizer = trainer._optimizer(members)
     lrs = {g["lr_mult"]: (g["lr"], len(g["params"])) for g in optimizer.param_groups}
     routers = 2 * len(members[0].model.router_parameters())
@@ -236,7 +238,7 @@ def test_router_learning_rate_and_linear_warmup():
     assert members[0].aux is not None and not any("heads" in k for k in members[0].model.state_dict())
     # seeded initialisation: same seed, same weights; the global RNG is left alone
     state = torch.random.get_rng_state()
-    again = build_members(model_cfg, {"a": 12}, [1], config.router_lr_mult)[0]
+    again = build_members(model_cfg, {"a": 12}, [1], router_lr_mult)[0]
     assert torch.equal(torch.random.get_rng_state(), state)
     for a, b in zip(members[1].model.parameters(), again.model.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -256,13 +258,16 @@ def test_meanavg_runs_on_the_same_trainer(planted):
 
 
 def test_train_config_defaults_are_the_papers():
-    c = TrainConfig.from_params({"hidden_dim": 64, "betas": [0.8, 0.9], "unrelated": 1})
-    assert (c.lr, c.router_lr_mult, c.weight_decay, c.grad_clip) == (1e-5, 0.3, 1e-2, 1.0)
+    c = TrainConfig.from_params({"hidden_dim": 64, "betas": [0.8, 0.9], "unrelated": 1, "distill_max": 0.1})
+    assert (c.lr, c.weight_decay, c.grad_clip) == (1e-5, 1e-2, 1.0)
     assert (c.warmup_epochs, c.max_epochs, c.batch_size, c.patience) == (50, 200, 256, 20)
-    assert (c.distill_max, c.distill_ramp_epochs, c.rkd_weight) == (0.3, 30, 0.05)
-    assert c.modality_loss_weight == 0.0  # the paper's objective (MedMIX's λ_M option; 1 adds the head losses)
-    assert c.fusion_warmup_epochs == 0  # the paper: fusion weights learned from the start (medmix_stacked: 10)
     assert c.betas == (0.8, 0.9)
+    # MedMIX's own settings are not the generic trainer's
+    assert not {f.name for f in dataclasses.fields(TrainConfig)} & set(MEDMIX_DEFAULTS)
+    m = MedMIXSettings.from_params({"unrelated": 1})
+    assert (m.router_lr_mult, m.distill_max, m.distill_ramp_epochs, m.rkd_weight) == (0.3, 0.3, 30, 0.05)
+    assert m.modality_loss_weight == 0.0  # the paper's objective (MedMIX's λ_M option; 1 adds the head losses)
+    assert m.fusion_warmup_epochs == 0  # the paper: fusion weights learned from the start (medmix_stacked: 10)
     with pytest.raises(ValueError):
         TrainConfig.from_params({"precision": "fp16"})
 
@@ -292,7 +297,7 @@ def test_fusion_warmup_schedule_and_paper_form():
     assert [fusion_mix(e, 4) for e in (0, 3, 4, 6, 8, 50)] == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
     assert all(fusion_mix(e, 0) == 1.0 for e in range(5))
     paper = create_method("medmix", {"lr": 1e-3})  # `medmix` is the paper's model
-    assert paper.train_config.fusion_warmup_epochs == 0 and paper.train_config.modality_loss_weight == 0.0
+    assert paper.settings.fusion_warmup_epochs == 0 and paper.settings.modality_loss_weight == 0.0
     assert not paper.probe_settings.enabled and not type(paper).beyond_paper
     config = model_config(synthetic_data(n=40), paper.params)
     assert not config.linear_readout and not config.probe_readout
@@ -300,7 +305,7 @@ def test_fusion_warmup_schedule_and_paper_form():
                           "probe_readout": False}
     stacked = create_method("medmix_stacked", {"lr": 1e-3})  # beyond the paper, under its own name
     assert type(stacked).beyond_paper and stacked.probe_settings.enabled and stacked.probe_settings.crossfit == 5
-    assert stacked.train_config.fusion_warmup_epochs == 10
+    assert stacked.settings.fusion_warmup_epochs == 10
     tuned = create_method("medmix_stacked", {"lr": 1e-3, "probe_crossfit": 3})  # its own keys still tune it
     assert tuned.probe_settings.crossfit == 3
 

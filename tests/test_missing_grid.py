@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medmix import missing_grid
-from medmix.config import ConfigError, validate_config
+from medmix.plan import missing_grid
+from medmix.plan.config import ConfigError, validate_config
 from medmix.protocols import parse_protocols
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_config_errors_name_the_key(mutate, needle):
 
 
 def test_grid_runs_train_the_grid_seeds_and_every_other_run_all_seeds(cfg):
-    from medmix.runs import run_seeds
+    from medmix.plan.runs import run_seeds
 
     assert missing_grid.grid_seeds(cfg) == cfg["seeds"]  # default: every seed
     assert run_seeds(cfg, "demo_openi", "cpimoe", "miss_primary_20") == cfg["seeds"]
@@ -127,6 +127,7 @@ def test_mixing_weights_per_cell_are_cpimoe_router_or_medmix_fusion_weights(tmp_
     fusion = gates[gates.method == "medmix"]
     assert set(fusion.kind) == {"fusion"} and set(fusion.expert) == {"a", "b"}
     assert fusion.weight.tolist() == pytest.approx([0.5] * 4)
-    assert gate_means([str(f) for f in files], cells, "train_and_test", ["medmix"]).method.unique().tolist() == ["medmix"]
+    assert gate_means([str(f) for f in files], cells, "train_and_test",
+                      ["medmix"]).method.unique().tolist() == ["medmix"]
     gate_heatmap(gates, "d", "medmix", tmp_path / "fusion.png")
     assert (tmp_path / "fusion.png").stat().st_size > 0

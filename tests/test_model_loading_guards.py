@@ -155,10 +155,12 @@ def test_medcpt_and_sentence_transformer_encoders_refuse_missing_tensors(tmp_pat
 
 def test_projection_language_model_refuses_missing_tensors(tmp_path: Path) -> None:
     build_qwen2(tmp_path / "lm", layers=1)  # Qwen2ForCausalLM checkpoint, read as Qwen2Model (as Qwen2-0.5B is)
-    assert token_mean_embeddings(str(tmp_path / "lm"), None, ["renal mass"], ["the patient has a small left pleural effusion"]).shape == (1, 896)
+    assert token_mean_embeddings(str(tmp_path / "lm"), None, ["renal mass"],
+                                 ["the patient has a small left pleural effusion"]).shape == (1, 896)
     _drop(tmp_path / "lm" / "model.safetensors", "layers.0.mlp.down_proj")
     with pytest.raises(ModelUnavailableError, match=r"projection language model.*lacks 1"):
-        token_mean_embeddings(str(tmp_path / "lm"), None, ["renal mass"], ["the patient has a small left pleural effusion"])
+        token_mean_embeddings(str(tmp_path / "lm"), None, ["renal mass"],
+                              ["the patient has a small left pleural effusion"])
 
 
 def test_rag_expert_language_model_refuses_missing_tensors(tmp_path: Path) -> None:
@@ -195,7 +197,8 @@ def test_state_dict_loaders_refuse_missing_and_foreign_tensors() -> None:
     state = model.state_dict()
     load_state_complete(model, dict(state), "x", "ckpt.pt")  # complete: loads
     partial = {k: v for k, v in state.items() if k != "1.bias"}
-    with pytest.raises(ModelUnavailableError, match=r"ckpt\.pt' lacks 1 of the model's tensors \(e\.g\. \['1\.bias'\]\)"):
+    with pytest.raises(ModelUnavailableError,
+                       match=r"ckpt\.pt' lacks 1 of the model's tensors \(e\.g\. \['1\.bias'\]\)"):
         load_state_complete(model, partial, "x", "ckpt.pt")
     with pytest.raises(ModelUnavailableError, match=r"has 1 tensors the model does not"):
         load_state_complete(model, {**state, "2.weight": torch.zeros(1)}, "x", "ckpt.pt")

@@ -75,10 +75,11 @@ def test_gatortron_casing_follows_config_and_setting(tmp_path: Path) -> None:
 
 # -- MOIRAI patch size --------------------------------------------------------------------------
 def test_moirai_patch_size_from_frequency() -> None:
-    from extractors.moirai import PATCH_SIZE_RANGES, resolve_patch_size
+    from extractors.experts.moirai import PATCH_SIZE_RANGES, resolve_patch_size
 
     # uni2ts 2.0.0 DefaultPatchSizeConstraints.DEFAULT_RANGES (uni2ts/transform/patch.py).
-    assert PATCH_SIZE_RANGES["H"] == (32, 64) and PATCH_SIZE_RANGES["M"] == (8, 32) and PATCH_SIZE_RANGES["D"] == (16, 32)
+    assert (PATCH_SIZE_RANGES["H"] == (32, 64) and PATCH_SIZE_RANGES["M"] == (8, 32)
+            and PATCH_SIZE_RANGES["D"] == (16, 32))
     assert resolve_patch_size({"frequency": "H", "patch_size": "auto"}) == 32
     assert resolve_patch_size({"frequency": "1h", "patch_size": "auto"}) == 32
     assert resolve_patch_size({"frequency": "15min", "patch_size": "auto"}) == 32
@@ -147,7 +148,7 @@ def test_merlin_sidecar_and_dataset_spacing(tmp_path: Path) -> None:
 
 # -- RadFM intensity ----------------------------------------------------------------------------
 def test_radfm_intensity_display_window_then_volume_minmax() -> None:
-    from extractors.radfm import radfm_intensity, radfm_preprocess
+    from extractors.experts.radfm import radfm_intensity, radfm_preprocess
 
     rng = np.random.default_rng(0)
     vol = rng.uniform(-1100, 1500, size=(8, 16, 16)).astype(np.float32)
@@ -172,7 +173,7 @@ def test_radfm_intensity_display_window_then_volume_minmax() -> None:
 
 
 def test_radfm_expert_records_intensity_rule(tmp_path: Path) -> None:
-    from extractors.radfm import radfm_preprocess
+    from extractors.experts.radfm import radfm_preprocess
 
     ex = create_extractor("radfm")
     pre = ex.metadata()["preprocessing"]

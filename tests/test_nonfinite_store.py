@@ -1,7 +1,7 @@
 """Non-finite embeddings: refused at write time, recorded absent by the jobs, never repaired on read.
 
 Rule: an expert's NaN/inf embedding for a sample makes that sample absent with the reason
-"non-finite embedding" (extractors/runner.py for in-process experts, extractors/moirai.py for
+"non-finite embedding" (extractors/runner.py for in-process experts, extractors/experts/moirai.py for
 the MOIRAI worker's output); ``write_features`` refuses non-finite values for present samples;
 ``read_features`` refuses a file holding any (written by something else), naming the samples.
 """
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from extractors.base import Extractor
-from extractors.moirai import write_worker_features
+from extractors.experts.moirai import write_worker_features
 from extractors.registry import ExpertSpec, create_extractor
 from extractors.runner import run_extraction
 from medmix.store import META_KEY, FeatureStoreError, read_features, write_features

@@ -74,7 +74,8 @@ def test_markdown_bold_best_and_notes():
     tex = pt.to_latex(tables["table1"], [0, 1, 2])
     assert "\\textbf{0.7100 $\\pm$ 0.0100}" in tex and "\\toprule" in tex
     csv = pt.to_csv_frame(tables["table1"])
-    assert csv.loc[csv.method == "medmix", "auroc_best"].item() and not csv.loc[csv.method == "meanavg", "auroc_best"].item()
+    assert (csv.loc[csv.method == "medmix", "auroc_best"].item()
+            and not csv.loc[csv.method == "meanavg", "auroc_best"].item())
     assert "note" in pt.to_csv_frame(tables["tableE2"]).columns
 
 
@@ -119,7 +120,8 @@ def test_paired_test_and_significance_from_predictions():
                                           "sample_id": [f"s{i:03d}" for i in range(n)], "prob:y": prob, "label:y": y}))
         frames[("dev", method, "none")] = pd.concat(rows, ignore_index=True)
     res = collect_all(frames, {"dev": "binary"})
-    tables = pt.build_tables(res.metrics, res.labels, {"train": {}, "test": {}}, {"meanavg": "meanavg", "medmix": "medmix"},
+    tables = pt.build_tables(res.metrics, res.labels, {"train": {}, "test": {}},
+                             {"meanavg": "meanavg", "medmix": "medmix"},
                              {"dev": "binary"})
     sig = table_significance(tables["table1"].frame, ["dataset"], frames, res.thresholds, {"dev": "binary"}, n_boot=100)
     auroc = sig[sig.metric == "auroc"].iloc[0]
@@ -131,7 +133,8 @@ def test_paired_test_and_significance_from_predictions():
     assert "p = " in pt.to_markdown(tables["table1"], [0, 1, 2], sig)
 
 
-@pytest.mark.parametrize("run,method,expected", [("medmix", "medmix", False), ("medmix_nodistill", "medmix_nodistill", True),
+@pytest.mark.parametrize("run,method,expected",
+                         [("medmix", "medmix", False), ("medmix_nodistill", "medmix_nodistill", True),
                                                  ("no_rag", "medmix", True), ("meanavg", "meanavg", False)])
 def test_ablation_rows(run, method, expected):
     assert pt.is_ablation(run, method) is expected

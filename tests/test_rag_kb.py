@@ -26,7 +26,8 @@ BULK = """<?xml version="1.0" encoding="UTF-8"?>
 <health-topic meta-desc="Fluid around the lungs" title="Pleural Disorders" url="https://medlineplus.gov/pleuraldisorders.html"
   id="2993" language="English" date-created="01/01/2003">
  <also-called>Pleurisy</also-called><also-called>Pleural effusion</also-called>
- <full-summary>&lt;p&gt;Your &lt;b&gt;pleura&lt;/b&gt; is a thin sheet of tissue.&lt;/p&gt;&lt;ul&gt;&lt;li&gt;Pleural effusion &amp;amp; fluid&lt;/li&gt;&lt;/ul&gt;</full-summary>
+ <full-summary>&lt;p&gt;Your &lt;b&gt;pleura&lt;/b&gt; is a thin sheet of tissue.&lt;/p&gt;\
+&lt;ul&gt;&lt;li&gt;Pleural effusion &amp;amp; fluid&lt;/li&gt;&lt;/ul&gt;</full-summary>
  <group url="https://medlineplus.gov/lungsandbreathing.html" id="20">Lungs and Breathing</group>
  <mesh-heading><descriptor id="D010995">Pleural Diseases</descriptor></mesh-heading>
  <related-topic url="https://medlineplus.gov/lungdiseases.html" id="1">Lung Diseases</related-topic>
@@ -101,12 +102,14 @@ def test_rebuilt_kb_is_byte_identical(tmp_path):
 
 
 def test_html_to_text():
-    assert html_to_text("<p>A&nbsp;b</p><ul><li>one</li><li>two &amp; three</li></ul>") == "A b one two & three"  # nbsp is whitespace too
+    # nbsp is whitespace too
+    assert html_to_text("<p>A&nbsp;b</p><ul><li>one</li><li>two &amp; three</li></ul>") == "A b one two & three"
 
 
 def test_bad_sources_are_named(tmp_path):
     dtd = tmp_path / "evil.xml"
-    dtd.write_text('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><Document id="1"><Focus>&a;</Focus></Document>')
+    dtd.write_text('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><Document '
+                   'id="1"><Focus>&a;</Focus></Document>')
     with pytest.raises(KnowledgeBaseError, match="DOCTYPE"):
         load_topics(dtd)
     other = tmp_path / "other.xml"

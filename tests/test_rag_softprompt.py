@@ -115,7 +115,8 @@ def test_soft_prompt_path_end_to_end_into_parquet(setup, tmp_path):
     pd.DataFrame({"hour": [0, 1], "heart_rate": [88, 97], "lactate": [None, None]}).to_csv(series, index=False)
     cxr = str(tmp_path / "cxr.png")
     bridge = tmp_path / "bridge.parquet"
-    write_bridge(bridge, ["s4"], [cxr], ["Large left pleural effusion with adjacent atelectasis."], [None], {"bridge": "test"})
+    write_bridge(bridge, ["s4"], [cxr], ["Large left pleural effusion with adjacent atelectasis."], [None],
+                 {"bridge": "test"})
 
     ex = create_extractor("rag_medcpt_qwen2", setup["settings"])
     out = tmp_path / "features.parquet"
@@ -230,7 +231,8 @@ def test_leakage_guard_labels_and_splits_do_not_change_embeddings(setup, tmp_pat
         for mod in ("note", "ehr"):
             out = tmp_path / f"{mod}{k}.parquet"
             extract_job(str(view_path), mod, "rag_medcpt_qwen2", str(out),
-                        identity={"model_id": spec.hub_id, "revision": spec.revision, "preprocessing": spec.preprocessing},
+                        identity={"model_id": spec.hub_id, "revision": spec.revision,
+                                  "preprocessing": spec.preprocessing},
                         runtime={"local_dir": setup["settings"]["local_dir"]},
                         options=setup["settings"]["options"])
             outputs.append((k, mod, read_features(out)))
@@ -270,7 +272,8 @@ def test_medcpt_long_query_rule_against_reference(setup, tmp_path):
     (models / "query_encoder").mkdir()
     for name in ("config.json", "model.safetensors", "vocab.txt"):
         shutil.copy(shared / "query_encoder" / name, models / "query_encoder" / name)
-    BertTokenizer.from_pretrained(models / "query_encoder", do_lower_case=True).save_pretrained(models / "query_encoder")
+    BertTokenizer.from_pretrained(models / "query_encoder",
+                                  do_lower_case=True).save_pretrained(models / "query_encoder")
     settings = {**setup["settings"], "local_dir": str(models)}
     tok = BertTokenizer.from_pretrained(models / "query_encoder")
     qenc = AutoModel.from_pretrained(models / "query_encoder").eval()

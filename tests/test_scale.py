@@ -25,7 +25,7 @@ from workflow_helpers import job_counts
 
 from extractors.base import ExtractionFailedError
 from extractors.job import default_batch_size, extract_job, merge_job
-from medmix.config import ConfigError, expert_shards, extraction_resources, validate_config
+from medmix.plan.config import ConfigError, expert_shards, extraction_resources, validate_config
 from medmix.store import FeatureStoreError, read_features
 from medmix.store.inputs import InputView, write_input_view
 from medmix.store.shards import merge_parts, part_path, shard_of, shard_rows
@@ -243,7 +243,8 @@ def tiny_config(shards: int = 1) -> dict:
 
 @pytest.mark.slow
 def test_cluster_generic_run_with_shards_and_groups_equals_a_local_run(tmp_path):
-    """Each job (shards, merges, the group of fit jobs, the dataset's evaluate job) is a separately submitted process."""
+    """Each job (shards, merges, the group of fit jobs, the dataset's evaluate job) is a separately submitted
+    process."""
     local, cluster = tmp_path / "local", tmp_path / "cluster"
     for folder, shards in ((local, 1), (cluster, 2)):
         folder.mkdir()

@@ -4,7 +4,8 @@ Every neural method is fitted twice on the same data, seeds and settings: stacke
 member (the reference). Each seed must come out the same: validation-loss curves equal to 3
 decimals and test probabilities to 1e-4 (the batched matmuls may round differently in the last
 bits, so exact equality is not asserted across the two paths). Within the stacked path a seed is
-the same whether it is stacked with others or alone (to 1e-5: not bit-identical, see that test). Early stopping at different epochs per
+the same whether it is stacked with others or alone (to 1e-5: not bit-identical, see that test).
+Early stopping at different epochs per
 seed (members leaving the stack, their optimizer state carried) and dropout streams are exercised.
 """
 

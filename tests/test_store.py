@@ -16,7 +16,8 @@ def _write(path, ids, dim=4, present=None, seed=0, **meta):
     rng = np.random.default_rng(seed)
     emb = rng.normal(size=(len(ids), dim)).astype(np.float32)
     present = np.ones(len(ids), bool) if present is None else np.asarray(present)
-    write_features(path, ids, emb, present, {"extractor": "x", "model_id": "m", "revision": "r", "preprocessing": {}, **meta})
+    write_features(path, ids, emb, present,
+                   {"extractor": "x", "model_id": "m", "revision": "r", "preprocessing": {}, **meta})
     return emb, present
 
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+from workflow_helpers import tiny_predictions
 
 from medmix.evaluation.tables_job import tables_job
 
@@ -16,23 +17,6 @@ PAPER = [f"{t}.{e}" for t in ("table1", "table2", "tableE2", "tableE3", "tableE4
 FIGS = ["fig2_one_modality_drop.png", "fig4_ablation.pdf", "fig_per_label_f1.png", "fig5_efficiency.png"]
 
 
-def _predictions(method, train_protocol, signal, rng, n=60):
-    y = (rng.random((n, 2)) < 0.4).astype(float)
-    rows = []
-    for seed in (0, 1):
-        for eval_set, tests in (("val", ["none"]), ("test", ["none", "rd30", "note50"])):
-            for test in tests:
-                noise = 0.2 if test != "none" else 0.0
-                prob = np.clip(signal * y + (1 - signal - noise) * rng.random((n, 2)) + noise * 0.5, 0, 1)
-                rows.append(pd.DataFrame({
-                    "dataset": "dev", "method": method, "train_protocol": train_protocol, "cohort": "dev",
-                    "eval_set": eval_set, "test_protocol": test, "seed": seed,
-                    "sample_id": [f"s{i:02d}" for i in range(n)], "prob:a": prob[:, 0], "prob:b": prob[:, 1],
-                    "label:a": y[:, 0], "label:b": y[:, 1], "present:img": np.arange(n) % 3 > 0,
-                    "present:note": test != "note50"}))
-    return pd.concat(rows, ignore_index=True)
-
-
 def test_tables_job_writes_every_output(tmp_path):
     rng = np.random.default_rng(0)
     files = []
@@ -40,7 +24,7 @@ def test_tables_job_writes_every_output(tmp_path):
                                   ("meanavg", "rd50", 0.15), ("medmix_nodistill", "none", 0.4),
                                   ("medmix_nodistill", "rd50", 0.4)):
         path = tmp_path / f"{method}_{train}.parquet"
-        _predictions(method, train, signal, rng).to_parquet(path)
+        tiny_predictions(method, train, signal, rng).to_parquet(path)
         files.append(str(path))
     (tmp_path / "summary.md").write_text("# Dataset summary: dev\n")
     out = {k: str(tmp_path / f"{k}.out") for k in ("main", "metrics", "robustness", "datasets", "labels",

@@ -12,7 +12,14 @@ from config_helpers import default_config
 from test_workflow import snakemake
 from test_workflow_manifest import _manifest_config, _write_cohort
 
-from medmix.config import ConfigError, run_spec, run_specs, select_committee, training_params, validate_config
+from medmix.plan.config import (
+    ConfigError,
+    run_spec,
+    run_specs,
+    select_committee,
+    training_params,
+    validate_config,
+)
 
 COMMITTEE = {
     "note": {"committee": [["text_keywords", "biomed"], ["minilm_l6", "general"], ["rag_minilm", "rag"]],
@@ -30,7 +37,8 @@ def _config(**variants) -> dict:
 
 def test_a_plain_method_is_its_own_run():
     spec = run_spec(_config(), "medmix")
-    assert (spec.name, spec.method, spec.modalities, spec.roles, spec.is_variant) == ("medmix", "medmix", None, None, False)
+    assert ((spec.name, spec.method, spec.modalities, spec.roles, spec.is_variant)
+            == ("medmix", "medmix", None, None, False))
     assert select_committee(COMMITTEE, spec, "d") == COMMITTEE
 
 
@@ -63,7 +71,8 @@ def test_variant_params_override_training_and_method_params():
     ({"medmix": {"method": "medmix"}}, "is a registered method"),
     ({"v": {"method": "medmixx"}}, "variants.v.method`: unknown method 'medmixx'.*did you mean 'medmix'"),
     ({"v": {"method": "medmix", "params": {"lrr": 1}}}, "variants.v.params.lrr`: unknown key 'lrr'"),
-    ({"v": {"method": "medmix", "modalities": ["pathology"]}}, "variants.v`: run 'v' on dataset 'demo_openi': no expert left"),
+    ({"v": {"method": "medmix", "modalities": ["pathology"]}},
+     "variants.v`: run 'v' on dataset 'demo_openi': no expert left"),
     ({"bad/name": {"method": "medmix"}}, "must match"),
 ])
 def test_bad_variants_are_config_errors_naming_the_key(variants, message):
@@ -117,7 +126,7 @@ def test_variants_train_from_the_same_cache_and_are_rows_of_the_tables(tmp_path)
 def test_sweep_runs_are_their_base_run_restricted_to_the_subset():
     import re
 
-    from medmix.runs import RUN_NAME_PATTERN
+    from medmix.plan.runs import RUN_NAME_PATTERN
 
     cfg = _config(medmix_no_rag={"method": "medmix", "roles": ["biomed", "general"], "params": {"lr": 0.01}})
     spec = run_spec(cfg, "medmix_no_rag@note")
@@ -146,7 +155,7 @@ def test_bad_sweeps_are_config_errors(sweep, message):
 
 
 def test_sweep_subset_runs_train_the_sweep_seeds():
-    from medmix.runs import run_seeds
+    from medmix.plan.runs import run_seeds
 
     cfg = _config()
     cfg["seeds"] = [0, 1, 2]

@@ -24,7 +24,7 @@ from config_helpers import default_config
 from PIL import Image
 from workflow_helpers import job_counts
 
-from medmix.config import extraction_jobs, validate_config
+from medmix.plan.config import extraction_jobs, validate_config
 from medmix.store import read_features
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def _planned_after_edit(workdir, cfg, module: Path, source: Path) -> dict[str, i
 def test_editing_an_extractor_module_reruns_only_the_experts_that_import_it(workflow_run, source):
     workdir, cfg, _ = workflow_run
     # ct_intensity_profile's own module: nothing else imports it
-    jobs = _planned_after_edit(workdir, cfg, source / "extractors" / "ct_profile.py", source)
+    jobs = _planned_after_edit(workdir, cfg, source / "extractors" / "experts" / "ct_profile.py", source)
     assert jobs.get("extract") == 2, jobs  # demo_mimic, demo_mimic_ext
     assert jobs.get("fit") == len(cfg["methods"])  # only demo_mimic's models
     assert evaluations(jobs) == {"evaluate_demo_mimic": 1}  # demo_mimic and its external cohort
@@ -187,7 +187,7 @@ def test_editing_the_input_reader_reruns_every_expert_reading_through_it(workflo
     jobs = _planned_after_edit(workdir, cfg, source / "extractors" / "inputs.py", source)
     assert jobs.get("extract") == len(extraction_jobs(validate_config(copy.deepcopy(cfg)))), jobs
     assert "prepare_dataset" not in jobs and "demo_cohort" not in jobs
-    # the runner is declared plumbing (medmix.code_closure.NOT_OUTPUT_AFFECTING): its edit reruns nothing
+    # the runner is declared plumbing (medmix.plan.code_closure.NOT_OUTPUT_AFFECTING): its edit reruns nothing
     assert _planned_after_edit(workdir, cfg, source / "extractors" / "runner.py", source) == {}
 
 

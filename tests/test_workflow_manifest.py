@@ -86,7 +86,8 @@ def test_manifest_cohort_end_to_end(tmp_path):
 def test_paper_profile_plans_every_expert(tmp_path):
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["experts"]["profile"] = "paper"
-    cfg["rag"].update({"knowledge_base": "medlineplus", "medlineplus_dir": str(REPO.parent / "shared/data/medlineplus")})
+    cfg["rag"].update({"knowledge_base": "medlineplus",
+                       "medlineplus_dir": str(REPO.parent / "shared/data/medlineplus")})
     jobs = planned_jobs(tmp_path, cfg)
     # demo_openi: 3 modalities x 4 (3 experts + teacher); demo_mimic(+_ext): 4 modalities x 4, less MOIRAI.
     assert jobs["extract"] == 12 + 2 * (16 - 1)

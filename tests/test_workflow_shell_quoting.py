@@ -55,7 +55,8 @@ def test_hostile_device_string_stays_one_argument(tmp_path: Path) -> None:
     cfg["experts"].setdefault("settings", {}).setdefault("moirai", {})["device"] = hostile
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     out = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--until", "moirai_embed")
-    lines = [ln.strip() for ln in (out.stdout + out.stderr).splitlines() if "moirai_worker.py" in ln and "--device" in ln]
+    lines = [ln.strip() for ln in (out.stdout + out.stderr).splitlines() if "moirai_worker.py" in ln
+             and "--device" in ln]
     assert lines, out.stdout[-2000:]
     for line in lines:
         words = shlex.split(line)

@@ -55,7 +55,8 @@ def build_dinov3(folder: Path, hidden: int = 1024, seed: int = 0) -> Path:
     config = DINOv3ViTConfig(hidden_size=hidden, intermediate_size=64, num_hidden_layers=2, num_attention_heads=16,
                              patch_size=32, num_register_tokens=4, image_size=224)
     DINOv3ViTModel(config).save_pretrained(folder)
-    processor(size={"height": 224, "width": 224}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD).save_pretrained(folder)
+    processor(size={"height": 224, "width": 224}, image_mean=IMAGENET_MEAN,
+              image_std=IMAGENET_STD).save_pretrained(folder)
     return folder
 
 
@@ -86,7 +87,8 @@ def build_biomedclip(folder: Path, embed_dim: int = 512, seed: int = 0) -> Path:
         "preprocess_cfg": {"mean": CLIP_MEAN, "std": CLIP_STD},
     }
     (folder / "open_clip_config.json").write_text(json.dumps(config))
-    model = open_clip.create_model(f"local-dir:{folder}", load_weights=False, pretrained_text=False, pretrained_image=False)
+    model = open_clip.create_model(f"local-dir:{folder}", load_weights=False, pretrained_text=False,
+                                   pretrained_image=False)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     return folder
 
@@ -98,7 +100,8 @@ def build_gatortron(folder: Path, hidden: int = 1024, seed: int = 0) -> Path:
 
     _seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"],
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)),
+             *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"],
              *list("abcdefghijklmnopqrstuvwxyz0123456789")]
     vocab = list(dict.fromkeys(vocab))
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
@@ -125,7 +128,8 @@ def build_qwen2(folder: Path, hidden: int = 896, heads: int = 14, layers: int = 
     bpe.train_from_iterator([" ".join(WORDS)] * 4, trainer=trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     tok.save_pretrained(folder)
-    config = Qwen2Config(vocab_size=bpe.get_vocab_size(), hidden_size=hidden, intermediate_size=64, num_hidden_layers=layers,
+    config = Qwen2Config(vocab_size=bpe.get_vocab_size(), hidden_size=hidden, intermediate_size=64,
+                         num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=4096,
                          tie_word_embeddings=True)
     Qwen2ForCausalLM(config).save_pretrained(folder)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
+
 
 def job_counts(text: str) -> dict[str, int]:
     """Jobs per rule from a Snakemake dry run's output: {} for "Nothing to be done"; otherwise its
@@ -22,3 +25,23 @@ def job_counts(text: str) -> dict[str, int]:
     if not counts:
         raise AssertionError(f"no job table and not 'Nothing to be done' in the dry run's output:\n{text[-3000:]}")
     return counts
+
+
+def tiny_predictions(method, train_protocol, signal, rng, n=60):
+    """One run's prediction rows on a tiny dataset "dev" (labels a, b; modalities img, note): seeds 0
+    and 1, the validation split and the test split under test protocols none, rd30 and note50;
+    ``signal`` sets how much the probabilities follow the labels."""
+    y = (rng.random((n, 2)) < 0.4).astype(float)
+    rows = []
+    for seed in (0, 1):
+        for eval_set, tests in (("val", ["none"]), ("test", ["none", "rd30", "note50"])):
+            for test in tests:
+                noise = 0.2 if test != "none" else 0.0
+                prob = np.clip(signal * y + (1 - signal - noise) * rng.random((n, 2)) + noise * 0.5, 0, 1)
+                rows.append(pd.DataFrame({
+                    "dataset": "dev", "method": method, "train_protocol": train_protocol, "cohort": "dev",
+                    "eval_set": eval_set, "test_protocol": test, "seed": seed,
+                    "sample_id": [f"s{i:02d}" for i in range(n)], "prob:a": prob[:, 0], "prob:b": prob[:, 1],
+                    "label:a": y[:, 0], "label:b": y[:, 1], "present:img": np.arange(n) % 3 > 0,
+                    "present:note": test != "note50"}))
+    return pd.concat(rows, ignore_index=True)

@@ -98,7 +98,8 @@ def read_series_table(path: str):
 
     read_timeseries(path)  # validation: raises InputError for a missing, unreadable or empty series
     try:
-        frame = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = (pd.read_parquet(path) if path.endswith(".parquet")
+                 else pd.read_csv(path, dtype=str, keep_default_na=False))
     except Exception as err:  # noqa: BLE001 - any parser failure means unusable input
         raise InputError(f"unreadable time series {path}: {err}") from err
     return sort_by_time(frame, path)  # rows in time order, so "last" is the latest observation
@@ -142,7 +143,8 @@ class BridgedText:
         table = pq.read_table(path)
         raw = (table.schema.metadata or {}).get(BRIDGE_META_KEY)
         rows = table.to_pylist()
-        by_input = {r["input"]: (r["text"] if r["present"] else None, r["reason"]) for r in rows if r["input"] is not None}
+        by_input = {r["input"]: (r["text"] if r["present"] else None, r["reason"]) for r in rows
+                    if r["input"] is not None}
         return cls(by_input, json.loads(raw) if raw else {})
 
     def text_for(self, value: Any) -> str:
@@ -205,7 +207,8 @@ class ReportBridge:
         return str(s.model_id)
 
     def hub_kwargs(self, source: str) -> dict[str, Any]:
-        """``revision`` / ``local_files_only`` for ``from_pretrained`` (:func:`~extractors.hf_common.hub_load_kwargs`)."""
+        """``revision`` / ``local_files_only`` for ``from_pretrained``
+        (:func:`~extractors.hf_common.hub_load_kwargs`)."""
         s = self.settings
         return hub_load_kwargs(s.model_id, s.revision, source, f"bridge {self.name}", s.options,
                                f"rag.bridges.{self.name}.revision")
@@ -218,8 +221,8 @@ class Maira2Bridge(ReportBridge):
     granted only to this model id, only when the config sets ``allow_remote_code: true`` for this
     bridge, and only at an exact 40-hex commit (default: :attr:`default_revision`; override with
     ``rag.bridges.maira2.revision`` after reviewing its code); a ``local_dir`` must be the hub
-    cache's ``snapshots/<that commit>/`` folder (:func:`~extractors.hf_common.check_remote_code_pin`). Inputs: ``{"frontal": path,
-    "lateral": path | None}``; a lateral study without a frontal view is unusable (MAIRA-2
+    cache's ``snapshots/<that commit>/`` folder (:func:`~extractors.hf_common.check_remote_code_pin`). Inputs:
+    ``{"frontal": path, "lateral": path | None}``; a lateral study without a frontal view is unusable (MAIRA-2
     requires the current frontal image). No indication/technique/comparison/prior is given.
     """
 
@@ -395,7 +398,8 @@ class HistGenBridge(ReportBridge):
             tok_mod = importlib.import_module("modules.tokenizers")
         except ImportError as err:
             raise ModelUnavailableError(
-                f"bridge histgen: put a HistGen checkout (github.com/dddavid4real/HistGen) on PYTHONPATH ({err})") from err
+                "bridge histgen: put a HistGen checkout (github.com/dddavid4real/HistGen) "
+                f"on PYTHONPATH ({err})") from err
         args = argparse.Namespace(**{**self.ARGS, "max_seq_length": self.settings.max_new_tokens,
                                      "ann_path": ann, "image_dir": opts.get("image_dir", "dinov2_vitl")})
         self._tokenizer = tok_mod.Tokenizer(args)
@@ -404,7 +408,8 @@ class HistGenBridge(ReportBridge):
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - unpickling refusals come as several error types
             raise ModelUnavailableError(f"bridge histgen: cannot load {ckpt} with weights_only=True ({err})") from err
-        load_state_complete(self._model, state["state_dict"] if "state_dict" in state else state, "bridge histgen", ckpt)
+        load_state_complete(self._model, state["state_dict"] if "state_dict" in state else state, "bridge histgen",
+                            ckpt)
         self.device = resolve_device(self.settings.device)
         self._model = self._model.to(self.device).eval()
 

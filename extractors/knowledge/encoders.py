@@ -243,7 +243,8 @@ class MedCPTEncoder(_ChunkedQueries):
         with torch.inference_mode(), torch.autocast(
             "cuda", dtype=torch.bfloat16, enabled=str(self.device).startswith("cuda")
         ):
-            cls = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state[:, 0, :]
+            cls = self.model(input_ids=ids.to(self.device),
+                             attention_mask=mask.to(self.device)).last_hidden_state[:, 0, :]
         return cls.float().cpu().numpy()
 
     def encode_articles(self, titles: list[str], texts: list[str]) -> np.ndarray:

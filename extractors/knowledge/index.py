@@ -132,11 +132,13 @@ class KnowledgeIndex:
         self.folder = Path(folder)
         path = self.folder / MANIFEST
         if not path.exists():
-            raise RetrievalIndexError(f"{self.folder}: no {MANIFEST}; not a retrieval index folder (run the rag_index rule)")
+            raise RetrievalIndexError(f"{self.folder}: no {MANIFEST}; not a retrieval index folder "
+                                      "(run the rag_index rule)")
         self.manifest = json.loads(path.read_text(encoding="utf-8"))
         for name, digest in self.manifest.get("files", {}).items():
             if not (self.folder / name).exists() or _sha256(self.folder / name) != digest:
-                raise RetrievalIndexError(f"{self.folder}: {name} is missing or does not match the manifest; rebuild the index")
+                raise RetrievalIndexError(f"{self.folder}: {name} is missing or does not match the "
+                                          "manifest; rebuild the index")
         self.index = faiss.read_index(str(self.folder / "index.faiss"))
         self.embeddings = np.load(self.folder / "embeddings.npy", allow_pickle=False)
         meta = json.loads((self.folder / "ids.json").read_text(encoding="utf-8"))
@@ -145,7 +147,8 @@ class KnowledgeIndex:
             raise RetrievalIndexError(f"{self.folder}: index, embeddings and ids disagree in size")
         self.projection = None
         if self.manifest.get("projection"):
-            self.projection = load_projection(str(self.folder), self.manifest["projection"].get("r2_on_kb", float("nan")))
+            self.projection = load_projection(str(self.folder),
+                                              self.manifest["projection"].get("r2_on_kb", float("nan")))
 
     @property
     def dim(self) -> int:
@@ -157,9 +160,11 @@ class KnowledgeIndex:
         diffs = [f"encoder.{k}: index {got.get(k)!r}, expected {v!r}" for k, v in encoder.items() if got.get(k) != v]
         if lm is not None:
             proj = self.manifest.get("projection") or {}
-            diffs += [f"projection.{k}: index {proj.get(k)!r}, expected {v!r}" for k, v in lm.items() if proj.get(k) != v]
+            diffs += [f"projection.{k}: index {proj.get(k)!r}, expected {v!r}" for k, v in lm.items()
+                      if proj.get(k) != v]
         if diffs:
-            raise RetrievalIndexError(f"{self.folder}: built for other settings ({'; '.join(diffs)}); rebuild it (rag_index rule)")
+            raise RetrievalIndexError(f"{self.folder}: built for other settings ({'; '.join(diffs)}); "
+                                      "rebuild it (rag_index rule)")
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` cosine scores and row indices, best first; ``[B, k]`` each."""

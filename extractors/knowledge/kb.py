@@ -135,7 +135,8 @@ def parse_bulk_topics(path: Path, language: str = "English") -> list[Topic]:
             synonyms = tuple(dict.fromkeys(s for s in (clean_text(e.text) for e in elem.findall("also-called")) if s))
             text = html_to_text(elem.findtext("full-summary"))
             if not doc_id or not title or not text:
-                raise KnowledgeBaseError(f"{path}: health-topic {doc_id or title!r} lacks an id, a title or a full-summary")
+                raise KnowledgeBaseError(f"{path}: health-topic {doc_id or title!r} lacks an id, a "
+                                         "title or a full-summary")
             topics.append(Topic(doc_id, title, synonyms, (elem.get("url") or "").strip(), text))
             elem.clear()
     except (ET.ParseError, DefusedXmlException) as err:

@@ -90,7 +90,8 @@ def token_mean_embeddings(
     table = model.get_input_embeddings().weight.detach().float()
     out = np.zeros((len(titles), table.shape[1]), np.float32)
     for i, (title, text) in enumerate(zip(titles, texts, strict=True)):
-        ids = tokenizer(f"{title}\n{text}", add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
+        ids = tokenizer(f"{title}\n{text}", add_special_tokens=False, truncation=True,
+                        max_length=max_tokens)["input_ids"]
         if not ids:
             raise ValueError(f"document {title!r} has no tokens under the language model's tokenizer")
         out[i] = table[torch.tensor(ids)].mean(0).numpy()

@@ -5,8 +5,9 @@ which also declares what the workflow must know before any cohort exists: the mo
 adapter provides (``modalities(cfg) -> {modality: kind}``; none for adapters whose config lists
 them, like ``manifest``), its default selection of them, and its labels (``labels(cfg)``). The
 registry discovers the modules itself (every module of the package is imported on the first
-lookup), so a new adapter is a new module and nothing else; its own config keys are declared in
-the schema's ``definitions.adapter_<name>`` (docs/datasets.md, "Adding an adapter").
+lookup), so a new adapter is a new module and nothing else: its own config keys are declared
+with it (``config_keys``; the built-in adapters' are the schema's ``definitions.adapter_<name>``;
+docs/datasets.md, "Adding an adapter").
 :func:`build_cohort` dispatches on ``cfg["adapter"]``; :mod:`medmix.datasets.declared` answers
 the planning questions from the registry.
 """
@@ -37,6 +38,10 @@ class AdapterSpec:
     labels: Callable[[dict[str, Any]], list[str]] | None = None
     #: Modalities built when the config lists none (None: every one the adapter provides).
     default_selection: tuple[str, ...] | None = None
+    #: JSON-schema properties of the adapter's own dataset keys (``datasets.<name>.<key>``), checked
+    #: with the config and listed in docs/configuration.md (:mod:`medmix.plan.schema`); None: the
+    #: adapter reads only the common keys, or its keys are ``definitions.adapter_<name>`` of the schema file.
+    config_keys: dict[str, dict[str, Any]] | None = None
 
     @property
     def module(self) -> str:
@@ -47,11 +52,12 @@ _ADAPTERS: dict[str, AdapterSpec] = {}
 _DISCOVERED = False
 
 
-def register_adapter(name: str, *, modalities=None, labels=None, default_selection: tuple[str, ...] | None = None):
+def register_adapter(name: str, *, modalities=None, labels=None, default_selection: tuple[str, ...] | None = None,
+                     config_keys: dict[str, dict[str, Any]] | None = None):
     """Decorator of an adapter's loader ``(name, cfg, base_dir) -> Cohort``, registering it as ``name``."""
 
     def wrap(load: Loader) -> Loader:
-        _ADAPTERS[name] = AdapterSpec(name, load, modalities, labels, default_selection)
+        _ADAPTERS[name] = AdapterSpec(name, load, modalities, labels, default_selection, config_keys)
         return load
 
     return wrap

@@ -1,6 +1,7 @@
 """What a dataset will contain, known from its config alone (the workflow plans jobs before any cohort exists).
 
-Named adapters fix their modalities (each declares them in its own module, :func:`medmix.datasets.register_adapter`); a ``modalities`` block in their config (for committee
+Named adapters fix their modalities (each declares them in its own module, :func:`medmix.datasets.register_adapter`); a
+``modalities`` block in their config (for committee
 overrides, or to keep only some modalities) must use the adapter's names and kinds, which
 :func:`selected_modalities` enforces.
 """

@@ -238,7 +238,8 @@ def parse_xml_report(path: Path, where: str) -> dict[str, Any]:
     try:
         root = ET.parse(path).getroot()  # defusedxml: entity declarations and external references refused
     except DefusedXmlException as err:  # in any encoding (the old byte check missed UTF-16)
-        raise CohortError(f"{where}: {path} declares XML entities or external references; refusing to parse it ({err!r})") from err
+        raise CohortError(f"{where}: {path} declares XML entities or external references; refusing "
+                          f"to parse it ({err!r})") from err
     except ET.ParseError as err:
         raise CohortError(f"{where}: {path} is not well-formed XML: {err}") from err
     uid_node = root.find("uId")

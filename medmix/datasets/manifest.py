@@ -345,7 +345,8 @@ def _splits(where, table, cfg, split_col, patients: pd.Series, rows: _RowNamer) 
     if len(bad):
         detail = {int(p): f"{raw.iloc[p]!r}" for p in bad}
         raise CohortError(
-            f"{where}: unknown split value(s) in column {split_col!r} (expected train/val/test): {rows.name(bad, detail)}"
+            f"{where}: unknown split value(s) in column {split_col!r} (expected train/val/test): "
+            f"{rows.name(bad, detail)}"
         )
     per_patient = pd.DataFrame({"p": patients, "s": split}).groupby("p")["s"].nunique()
     leaky = set(per_patient[per_patient > 1].index)

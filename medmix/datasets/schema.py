@@ -102,7 +102,8 @@ def categorical_columns(where: str, mod: str, spec: dict[str, Any], block: pd.Da
     declared = [str(c) for c in spec.get("categorical") or []]
     unknown = [c for c in declared if c not in columns]
     if unknown:
-        raise CohortError(f"{where}: modality {mod!r}: categorical column(s) {unknown} are not in its columns {columns}")
+        raise CohortError(f"{where}: modality {mod!r}: categorical column(s) {unknown} are not in "
+                          f"its columns {columns}")
     if not spec.get("infer_categorical"):
         return declared
     numbers = block.apply(pd.to_numeric, errors="coerce")
@@ -121,7 +122,8 @@ def tabular_schema(columns: list[str], categorical: list[str], block: pd.DataFra
             values = block.loc[train.to_numpy(), col]
             cats[col] = sorted(set(values[values.ne("")]))
             if not cats[col]:
-                warnings.append(f"categorical column {col!r} has no value in the training rows: every value is 'unseen'")
+                warnings.append(f"categorical column {col!r} has no value in the training rows: "
+                                "every value is 'unseen'")
         schema["categorical"] = cats
     return schema, warnings
 

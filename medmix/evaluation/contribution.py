@@ -1,6 +1,6 @@
 """Performance by modality subset and each modality's contribution (Shapley values), from cached predictions.
 
-The modality-combination sweep (:mod:`medmix.sweep`) trains a method on every subset ``S`` of a
+The modality-combination sweep (:mod:`medmix.plan.sweep`) trains a method on every subset ``S`` of a
 dataset's modalities. Its score ``v(S)`` is the macro AUROC (and, separately, AUPRC) of the run
 on the **clean test split** (train protocol ``none``, test protocol ``none``), per seed.
 
@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 
 from medmix.metrics.classification import compute_metrics
+from medmix.plan.sweep import EXACT_MAX, SUBSET_SEP, required_subsets, sampled_orderings, subset_label
 from medmix.store import read_predictions
-from medmix.sweep import EXACT_MAX, SUBSET_SEP, required_subsets, sampled_orderings, subset_label
 from medmix.table_text import markdown_table
 
 #: The metrics the sweep and the Shapley values are computed for.
@@ -156,7 +156,7 @@ def contribution_frames(prediction_files: Sequence[str | Path], plan: Mapping[st
     """The subset-performance table (one row per dataset × method × subset × seed) and the
     contribution table (one row per dataset × method × modality), from cached predictions.
 
-    ``plan`` (:func:`medmix.sweep.sweep_plan`): dataset -> method -> ``{"modalities": [...],
+    ``plan`` (:func:`medmix.plan.sweep.sweep_plan`): dataset -> method -> ``{"modalities": [...],
     "runs": {subset label: run name}}``; the full set's run is the method's own run.
     """
     runs = read_runs(prediction_files)
@@ -167,7 +167,8 @@ def contribution_frames(prediction_files: Sequence[str | Path], plan: Mapping[st
             per_subset: dict[frozenset[str], pd.DataFrame] = {}
             for label, run in spec["runs"].items():
                 if (dataset, run) not in runs:
-                    raise KeyError(f"no predictions of run {run!r} on {dataset!r} among the inputs (rerun its evaluate job)")
+                    raise KeyError(f"no predictions of run {run!r} on {dataset!r} among the inputs "
+                                   "(rerun its evaluate job)")
                 scores = run_scores(runs[(dataset, run)], tasks[dataset])
                 if scores.empty:
                     raise ValueError(f"run {run!r} on {dataset!r}: no clean test predictions")
@@ -205,9 +206,11 @@ def contribution_frames(prediction_files: Sequence[str | Path], plan: Mapping[st
                     values = phis[score][m] if not reason else []
                     mean, std = _mean_std(values)
                     per_seed_total = np.sum([phis[score][o] for o in mods], axis=0) if values else np.array([])
-                    share = _mean_std(np.asarray(values) / per_seed_total)[0] if values and np.all(per_seed_total != 0) else float("nan")
+                    share = (_mean_std(np.asarray(values) / per_seed_total)[0]
+                             if values and np.all(per_seed_total != 0) else float("nan"))
                     row.update({f"shapley_{score}": mean, f"shapley_{score}_std": std, f"share_{score}": share,
-                                f"full_{score}": _mean_std(ends[score][0])[0], f"empty_{score}": _mean_std(ends[score][1])[0]})
+                                f"full_{score}": _mean_std(ends[score][0])[0],
+                                f"empty_{score}": _mean_std(ends[score][1])[0]})
                 wm, ws = _mean_std(weights[m]) if weights is not None else (float("nan"), float("nan"))
                 pm, ps = _mean_std(probe[m]) if probe is not None else (float("nan"), float("nan"))
                 row.update({"fusion_weight": wm, "fusion_weight_std": ws, "probe_share": pm, "probe_share_std": ps,
@@ -241,7 +244,8 @@ def sweep_markdown(summary: pd.DataFrame, seeds: Sequence[int]) -> str:
              "the full set is the method's own run. ★ = a single modality.", ""]
     for (dataset, method), part in summary.groupby(["dataset", "method"], sort=False):
         table = pd.DataFrame({
-            "subset": [("★ " if s else "") + name.replace(SUBSET_SEP, " + ") for name, s in zip(part.subset, part.single, strict=True)],
+            "subset": [("★ " if s else "") + name.replace(SUBSET_SEP, " + ")
+                       for name, s in zip(part.subset, part.single, strict=True)],
             "modalities": part.n_modalities.to_numpy(),
             "AUROC": [_fmt(m, s) for m, s in zip(part.auroc_mean, part.auroc_std, strict=True)],
             "AUPRC": [_fmt(m, s) for m, s in zip(part.auprc_mean, part.auprc_std, strict=True)],
@@ -275,7 +279,8 @@ def contribution_markdown(contrib: pd.DataFrame, seeds: Sequence[int]) -> str:
                             for m, s in zip(part.probe_share, part.probe_share_std, strict=True)]})
         lines += [f"## {dataset} — {method}", "",
                   f"v(full) AUROC {first.full_auroc:.4f}, v(∅) {first.empty_auroc:.4f}; v(full) AUPRC "
-                  f"{first.full_auprc:.4f}, v(∅) {first.empty_auprc:.4f}; {first.estimator}; {first.n_seeds} seeds.", "",
+                  f"{first.full_auprc:.4f}, v(∅) {first.empty_auprc:.4f}; {first.estimator}; {first.n_seeds} seeds.",
+                  "",
                   markdown_table(table), ""]
     return "\n".join(lines)
 
@@ -325,7 +330,8 @@ def contribution_figure(contrib: pd.DataFrame, runs: Sequence[str] = ()):
     plt = pyplot()
     styles = method_styles([*runs, *contrib.method])
     datasets = list(dict.fromkeys(contrib.dataset))
-    kinds = [("share_auroc", None, "Shapley share", None), ("fusion_weight", "fusion_weight_std", "fusion weight", "xx"),
+    kinds = [("share_auroc", None, "Shapley share", None),
+             ("fusion_weight", "fusion_weight_std", "fusion weight", "xx"),
              ("probe_share", "probe_share_std", "probe share", "//")]
     with plt.rc_context(FONTS):
         fig, axes = plt.subplots(1, len(datasets), figsize=(3.5 * len(datasets), 2.8), squeeze=False,

@@ -2,7 +2,7 @@
 per-class F1 (Fig. S1 data), Table S2 (training cost) and the router-weight heatmaps (Figs. S2-S4).
 
 Metrics of a (dataset, method, setting, rate, seed) cell are computed on the test split under the
-cell's protocol (:mod:`medmix.missing_grid`): macro F1 over classes (labels), Cohen's kappa and
+cell's protocol (:mod:`medmix.plan.missing_grid`): macro F1 over classes (labels), Cohen's kappa and
 accuracy — the supplementary's three — plus per-class F1. Multiclass: argmax predictions.
 Multilabel / multitask / binary: per-label decisions at thresholds tuned on the seed's clean
 validation predictions (as the main tables), kappa and accuracy averaged over labels.
@@ -144,7 +144,8 @@ def gate_means(prediction_files: Sequence[str], cells: Sequence[tuple[str, float
     rows = []
     for path in prediction_files:
         frame = read_predictions(path)
-        gcols = [c for c in frame.columns if c.startswith("gate:")] or [c for c in frame.columns if c.startswith("fusion:")]
+        gcols = ([c for c in frame.columns if c.startswith("gate:")]
+                 or [c for c in frame.columns if c.startswith("fusion:")])
         if not gcols:
             continue
         frame = frame[(frame.eval_set == "test") & frame.method.isin(methods)]
@@ -233,8 +234,10 @@ def table_s2_markdown(rows_by_dataset: dict[str, list[dict[str, Any]]]) -> str:
             dp = 100 * (1 - r["trainable_params"] / full["trainable_params"])
             df = 100 * (1 - r["flops_per_epoch"] / full["flops_per_epoch"])
             table.append({"Methods": r["method"],
-                          "Trainable Params (M)": f"{r['trainable_params'] / 1e6:.3f}" + (f" (↓ {dp:.1f}%)" if r is not full else ""),
-                          "Training FLOPs / epoch (G)": f"{r['flops_per_epoch'] / 1e9:.3f}" + (f" (↓ {df:.1f}%)" if r is not full else ""),
+                          "Trainable Params (M)": f"{r['trainable_params'] / 1e6:.3f}"
+                          + (f" (↓ {dp:.1f}%)" if r is not full else ""),
+                          "Training FLOPs / epoch (G)": f"{r['flops_per_epoch'] / 1e9:.3f}"
+                          + (f" (↓ {df:.1f}%)" if r is not full else ""),
                           "FLOPs / sample (M)": f"{r['flops_per_sample'] / 1e6:.3f}"})
         lines += [f"## {dataset}", "", markdown_table(pd.DataFrame(table)), ""]
     return "\n".join(lines)

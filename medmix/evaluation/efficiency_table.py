@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medmix.evaluation.paper_tables import REFERENCE, PaperTable, summarise
+from medmix.evaluation.paper_tables import HOW, REFERENCE, TITLES, PaperTable, summarise
 from medmix.metrics.classification import METRICS
 from medmix.table_text import latex_escape, latex_table, markdown_table
 
-TITLE = "Table E6: efficiency (deployed parameters, inference FLOPs, peak memory; clean test Perf)"
+TITLE = TITLES["tableE6"]
 EXPERT_BYTES_PER_PARAM = 4
 COSTS = ("params", "flops", "mem")
 #: Display columns: (header, cost, part, scale).
@@ -89,7 +89,8 @@ def efficiency_frame(table1: PaperTable, fit_costs: Mapping[tuple[str, str], dic
     for _, r in perf_frame(table1).iterrows():
         cost = fit_costs.get((r.dataset, r.method)) or {}
         ex = expert_totals(experts.get(r.dataset, {}).get(r.method, []))
-        fusion = {"params": cost.get("params"), "flops": cost.get("flops_per_sample"), "mem": cost.get("peak_mem_bytes")}
+        fusion = {"params": cost.get("params"), "flops": cost.get("flops_per_sample"),
+                  "mem": cost.get("peak_mem_bytes")}
         row: dict[str, Any] = {"dataset": r.dataset, "method": r.method, "perf": float(r.perf),
                                "flops_kind": cost.get("flops_kind", ""), "device": cost.get("device", ""),
                                "batch_size": cost.get("batch_size")}
@@ -182,7 +183,7 @@ def notes(frame: pd.DataFrame) -> list[str]:
 def to_markdown(frame: pd.DataFrame) -> str:
     lines = [f"# {TITLE}", ""]
     if frame.empty:
-        return "\n".join([*lines, "Not configured: list runs in `methods` (Table 1's rows are the table's rows).", ""])
+        return "\n".join([*lines, f"Not configured: {HOW['tableE6']}.", ""])
     return "\n".join([*lines, markdown_table(display_frame(frame)), "", *[f"- {n}" for n in notes(frame)], ""])
 
 

@@ -1,4 +1,6 @@
-"""The paper's tables (1, 2, E2, E3, E4, E5, E7, E8) from per-seed metrics, as Markdown, LaTeX and CSV.
+"""The paper's tables (1, 2, E2, E3, E4, E5, E7, E8) from per-seed metrics, as Markdown, LaTeX and CSV,
+and the one list of every table the tables job writes (:func:`register_table`; Table E6 is
+:mod:`medmix.evaluation.efficiency_table`'s; a new table is a module in ``extra_tables/``).
 
 Which rows a table holds follows from the configured protocols (``protocols.train`` /
 ``protocols.test``: kind ``none``, ``drop_one`` or ``random_drop``) and runs (config ``methods``).
@@ -12,7 +14,9 @@ methods under the same condition, the best mean per metric is bold.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+import pkgutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +26,6 @@ import pandas as pd
 from medmix.metrics.classification import METRICS, MF1_DEFINITION
 from medmix.table_text import latex_escape, latex_table, markdown_table
 
-PAPER_TABLES = ("table1", "table2", "tableE2", "tableE3", "tableE4", "tableE5", "tableE7", "tableE8")
 HEADERS = {"auroc": "AUROC", "auprc": "AUPRC", "mf1": "mF1", "acc": "Acc"}
 REFERENCE = "medmix"  # the paper's model: significance tests compare it against the best other method
 #: Marks an improvement beyond the paper in the tables (its own named row, never the paper's name).
@@ -30,27 +33,16 @@ BEYOND_MARK = "†"
 BEYOND_NOTE = (f"{BEYOND_MARK} Beyond the paper: an improvement registered under its own name, not the paper's "
                "MedMIX (README, methods).")
 
-TITLES = {
-    "table1": "Table 1: in-domain results (natural missingness, clean test split)",
-    "table2": "Table 2: external validation (trained on the development dataset, thresholds from its validation split)",
-    "tableE2": "Table E2: train-time one-modality drop (clean test split)",
-    "tableE3": "Table E3: test-time one-modality drop (model trained clean)",
-    "tableE4": "Table E4: train-time multi-random drop (clean test split)",
-    "tableE5": "Table E5: test-time multi-random drop (model trained clean)",
-    "tableE7": "Table E7: structural ablations (clean test split)",
-    "tableE8": "Table E8: per-task results (clean test split, per-task thresholds tuned on validation)",
-}
-#: The setting that produces an empty table's rows.
-HOW = {
-    "table1": "list runs in `methods` (the clean protocol `none` is always run)",
-    "table2": "declare external cohorts in `datasets.<dataset>.external`",
-    "tableE2": "add `kind: drop_one` protocols to `protocols.train` (e.g. `--configfile config/paper_protocols.yaml`)",
-    "tableE3": "add `kind: drop_one` protocols to `protocols.test` (e.g. `--configfile config/paper_protocols.yaml`)",
-    "tableE4": "add `kind: random_drop` protocols to `protocols.train` (e.g. `--configfile config/paper_protocols.yaml`)",
-    "tableE5": "add `kind: random_drop` protocols to `protocols.test` (e.g. `--configfile config/paper_protocols.yaml`)",
-    "tableE7": "list MedMIX ablations in `methods` (e.g. `medmix_nodistill`, variants of `medmix` in `variants`)",
-    "tableE8": "a development dataset with task `multitask` or `multilabel`",
-}
+#: Every table the tables job writes (``results/tables/<name>.<md|tex|csv>``), in order: the one list
+#: the workflow's outputs and the job derive from (:func:`register_table`, :func:`table_specs`).
+TABLES: dict[str, TableSpec] = {}
+#: Each table's title, and the setting that produces its rows (an empty table's note); filled by
+#: :func:`register_table`.
+TITLES: dict[str, str] = {}
+HOW: dict[str, str] = {}
+#: The package whose modules :func:`table_specs` imports first: a new table is one module there.
+EXTRA_TABLES = "medmix.evaluation.extra_tables"
+_DISCOVERED = False
 
 
 def improvement_runs(run_methods: dict[str, str]) -> frozenset[str]:
@@ -91,45 +83,170 @@ def _protocol_conditions(specs: dict[str, dict[str, Any]], kind: str) -> pd.Data
     return pd.DataFrame(rows, columns=cols)
 
 
+@dataclass(frozen=True)
+class TableView:
+    """What every table's rows are selected from: per-seed macro ``metrics`` and per-label
+    ``label_metrics``, the configured ``protocols``, the datasets' ``tasks`` and the ablation runs."""
+
+    metrics: pd.DataFrame
+    label_metrics: pd.DataFrame
+    protocols: dict[str, dict[str, Any]]
+    tasks: dict[str, str]
+    ablation: frozenset[str]
+
+    @property
+    def test(self) -> pd.DataFrame:
+        return self.metrics[self.metrics.eval_set == "test"]
+
+    @property
+    def clean(self) -> pd.DataFrame:
+        """The clean test split's rows (no train- or test-time protocol)."""
+        test = self.test
+        return test[(test.train_protocol == "none") & (test.test_protocol == "none")]
+
+    def main_rows(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` without the MedMIX ablation runs (Table E7's own rows)."""
+        return frame[~frame.method.isin(self.ablation)]
+
+
+#: A table's builder: its per-seed rows (the metrics' columns plus the block's) and its block columns
+#: (the columns that define a group of compared rows, ``dataset`` first).
+Builder = Callable[[TableView], tuple[pd.DataFrame, list[str]]]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One table: name, title, the setting that produces its rows, and its builder (None: Table E6,
+    written from the cost records by :mod:`medmix.evaluation.efficiency_table`)."""
+
+    name: str
+    title: str
+    how: str
+    build: Builder | None = None
+
+
+def register_table(name: str, *, title: str, how: str, build: Builder | None = None) -> None:
+    """Add table ``name``: the tables job writes ``results/tables/<name>.<md|tex|csv>`` from
+    ``build``'s rows with the paper tables' layout (mean ± std over seeds, best in bold, significance)."""
+    if name in TABLES:
+        raise ValueError(f"table {name!r} is registered twice")
+    TABLES[name] = TableSpec(name, title, how, build)
+    TITLES[name], HOW[name] = title, how
+
+
+def table_specs() -> list[TableSpec]:
+    """Every registered table, in order (the modules of :data:`EXTRA_TABLES` imported first)."""
+    global _DISCOVERED
+    if not _DISCOVERED:
+        package = importlib.import_module(EXTRA_TABLES)
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+            importlib.import_module(f"{EXTRA_TABLES}.{info.name}")
+        _DISCOVERED = True
+    return list(TABLES.values())
+
+
+def table_modules() -> list[str]:
+    """The modules whose builders the tables job runs (its code beyond its own imports)."""
+    return sorted({spec.build.__module__ for spec in table_specs() if spec.build is not None})
+
+
+# -- the paper's tables ----------------------------------------------------------------------------
+register_table("table1", title="Table 1: in-domain results (natural missingness, clean test split)",
+               how="list runs in `methods` (the clean protocol `none` is always run)",
+               build=lambda view: (view.main_rows(view.clean), ["dataset"]))
+
+
+def _external(view: TableView) -> tuple[pd.DataFrame, list[str]]:
+    metrics = view.metrics
+    ext = metrics[metrics.eval_set.str.startswith("external:") & (metrics.train_protocol == "none")
+                  & (metrics.test_protocol == "none")]
+    ext = view.main_rows(ext).assign(cohort=lambda f: f.eval_set.str.removeprefix("external:"))
+    return ext, ["dataset", "cohort"]
+
+
+register_table("table2", title=("Table 2: external validation (trained on the development dataset, thresholds "
+                                "from its validation split)"),
+               how="declare external cohorts in `datasets.<dataset>.external`", build=_external)
+
+
+def _protocol_table(side: str, kind: str) -> Builder:
+    """A protocol table: ``kind`` protocols of ``protocols.<side>``, the other side clean."""
+
+    def build(view: TableView) -> tuple[pd.DataFrame, list[str]]:
+        cond = _protocol_conditions(view.protocols.get(side) or {}, kind)
+        other = "test_protocol" if side == "train" else "train_protocol"
+        test = view.test
+        part = view.main_rows(test[test[other] == "none"])
+        part = part.merge(cond, left_on=f"{side}_protocol", right_on="protocol").drop(columns="protocol")
+        extra = ["rate", "modality"] if kind == "drop_one" else ["rate"]
+        return part, ["dataset", *extra]
+
+    return build
+
+
+for _name, _side, _kind, _title in (
+    ("tableE2", "train", "drop_one", "Table E2: train-time one-modality drop (clean test split)"),
+    ("tableE3", "test", "drop_one", "Table E3: test-time one-modality drop (model trained clean)"),
+    ("tableE4", "train", "random_drop", "Table E4: train-time multi-random drop (clean test split)"),
+    ("tableE5", "test", "random_drop", "Table E5: test-time multi-random drop (model trained clean)"),
+):
+    register_table(_name, title=_title, build=_protocol_table(_side, _kind),
+                   how=f"add `kind: {_kind}` protocols to `protocols.{_side}` (e.g. `--configfile "
+                       "config/paper_protocols.yaml`)")
+register_table("tableE6", title=("Table E6: efficiency (deployed parameters, inference FLOPs, peak memory; "
+                                 "clean test Perf)"),
+               how="list runs in `methods` (Table 1's rows are the table's rows)")  # efficiency_table writes it
+
+
+def _ablations(view: TableView) -> tuple[pd.DataFrame, list[str]]:
+    clean = view.clean
+    e7 = clean[clean.method.isin(view.ablation | {REFERENCE})]
+    return (e7 if e7.method.isin(view.ablation).any() else e7.iloc[0:0]), ["dataset"]
+
+
+register_table("tableE7", title="Table E7: structural ablations (clean test split)", build=_ablations,
+               how="list MedMIX ablations in `methods` (e.g. `medmix_nodistill`, variants of `medmix` in `variants`)")
+
+
+def _per_label(view: TableView) -> tuple[pd.DataFrame, list[str]]:
+    label_metrics = view.label_metrics
+    lm = label_metrics[(label_metrics.eval_set == "test") & (label_metrics.train_protocol == "none")
+                       & (label_metrics.test_protocol == "none")] if len(label_metrics) else label_metrics
+    if len(lm):
+        lm = view.main_rows(lm[lm.dataset.map(lambda d: view.tasks.get(d) in ("multitask", "multilabel"))])
+    return lm, ["dataset", "label"]
+
+
+register_table("tableE8", title=("Table E8: per-task results (clean test split, per-task thresholds tuned on "
+                                 "validation)"),
+               how="a development dataset with task `multitask` or `multilabel`", build=_per_label)
+#: The paper's tables built here (Table E6 is the efficiency table's).
+PAPER_TABLES = tuple(name for name, spec in TABLES.items() if spec.build is not None)
+
+
 def build_tables(metrics: pd.DataFrame, label_metrics: pd.DataFrame, protocols: dict[str, dict[str, Any]],
                  run_methods: dict[str, str], tasks: dict[str, str],
                  dataset_order: Sequence[str] | None = None,
                  improvements: frozenset[str] | None = None) -> dict[str, PaperTable]:
-    """Every paper table from per-seed ``metrics`` (macro) and ``label_metrics`` (per label).
+    """Every registered table with a builder, from per-seed ``metrics`` (macro) and ``label_metrics``
+    (per label).
 
     Rows: datasets in ``dataset_order`` (default: ``tasks``' order), runs in ``run_methods``' order
     with the paper's MedMIX after the other methods (the paper's layout) and the improvements beyond
     the paper (``improvements``, default :func:`improvement_runs`) last, marked.
     """
     improvements = improvement_runs(run_methods) if improvements is None else frozenset(improvements)
-    runs = ([r for r in run_methods if r != REFERENCE and r not in improvements] + [r for r in run_methods if r == REFERENCE]
+    runs = ([r for r in run_methods if r != REFERENCE and r not in improvements]
+            + [r for r in run_methods if r == REFERENCE]
             + [r for r in run_methods if r in improvements])
     order = {r: i for i, r in enumerate(runs)}
-    ablation = {r for r, m in run_methods.items() if is_ablation(r, m, improvements)}
-    test = metrics[metrics.eval_set == "test"]
-    clean = test[(test.train_protocol == "none") & (test.test_protocol == "none")]
-    main_rows = lambda f: f[~f.method.isin(ablation)]  # noqa: E731
+    ablation = frozenset(r for r, m in run_methods.items() if is_ablation(r, m, improvements))
+    view = TableView(metrics, label_metrics, protocols, tasks, ablation)
     out: dict[str, PaperTable] = {}
-    out["table1"] = PaperTable("table1", main_rows(clean), ["dataset"])
-    ext = metrics[metrics.eval_set.str.startswith("external:") & (metrics.train_protocol == "none")
-                  & (metrics.test_protocol == "none")]
-    ext = main_rows(ext).assign(cohort=lambda f: f.eval_set.str.removeprefix("external:"))
-    out["table2"] = PaperTable("table2", ext, ["dataset", "cohort"])
-    for name, side, kind in (("tableE2", "train", "drop_one"), ("tableE3", "test", "drop_one"),
-                             ("tableE4", "train", "random_drop"), ("tableE5", "test", "random_drop")):
-        cond = _protocol_conditions(protocols.get(side) or {}, kind)
-        other = "test_protocol" if side == "train" else "train_protocol"
-        part = main_rows(test[test[other] == "none"])
-        part = part.merge(cond, left_on=f"{side}_protocol", right_on="protocol").drop(columns="protocol")
-        extra = ["rate", "modality"] if kind == "drop_one" else ["rate"]
-        out[name] = PaperTable(name, part, ["dataset", *extra])
-    e7 = clean[clean.method.isin(ablation | {REFERENCE})]
-    out["tableE7"] = PaperTable("tableE7", e7 if e7.method.isin(ablation).any() else e7.iloc[0:0], ["dataset"])
-    lm = label_metrics[(label_metrics.eval_set == "test") & (label_metrics.train_protocol == "none")
-                       & (label_metrics.test_protocol == "none")] if len(label_metrics) else label_metrics
-    if len(lm):
-        lm = main_rows(lm[lm.dataset.map(lambda d: tasks.get(d) in ("multitask", "multilabel"))])
-    out["tableE8"] = PaperTable("tableE8", lm, ["dataset", "label"])
+    for spec in table_specs():
+        if spec.build is not None:
+            frame, block = spec.build(view)
+            out[spec.name] = PaperTable(spec.name, frame, block)
     datasets = {d: i for i, d in enumerate(dataset_order or tasks)}
     for t in out.values():
         t.marked = improvements

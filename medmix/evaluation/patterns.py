@@ -63,7 +63,7 @@ def patterns_markdown(summary: pd.DataFrame, seeds: Sequence[int]) -> str:
         return "\n".join([*lines, "No clean test predictions with modality presence columns.", ""])
     for dataset, part in summary.groupby("dataset", sort=False):
         rows = [{"method": r.method, "pattern": r.pattern, "n": int(r.n),
-                 **{HEADERS[m]: f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_std']:.4f}" if np.isfinite(r[f"{m}_mean"]) else "n/a"
-                    for m in METRICS}} for _, r in part.iterrows()]
+                 **{HEADERS[m]: f"{r[f'{m}_mean']:.4f} ± {r[f'{m}_std']:.4f}" if np.isfinite(r[f"{m}_mean"])
+                    else "n/a" for m in METRICS}} for _, r in part.iterrows()]
         lines += [f"## {dataset}", "", markdown_table(pd.DataFrame(rows)), ""]
     return "\n".join(lines)

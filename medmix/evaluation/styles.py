@@ -2,7 +2,8 @@
 and the figures' font sizes (readable at the saved size).
 
 The order that assigns the styles: the paper's model (``medmix``, so it gets the first, strongest
-colour), the other registered methods in the registry's order (:func:`medmix.methods.known_methods`), then the other run names (variants, members of a method
+colour), the other registered methods in the registry's order (:func:`medmix.methods.known_methods`), then
+the other run names (variants, members of a method
 family such as ``large_ref_note``) in the order the caller lists them (the configured runs). Colours:
 twenty strong ones first (tab20's dark half, tab20b's two darker shades), then twenty pale ones (40
 distinct colours); markers cycle through twelve, so no two of the first 120 methods share both.

@@ -76,7 +76,8 @@ def load_runs(prediction_files: list[str]) -> dict[tuple, pd.DataFrame]:
     frames = [read_predictions(f) for f in prediction_files]  # each verified against its checksum
     missing = [f for f, fr in zip(prediction_files, frames, strict=True) if not set(RUN_KEYS) <= set(fr.columns)]
     if missing:
-        raise ValueError(f"prediction files without the run columns {RUN_KEYS}: {missing[:3]}; rerun their evaluate jobs")
+        raise ValueError(f"prediction files without the run columns {RUN_KEYS}: {missing[:3]}; "
+                         "rerun their evaluate jobs")
     runs: dict[tuple, list[pd.DataFrame]] = {}
     for frame in frames:
         for keys, part in frame.groupby(RUN_KEYS, sort=False):
@@ -157,7 +158,8 @@ def main_table_markdown(metrics: pd.DataFrame, seeds: list[int]) -> str:
     groups = sorted(clean.groupby(["dataset", "eval_set"], sort=False), key=lambda g: (
         list(dict.fromkeys(clean.dataset)).index(g[0][0]), g[0][1] != "test", g[0][1]))
     for (dataset, eval_set), part in groups:
-        title = f"{dataset} — {eval_set}" if eval_set == "test" else f"{dataset} → {eval_set.split(':', 1)[1]} (external validation)"
+        title = (f"{dataset} — {eval_set}" if eval_set == "test"
+                 else f"{dataset} → {eval_set.split(':', 1)[1]} (external validation)")
         lines += [f"## {title}", "", markdown_table(summary_table(part, ["method"])), ""]
     return "\n".join(lines)
 

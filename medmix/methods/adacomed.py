@@ -112,7 +112,8 @@ class AdaCoMedNet(nn.Module):
         self.weighting = weighting
         n_mod = len(self.modalities)
         # small branch: every committee expert
-        self.small_proj = nn.ModuleDict({m: nn.ModuleList(nn.Linear(d, hidden) for d in dims[m]) for m in self.modalities})
+        self.small_proj = nn.ModuleDict({m: nn.ModuleList(nn.Linear(d, hidden) for d in dims[m])
+                                         for m in self.modalities})
         self.small_out = nn.Linear(hidden, hidden)
         # large branch: a teacher projection, or the committee's own projections
         self.large_proj = nn.ModuleDict({
@@ -150,7 +151,8 @@ class AdaCoMedNet(nn.Module):
     def small_feature(self, x, mask) -> tuple[torch.Tensor, torch.Tensor]:
         """``f_S`` ``[N, H]`` (committee experts only) and the modality presence ``[N, M]``."""
         small_present = torch.stack([mask[m].bool().any(1) for m in self.modalities], 1)
-        small = sum(torch.where(small_present[:, i : i + 1], _masked_mean(self.small_proj[m], x[m], mask[m].bool()), 0.0)
+        small = sum(torch.where(small_present[:, i : i + 1], _masked_mean(self.small_proj[m], x[m], mask[m].bool()),
+                                0.0)
                     for i, m in enumerate(self.modalities))
         small = self.small_out(F.gelu(small / small_present.float().sum(1, keepdim=True).clamp_min(1.0)))
         return small, small_present
@@ -168,7 +170,8 @@ class AdaCoMedNet(nn.Module):
                 key = m + TEACHER_SUFFIX
                 p = mask[key][:, 0].bool() & small_present[:, i]
                 raw = torch.where(p[:, None], x[key][0].float(), 0.0)
-                z = ((raw - getattr(self, f"t_mean_{m}")) / getattr(self, f"t_std_{m}")).clamp(-Standardizer.CLIP, Standardizer.CLIP)
+                z = ((raw - getattr(self, f"t_mean_{m}")) / getattr(self, f"t_std_{m}")).clamp(
+                    -Standardizer.CLIP, Standardizer.CLIP)
                 tok = self.large_proj[m][0](z)
             else:
                 p = small_present[:, i]
@@ -296,8 +299,10 @@ class AdaCoMed(SimpleFusion):
 
     def extra_settings(self, train: TensorData) -> dict[str, Any]:
         modalities = [m for m in train.x if not m.endswith(TEACHER_SUFFIX)]
-        teachers = {m: int(train.x[m + TEACHER_SUFFIX][0].shape[1]) for m in modalities if m + TEACHER_SUFFIX in train.x}
-        return {"modalities": modalities, "teachers": teachers, "weighting": str(self.params.get("weighting", "gaussian"))}
+        teachers = {m: int(train.x[m + TEACHER_SUFFIX][0].shape[1]) for m in modalities
+                    if m + TEACHER_SUFFIX in train.x}
+        return {"modalities": modalities, "teachers": teachers,
+                "weighting": str(self.params.get("weighting", "gaussian"))}
 
     def build(self, settings: dict[str, Any]) -> nn.Module:
         return AdaCoMedNet(settings["dims"], settings["n_out"], settings["hidden"], settings["dropout"],
@@ -339,7 +344,8 @@ class AdaCoMed(SimpleFusion):
         for seed in seeds:
             net = seeded_init(int(seed), lambda: self.build(self.settings))
             self.prepare(net, prefit)
-            members.append(Member(int(seed), net, None, [(net.small_branch_parameters() + net.classifier_parameters(), 1.0)]))
+            members.append(Member(int(seed), net, None,
+                                  [(net.small_branch_parameters() + net.classifier_parameters(), 1.0)]))
         trainer = EnsembleTrainer(self.train_config, _SmallObjective(train.task))
         # the committee slots only: the small model never reads a teacher
         curves = trainer.fit(members, train, val, committee, self.settings["modalities"])

@@ -56,11 +56,18 @@ class FusionMethod(ABC):
     #: config check refuses any other key there).
     extra_params: ClassVar[tuple[str, ...]] = ()
     #: The method's own defaults: they override the ``training`` section and are overridden by
-    #: ``method_params.<name>`` and a variant's ``params`` (:func:`medmix.config.training_params`).
+    #: ``method_params.<name>`` and a variant's ``params`` (:func:`medmix.plan.config.training_params`).
     param_defaults: ClassVar[dict[str, Any]] = {}
+    #: JSON-schema properties of the method's own settings (keys of ``method_params.<name>`` beyond
+    #: the ``training`` section's, checked like that section's and listed in docs/configuration.md);
+    #: their defaults belong in ``param_defaults``.
+    param_schema: ClassVar[dict[str, dict[str, Any]]] = {}
     #: True for an improvement beyond the paper it extends (e.g. ``medmix_stacked``): the tables
     #: show it as its own row, marked as beyond the paper, never under the paper's name.
     beyond_paper: ClassVar[bool] = False
+    #: True where ``predict`` runs in numpy on the CPU (not torch): its cost is measured on the CPU,
+    #: its peak memory with ``tracemalloc`` (:mod:`medmix.pipeline.efficiency`).
+    numpy_predict: ClassVar[bool] = False
 
     def __init__(self, params: dict[str, Any]):
         self.params = {**self.param_defaults, **params}
@@ -87,6 +94,13 @@ class FusionMethod(ABC):
     def restore(self, settings: dict[str, Any], states: list[dict[str, torch.Tensor]]) -> None:
         """Inverse of :meth:`export` on a fresh instance (``self.seeds`` is already set)."""
 
+    def cost(self, batch: TensorData) -> dict[str, Any] | None:
+        """One seed's size and compute on ``batch`` for Table E6 where the method counts them itself:
+        ``params``, ``flops_per_sample``, ``flops_kind`` (``flops``, or what is counted instead),
+        ``params_note`` and ``flops_note``. None (the default, torch methods): the efficiency job
+        counts the exported state's tensor elements and torch's FLOPs around ``predict``."""
+        return None
+
     def curves(self) -> pd.DataFrame:
         """Training curves: one row per (seed, epoch)."""
         return pd.DataFrame(columns=["seed", "epoch", "train_loss", "val_loss"])
@@ -111,7 +125,8 @@ class FusionMethod(ABC):
             with atomic_path(path) as tmp:
                 save_file(tensors, str(tmp), metadata={"format": METHOD_FORMAT, "method": self.name, "seed": str(seed)})
             files.append(path)
-        info = {"format": METHOD_FORMAT, "method": self.name, "seeds": self.seeds, "params": self.params, "settings": settings,
+        info = {"format": METHOD_FORMAT, "method": self.name, "seeds": self.seeds, "params": self.params,
+                "settings": settings,
                 "selection": self.selection}
         meta = folder / "method.json"
         write_text_atomic(meta, json.dumps(info, indent=2, sort_keys=True, default=_json_default))

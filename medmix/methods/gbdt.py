@@ -55,6 +55,7 @@ boosters rebuilt from those strings, so a reloaded method predicts exactly what 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -106,6 +107,49 @@ def gbdt_features(data: TensorData, dims: dict[str, list[int]] | None = None) ->
     return np.ascontiguousarray(np.concatenate(blocks, axis=1))
 
 
+# -- cost (Table E6): LightGBM trees counted from their model strings ----------------------------
+def _leaf_depths(left: Sequence[int], right: Sequence[int]) -> dict[int, int]:
+    """Depth (comparisons from the root) of each leaf of a LightGBM tree; leaves are ``~child``."""
+    depths: dict[int, int] = {}
+    stack = [(0, 0)] if left else []
+    while stack:
+        node, depth = stack.pop()
+        for child in (left[node], right[node]):
+            if child < 0:
+                depths[~child] = depth + 1
+            else:
+                stack.append((child, depth + 1))
+    return depths if left else {0: 0}
+
+
+def lgb_trees(model_str: str) -> list[dict[int, int]]:
+    """Per tree of a LightGBM model string: leaf index -> depth."""
+    trees = []
+    for block in re.split(r"^Tree=\d+\n", model_str, flags=re.M)[1:]:
+        fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        left, right = ([int(v) for v in fields.get(k, "").split()] for k in ("left_child", "right_child"))
+        trees.append(_leaf_depths(left, right))
+    return trees
+
+
+def gbdt_cost(models: Sequence[Any], x: np.ndarray) -> dict[str, Any]:
+    """One seed's LightGBM models (model strings; constant models are probability vectors) on
+    features ``x``: thresholds + leaf values, and mean comparisons + leaf additions per sample."""
+    import lightgbm as lgb
+
+    params, ops = 0, 0.0
+    for m in models:
+        if not isinstance(m, str):
+            params += len(m)
+            continue
+        trees = lgb_trees(m)
+        params += sum(2 * len(t) - 1 for t in trees)
+        leaves = np.asarray(lgb.Booster(model_str=m).predict(x, pred_leaf=True)).reshape(len(x), -1)
+        depth = np.array([[trees[k][int(leaf)] for k, leaf in enumerate(row)] for row in leaves])
+        ops += float(depth.sum(1).mean()) + len(trees) if len(x) else 0.0
+    return {"params": int(params), "flops_per_sample": ops, "flops_kind": "comparisons"}
+
+
 def _check(params: dict[str, Any]) -> dict[str, Any]:
     """The method's settings over :data:`DEFAULTS`, each checked; errors name ``method_params.gbdt.<key>``."""
     out = {**DEFAULTS, **{k: v for k, v in params.items() if k in DEFAULTS}}
@@ -129,7 +173,8 @@ def _check(params: dict[str, Any]) -> dict[str, Any]:
     for key in ("gbdt_feature_fraction", "gbdt_bagging_fraction"):
         if isinstance(out[key], bool) or not isinstance(out[key], int | float) or not 0 < out[key] <= 1:
             raise bad(key, "a number in (0, 1]")
-    if isinstance(out["gbdt_lambda_l2"], bool) or not isinstance(out["gbdt_lambda_l2"], int | float) or out["gbdt_lambda_l2"] < 0:
+    if (isinstance(out["gbdt_lambda_l2"], bool) or not isinstance(out["gbdt_lambda_l2"], int | float)
+            or out["gbdt_lambda_l2"] < 0):
         raise bad("gbdt_lambda_l2", "a number >= 0")
     return out
 
@@ -156,6 +201,7 @@ class GBDT(FusionMethod):
     """LightGBM per label (one multiclass model for multiclass) on the NaN-for-absent concatenation."""
 
     extra_params = tuple(DEFAULTS)
+    numpy_predict = True
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> None:
@@ -176,8 +222,10 @@ class GBDT(FusionMethod):
                     col_wise: bool) -> dict[str, Any]:
         params = {
             "objective": objective, "num_leaves": num_leaves, "learning_rate": lr,
-            "min_data_in_leaf": self.cfg["gbdt_min_data_in_leaf"], "feature_fraction": self.cfg["gbdt_feature_fraction"],
-            "bagging_fraction": self.cfg["gbdt_bagging_fraction"], "bagging_freq": 1 if self.cfg["gbdt_bagging_fraction"] < 1 else 0,
+            "min_data_in_leaf": self.cfg["gbdt_min_data_in_leaf"],
+            "feature_fraction": self.cfg["gbdt_feature_fraction"],
+            "bagging_fraction": self.cfg["gbdt_bagging_fraction"],
+            "bagging_freq": 1 if self.cfg["gbdt_bagging_fraction"] < 1 else 0,
             "lambda_l2": self.cfg["gbdt_lambda_l2"], "seed": seed, "deterministic": True,
             "force_col_wise": col_wise, "force_row_wise": not col_wise, "max_bin": self.cfg["gbdt_max_bin"],
             "num_threads": self._threads(), "verbosity": -1, "use_missing": True, "zero_as_missing": False,
@@ -323,12 +371,19 @@ class GBDT(FusionMethod):
             prob = np.zeros((data.n, n_out))
             if self.settings["task"] == "multiclass":
                 m = models[0]
-                prob[:] = np.broadcast_to(m, prob.shape) if isinstance(m, np.ndarray) else m.predict(x, num_threads=threads)
+                prob[:] = (np.broadcast_to(m, prob.shape) if isinstance(m, np.ndarray)
+                           else m.predict(x, num_threads=threads))
             else:
                 for j, m in enumerate(models):
                     prob[:, j] = m[0] if isinstance(m, np.ndarray) else m.predict(x, num_threads=threads)
             out.append(prob.astype(np.float32))
         return Prediction(np.ascontiguousarray(np.stack(out)))
+
+    def cost(self, batch: TensorData) -> dict[str, Any]:
+        """One seed's trees on ``batch`` (:func:`gbdt_cost`): comparisons, not floating-point FLOPs."""
+        return {**gbdt_cost(self.models[0], gbdt_features(batch, self.settings["dims"])),
+                "params_note": "split thresholds + leaf values over all trees",
+                "flops_note": "threshold comparisons + one leaf-value addition per tree (not FLOPs)"}
 
     def curves(self) -> pd.DataFrame:
         return self._curves
@@ -358,6 +413,7 @@ class GBDT(FusionMethod):
         self.models = []
         for state, const in zip(states, constants, strict=True):
             n = int(state["n_models"][0])
-            self.models.append([_decode(state[f"booster.{j}"]) if f"booster.{j}" in state else [float(v) for v in const[str(j)]]
+            self.models.append([_decode(state[f"booster.{j}"]) if f"booster.{j}" in state
+                                else [float(v) for v in const[str(j)]]
                                 for j in range(n)])
         self._boosters = []

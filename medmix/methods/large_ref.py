@@ -101,7 +101,8 @@ class LargeRef(SimpleFusion):
         if m not in data.teacher:
             have = sorted(data.teacher) or "none"
             raise ValueError(f"{self.name}: modality {m!r} has no teacher embedding in this dataset "
-                             f"(modalities with a teacher: {have}); declare its teacher or drop {self.name} from `methods`")
+                             f"(modalities with a teacher: {have}); declare its teacher or drop "
+                             f"{self.name} from `methods`")
         present = data.teacher_mask[m].bool()
         if m in data.mask:
             present = present & data.mask[m].bool().any(dim=1)
@@ -117,7 +118,8 @@ class LargeRef(SimpleFusion):
             raise ValueError(f"{self.name}: the {self.variant!r} teacher is present in {keep_t.size} training and "
                              f"{keep_v.size} validation samples; too few to train a reference")
         # Train (and stop early) on the rows where the teacher is present.
-        super().fit(train.subset(keep_t), val.subset(keep_v), seeds, _OneModality(protocol, self.variant, train.modalities))
+        super().fit(train.subset(keep_t), val.subset(keep_v), seeds,
+                    _OneModality(protocol, self.variant, train.modalities))
 
     def prepare(self, net: torch.nn.Module, train: TensorData) -> None:
         m = self.variant

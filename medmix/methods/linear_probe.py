@@ -74,11 +74,17 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
+def linear_cost(n_in: int, n_out: int) -> dict[str, Any]:
+    """A linear read-out: ``D·C`` weights + ``C`` biases; ``2·D·C`` FLOPs per sample."""
+    return {"params": n_in * n_out + n_out, "flops_per_sample": float(2 * n_in * n_out), "flops_kind": "flops"}
+
+
 @register_method("linear_probe")
 class LinearProbe(FusionMethod):
     """Per-label L2 logistic regression on concatenated standardised embeddings + presence flags."""
 
     extra_params = ("lp_c_grid",)
+    numpy_predict = True
 
     def __init__(self, params: dict[str, Any]):
         super().__init__(params)
@@ -117,9 +123,11 @@ class LinearProbe(FusionMethod):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model.fit(x[known], cls)
-        coef[model.classes_] = model.coef_ if model.coef_.shape[0] == seen.size else np.stack([-model.coef_[0], model.coef_[0]])
+        coef[model.classes_] = (model.coef_ if model.coef_.shape[0] == seen.size
+                                else np.stack([-model.coef_[0], model.coef_[0]]))
         intercept[model.classes_] = (
-            model.intercept_ if model.intercept_.shape[0] == seen.size else np.array([-model.intercept_[0], model.intercept_[0]])
+            model.intercept_ if model.intercept_.shape[0] == seen.size
+            else np.array([-model.intercept_[0], model.intercept_[0]])
         )
         return coef, intercept
 
@@ -180,6 +188,11 @@ class LinearProbe(FusionMethod):
             prob = _sigmoid(logits)
         prob = prob.astype(np.float32)
         return Prediction(np.ascontiguousarray(np.stack([prob] * len(self.seeds))))
+
+    def cost(self, batch: TensorData) -> dict[str, Any]:
+        """The coefficients and intercepts; ``2·D·C`` multiply-adds per sample (:func:`linear_cost`)."""
+        return {**linear_cost(int(self.coef.shape[1]), int(self.coef.shape[0])),
+                "params_note": "coef + intercept elements", "flops_note": "2·D·C multiply-adds per sample (analytic)"}
 
     def curves(self) -> pd.DataFrame:
         return self._curves

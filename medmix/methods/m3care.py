@@ -70,7 +70,8 @@ def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _bandwidth(d: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-    """Half the mean squared distance over ``pairs`` (the reference's ``kernel_mul=2, kernel_num=3``); 1 without pairs."""
+    """Half the mean squared distance over ``pairs`` (the reference's ``kernel_mul=2, kernel_num=3``); 1 without
+    pairs."""
     n = pairs.sum()
     mean = (d * pairs).sum() / n.clamp_min(1.0)
     return torch.where(n > 0, mean / 2.0, torch.ones_like(mean)).clamp_min(1e-6).detach()
@@ -103,7 +104,8 @@ class M3CareNet(nn.Module):
         n_mod = len(self.modalities)
         self.hidden = hidden
         self.proj = nn.ModuleDict({m: nn.ModuleList(nn.Linear(d, hidden) for d in ds) for m, ds in dims.items()})
-        self.simi = nn.ModuleList(nn.Sequential(nn.Linear(hidden, hidden), nn.SELU(), nn.Linear(hidden, hidden), nn.SELU(),
+        self.simi = nn.ModuleList(nn.Sequential(nn.Linear(hidden, hidden), nn.SELU(), nn.Linear(hidden, hidden),
+                                                nn.SELU(),
                                                 nn.Linear(hidden, hidden)) for _ in self.modalities)
         self.eps = nn.Parameter(torch.full((n_mod,), -0.3))
         self.threshold = nn.Parameter(torch.zeros(()))
@@ -138,7 +140,8 @@ class M3CareNet(nn.Module):
         hs, present = [], []
         for m in self.modalities:
             mk = mask[m].bool()
-            total = sum(torch.where(mk[:, k : k + 1], proj(x[m][k]).float(), 0.0) for k, proj in enumerate(self.proj[m]))
+            total = sum(torch.where(mk[:, k : k + 1], proj(x[m][k]).float(), 0.0)
+                        for k, proj in enumerate(self.proj[m]))
             h = F.selu(total / mk.float().sum(1, keepdim=True).clamp_min(1.0))
             p = mk.any(1)
             hs.append(torch.where(p[:, None], h, 0.0))
@@ -148,7 +151,8 @@ class M3CareNet(nn.Module):
     def kernel_inputs(self, h: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per modality the layer-normalised ``φ_m(h_m)`` and ``h_m`` the kernels compare."""
         ln = lambda t: F.layer_norm(t, t.shape[-1:])  # noqa: E731
-        return [ln(self.simi[i](h[i])) for i in range(len(self.modalities))], [ln(h[i]) for i in range(len(self.modalities))]
+        return ([ln(self.simi[i](h[i])) for i in range(len(self.modalities))],
+                [ln(h[i]) for i in range(len(self.modalities))])
 
     def similarity(self, q_in, p_in, q_present, p_present, bandwidth: torch.Tensor | None):
         """Thresholded patient similarity ``[Nq, Np]`` and the bandwidths used ``[M, 2]``."""
@@ -280,14 +284,16 @@ class M3Care(SimpleFusion):
         return {"n_bank": min(train.n, int(self.params.get("bank_size", 2048)))}
 
     def build(self, settings: dict[str, Any]) -> nn.Module:
-        return M3CareNet(settings["dims"], settings["n_out"], settings["hidden"], settings["dropout"], settings["n_bank"])
+        return M3CareNet(settings["dims"], settings["n_out"], settings["hidden"], settings["dropout"],
+                         settings["n_bank"])
 
     def fit(self, train: TensorData, val: TensorData, seeds: Sequence[int], protocol: Protocol) -> None:
         n_bank = min(train.n, int(self.params.get("bank_size", 2048)))
         if n_bank < 1:
             raise ValueError(f"m3care: bank_size must be >= 1, got {self.params.get('bank_size')}")
         # One bank of training patients for every seed (a seeded choice when the split is larger).
-        rows = np.sort(np.random.default_rng(0).permutation(train.n)[:n_bank]) if n_bank < train.n else np.arange(train.n)
+        rows = (np.sort(np.random.default_rng(0).permutation(train.n)[:n_bank]) if n_bank < train.n
+                else np.arange(train.n))
         self._bank = prefit_view(train.subset(rows), protocol)  # what the train protocol leaves of them
         super().fit(train, val, seeds, protocol)
 

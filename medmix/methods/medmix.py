@@ -2,9 +2,10 @@
 
 Params (the ``training`` config section merged with ``method_params.<name>``): every
 :class:`~medmix.training.trainer.TrainConfig` key plus ``hidden_dim`` (default 256) and
-``dropout`` (default 0.1). ``distill_max: 0`` (or a committee without teachers) trains without
-distillation. Teachers are only read in :meth:`MedMIX.fit`; prediction and checkpoints never
-touch them.
+``dropout`` (default 0.1), and MedMIX's own settings (:data:`MEDMIX_PARAMS`, keys of
+``method_params.medmix`` and of its variants; their defaults are declared there only).
+``distill_max: 0`` (or a committee without teachers) trains without distillation. Teachers are only read in
+:meth:`MedMIX.fit`; prediction and checkpoints never touch them.
 
 ``medmix`` is **the paper's model**: intra-modality routers over residual adapters, per-modality
 heads, masked-softmax fusion of the modality logits, ``L = L_task + λ_D · L_distill``
@@ -22,7 +23,7 @@ named option; the improvements built from them are registered under their own na
   network no error to learn from. Most of its logit is the probe (issue 27), which is why it is
   not the MedMIX row. ``probe_crossfit: 0`` trains the read-out instead (``probe_lr_mult``,
   ``probe_wd_mult``, ``probe_l2``, ``probe_init``).
-- ``modality_loss_weight`` (λ_M, default 0 = the paper's objective, a :class:`TrainConfig` key):
+- ``modality_loss_weight`` (λ_M, default 0 = the paper's objective, a :class:`MedMIXSettings` key):
   ``L = L_task + λ_M · L_modality + λ_D · L_distill`` with ``L_modality`` the mean over
   modalities of each modality head's own task loss where the modality is present.
 - ``fusion_warmup_epochs`` (default 0 = the paper; ``medmix_stacked``: 10): uniform fusion weights
@@ -45,15 +46,15 @@ the router; ``best_single`` — each modality keeps one committee expert alone, 
 linear probe (:mod:`medmix.methods.linear_probe` on that expert's embedding and presence flag,
 its ``C`` chosen on validation from :data:`SELECTION_C_GRID`) has the lowest **validation**
 log-loss; the paper does not say how it picked the best expert, and a probe per expert is the
-affordable proxy for a MedMIX run per expert. The choice is stored in the checkpoint (``selected``) and the predictions read only those
-experts; a sample whose chosen expert is absent has that modality absent.
+affordable proxy for a MedMIX run per expert. The choice is stored in the checkpoint (``selected``) and the predictions
+read only those experts; a sample whose chosen expert is absent has that modality absent.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,7 @@ from medmix.data import TensorData
 from medmix.methods import register_method
 from medmix.methods.base import FusionMethod, Prediction
 from medmix.methods.probe_readout import (
+    PROBE_PARAMS,
     ProbeSettings,
     crossfit_folds,
     fit_fold_probes,
@@ -86,7 +88,32 @@ from medmix.training.trainer import (
     seeded_init,
 )
 
-#: The settings of the paper's MedMIX: every departure off (the schema's defaults; ``medmix``).
+#: MedMIX's own settings (JSON-schema properties, checked with the config and listed in
+#: docs/configuration.md under ``method_params.medmix``): the routers' rate, the distillation, the
+#: departures from the paper and the probe read-out. Their defaults are declared here only.
+MEDMIX_PARAMS: dict[str, dict[str, Any]] = {
+    "router_lr_mult": {"type": "number", "exclusiveMinimum": 0, "default": 0.3,
+                       "description": "the routers' learning rate is router_lr_mult x lr"},
+    "distill_max": {"type": "number", "minimum": 0, "default": 0.3,
+                    "description": "MedMIX distillation weight lambda_D after the ramp (0: no distillation)"},
+    "distill_ramp_epochs": {"type": "integer", "minimum": 0, "default": 30,
+                            "description": "epochs over which lambda_D ramps linearly from 0 to "
+                                           "distill_max (0: constant)"},
+    "rkd_weight": {"type": "number", "minimum": 0, "default": 0.05, "description": (
+        "weight of the relational (distance-wise RKD) term added to the cosine distillation loss, per modality "
+        "with a teacher")},
+    "modality_loss_weight": {"type": "number", "minimum": 0, "default": 0.0, "description": (
+        "MedMIX, not in the paper: weight of each modality head's own task loss (0 = the paper)")},
+    "fusion_warmup_epochs": {"type": "integer", "minimum": 0, "default": 0, "description": (
+        "MedMIX, not in the paper: epochs of uniform fusion, then a ramp to the learned weights (0 = the paper)")},
+    "linear_readout": {"type": "boolean", "default": False, "description": (
+        "MedMIX, not in the paper: a linear read-out of every expert added to its modality's logits "
+        "(false = the paper)")},
+    **PROBE_PARAMS,
+}
+#: Their defaults: the paper's MedMIX (Appendix C; every departure off).
+MEDMIX_DEFAULTS: dict[str, Any] = {key: spec["default"] for key, spec in MEDMIX_PARAMS.items()}
+#: The settings of the paper's MedMIX: every departure off (the defaults; ``medmix``).
 PAPER_FORM = {"linear_readout": False, "fusion_warmup_epochs": 0, "modality_loss_weight": 0.0,
               "probe_readout": False}
 #: ``medmix_stacked`` (beyond the paper): the stacked linear-probe read-out with 5 cross-fitting
@@ -96,6 +123,33 @@ STACKED_FORM = {"probe_readout": True, "probe_crossfit": 5, "fusion_warmup_epoch
 #: strength ``C`` chosen per seed on validation from a declared grid (:mod:`.probe_readout`).
 READOUT_FORM = {"probe_readout": True, "probe_init": False, "probe_crossfit": 0, "probe_l2": True,
                 "probe_c_grid": [0.01, 0.1, 1.0]}
+
+
+@dataclass(frozen=True)
+class MedMIXSettings:
+    """MedMIX's own training settings (:data:`MEDMIX_PARAMS`; the probe's: :class:`ProbeSettings`)."""
+
+    router_lr_mult: float
+    distill_max: float
+    distill_ramp_epochs: int
+    rkd_weight: float
+    #: NOT in the paper: weight of the per-modality head loss.
+    modality_loss_weight: float
+    #: NOT in the paper: epochs of uniform fusion weights, then as many epochs of a linear ramp to
+    #: the learned weights (0 = the paper: learned from the start).
+    fusion_warmup_epochs: int
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> MedMIXSettings:
+        """This class's keys of a run's params over :data:`MEDMIX_DEFAULTS` (other keys are ignored)."""
+        p = {**MEDMIX_DEFAULTS, **params}
+        out = cls(float(p["router_lr_mult"]), float(p["distill_max"]), int(p["distill_ramp_epochs"]),
+                  float(p["rkd_weight"]), float(p["modality_loss_weight"]), int(p["fusion_warmup_epochs"]))
+        if out.modality_loss_weight < 0:
+            raise ValueError(f"modality_loss_weight must be >= 0, got {out.modality_loss_weight}")
+        if out.fusion_warmup_epochs < 0:
+            raise ValueError(f"fusion_warmup_epochs must be >= 0, got {out.fusion_warmup_epochs}")
+        return out
 
 
 class MedMIXObjective:
@@ -108,41 +162,43 @@ class MedMIXObjective:
     (:func:`out_of_fold_logits`). See the module docstring for why.
     """
 
-    def __init__(self, task: str, config: TrainConfig, probe_l2: float = 0.0,
-                 fold_readouts: Sequence[ProbeReadout] = ()):
+    def __init__(self, task: str, settings: MedMIXSettings, probe_l2: float = 0.0,
+                 fold_readouts: Sequence[ProbeReadout] = (), folds: torch.Tensor | None = None):
         self.task = task
-        self.config = config
+        self.settings = settings
         #: λ of the ``probe_readout`` L2 term (0: none; see :mod:`medmix.methods.probe_readout`).
         self.probe_l2 = float(probe_l2)
-        #: ``probe_crossfit``: the out-of-fold probes, one per fold (training rows carry ``Batch.fold``).
+        #: ``probe_crossfit``: the out-of-fold probes, one per fold, and the fold of each training
+        #: row (long ``[N]``, on the training device), read at the batch's ``rows``.
         self.fold_readouts = list(fold_readouts)
+        self.folds = folds
 
     def loss(self, member: Member, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        member.model.fusion_mix.fill_(fusion_mix(epoch, self.config.fusion_warmup_epochs))
+        member.model.fusion_mix.fill_(fusion_mix(epoch, self.settings.fusion_warmup_epochs))
         out = member.model(batch.x, batch.mask)
         logits = out.logits
-        if self.fold_readouts and batch.fold is not None and member.model.probe is not None:
+        if self.fold_readouts and self.folds is not None and member.model.probe is not None:
             # Stacking: each training row sees its out-of-fold probe instead of the full (frozen) one.
             logits = logits - member.model.probe(batch.x, batch.mask) + out_of_fold_logits(
-                self.fold_readouts, batch.x, batch.mask, batch.fold)
+                self.fold_readouts, batch.x, batch.mask, self.folds.index_select(0, batch.rows))
         loss = task_loss(logits, batch.y, self.task)
         parts = {"task_loss": loss.detach()}
-        if self.config.modality_loss_weight > 0:
+        if self.settings.modality_loss_weight > 0:
             modality = modality_task_loss(out.modality_logits, batch.y, out.present, self.task)
-            loss = loss + self.config.modality_loss_weight * modality
+            loss = loss + self.settings.modality_loss_weight * modality
             parts["modality_loss"] = modality.detach()
         if self.probe_l2 > 0 and member.model.probe is not None:
             penalty = l2_penalty(member.model.probe.penalised(), self.probe_l2)
             loss = loss + penalty
             parts["probe_l2"] = penalty.detach()
-        weight = distill_weight(epoch, self.config.distill_max, self.config.distill_ramp_epochs)
+        weight = distill_weight(epoch, self.settings.distill_max, self.settings.distill_ramp_epochs)
         if member.aux is not None and weight > 0:
             projected = member.aux(batch.teacher)
             modalities = member.model.modalities
             available = {
                 m: out.present[:, modalities.index(m)] & batch.teacher_mask[m] for m in projected
             }
-            distill = distill_loss(out.z, projected, batch.teacher, available, self.config.rkd_weight)
+            distill = distill_loss(out.z, projected, batch.teacher, available, self.settings.rkd_weight)
             loss = loss + weight * distill
             parts["distill_loss"] = distill.detach()
         parts["distill_weight"] = torch.tensor(weight)
@@ -299,16 +355,20 @@ def build_members(
 class MedMIX(FusionMethod):
     """MedMIX (intra-modality MoE + masked logit fusion + training-only distillation)."""
 
-    extra_params = ("router", "lp_c_grid", "probe_c_grid")
+    extra_params = ("router", "lp_c_grid")
+    param_schema = MEDMIX_PARAMS
+    param_defaults = MEDMIX_DEFAULTS
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> None:
         """Config-time check of the ``probe_readout`` settings (raises ``ValueError`` naming the key)."""
+        MedMIXSettings.from_params(params)
         ProbeSettings.from_params(params)
 
     def __init__(self, params: dict[str, Any]):
         super().__init__(params)
         self.train_config = TrainConfig.from_params(self.params)
+        self.settings = MedMIXSettings.from_params(self.params)
         self.probe_settings = ProbeSettings.from_params(self.params)
         self.router = str(self.params.get("router", "learned"))
         if self.router not in ROUTER_OPTIONS:
@@ -353,9 +413,9 @@ class MedMIX(FusionMethod):
         """One ensemble fit; ``readout_l2``: the read-out's L2 weight (else the reference probe's)."""
         config = model_config(train, self.params)
         teacher_dims = {m: d for m, d in train.teacher_dims().items() if m in config.dims}
-        distill = self.train_config.distill_max > 0 and bool(teacher_dims)
+        distill = self.settings.distill_max > 0 and bool(teacher_dims)
         ps = self.probe_settings
-        members = build_members(config, teacher_dims if distill else {}, seeds, self.train_config.router_lr_mult, ps)
+        members = build_members(config, teacher_dims if distill else {}, seeds, self.settings.router_lr_mult, ps)
         probe = fit_reference_probe(prefit, val, self.params) if ps.needs_probe else None
         if probe is not None and ps.init:
             for member in members:
@@ -363,7 +423,7 @@ class MedMIX(FusionMethod):
         l2 = probe.l2 if probe is not None and ps.l2 and ps.trains_readout else 0.0
         if readout_l2 is not None:
             l2 = readout_l2
-        fold_readouts = []
+        fold_readouts, fold_of_row = [], None
         if probe is not None and ps.crossfit:
             folds = crossfit_folds(train, ps.crossfit)
             device, _ = resolve_runtime(self.train_config)
@@ -371,8 +431,8 @@ class MedMIX(FusionMethod):
                 readout = ProbeReadout(config.dims, config.n_out)
                 readout.load_probe(fold_probe.coef, fold_probe.intercept)
                 fold_readouts.append(readout.requires_grad_(False).to(device))
-            train = replace(train, fold=torch.from_numpy(folds))
-        objective = MedMIXObjective(train.task, self.train_config, l2, fold_readouts)
+            fold_of_row = torch.from_numpy(folds).to(device)  # read at each training batch's rows
+        objective = MedMIXObjective(train.task, self.settings, l2, fold_readouts, fold_of_row)
         trainer = EnsembleTrainer(self.train_config, objective)
         self._curves = trainer.fit(members, train, val, protocol, config.modalities)
         self.selection = trainer.selection
@@ -454,7 +514,7 @@ class MedMIXStacked(MedMIX):
     """Beyond the paper: MedMIX with the stacked linear-probe read-out (:data:`STACKED_FORM`; the
     ``probe_*`` keys of ``method_params.medmix_stacked`` tune it). Its own row in every table."""
 
-    param_defaults = STACKED_FORM
+    param_defaults = {**MEDMIX_DEFAULTS, **STACKED_FORM}
     beyond_paper = True
 
 
@@ -464,7 +524,7 @@ class MedMIXReadout(MedMIX):
     end inside the network (:data:`READOUT_FORM`: from zero, its L2 strength chosen per seed on
     validation from ``probe_c_grid``; no externally fitted model). Its own row in every table."""
 
-    param_defaults = READOUT_FORM
+    param_defaults = {**MEDMIX_DEFAULTS, **READOUT_FORM}
     beyond_paper = True
 
 
@@ -476,4 +536,5 @@ class MedMIXNoDistill(MedMIX):
         super().__init__({**params, "distill_max": 0.0})
 
     def fit(self, train: TensorData, val: TensorData, seeds: Sequence[int], protocol: Protocol) -> None:
-        super().fit(replace(train, teacher={}, teacher_mask={}), replace(val, teacher={}, teacher_mask={}), seeds, protocol)
+        super().fit(replace(train, teacher={}, teacher_mask={}), replace(val, teacher={}, teacher_mask={}), seeds,
+                    protocol)

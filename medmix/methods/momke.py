@@ -108,12 +108,14 @@ class MoMKENet(nn.Module):
             if isinstance(module, SeededDropout):
                 module.generator = generator
 
-    def inputs(self, x: dict[str, list[torch.Tensor]], mask: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def inputs(self, x: dict[str, list[torch.Tensor]],
+               mask: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per modality ``u_m`` ``[N, H]`` (0 where absent) and the modality presence ``[N, M]``."""
         us, present = [], []
         for m in self.modalities:
             mk = mask[m].bool()
-            total = sum(torch.where(mk[:, k : k + 1], proj(x[m][k]).float(), 0.0) for k, proj in enumerate(self.in_proj[m]))
+            total = sum(torch.where(mk[:, k : k + 1], proj(x[m][k]).float(), 0.0)
+                        for k, proj in enumerate(self.in_proj[m]))
             count = mk.float().sum(1, keepdim=True)
             us.append(self.in_drop(total / count.clamp_min(1.0)))
             present.append(mk.any(1))
@@ -122,7 +124,8 @@ class MoMKENet(nn.Module):
     def unimodal_logits(self, x, mask) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 1: each expert on its own modality, ``[N, M, C]``, and the presence ``[N, M]``."""
         us, present = self.inputs(x, mask)
-        logits = [head(expert(u)).float() for u, expert, head in zip(us, self.experts, self.unimodal_heads, strict=True)]
+        logits = [head(expert(u)).float()
+                  for u, expert, head in zip(us, self.experts, self.unimodal_heads, strict=True)]
         return torch.stack(logits, 1), present
 
     def mixture(self, x, mask) -> tuple[torch.Tensor, torch.Tensor]:

@@ -47,11 +47,33 @@ import torch
 from medmix.data import TensorData
 from medmix.protocols import Protocol
 
-#: The option's method params and their defaults.
-PROBE_DEFAULTS: dict[str, Any] = {
-    "probe_readout": False, "probe_lr_mult": 1.0, "probe_wd_mult": 0.0, "probe_l2": True, "probe_init": True,
-    "probe_crossfit": 5, "probe_c_grid": [],
+#: The option's method params (JSON-schema properties: checked with the config, listed in
+#: docs/configuration.md under ``method_params.medmix``); their defaults are declared here only.
+PROBE_PARAMS: dict[str, dict[str, Any]] = {
+    "probe_readout": {"type": "boolean", "default": False, "description": (
+        "MedMIX, not in the paper: a linear probe of every expert and presence flag added to the fused logits "
+        "(frozen at the validation-chosen probe with probe_crossfit, else trained in its own parameter group), "
+        "replacing linear_readout (false = the paper)")},
+    "probe_lr_mult": {"type": "number", "exclusiveMinimum": 0, "default": 1.0,
+                      "description": "MedMIX probe_readout: the read-out's learning rate is probe_lr_mult x lr"},
+    "probe_wd_mult": {"type": "number", "minimum": 0, "default": 0.0, "description": (
+        "MedMIX probe_readout: the read-out's AdamW weight decay is probe_wd_mult x weight_decay")},
+    "probe_l2": {"type": "boolean", "default": True, "description": (
+        "MedMIX probe_readout: add the linear probe's L2 penalty, its C chosen on validation "
+        "(lp_c_grid), to the loss")},
+    "probe_init": {"type": "boolean", "default": True, "description": (
+        "MedMIX probe_readout: start the read-out from the validation-chosen linear probe fitted "
+        "on the training split")},
+    "probe_crossfit": {"type": "integer", "minimum": 0, "default": 5, "description": (
+        "MedMIX probe_readout: 0 = off; K >= 2 = freeze the read-out at the reference probe and train the rest of "
+        "the network on top of K-fold out-of-fold probe logits (stacking)")},
+    "probe_c_grid": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "default": [],
+                     "description": (
+        "MedMIX probe_readout: inverse L2 strengths of a read-out trained end to end from zero, one chosen per seed "
+        "on validation (needs probe_init: false, probe_crossfit: 0); empty = the reference probe's C")},
 }
+#: The option's method params and their defaults.
+PROBE_DEFAULTS: dict[str, Any] = {key: spec["default"] for key, spec in PROBE_PARAMS.items()}
 #: Seed of the patient-to-fold assignment of ``probe_crossfit`` (fixed: the folds are part of the method).
 CROSSFIT_SEED = 0
 

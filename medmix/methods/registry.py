@@ -53,7 +53,8 @@ def _variant(name: str) -> type[FusionMethod] | None:
     for family, cls in sorted(_FAMILIES.items(), key=lambda kv: -len(kv[0])):
         variant = name[len(family) + 1 :] if name.startswith(family + "_") else ""
         if variant:
-            sub = type(f"{cls.__name__}_{variant}", (cls,), {"name": name, "variant": variant, "__module__": cls.__module__})
+            sub = type(f"{cls.__name__}_{variant}", (cls,),
+                       {"name": name, "variant": variant, "__module__": cls.__module__})
             _VARIANTS[name] = sub
             return sub
     return None

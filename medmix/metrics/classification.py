@@ -111,7 +111,8 @@ def label_metrics(prob: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None
     return out
 
 
-def compute_metrics(prob: np.ndarray, y: np.ndarray, task: str, thresholds: np.ndarray | None = None) -> dict[str, float]:
+def compute_metrics(prob: np.ndarray, y: np.ndarray, task: str,
+                    thresholds: np.ndarray | None = None) -> dict[str, float]:
     """Macro-averaged AUROC, AUPRC, mF1, Acc (:data:`MF1_DEFINITION`); NaN where no label defines a metric."""
     if task == "multiclass":
         ranking = macro_ranking(prob, y, task)

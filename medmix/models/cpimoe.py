@@ -138,7 +138,8 @@ class InteractionStageNet(nn.Module):
         super().__init__()
         if kind not in ("redundant", "synergistic"):
             raise ValueError(f"interaction stage kind must be redundant or synergistic, got {kind!r}")
-        self.modalities, self.kind, self.margin, self.missing_input = list(modalities), kind, float(margin), missing_input
+        self.modalities, self.kind, self.margin, self.missing_input = (list(modalities), kind, float(margin),
+                                                                       missing_input)
         self.adapters = nn.ModuleDict({m: Adapter(dims[m], dim) for m in self.modalities})
         self.expert = InteractionExpert(len(self.modalities), dim, dropout)
         self.head = nn.Linear(dim, n_out)

@@ -93,7 +93,8 @@ class MedMIXConfig:
             if not ds:
                 raise ValueError(f"modality {m!r} has no experts")
         if self.n_out < 1 or self.hidden_dim < 1 or not 0 <= self.dropout < 1:
-            raise ValueError(f"bad MedMIX config: n_out={self.n_out}, hidden_dim={self.hidden_dim}, dropout={self.dropout}")
+            raise ValueError(f"bad MedMIX config: n_out={self.n_out}, hidden_dim={self.hidden_dim}, "
+                             f"dropout={self.dropout}")
 
     @property
     def modalities(self) -> list[str]:

@@ -3,30 +3,28 @@
 Counted for **one seed's** model (the seeds are ensemble members trained separately; a deployed
 model is one of them), on a batch of the validation split:
 
-* ``params``: tensor elements of one seed's exported state (:meth:`FusionMethod.export`); for
-  ``linear_probe`` the coefficient and intercept elements; for ``gbdt`` the split thresholds plus
-  leaf values over all trees (a tree with ``L`` leaves: ``L - 1`` thresholds and ``L`` values).
+* ``params``: tensor elements of one seed's exported state (:meth:`FusionMethod.export`), unless
+  the method counts its own (:meth:`FusionMethod.cost`): ``linear_probe`` the coefficient and
+  intercept elements, ``gbdt`` the split thresholds plus leaf values over all trees.
 * ``flops_per_sample``: torch methods: :class:`torch.utils.flop_counter.FlopCounterMode` around
   ``predict`` (matrix products and convolutions, 2 per multiply-add; element-wise ops are not
   counted), divided by the batch size and by the number of seeds ``predict`` runs (each seed's
-  network runs the same computation). ``linear_probe``: ``2·D·C`` (``D`` inputs, ``C`` outputs).
-  ``gbdt``: threshold **comparisons** (not floating-point multiply-adds), the mean number of
-  internal nodes a validation sample passes through over all trees, plus one addition per tree
-  for its leaf value; ``flops_kind`` says which.
+  network runs the same computation). A method with its own :meth:`~FusionMethod.cost` counts
+  them itself (``linear_probe``: ``2·D·C``; ``gbdt``: threshold comparisons); ``flops_kind``
+  says which.
 * ``peak_mem_bytes``: one seed's state bytes + the batch's input bytes + the peak of the memory
   ``predict`` allocates. CUDA: ``torch.cuda.max_memory_allocated`` after
   ``reset_peak_memory_stats`` (less what was allocated before). CPU, torch methods: the peak of
   live tensor storage created during ``predict`` (:class:`PeakLiveTensors`); numpy methods
-  (``gbdt``, ``linear_probe``): the ``tracemalloc`` peak (numpy reports its buffers there; what
-  LightGBM's C++ code allocates internally is not seen). These are upper bounds for one seed's
+  (``FusionMethod.numpy_predict``: ``gbdt``, ``linear_probe``): the ``tracemalloc`` peak (numpy reports its buffers
+  there; what LightGBM's C++ code allocates internally is not seen). These are upper bounds for one seed's
   activations where ``predict`` keeps earlier seeds' (small) outputs alive.
 """
 
 from __future__ import annotations
 
-import re
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,7 +32,6 @@ import torch
 
 #: Rows of the validation split the cost is measured on (fewer where the split is smaller).
 COST_BATCH = 256
-NUMPY_METHODS = ("gbdt", "linear_probe")
 
 
 def state_params(state: Mapping[str, torch.Tensor]) -> int:
@@ -146,73 +143,16 @@ def batch_bytes(data) -> int:
     return int(sum(t.numel() * t.element_size() for t in tensors))
 
 
-# ----------------------------------------------------------------------------- analytic counts
-def linear_cost(n_in: int, n_out: int) -> dict[str, Any]:
-    """A linear read-out: ``D·C`` weights + ``C`` biases; ``2·D·C`` FLOPs per sample."""
-    return {"params": n_in * n_out + n_out, "flops_per_sample": float(2 * n_in * n_out), "flops_kind": "flops"}
-
-
-def _leaf_depths(left: Sequence[int], right: Sequence[int]) -> dict[int, int]:
-    """Depth (comparisons from the root) of each leaf of a LightGBM tree; leaves are ``~child``."""
-    depths: dict[int, int] = {}
-    stack = [(0, 0)] if left else []
-    while stack:
-        node, depth = stack.pop()
-        for child in (left[node], right[node]):
-            if child < 0:
-                depths[~child] = depth + 1
-            else:
-                stack.append((child, depth + 1))
-    return depths if left else {0: 0}
-
-
-def lgb_trees(model_str: str) -> list[dict[int, int]]:
-    """Per tree of a LightGBM model string: leaf index -> depth."""
-    trees = []
-    for block in re.split(r"^Tree=\d+\n", model_str, flags=re.M)[1:]:
-        fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-        left, right = ([int(v) for v in fields.get(k, "").split()] for k in ("left_child", "right_child"))
-        trees.append(_leaf_depths(left, right))
-    return trees
-
-
-def gbdt_cost(models: Sequence[Any], x: np.ndarray) -> dict[str, Any]:
-    """One seed's LightGBM models (model strings; constant models are probability vectors) on
-    features ``x``: thresholds + leaf values, and mean comparisons + leaf additions per sample."""
-    import lightgbm as lgb
-
-    params, ops = 0, 0.0
-    for m in models:
-        if not isinstance(m, str):
-            params += len(m)
-            continue
-        trees = lgb_trees(m)
-        params += sum(2 * len(t) - 1 for t in trees)
-        leaves = np.asarray(lgb.Booster(model_str=m).predict(x, pred_leaf=True)).reshape(len(x), -1)
-        depth = np.array([[trees[k][int(leaf)] for k, leaf in enumerate(row)] for row in leaves])
-        ops += float(depth.sum(1).mean()) + len(trees) if len(x) else 0.0
-    return {"params": int(params), "flops_per_sample": ops, "flops_kind": "comparisons"}
-
-
 # ----------------------------------------------------------------------------- one fitted method
 def method_cost(model, batch, device: torch.device | str = "cpu") -> dict[str, Any]:
     """The cost record of one seed of a fitted :class:`~medmix.methods.base.FusionMethod` on ``batch``."""
     _, states = model.export()
     n_seeds, n = max(1, len(model.seeds)), batch.n
-    numpy_method = model.name in NUMPY_METHODS
-    _, activation, how = measure_peak(lambda: model.predict(batch), device, numpy_method)
+    _, activation, how = measure_peak(lambda: model.predict(batch), device, model.numpy_predict)
     record: dict[str, Any] = {"batch_size": n, "device": str(device), "seeds_in_predict": n_seeds}
-    if model.name == "linear_probe":
-        coef = states[0]["coef"]
-        record.update(linear_cost(int(coef.shape[1]), int(coef.shape[0])))
-        record["params_note"] = "coef + intercept elements"
-        record["flops_note"] = "2·D·C multiply-adds per sample (analytic)"
-    elif model.name == "gbdt":
-        from medmix.methods.gbdt import gbdt_features
-
-        record.update(gbdt_cost(model.models[0], gbdt_features(batch, model.settings["dims"])))
-        record["params_note"] = "split thresholds + leaf values over all trees"
-        record["flops_note"] = "threshold comparisons + one leaf-value addition per tree (not FLOPs)"
+    own = model.cost(batch)  # the method's own count (FusionMethod.cost), else torch's below
+    if own is not None:
+        record.update(own)
     else:
         _, flops = count_flops(lambda: model.predict(batch))
         record.update({"params": state_params(states[0]), "flops_per_sample": flops / n / n_seeds if n else 0.0,
@@ -229,7 +169,7 @@ def method_cost(model, batch, device: torch.device | str = "cpu") -> dict[str, A
 def predict_device(model) -> torch.device:
     """The device a fitted method predicts on (its training runtime's; numpy methods: the CPU)."""
     config = getattr(model, "train_config", None)
-    if config is None or model.name in NUMPY_METHODS:
+    if config is None or model.numpy_predict:
         return torch.device("cpu")
     from medmix.training.trainer import resolve_device
 

@@ -72,7 +72,8 @@ def load_dataset(cohort_path: str, committee: dict[str, Any], features: dict[str
         return identities.get(f"{mod}/{name}", identities.get(name))
 
     members = {
-        mod: [{"path": path(mod, name), "role": role, "expected": expected(mod, name)} for name, role in spec["committee"]]
+        mod: [{"path": path(mod, name), "role": role, "expected": expected(mod, name)}
+              for name, role in spec["committee"]]
         for mod, spec in committee.items()
     }
     teachers = {
@@ -223,11 +224,13 @@ def evaluate_job(
             record = fit_cost(method, val)  # Table E6 (medmix.pipeline.efficiency)
     else:
         if cost:
-            raise ValueError(f"{keys['method']}: the deployment cost is measured on the development cohort, not {cohort}")
+            raise ValueError(f"{keys['method']}: the deployment cost is measured on the development "
+                             f"cohort, not {cohort}")
         frames += predict_protocols(method, data, protocols, {**keys, "eval_set": f"external:{cohort}"})
     predictions = pd.concat(frames, ignore_index=True)
     write_predictions(predictions, out_predictions)  # atomic, with a checksum verified on every read
-    log.info("%s on %s: %d prediction rows in %.1fs", keys["method"], cohort, len(predictions), time.perf_counter() - t0)
+    log.info("%s on %s: %d prediction rows in %.1fs", keys["method"], cohort, len(predictions),
+             time.perf_counter() - t0)
     return record
 
 

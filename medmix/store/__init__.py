@@ -6,8 +6,8 @@ null (a null fixed-size list is what pyarrow before 26 cannot write to Parquet, 
 nothing ``present`` does not). Files written with null entries (by older versions) read the same;
 a null embedding on a present row is refused. Embeddings of present samples are finite: the writer refuses
 NaN/inf (the extraction job records such a sample as absent with the reason "non-finite
-embedding" instead) and the reader refuses a file holding any, never repairing them. The file's key-value metadata (key ``medmix``) records the
-extractor, model id, revision, dim, preprocessing, package version and a hash of the inputs.
+embedding" instead) and the reader refuses a file holding any, never repairing them. The file's key-value metadata (key
+``medmix``) records the extractor, model id, revision, dim, preprocessing, package version and a hash of the inputs.
 
 Every file carries a checksum of its values and metadata (:mod:`medmix.store.checksum`), verified
 by :func:`read_features` (values and metadata) and :func:`read_metadata` (metadata and row count).

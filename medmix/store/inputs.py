@@ -93,7 +93,8 @@ def read_input_view(path: str | Path, modalities: list[str] | None = None) -> In
     kinds = {m: k for m, k in meta["modalities"].items() if modalities is None or m in modalities}
     unknown = sorted(set(modalities or []) - set(kinds))
     if unknown:
-        raise KeyError(f"{path}: dataset {meta['dataset']!r} has no modality {unknown} (has {sorted(meta['modalities'])})")
+        raise KeyError(f"{path}: dataset {meta['dataset']!r} has no modality {unknown} (has "
+                       f"{sorted(meta['modalities'])})")
     table = read_table(path, columns=["sample_id", *[f"input:{m}" for m in kinds]], expect=META_KEY)
     values = {m: table.column(f"input:{m}").to_pylist() for m in kinds}
     schemas = {m: s for m, s in (meta.get("schemas") or {}).items() if m in kinds}

@@ -215,5 +215,6 @@ def run_all_stages(train: TensorData, val: TensorData, seeds: Sequence[int], par
     done: dict[str, dict[str, Any]] = {}
     for stage, needs in stage_plan(train.modalities).items():
         settings, states, _ = run_stage(stage, train, val, seeds, params, {s: done[s] for s in needs})
-        done[stage] = {**settings, "seeds": list(seeds), "states": dict(zip([int(s) for s in seeds], states, strict=True))}
+        done[stage] = {**settings, "seeds": list(seeds),
+                       "states": dict(zip([int(s) for s in seeds], states, strict=True))}
     return done

@@ -22,7 +22,6 @@ divergence); the stack is then rebuilt from the remaining ones, optimizer state 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
 from typing import Any
 
 import torch
@@ -84,7 +83,8 @@ class MemberStack:
             if i == 0:
                 self.group_of = groups
             elif groups != self.group_of:
-                raise NotStackable(f"seed {member.seed}: its parameter groups differ from seed {self.members[0].seed}'s")
+                raise NotStackable(f"seed {member.seed}: its parameter groups differ from seed "
+                                   f"{self.members[0].seed}'s")
         self.shell = shells[0]
         self.dropouts = [m for m in self.shell.modules() if isinstance(m, SeededDropout)]
         with torch.no_grad():
@@ -147,7 +147,8 @@ class MemberStack:
         return shapes
 
     def loss(self, objective, member_cls, batch_cls, batch: dict[str, Any], epoch: int, rows: int, device):
-        """Every member's ``(loss [E], parts {name: [E]})`` on its own rows of ``batch`` (tensors ``[E, rows, ...]``)."""
+        """Every member's ``(loss [E], parts {name: [E]})`` on its own rows of ``batch`` (tensors
+        ``[E, rows, ...]``)."""
         noise = []
         if self.dropouts and any(m.training and m.p > 0 for m in self.dropouts):
             shapes = self._noise_shapes.get(rows)
@@ -218,7 +219,8 @@ class MemberStack:
         new._named = [self._named[i] for i in indices]
         new._noise_shapes = self._noise_shapes
         with torch.no_grad():
-            new.params = {k: v.index_select(0, index).requires_grad_(k in self.group_of) for k, v in self.params.items()}
+            new.params = {k: v.index_select(0, index).requires_grad_(k in self.group_of)
+                          for k, v in self.params.items()}
             new.buffers = {k: v.index_select(0, index) for k, v in self.buffers.items()}
         optimizer.replace({id(self.params[k]): (new.params[k], index) for k in self.group_of})
         return new
@@ -231,8 +233,3 @@ def _take(queue: list[torch.Tensor], shape) -> torch.Tensor:
     if tuple(bits.shape) != tuple(shape):
         raise RuntimeError(f"dropout noise shape {tuple(shape)} differs from the recorded {tuple(bits.shape)}")
     return bits
-
-
-def batch_fields(batch_cls) -> list[str]:
-    """The field names of the trainer's batch type (the stacked batch is a dict of them)."""
-    return [f.name for f in fields(batch_cls)]

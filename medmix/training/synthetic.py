@@ -52,11 +52,13 @@ def synthetic_data(
             present.append(p)
         x[m] = blocks
         mask[m] = torch.from_numpy(np.stack(present, axis=1))
-        names[m] = [f"{m}_expert{k}" + ("_informative" if k in informative.get(m, []) else "_noise") for k in range(len(ds))]
+        names[m] = [f"{m}_expert{k}" + ("_informative" if k in informative.get(m, []) else "_noise")
+                    for k in range(len(ds))]
         roles[m] = ["general"] * len(ds)
     teacher, teacher_mask = {}, {}
     for m, d in (teacher_dims or {}).items():
-        t = h @ rng.standard_normal((latent_dim, d)).astype(np.float32) + 0.1 * rng.standard_normal((n, d)).astype(np.float32)
+        t = (h @ rng.standard_normal((latent_dim, d)).astype(np.float32)
+             + 0.1 * rng.standard_normal((n, d)).astype(np.float32))
         present = mask[m].numpy().any(axis=1)
         t[~present] = 0.0
         teacher[m] = torch.from_numpy(t)

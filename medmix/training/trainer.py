@@ -8,7 +8,7 @@ gives bit-identical results on CPU whether it is trained alone or together with 
 
 Schedule (MedMIX Appendix C, all from :class:`TrainConfig`): AdamW (decoupled weight decay on
 every parameter; a member's parameter group may scale it by its own multiplier, e.g. MedMIX's
-``probe_readout`` group), grad-norm clip per seed, base rate ``lr`` with routers at ``router_lr_mult`` ×,
+``probe_readout`` group), grad-norm clip per seed, base rate ``lr`` (MedMIX's routers: ``router_lr_mult`` ×),
 linear warm-up per step over the first ``warmup_epochs`` epochs then constant, early stop after
 ``patience`` epochs without a better validation criterion, best-validation checkpoint restored
 at the end. The criterion (``early_stopping``) is the paper's validation loss (the task loss on
@@ -60,11 +60,10 @@ EARLY_STOPPING = ("val_loss", "val_auroc", "val_auprc")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings; defaults are the paper's (Appendix C), except the MedMIX-only keys
-    marked NOT in the paper (``modality_loss_weight`` defaults to 0, the paper's objective)."""
+    """Optimisation settings every neural method reads; defaults are the paper's (Appendix C). A
+    method's own settings (e.g. MedMIX's distillation) are its own (``FusionMethod.param_schema``)."""
 
     lr: float = 1e-5
-    router_lr_mult: float = 0.3
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
@@ -72,14 +71,6 @@ class TrainConfig:
     max_epochs: int = 200
     batch_size: int = 256
     patience: int = 20
-    distill_max: float = 0.3
-    distill_ramp_epochs: int = 30
-    rkd_weight: float = 0.05
-    #: MedMIX only, NOT in the paper: weight of the per-modality head loss (see medmix.methods.medmix).
-    modality_loss_weight: float = 0.0
-    #: MedMIX only, NOT in the paper: epochs of uniform fusion weights, then as many epochs of a
-    #: linear ramp to the learned weights (0 = the paper: learned from the start).
-    fusion_warmup_epochs: int = 0
     #: Early-stopping and checkpoint criterion, one of :data:`EARLY_STOPPING` (paper: val_loss).
     early_stopping: str = "val_loss"
     #: Candidate learning rates / weight decays chosen per seed on validation (empty: ``lr`` /
@@ -108,12 +99,10 @@ class TrainConfig:
                 if not isinstance(values[key], (list, tuple)):
                     raise ValueError(f"{key} must be a list of numbers, got {values[key]!r}")
                 values[key] = tuple(float(v) for v in values[key])
-        for key in ("lr", "router_lr_mult", "weight_decay", "grad_clip", "distill_max", "rkd_weight",
-                    "modality_loss_weight"):
+        for key in ("lr", "weight_decay", "grad_clip"):
             if key in values:
                 values[key] = float(values[key])
-        for key in ("warmup_epochs", "max_epochs", "batch_size", "patience", "distill_ramp_epochs", "eval_batch_size",
-                    "threads", "fusion_warmup_epochs"):
+        for key in ("warmup_epochs", "max_epochs", "batch_size", "patience", "eval_batch_size", "threads"):
             if key in values:
                 values[key] = int(values[key])
         config = cls(**values)
@@ -125,10 +114,6 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.early_stopping not in EARLY_STOPPING:
             raise ValueError(f"early_stopping must be one of {EARLY_STOPPING}, got {self.early_stopping!r}")
-        if self.modality_loss_weight < 0:
-            raise ValueError(f"modality_loss_weight must be >= 0, got {self.modality_loss_weight}")
-        if self.fusion_warmup_epochs < 0:
-            raise ValueError(f"fusion_warmup_epochs must be >= 0, got {self.fusion_warmup_epochs}")
         for name, grid, low in (("lr_grid", self.lr_grid, 0.0), ("weight_decay_grid", self.weight_decay_grid, None)):
             if len(set(grid)) != len(grid):
                 raise ValueError(f"{name} has repeated values: {list(grid)}")
@@ -212,8 +197,9 @@ class Batch:
     y: torch.Tensor
     teacher: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_mask: dict[str, torch.Tensor] = field(default_factory=dict)
-    #: Cross-fitting fold per row (``TensorData.fold``), or None.
-    fold: torch.Tensor | None = None
+    #: The batch's row indices in its dataset (long, on the device): a method indexes its own
+    #: per-row data with them (e.g. MedMIX's cross-fitting folds).
+    rows: torch.Tensor | None = None
 
 
 @dataclass
@@ -238,7 +224,8 @@ class Member:
         out = []
         for group in self.param_groups:
             if len(group) not in (2, 3):
-                raise ValueError(f"seed {self.seed}: a parameter group is (params, lr_mult[, wd_mult]), got {len(group)} items")
+                raise ValueError(f"seed {self.seed}: a parameter group is (params, lr_mult[, wd_mult]), "
+                                 f"got {len(group)} items")
             params, lr_mult, wd_mult = (*group, 1.0) if len(group) == 2 else group
             if lr_mult <= 0 or wd_mult < 0:
                 raise ValueError(f"seed {self.seed}: lr multiplier must be > 0 and weight-decay multiplier >= 0, "
@@ -293,7 +280,6 @@ class _DeviceData:
             if teachers and m in self.modalities
         }
         self.teacher_mask = {m: data.teacher_mask[m].bool().to(device) for m in self.teacher}
-        self.fold = data.fold.to(device) if data.fold is not None else None
         self.device = device
 
     def batch(self, idx: torch.Tensor, mask: dict[str, torch.Tensor]) -> Batch:
@@ -303,7 +289,7 @@ class _DeviceData:
             self.y.index_select(0, idx),
             {m: t.index_select(0, idx) for m, t in self.teacher.items()},
             {m: t.index_select(0, idx) for m, t in self.teacher_mask.items()},
-            None if self.fold is None else self.fold.index_select(0, idx),
+            idx,
         )
 
     def stacked_batch(self, plans: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]], lo: int, hi: int
@@ -316,15 +302,14 @@ class _DeviceData:
         def gather(t: torch.Tensor) -> torch.Tensor:
             return t.index_select(0, idx).view(e, rows, *t.shape[1:])
 
-        fields = {
+        return {
             "x": {m: [gather(t) for t in xs] for m, xs in self.x.items()},
             "mask": {m: torch.stack([masks[m][lo:hi] for _, masks in plans]) for m in self.modalities},
             "y": gather(self.y),
             "teacher": {m: gather(t) for m, t in self.teacher.items()},
             "teacher_mask": {m: gather(t) for m, t in self.teacher_mask.items()},
-            "fold": None if self.fold is None else gather(self.fold),
+            "rows": idx.view(e, rows),
         }
-        return {k: v for k, v in fields.items() if v is not None}  # an absent field keeps its default
 
     def full_masked(self, start: int, stop: int) -> Batch:
         """Rows ``start:stop`` as views (no copy) with their own masks."""
@@ -334,7 +319,7 @@ class _DeviceData:
             self.y[start:stop],
             {m: t[start:stop] for m, t in self.teacher.items()},
             {m: t[start:stop] for m, t in self.teacher_mask.items()},
-            None if self.fold is None else self.fold[start:stop],
+            torch.arange(start, stop, device=self.device),
         )
 
 

@@ -3,7 +3,7 @@
 Cohort, stage-1 features and standardisation as ``bench_iu_dev.py`` (three text modalities
 ``indication``, ``findings``, ``impression``; features cached under ``--cache``). Roles: primary =
 ``findings``, secondary = ``impression``. For each (method, setting, rate): train under the
-protocol ``missing_one`` (the grid's, :mod:`medmix.missing_grid`) and evaluate the test split under
+protocol ``missing_one`` (the grid's, :mod:`medmix.plan.missing_grid`) and evaluate the test split under
 the same protocol (mask seed 10000 + the cell's position), thresholds tuned on the clean validation
 split. CP-IMoE's pre-training stages run once and are shared by every cell and by
 ``cpimoe_router``. Writes ``table_s3.md``, ``per_class_f1.md``, ``table_s2.md``, ``grid_metrics.csv``
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     from medmix.methods import create_method
     from medmix.metrics.classification import tune_thresholds
-    from medmix.missing_grid import protocol_name
     from medmix.models.cpimoe import training_step_cost
+    from medmix.plan.missing_grid import protocol_name
     from medmix.protocols import Protocol
     from medmix.training.cpimoe_stages import run_all_stages
 
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
         for label, full in (("Full model training", True), ("cpimoe (last stage)", False)):
             c = training_step_cost(models["cpimoe"].models[0], x, mask, y, train.task, full=full)
             cost.append({"method": label, "trainable_params": int(c["trainable_params"]),
-                         "flops_per_sample": c["flops_per_step"] / n, "flops_per_epoch": c["flops_per_step"] / n * train.n})
+                         "flops_per_sample": c["flops_per_step"] / n,
+                         "flops_per_epoch": c["flops_per_step"] / n * train.n})
         (args.out / "table_s2.md").write_text(table_s2_markdown({"iu_xray_dev": cost}) + "\n")
     print((args.out / "table_s3.md").read_text())
     print(f"wall {time.perf_counter() - t0:.1f}s; mean test F1 per method: "

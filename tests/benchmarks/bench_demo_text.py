@@ -28,7 +28,8 @@ import numpy as np
 from bench_iu_dev import _rag_settings, evaluate, load_config, method_params, text_committee
 
 ROOT = Path(__file__).resolve().parents[2]
-LABELS = {"cxr": ["effusion", "opacity", "interstitial", "cardiomegaly"], "icu": ["mortality", "long_stay", "readmission"]}
+LABELS = {"cxr": ["effusion", "opacity", "interstitial", "cardiomegaly"],
+          "icu": ["mortality", "long_stay", "readmission"]}
 TASKS = {"cxr": "multilabel", "icu": "multitask"}
 
 

@@ -51,7 +51,8 @@ def png_images(folder: Path, n: int, size: int) -> list[str]:
     yy, xx = np.mgrid[:size, :size] / size
     paths = []
     for k in range(n):
-        arr = 0.5 + 0.2 * np.sin(2 * np.pi * (k % 7 + 1) * xx) * np.cos(2 * np.pi * yy) + 0.05 * rng.standard_normal((size, size))
+        arr = (0.5 + 0.2 * np.sin(2 * np.pi * (k % 7 + 1) * xx) * np.cos(2 * np.pi * yy)
+               + 0.05 * rng.standard_normal((size, size)))
         path = folder / f"img{k:05d}.png"
         Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8)).save(path)
         paths.append(str(path))
@@ -131,7 +132,8 @@ def main() -> None:
                               args.num_workers, args.repeats, local_dir=local))
             rows[-1]["expert"] = f"dinov2 ({args.dinov2_layers}L)"
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    print(f"\ndevice: {device}; torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, num_workers {args.num_workers}, "
+    print(f"\ndevice: {device}; torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, num_workers "
+          f"{args.num_workers}, "
           f"batch {args.batch_size}, images {args.image_size}px PNG, texts: MedlinePlus answers")
     print(f"{'expert':<16}{'n':>6}{'pipeline/s':>12}{'embed-only/s':>14}{'ratio':>8}")
     for r in rows:

@@ -62,8 +62,10 @@ def old_fit(method, train, val, seeds: list[int]) -> list[list[str]]:
                     params.pop("force_col_wise")
                     booster = lgb.train(params, dtrain, num_boost_round=method.cfg["gbdt_max_rounds"],
                                         valid_sets=[dval], valid_names=["val"],
-                                        callbacks=[lgb.early_stopping(method.cfg["gbdt_early_stopping"], verbose=False)])
-                    text = booster.model_to_string(num_iteration=int(booster.best_iteration) or booster.current_iteration())
+                                        callbacks=[lgb.early_stopping(method.cfg["gbdt_early_stopping"],
+                                                                      verbose=False)])
+                    text = booster.model_to_string(num_iteration=int(booster.best_iteration)
+                                                   or booster.current_iteration())
                     rebuilt = lgb.Booster(model_str=text)
                     _binary_loss(yt_all[kt, j], rebuilt.predict(xt[kt]))
                     vl = _binary_loss(yv_all[kv, j], rebuilt.predict(xv[kv]))

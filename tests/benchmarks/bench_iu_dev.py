@@ -75,7 +75,7 @@ def text_committee(config: dict[str, Any]) -> tuple[list[dict[str, str]], str | 
 
 def _expert_key(name: str, settings: dict[str, Any]) -> str:
     from extractors.registry import expert_module, extra_source_files, get_spec
-    from medmix.code_closure import closure_files
+    from medmix.plan.code_closure import closure_files
 
     h = hashlib.sha256()
     for f in [*closure_files(expert_module(name)), *extra_source_files(name)]:
@@ -132,7 +132,8 @@ def load_data(cohort, files: dict[tuple[str, str], Path], committee: list[dict[s
     from medmix.data import Standardizer, from_bundle
     from medmix.features import assemble
 
-    members = {m: [{"path": files[(m, e["name"])], "role": e.get("role", "general")} for e in committee] for m in SECTIONS}
+    members = {m: [{"path": files[(m, e["name"])], "role": e.get("role", "general")} for e in committee]
+               for m in SECTIONS}
     teachers = {m: {"path": files[(m, teacher)]} for m in SECTIONS} if teacher else None
     data = from_bundle(cohort, assemble(cohort.sample_ids, members, teachers))
     return Standardizer.fit(data.split_part("train")).apply(data)
@@ -320,7 +321,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     cohort = build_iu_cohort(args.data)
     expert_settings = (config.get("experts") or {}).get("settings") or {}
-    files = extract(cohort, args.cache, [e["name"] for e in committee] + ([teacher] if teacher else []), expert_settings)
+    files = extract(cohort, args.cache, [e["name"] for e in committee] + ([teacher] if teacher else []),
+                    expert_settings)
     t_extract = time.perf_counter() - t_start
     data = load_data(cohort, files, committee, teacher)
     n = {s: int((data.split == s).sum()) for s in ("train", "val", "test")}

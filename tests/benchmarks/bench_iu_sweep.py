@@ -4,7 +4,7 @@ Cohort, committee, cache and standardisation are :mod:`bench_iu_dev`'s (``--cach
 it, so nothing is re-extracted). For each method (default ``gbdt`` and ``medmix``) and every
 non-empty subset ``S`` of the three section modalities (7 subsets), the run is **restricted to
 S** the way the workflow restricts a sweep run ``<method>@<modality>+...``:
-:func:`medmix.runs.select_committee` with ``RunSpec(modalities=S)`` drops the other modalities'
+:func:`medmix.plan.runs.select_committee` with ``RunSpec(modalities=S)`` drops the other modalities'
 experts and teachers before the features are assembled (same rows, same splits). The method is
 fitted on the training split (early stopping / grid on validation), and the test predictions
 (protocol ``none``) are written as the evaluate job's prediction frames
@@ -49,7 +49,7 @@ def load_subset(cohort, files, committee: list[dict[str, str]], teacher: str | N
     """The standardised data of the run restricted to ``subset`` (:func:`select_committee`, as a sweep run)."""
     from medmix.data import Standardizer, from_bundle
     from medmix.features import assemble
-    from medmix.runs import RunSpec, select_committee
+    from medmix.plan.runs import RunSpec, select_committee
 
     full = {m: {"committee": [[e["name"], e.get("role", "general")] for e in committee], "teacher": teacher}
             for m in iu.SECTIONS}
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from medmix.evaluation.contribution import write_outputs
-    from medmix.sweep import subset_label
+    from medmix.plan.sweep import subset_label
 
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)

@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     queries = load_queries()
     print(f"{len(queries)} queries ({sum(q['type'] == 'report' for q in queries)} reports, "
           f"{sum(q['type'] == 'ehr' for q in queries)} EHR); index in {workdir}")
-    print(f"{'query length':>12} {'rule':>10} | {'report top1/top5':>16} | {'ehr top1/top5':>14} | {'all top1/top5':>14}")
+    print(f"{'query length':>12} {'rule':>10} | {'report top1/top5':>16} | {'ehr top1/top5':>14} | "
+          f"{'all top1/top5':>14}")
     for length in args.lengths:
         for rule in LONG_QUERY_RULES:
             r = measure(settings, rule, length, queries)

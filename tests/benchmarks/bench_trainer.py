@@ -41,7 +41,8 @@ N_LABELS = 3
 def make_data(n: int):
     from medmix.training.synthetic import synthetic_data
 
-    data = synthetic_data(n=n, dims=DIMS, n_labels=N_LABELS, task="multitask", teacher_dims=TEACHERS, seed=0, split=(0.7, 0.15))
+    data = synthetic_data(n=n, dims=DIMS, n_labels=N_LABELS, task="multitask", teacher_dims=TEACHERS, seed=0,
+                          split=(0.7, 0.15))
     return data.split_part("train"), data.split_part("val")
 
 
@@ -95,7 +96,8 @@ def epoch_shapes(n_train: int, n_val: int, batch: int, hidden: int):
 
 def reference_flops_per_s(shapes, dtype: torch.dtype, device: str, clock, repeats: int = 3) -> float:
     """FLOP/s of plain ``torch.mm`` over exactly ``shapes`` (best of ``repeats`` passes of ``clock``)."""
-    mats = [(torch.randn(m, k, device=device).to(dtype), torch.randn(k, n, device=device).to(dtype)) for m, k, n in shapes]
+    mats = [(torch.randn(m, k, device=device).to(dtype), torch.randn(k, n, device=device).to(dtype))
+            for m, k, n in shapes]
     best = float("inf")
     for _ in range(repeats + 1):
         _sync(device)
@@ -139,7 +141,7 @@ def run_plain(n: int, seeds: int, epochs: int, precision: str, device: str, thre
     """The straightforward loop: one seed after the other, a DataLoader, float32."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from medmix.methods.medmix import MedMIXObjective, model_config
+    from medmix.methods.medmix import MedMIXObjective, MedMIXSettings, model_config
     from medmix.models import MedMIXNet, TeacherHeads
     from medmix.training.trainer import Batch, Member, TrainConfig
 
@@ -147,7 +149,7 @@ def run_plain(n: int, seeds: int, epochs: int, precision: str, device: str, thre
         torch.set_num_threads(threads)
     train, val = make_data(n)
     config = TrainConfig.from_params(params(epochs, "fp32", device, threads))
-    objective = MedMIXObjective(train.task, config)
+    objective = MedMIXObjective(train.task, MedMIXSettings.from_params(params(epochs, "fp32", device, threads)))
     mods = list(DIMS)
     tensors = [t for m in mods for t in train.x[m]] + [train.mask[m] for m in mods]
     tensors += [train.teacher[m] for m in mods] + [train.teacher_mask[m] for m in mods] + [train.y]
@@ -238,8 +240,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average before: {os.getloadavg()}")
     print(f"data: {args.n} samples, {sum(map(len, DIMS.values()))} experts {DIMS}, teachers {TEACHERS}; "
           f"{args.seeds} seeds x {args.epochs} epochs, batch 256, hidden 256\n")
-    header = f"{'device':6} {'thr':>3} {'variant':14} {'dtype':8} {'wall s':>7} {'cpu s':>7} {'clock':5} {'speed-up':>8} " \
-             f"{'GFLOP/s':>8} {'mm ref':>8} {'frac':>5} {'RSS MB':>7} {'GPU MB':>7} {'val loss':>8}"
+    header = f"{'device':6} {'thr':>3} {'variant':14} {'dtype':8} {'wall s':>7} {'cpu s':>7} {'clock':5} " \
+             f"{'speed-up':>8} {'GFLOP/s':>8} {'mm ref':>8} {'frac':>5} {'RSS MB':>7} {'GPU MB':>7} {'val loss':>8}"
     print(header)
     print("-" * len(header))
     for device in devices:

@@ -77,13 +77,15 @@ def paper_config(root: Path, shards: int, scale: float) -> dict:
     cfg["seeds"] = [0, 1, 2, 3, 4]
     cfg["demo"] = {"cohorts": {}}
     cfg["experts"]["profile"] = "paper"
-    cfg["rag"].update({"knowledge_base": "medlineplus", "medlineplus_dir": str(REPO.parent / "shared/data/medlineplus")})
+    cfg["rag"].update({"knowledge_base": "medlineplus",
+                       "medlineplus_dir": str(REPO.parent / "shared/data/medlineplus")})
     # every registered method (not the template entry) and config.yaml's Table E7 variants
     cfg["methods"] = [m for m in known_methods() if "<" not in m] + list(cfg.get("variants") or {})
     cfg["sweep"] = {"methods": ["gbdt", "medmix"], "n_seeds": None}  # every dataset and subset, every seed
     grid = {"none": {"kind": "none"}}
     grid.update({f"random_drop_{int(p * 100)}": {"kind": "random_drop", "p": p} for p in (0.1, 0.3, 0.5, 0.7)})
-    grid.update({f"drop_note_{int(p * 100)}": {"kind": "drop_one", "modality": "note", "p": p} for p in (0.3, 0.5, 0.7)})
+    grid.update({f"drop_note_{int(p * 100)}": {"kind": "drop_one", "modality": "note", "p": p}
+                 for p in (0.3, 0.5, 0.7)})
     cfg["protocols"] = {"train": grid, "test": grid}
     cfg["extraction"] = {"shards": shards}
     cfg["evaluation"] = {"runs_per_job": 20}  # paper-scale runs take seconds each to evaluate: parallel jobs
@@ -145,7 +147,8 @@ def main() -> None:
             total = counts.pop("total", sum(counts.values()))
             print(f"dry run {k + 1}: {wall:.1f} s wall, {cpu:.1f} s CPU, {total} jobs")
         print("jobs per rule: " + ", ".join(f"{r} {c}" for r, c in sorted(counts.items())))
-        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (wall time grows with other load; "
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (wall time "
+              "grows with other load; "
               "CPU time does not)")
         print(f"RESULT jobs={total} dry_run_wall_s_min={min(walls):.1f} dry_run_cpu_s_min={min(cpus):.1f}")
     finally:

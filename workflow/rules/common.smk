@@ -3,12 +3,11 @@ import logging
 import os
 from pathlib import Path
 
-from snakemake.utils import validate
-
+from extractors.base import EMBEDDING_SETTINGS
 from extractors.registry import get_spec
-from medmix.cache_report import expert_code_files
-from medmix.code_closure import closure_files
-from medmix.config import (
+from medmix.plan.cache_report import expert_code_files
+from medmix.plan.code_closure import closure_files
+from medmix.plan.config import (
     canonical_json,
     committee,
     development_datasets,
@@ -24,15 +23,15 @@ from medmix.config import (
 )
 from medmix.methods import get_method_class
 from medmix.protocols import parse_protocols
-from medmix.runs import RUN_NAME_PATTERN, run_seeds
-from medmix.sweep import sweep_plan, sweep_seeds
+from medmix.plan.runs import RUN_NAME_PATTERN, run_seeds
+from medmix.plan.sweep import sweep_plan, sweep_seeds
 from medmix.store import FeatureStoreError, read_metadata
 from medmix.store.inputs import files_digest, folder_fingerprint, read_input_view
 
-# A --configfile that declares datasets of its own runs those alone (medmix.overlay, `include_demo`):
+# A --configfile that declares datasets of its own runs those alone (medmix.plan.overlay, `include_demo`):
 # config.yaml's demo datasets and cohorts, and its settings naming them or their modalities, are not
 # inherited. Otherwise `config` stays Snakemake's merge.
-from medmix.overlay import workflow_config
+from medmix.plan.overlay import workflow_config
 
 _overlay_files = [str(f) for f in workflow.overwrite_configfiles]
 _effective_config = workflow_config(
@@ -44,9 +43,9 @@ if _effective_config is not None:
     config.clear()
     config.update(_effective_config)
 
-# Semantic validation names the offending key; the schema pass fills in its defaults.
+# Schema (the file plus the registered adapters' own keys, medmix.plan.schema; defaults filled in)
+# and semantic validation; an error names the offending key.
 validate_config(config)
-validate(config, "../schemas/config.schema.yaml")
 
 
 #: How input files are compared (config `inputs_check`): "stat" (name, size, mtime) or "content" (sha256).
@@ -62,7 +61,7 @@ EXPERT_INPUT_HOOKS = []
 
 
 def code_inputs(*modules):
-    """The closure of the modules' imports inside the repository (medmix.code_closure); `local`:
+    """The closure of the modules' imports inside the repository (medmix.plan.code_closure); `local`:
     never mapped to a default storage provider (the Kubernetes profile's)."""
     return [local(f) for f in closure_files(*modules)]
 
@@ -255,7 +254,7 @@ def recorded_fingerprint(path):
 
 def expert_code(expert):
     """Code inputs of an expert: the closure of its module's imports plus declared non-imported files
-    (medmix.cache_report.expert_code_files, which `medmix cache` fingerprints too), `local` as code_inputs'."""
+    (medmix.plan.cache_report.expert_code_files, which `medmix cache` fingerprints too), `local` as code_inputs'."""
     return [local(f) for f in expert_code_files(expert)]
 
 
@@ -317,7 +316,7 @@ def moirai_identity_args():
 
     ident = expert_identity(config, "moirai")
     runtime = {k: v for k, v in expert_runtime(config, "moirai").items() if k in ("local_dir", "options")}
-    ex = create_extractor("moirai", {**runtime, **{k: ident[k] for k in ("model_id", "revision", "preprocessing")}})
+    ex = create_extractor("moirai", {**runtime, **{k: ident[k] for k in EMBEDDING_SETTINGS}})
     args, skip = [], {"--batch-size", "--device"}
     worker = ex.worker_args()
     i = 0
@@ -370,17 +369,17 @@ def method_code(run, job_module):
 
 
 def train_protocol_spec(dataset, protocol):
-    """A train protocol's spec: `protocols.train`, else the missing grid's (medmix.missing_grid)."""
-    from medmix import missing_grid
+    """A train protocol's spec: `protocols.train`, else the missing grid's (medmix.plan.missing_grid)."""
+    from medmix.plan import missing_grid
 
     return missing_grid.train_protocol_spec(config, dataset, protocol)
 
 
 def test_protocol_specs(dataset, method, protocol):
-    """`protocols.test` plus a missing-grid run's matching test protocol (medmix.missing_grid),
+    """`protocols.test` plus a missing-grid run's matching test protocol (medmix.plan.missing_grid),
     less the `drop_one` protocols of modalities the run does not read (a sweep run or a variant on a
     subset of the modalities: there is nothing to drop, so no rows either)."""
-    from medmix import missing_grid
+    from medmix.plan import missing_grid
 
     specs = missing_grid.test_protocol_specs(config, dataset, method, protocol)
     read = list(committee_spec(dataset, method))
@@ -389,7 +388,7 @@ def test_protocol_specs(dataset, method, protocol):
 
 def train_protocols(dataset):
     """`none` plus the `protocols.train` entries that apply to the dataset (drop_one: its modality exists)."""
-    from medmix import missing_grid
+    from medmix.plan import missing_grid
 
     return [p.name for p in parse_protocols(missing_grid.own_protocols(config, dataset, "train"))]
 
@@ -432,7 +431,7 @@ def prediction_files():
 
 def sweep_prediction_files():
     """Clean-run (train protocol `none`) test-cohort predictions of the sweep's runs and of the
-    swept methods' own runs (medmix.sweep; empty while `sweep.methods` is empty)."""
+    swept methods' own runs (medmix.plan.sweep; empty while `sweep.methods` is empty)."""
     return sorted({prediction_path(d, run, "none", d)
                    for d, methods in sweep_plan(config).items()
                    for spec in methods.values() for run in spec["runs"].values()})
@@ -441,8 +440,8 @@ def sweep_prediction_files():
 def evaluation_runs(dataset):
     """(run, train protocol, cohorts) of every fitted run of development dataset `dataset`, in a fixed
     order: the tables' runs on the dataset and its external cohorts, then the sweep's and the missing
-    grid's other runs on the dataset (medmix.sweep, medmix.missing_grid)."""
-    from medmix import missing_grid
+    grid's other runs on the dataset (medmix.plan.sweep, medmix.plan.missing_grid)."""
+    from medmix.plan import missing_grid
 
     rows = {(m, p): evaluation_cohorts(dataset) for m in config["methods"] for p in train_protocols(dataset)}
     extra = [(run, "none") for spec in sweep_plan(config).get(dataset, {}).values() for run in spec["runs"].values()]
@@ -525,12 +524,24 @@ def all_targets():
     ]
 
 
-#: The paper's tables (medmix.evaluation.paper_tables) and figures (medmix.evaluation.figures).
-PAPER_TABLE_FILES = [f"results/tables/{t}.{ext}" for t in
-                     ("table1", "table2", "tableE2", "tableE3", "tableE4", "tableE5", "tableE6", "tableE7", "tableE8")
-                     for ext in ("md", "tex", "csv")]
-FIGURE_FILES = [f"results/figures/{f}.{ext}" for f in ("fig2_one_modality_drop", "fig3_random_drop", "fig4_ablation",
-                                                "fig_per_label_f1", "fig5_efficiency") for ext in ("png", "pdf")]
+#: Every table (the one list: medmix.evaluation.paper_tables.table_specs, new tables included) and
+#: figure (medmix.evaluation.figures.FIGURES) the tables job writes, and the modules that build them.
+from medmix.evaluation.figures import FIGURES
+from medmix.evaluation.paper_tables import table_modules, table_specs
+
+PAPER_TABLE_FILES = [f"results/tables/{spec.name}.{ext}" for spec in table_specs() for ext in ("md", "tex", "csv")]
+FIGURE_FILES = [f"results/figures/{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")]
+TABLE_MODULES = table_modules()
+
+
+def table_output(path):
+    """A table file of the tables rule: its CSV goes into the report, with its caption when
+    workflow/report/ has one (a table added as a module may have none yet)."""
+    if not path.endswith(".csv"):
+        return path
+    caption = Path(workflow.basedir) / "workflow" / "report" / f"{Path(path).stem}.rst"
+    extra = {"caption": f"../report/{caption.name}"} if caption.is_file() else {}
+    return report(path, category="Tables", subcategory="Paper tables", **extra)
 
 
 def clean_fit_keys():

@@ -1,9 +1,9 @@
 rule contribution:
-    """Performance by modality subset and each modality's Shapley contribution (medmix.sweep,
+    """Performance by modality subset and each modality's Shapley contribution (medmix.plan.sweep,
     medmix.evaluation.contribution), from the clean test predictions of the sweep's runs."""
     input:
         predictions=sweep_prediction_files(),
-        code=code_inputs("medmix.evaluation.contribution", "medmix.sweep"),
+        code=code_inputs("medmix.evaluation.contribution", "medmix.plan.sweep"),
     output:
         sweep_md="results/tables/sweep.md",
         sweep_csv=report("results/tables/sweep.csv", caption="../report/sweep.rst", category="Tables", subcategory="Modality sweep"),

@@ -1,5 +1,5 @@
 # CP-IMoE (medmix.methods.cpimoe): its pre-training stages as cached jobs, and the supplementary's
-# missing grid (medmix.missing_grid) with its tables and router-weight figures. Helpers: cpimoe_common.smk.
+# missing grid (medmix.plan.missing_grid) with its tables and router-weight figures. Helpers: cpimoe_common.smk.
 
 
 rule stage:
@@ -39,7 +39,7 @@ rule cpimoe_tables:
         predictions=grid_prediction_files(),
         models=list(complexity_inputs().values()),
         features=sorted({f for d in complexity_inputs() for f in dataset_features(d)}),
-        code=code_inputs("medmix.evaluation.cpimoe_tables", "medmix.missing_grid"),
+        code=code_inputs("medmix.evaluation.cpimoe_tables", "medmix.plan.missing_grid"),
     output:
         table_s3=report("results/tables/cpimoe/table_s3.md", caption="../report/table_s3.rst",
                         category="Tables", subcategory="CP-IMoE grid"),

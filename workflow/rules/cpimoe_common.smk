@@ -1,8 +1,8 @@
-# Helpers of the CP-IMoE rules (cpimoe.smk): pre-training stage inputs, the missing grid (medmix.missing_grid),
+# Helpers of the CP-IMoE rules (cpimoe.smk): pre-training stage inputs, the missing grid (medmix.plan.missing_grid),
 # its tables and router-weight figures.
 import json
 
-from medmix import missing_grid
+from medmix.plan import missing_grid
 from medmix.pipeline.stage import stage_module
 
 GRID_RUNS = missing_grid.grid_runs(config)

@@ -28,9 +28,7 @@ rule extract:
         features="results/{dataset}/features/{modality}/{expert}.parquet",
     params:
         kind=lambda wc: modality_kind(wc.dataset, wc.modality),
-        model_id=expert_param("model_id"),
-        revision=expert_param("revision"),
-        preprocessing=expert_param("preprocessing"),
+        **{key: expert_param(key) for key in EMBEDDING_SETTINGS},
         inputs=input_fingerprint_param,
         weights=weights_fingerprint,
         locked_commits=locked_commits_param,
@@ -63,9 +61,7 @@ rule extract_shard:
         features="results/{dataset}/feature_shards/{modality}/{expert}/{shard}-of-{shards}.parquet",
     params:
         kind=lambda wc: modality_kind(wc.dataset, wc.modality),
-        model_id=expert_param("model_id"),
-        revision=expert_param("revision"),
-        preprocessing=expert_param("preprocessing"),
+        **{key: expert_param(key) for key in EMBEDDING_SETTINGS},
         inputs=shard_fingerprint_param,
         weights=weights_fingerprint,
         locked_commits=locked_commits_param,

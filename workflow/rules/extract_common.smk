@@ -1,7 +1,7 @@
 # Helpers of the extraction rules (extract.smk): resources, shard plans and inputs.
 import os
 
-from medmix.config import expert_shards, extraction_resources
+from medmix.plan.config import expert_shards, extraction_resources
 from medmix.store.inputs import input_fingerprint
 from medmix.store.shards import part_path, shard_rows
 

@@ -15,9 +15,7 @@ rule moirai_export:
         series=temp("results/{dataset}/moirai/{modality}/series.npz"),
         failures="results/{dataset}/moirai/{modality}/failures.json",
     params:
-        model_id=canonical_json(expert_identity(config, "moirai")["model_id"]),
-        revision=canonical_json(expert_identity(config, "moirai")["revision"]),
-        preprocessing=canonical_json(expert_identity(config, "moirai")["preprocessing"]),
+        **{key: canonical_json(expert_identity(config, "moirai")[key]) for key in EMBEDDING_SETTINGS},
         inputs=input_fingerprint_param,
     resources:
         expert_runtime=canonical_json(expert_runtime(config, "moirai")),
@@ -67,9 +65,7 @@ rule moirai_features:
     output:
         features="results/{dataset}/features/{modality}/moirai.parquet",
     params:
-        model_id=canonical_json(expert_identity(config, "moirai")["model_id"]),
-        revision=canonical_json(expert_identity(config, "moirai")["revision"]),
-        preprocessing=canonical_json(expert_identity(config, "moirai")["preprocessing"]),
+        **{key: canonical_json(expert_identity(config, "moirai")[key]) for key in EMBEDDING_SETTINGS},
     log:
         "logs/extract/{dataset}/{modality}/moirai.log",
     benchmark:

@@ -57,7 +57,7 @@ rule rag_index:
         lm_revision=lambda wc: str((rag_index_specs(wc.encoder)[1] or {}).get("revision", "")),
         identity=lambda wc: canonical_json(rag_index_specs(wc.encoder)),
         expert_identity=lambda wc: canonical_json(
-            {k: expert_identity(config, wc.encoder)[k] for k in ("model_id", "revision", "preprocessing")}),
+            {k: expert_identity(config, wc.encoder)[k] for k in EMBEDDING_SETTINGS}),
     log:
         "logs/rag_index/{kb}/{encoder}.log",
     benchmark:

@@ -35,7 +35,7 @@ def rag_index_specs(expert):
     the commit medmix.lock.json resolves a `main`-like revision to (`locked_commit`; a changed commit
     rebuilds the index; extract_common.smk)."""
     identity = expert_identity(config, expert)
-    ex = create_extractor(expert, {k: identity[k] for k in ("model_id", "revision", "preprocessing")})
+    ex = create_extractor(expert, {k: identity[k] for k in EMBEDDING_SETTINGS})
     encoder, lm = ex.index_specs()
     locked = expert_locked_commits(expert)
     enc = {**encoder.identity(), **({"locked_commit": locked[encoder.model_id]} if encoder.model_id in locked else {})}

@@ -6,7 +6,7 @@ rule tables:
         cohorts=[cohort_path(d) for d in DATASETS],
         summaries=[f"results/{d}/summary.md" for d in DATASETS],
         costs=costs_files(),
-        code=code_inputs("medmix.evaluation.tables_job", "medmix.evaluation.figures"),
+        code=code_inputs("medmix.evaluation.tables_job", "medmix.evaluation.figures", *TABLE_MODULES),
     output:
         main=report("results/tables/main.md", caption="../report/main.rst",
                     category="Tables", subcategory="Overview"),
@@ -23,11 +23,7 @@ rule tables:
                             category="Tables", subcategory="Missingness patterns"),
         significance=report("results/tables/significance.csv", caption="../report/significance.rst",
                             category="Tables", subcategory="Significance"),
-        paper=[
-            report(f, caption=f"../report/{Path(f).stem}.rst", category="Tables", subcategory="Paper tables")
-            if f.endswith(".csv") else f
-            for f in PAPER_TABLE_FILES
-        ],
+        paper=[table_output(f) for f in PAPER_TABLE_FILES],
         figures=[
             report(f, caption=f"../report/{Path(f).stem}.rst", category="Figures")
             if f.endswith(".png") else f

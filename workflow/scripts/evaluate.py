@@ -3,9 +3,9 @@
 import json
 
 from medmix.cohort import read_cohort_schemas
-from medmix.config import with_expected_dims
 from medmix.pipeline import set_threads, setup_logging
 from medmix.pipeline.fit import evaluate_dataset_job
+from medmix.plan.config import with_expected_dims
 
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
@@ -20,7 +20,8 @@ for spec in json.loads(sm.params.plan):
     entries = []
     for c in spec["cohorts"]:
         paths = dict(zip(c["feature_keys"], c["features"], strict=True))
-        unknown = [p for p in [c["cohort_path"], c["out"], *paths.values()] if p not in cohorts | features | predictions]
+        unknown = [p for p in [c["cohort_path"], c["out"], *paths.values()]
+                   if p not in cohorts | features | predictions]
         if unknown:
             raise ValueError(f"evaluation plan: {unknown[:3]} are not inputs / outputs of this rule")
         identities = with_expected_dims(c["identities"], c["feature_keys"], read_cohort_schemas(c["cohort_path"]))

@@ -2,9 +2,10 @@
 
 import json
 
+from extractors.base import EMBEDDING_SETTINGS
 from extractors.job import extract_job
-from medmix.code_closure import REPO
 from medmix.pipeline import set_threads, setup_logging
+from medmix.plan.code_closure import REPO
 from medmix.store.inputs import source_fingerprint
 
 setup_logging(snakemake.log[0])  # noqa: F821
@@ -17,7 +18,7 @@ extract_job(
     modality=sm.wildcards.modality,
     expert=sm.wildcards.expert,
     out_path=sm.output.features,
-    identity={key: json.loads(sm.params[key]) for key in ("model_id", "revision", "preprocessing")},
+    identity={key: json.loads(sm.params[key]) for key in EMBEDDING_SETTINGS},
     runtime=json.loads(sm.resources.expert_runtime),
     options=options,
     max_failed_fraction=float(sm.params.max_failed_fraction),

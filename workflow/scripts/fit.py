@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 from medmix.cohort import read_cohort_schemas
-from medmix.config import with_expected_dims
 from medmix.pipeline import set_threads, setup_logging
 from medmix.pipeline.fit import fit_job
+from medmix.plan.config import with_expected_dims
 from medmix.protocols import Protocol
 
 setup_logging(snakemake.log[0])  # noqa: F821

@@ -1,16 +1,17 @@
-"""Thin adapter: the ``moirai_features`` rule -> extractors.moirai.write_worker_features."""
+"""Thin adapter: the ``moirai_features`` rule -> extractors.experts.moirai.write_worker_features."""
 
 import json
 import logging
 
-from extractors.moirai import write_worker_features
+from extractors.base import EMBEDDING_SETTINGS
+from extractors.experts.moirai import write_worker_features
 from extractors.registry import create_extractor
 from medmix.pipeline import setup_logging
 from medmix.store.inputs import read_input_view
 
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
-identity = {key: json.loads(sm.params[key]) for key in ("model_id", "revision", "preprocessing")}
+identity = {key: json.loads(sm.params[key]) for key in EMBEDDING_SETTINGS}
 modality = sm.wildcards.modality
 view = read_input_view(sm.input.inputs, [modality])
 extractor = create_extractor("moirai", {**identity, "input_schema": view.schema(modality)})

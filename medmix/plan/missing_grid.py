@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-log = logging.getLogger("medmix.missing_grid")
+log = logging.getLogger("medmix.plan.missing_grid")
 SETTINGS = ("primary", "secondary", "random")
 MODES = ("train_and_test", "test_only")
 

@@ -114,7 +114,7 @@ def _declared(overlays: Sequence[Mapping[str, Any]], *path: str) -> bool:
 
 def committees(cfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[str, tuple[list[tuple[str, str]], Any]]:
     """Modality -> (committee as (name, role) pairs, teacher) from the dataset's overrides, else the
-    active profile (as :func:`medmix.config.committee` resolves them; a kind without a committee
+    active profile (as :func:`medmix.plan.config.committee` resolves them; a kind without a committee
     gives an empty one, which the config check reports)."""
     experts = cfg.get("experts") or {}
     profile = (experts.get("profiles") or {}).get(experts.get("profile")) or {}
@@ -128,7 +128,7 @@ def committees(cfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict[str, 
 
 
 def variant_fits(variant: Mapping[str, Any], teams: Mapping[str, Any]) -> bool:
-    """A variant keeps at least one committee expert of the dataset (:func:`medmix.runs.select_committee`)."""
+    """A variant keeps at least one committee expert of the dataset (:func:`medmix.plan.runs.select_committee`)."""
     mods, roles = variant.get("modalities"), variant.get("roles")
     return any(
         (mods is None or mod in mods) and any(roles is None or role in roles for _, role in members)

@@ -44,8 +44,8 @@ import yaml
 from medmix.cohort import CohortError
 from medmix.datasets.manifest import LABEL_TOKENS, SPLIT_ALIASES, read_table
 from medmix.datasets.paths import resolve_inside
-from medmix.overlay import LARGE_REF_PREFIX, committees, variant_fits
-from medmix.runs import NAME_PATTERN, RESERVED_DATASET_NAMES
+from medmix.plan.overlay import LARGE_REF_PREFIX, committees, variant_fits
+from medmix.plan.runs import NAME_PATTERN, RESERVED_DATASET_NAMES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy", ".npz")
@@ -202,7 +202,8 @@ def infer_dataset(manifest: str | Path, labels: list[str], *, name: str | None =
     root = (Path(data_root) if data_root else manifest.parent).resolve()
     name = name or dataset_name(manifest)
     if not re.fullmatch(NAME_PATTERN, name) or name in RESERVED_DATASET_NAMES:
-        raise InitError(f"dataset name {name!r}: use letters, digits and '_' only (not one of {RESERVED_DATASET_NAMES})")
+        raise InitError(f"dataset name {name!r}: use letters, digits and '_' only (not one of "
+                        f"{RESERVED_DATASET_NAMES})")
     columns = list(table.columns)
     values = {c: [v for v in table[c].tolist() if v != ""] for c in columns}
     n = len(table)
@@ -237,7 +238,8 @@ def infer_dataset(manifest: str | Path, labels: list[str], *, name: str | None =
             raise InitError(f"a multiclass task names ONE label column holding class names, got {labels}")
         classes = sorted(set(values[labels[0]]))
         if len(classes) < 2:
-            raise InitError(f"label {labels[0]!r} has {len(classes)} distinct value(s); a multiclass task needs two or more")
+            raise InitError(f"label {labels[0]!r} has {len(classes)} distinct value(s); a multiclass "
+                            "task needs two or more")
     else:
         for label in labels:
             if not binary_values[label]:
@@ -262,7 +264,8 @@ def infer_dataset(manifest: str | Path, labels: list[str], *, name: str | None =
     else:
         id_col = _find(columns, ID_COLUMNS)
         if id_col is None or not unique(id_col):
-            id_col = next((c for c in columns if c not in labels and unique(c) and not _path_column(values[c][:50], root)),
+            id_col = next((c for c in columns if c not in labels and unique(c)
+                           and not _path_column(values[c][:50], root)),
                           None)
         if id_col is None:
             raise InitError(f"no sample id column: none of {list(ID_COLUMNS)} holds a distinct value in every row; "
@@ -333,7 +336,8 @@ def infer_dataset(manifest: str | Path, labels: list[str], *, name: str | None =
             if present < len(vals):
                 reason += " (absent files are missing modalities)"
             if not present:
-                warnings.append(f"column {col!r}: none of its {len(vals)} files exists under {root}; check the paths or "
+                warnings.append(f"column {col!r}: none of its {len(vals)} files exists under "
+                                f"{root}; check the paths or "
                                 "--data-root (as it is, the modality is missing for every sample)")
             out.append(Column(col, "modality", reason, mod, spec["kind"]))
             if kind == "image" and any(_suffix(v) == ".dcm" for v in vals):
@@ -367,10 +371,12 @@ def infer_dataset(manifest: str | Path, labels: list[str], *, name: str | None =
                                               f"{', '.join(sorted(set(vals))[:6])}{', ...' if distinct > 6 else ''}"))
             continue
         out.append(Column(col, "ignored", f"short text with {distinct} distinct values in {len(vals)} rows: an "
-                                          "identifier, or text too short to tell; declare it yourself if it is an input"))
+                                          "identifier, or text too short to tell; declare it "
+                                          "yourself if it is an input"))
     if tab_cols:
         mod = modality_name("tabular", set(modalities))
-        modalities[mod] = {"kind": "tabular", "columns": tab_cols, **({"categorical": categorical} if categorical else {})}
+        modalities[mod] = {"kind": "tabular", "columns": tab_cols,
+                           **({"categorical": categorical} if categorical else {})}
         for c in out:
             if c.use == "tabular":
                 c.modality, c.kind = mod, "tabular"

@@ -17,15 +17,13 @@ from typing import Any
 
 import yaml
 
-from medmix.runs import RunSpec, check_name, check_run_name, run_spec, run_specs, select_committee
+from medmix.plan.runs import RunSpec, check_name, check_run_name, run_spec, run_specs, select_committee
+from medmix.plan.schema import config_schema
 
 __all__ = ["ConfigError", "Member", "RunSpec", "load_config", "run_spec", "run_specs", "select_committee",
            "training_params", "validate_config"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"  # package data
-RUNTIME_KEYS = ("local_dir", "batch_size", "device", "num_workers", "allow_remote_code", "options")
-IDENTITY_KEYS = ("model_id", "revision", "preprocessing")
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ConfigError(ValueError):
@@ -56,7 +54,7 @@ def validate_schema(cfg: dict[str, Any]) -> dict[str, Any]:
     """
     import jsonschema
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = config_schema()
     base = jsonschema.Draft202012Validator
 
     def set_defaults(validator, properties, instance, schema):
@@ -98,6 +96,27 @@ def _unknown_key(where: str, key: str, allowed) -> str:
         f" (valid keys here: {valid})"
 
 
+def method_owned_keys() -> dict[str, list[str]]:
+    """Each key a method declares as its own (``FusionMethod.param_schema``) -> the methods that read it."""
+    from medmix.methods import get_method_class, known_methods
+
+    owners: dict[str, list[str]] = {}
+    for name in known_methods():
+        if "<" not in name:
+            for key in get_method_class(name).param_schema:
+                owners.setdefault(key, []).append(name)
+    return owners
+
+
+def _check_method_owned_keys(cfg: dict[str, Any]) -> None:
+    """A method's own setting in the global ``training`` block is an error that says where it goes."""
+    owners = method_owned_keys()
+    for key in sorted(set(cfg.get("training") or {}) & set(owners)):
+        raise ConfigError(f"config key `training.{key}`: {key!r} is a setting of {', '.join(owners[key])} alone; "
+                          f"set it under `method_params.{owners[key][0]}` (or that run's `method_params` / variant "
+                          "`params`)")
+
+
 def _check_method_params(method: str, params: dict[str, Any], cfg: dict[str, Any], where: str | None = None) -> None:
     """``method_params.<method>`` (or a variant's ``params``) holds ``training`` keys and the method's own
     ``extra_params``."""
@@ -106,17 +125,18 @@ def _check_method_params(method: str, params: dict[str, Any], cfg: dict[str, Any
     from medmix.methods import get_method_class
     from medmix.training.trainer import TrainConfig
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = config_schema()
+    cls = get_method_class(method)
     allowed = set(schema["properties"]["training"]["properties"]) | {f.name for f in fields(TrainConfig)}
-    allowed |= set(get_method_class(method).extra_params)
+    allowed |= set(cls.extra_params) | set(cls.param_schema)
     for key in params:
         if key not in allowed and key != "baseline_lr":
             raise ConfigError(f"config key `{where or f'method_params.{method}'}.{key}`: unknown key {key!r}"
                               f"{_did_you_mean(key, allowed)} (valid keys here: the `training` keys"
-                              + (f" and {sorted(get_method_class(method).extra_params)}" if
-                                 get_method_class(method).extra_params else "") + ")")
+                              + (f" and {sorted({*cls.extra_params, *cls.param_schema})}" if
+                                 cls.extra_params or cls.param_schema else "") + ")")
     _check_training_values(method, params, cfg, where or f"method_params.{method}",
-                           schema["properties"]["training"]["properties"])
+                           {**schema["properties"]["training"]["properties"], **cls.param_schema})
     check = getattr(get_method_class(method), "check_params", None)  # a method's own value checks
     if check is not None:
         try:
@@ -130,8 +150,8 @@ def _check_training_values(method: str, params: dict[str, Any], cfg: dict[str, A
     """The ``training`` keys a run of ``method`` gets, merged as :func:`training_params` merges them
     (``training``, the class's ``param_defaults``, ``method_params`` of its family and of itself, then
     ``params`` when they are a variant's, at ``where``), validated against the ``training`` block's
-    schema (minimum, type, enum...): ``method_params.medmix.max_epochs: 0`` is refused like
-    ``training.max_epochs: 0``. The error names the key that set the offending value."""
+    schema and the method's own (``param_schema``; minimum, type, enum...): ``method_params.medmix.max_epochs: 0`` is
+    refused like ``training.max_epochs: 0``. The error names the key that set the offending value."""
     import jsonschema
 
     from medmix.methods import get_method_class
@@ -192,14 +212,20 @@ def _allowed_keys(validator, root: dict[str, Any], schema: dict[str, Any], insta
 
 def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """Schema + semantic validation; returns ``cfg`` with defaults filled in."""
+    _check_method_owned_keys(cfg)
     validate_schema(cfg)
     _check_names(cfg)
     _check_unique(cfg)
     from extractors.registry import get_spec, list_experts
     from medmix.cohort import CohortError
+    from medmix.datasets import known_adapters
     from medmix.datasets.declared import default_modalities, has_fixed_modalities
 
+    adapters = known_adapters()
     for ds_name, ds in cfg["datasets"].items():
+        if ds["adapter"] not in adapters:
+            raise ConfigError(f"config key `datasets.{ds_name}.adapter`: unknown adapter {ds['adapter']!r}"
+                              f"{_did_you_mean(ds['adapter'], adapters)}; registered adapters: {', '.join(adapters)}")
         if not ds.get("labels") and not has_fixed_modalities(ds["adapter"]) and ds["task"] != "multiclass":
             raise ConfigError(f"config key `datasets.{ds_name}.labels`: required for adapter {ds['adapter']!r}")
         if not ds.get("modalities"):  # named adapters know their own modalities
@@ -257,7 +283,7 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _check_names(cfg: dict[str, Any]) -> None:
     """Dataset, modality and demo-cohort names are path components and Snakemake wildcard values
-    (:data:`medmix.runs.NAME_PATTERN`): ``my cohort`` or ``site/a`` is a config error here, not a
+    (:data:`medmix.plan.runs.NAME_PATTERN`): ``my cohort`` or ``site/a`` is a config error here, not a
     missing input later."""
     try:
         for name in (cfg.get("demo") or {}).get("cohorts") or {}:
@@ -366,7 +392,7 @@ def _check_runs(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"config key `methods`: unknown method or variant {m!r}"
                               f"{_did_you_mean(m, [*known_methods(), *variants])}; known methods: {known_methods()}; "
                               f"variants: {sorted(variants) or 'none'}")
-    from medmix.sweep import check_sweep
+    from medmix.plan.sweep import check_sweep
 
     try:
         check_sweep(cfg)
@@ -382,7 +408,7 @@ def _check_runs(cfg: dict[str, Any]) -> None:
                 f"config key `method_params.{m}.baseline_lr`: removed; every neural method takes `lr` from "
                 f"`training` (use `method_params.{m}.lr` for a method-specific one)"
             )
-    from medmix import missing_grid  # CP-IMoE's missing grid and the datasets' modality roles
+    from medmix.plan import missing_grid  # CP-IMoE's missing grid and the datasets' modality roles
 
     try:
         missing_grid.check(cfg)
@@ -408,7 +434,8 @@ def committee(cfg: dict[str, Any], dataset: str, modality: str) -> tuple[list[Me
 
 
 def expert_identity(cfg: dict[str, Any], name: str) -> dict[str, Any]:
-    """Output-affecting settings of an expert: model id, revision, preprocessing (spec + overrides)."""
+    """Output-affecting settings of an expert (``extractors.base.EMBEDDING_SETTINGS``: model id, revision,
+    preprocessing; the spec's, with the config's overrides)."""
     from extractors.registry import get_spec
 
     spec = get_spec(name)
@@ -435,10 +462,11 @@ def with_expected_dims(
     one, an entry under that key. (Computed by the job, not planned as a rule param: adding it
     reruns nothing.)
     """
+    from extractors.base import EMBEDDING_SETTINGS
     from extractors.registry import create_extractor
 
     def dim(name: str, schema: dict[str, Any] | None) -> int:
-        settings = {k: identities[name].get(k) for k in ("model_id", "revision", "preprocessing")}
+        settings = {k: identities[name].get(k) for k in EMBEDDING_SETTINGS}
         return int(create_extractor(name, {**settings, "input_schema": dict(schema or {})}).dim)
 
     out = {name: {**ident, "dim": dim(name, None)} for name, ident in identities.items()}
@@ -451,8 +479,10 @@ def with_expected_dims(
 
 def expert_runtime(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     """Settings that do not change the embeddings (where and how fast to run)."""
+    from extractors.base import RUNTIME_SETTINGS
+
     over = cfg["experts"].get("settings", {}).get(name, {})
-    return {k: over[k] for k in RUNTIME_KEYS if k in over}
+    return {k: over[k] for k in RUNTIME_SETTINGS if k in over}
 
 
 def canonical_json(value: Any) -> str:

@@ -55,11 +55,12 @@ def required_subsets(modalities: Sequence[str], permutations: int = 64, seed: in
     if len(mods) <= EXACT_MAX:
         subsets = {frozenset(c) for k in range(1, len(mods) + 1) for c in itertools.combinations(mods, k)}
     else:
-        subsets = {frozenset(o[:k]) for o in sampled_orderings(mods, permutations, seed) for k in range(1, len(mods) + 1)}
+        subsets = {frozenset(o[:k]) for o in sampled_orderings(mods, permutations, seed)
+                   for k in range(1, len(mods) + 1)}
     return sorted(subsets, key=lambda s: (len(s), sorted(s)))
 
 
-#: Separates a sweep run's base run from its subset (the wildcard pattern: :data:`medmix.runs.RUN_NAME_PATTERN`).
+#: Separates a sweep run's base run from its subset (the wildcard pattern: :data:`medmix.plan.runs.RUN_NAME_PATTERN`).
 RUN_SEP = "@"
 
 

@@ -2,7 +2,8 @@
 
 ``amazon/chronos-t5-small`` / ``amazon/chronos-t5-large`` loaded as chronos-forecasting's
 ``ChronosPipeline.from_pretrained`` does (spelled out, so that a checkpoint missing a tensor is
-refused) (T5 encoder-decoder; bf16 on CUDA as the model card shows, float32 on CPU) and embedded with its documented ``ChronosPipeline.embed`` API, which
+refused) (T5 encoder-decoder; bf16 on CUDA as the model card shows, float32 on CPU) and embedded with its documented
+``ChronosPipeline.embed`` API, which
 applies Chronos's own tokenisation (mean scaling by the mean absolute observed value, uniform
 bins in [-15, 15], EOS token appended) and returns the encoder's last hidden states.
 

@@ -129,7 +129,8 @@ def dicom_spacing_ras(folder: str) -> tuple[float, float, float]:
         for h in headers if getattr(h, "ImagePositionPatient", None) is not None
     )
     gaps = np.diff(positions)
-    slice_mm = float(np.median(gaps)) if len(gaps) and np.median(gaps) > 0 else float(getattr(headers[0], "SliceThickness", 0) or 0)
+    slice_mm = (float(np.median(gaps)) if len(gaps) and np.median(gaps) > 0
+                else float(getattr(headers[0], "SliceThickness", 0) or 0))
     spacing = [0.0, 0.0, 0.0]
     for direction, mm in ((along_row, between_cols), (along_col, between_rows), (normal, slice_mm)):
         spacing[int(np.argmax(np.abs(direction)))] = mm
@@ -155,7 +156,8 @@ def read_ct_ras(path: str, array_spacing: tuple[float, float, float] | None = No
         zyx = array_spacing_sidecar(path)
         source = "sidecar"
         if zyx is None and array_spacing is not None:
-            zyx, source = _spacing_triple(array_spacing, "preprocessing.array_spacing_mm"), "preprocessing.array_spacing_mm"
+            zyx, source = _spacing_triple(array_spacing,
+                                          "preprocessing.array_spacing_mm"), "preprocessing.array_spacing_mm"
         if zyx is None:
             raise InputError(
                 f"volume {path} is an array without a declared voxel spacing: add {path}.json with "
@@ -178,7 +180,8 @@ def merlin_preprocess(
     import torch.nn.functional as F
 
     vol = torch.from_numpy(np.nan_to_num(volume_xyz, nan=hu_range[0]).astype(np.float32))[None, None]
-    size = [max(1, int(round((n - 1) * s / t)) + 1) for n, s, t in zip(volume_xyz.shape, spacing, target_spacing, strict=True)]
+    size = [max(1, int(round((n - 1) * s / t)) + 1)
+            for n, s, t in zip(volume_xyz.shape, spacing, target_spacing, strict=True)]
     if list(volume_xyz.shape) != size:
         vol = F.interpolate(vol, size=size, mode="trilinear", align_corners=True)
     lo, hi = hu_range

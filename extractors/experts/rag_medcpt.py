@@ -282,7 +282,8 @@ class RagMedCPTQwen2(_RagExpert):
 
     def hub_models(self) -> list[tuple[str, str | None]]:
         p = self.settings.preprocessing
-        return [(p["query_encoder"], p["query_encoder_revision"]), (p["article_encoder"], p["article_encoder_revision"]),
+        return [(p["query_encoder"], p["query_encoder_revision"]),
+                (p["article_encoder"], p["article_encoder_revision"]),
                 *super().hub_models()]
 
     def article_encoder_spec(self):
@@ -319,7 +320,8 @@ class RagMedCPTQwen2(_RagExpert):
         article, lm = self.index_specs()
         self._index.check(article.identity(), lm.identity())
         if self._index.projection is None:
-            raise ModelUnavailableError(f"{self._index.folder}: index has no projection; build it with a language model")
+            raise ModelUnavailableError(f"{self._index.folder}: index has no projection; build it "
+                                        "with a language model")
         self.device = resolve_device(self.settings.device)
         qspec = EncoderSpec("medcpt", p["query_encoder"], p["query_encoder_revision"],
                             source=self._local("query_encoder"), max_length=int(p["query_max_length"]),

@@ -74,7 +74,8 @@ def normalise_frequency(freq: str) -> str:
     name = m.group(1)
     key = _FREQ_ALIASES.get(name, name.upper() if name.upper() in PATCH_SIZE_RANGES else name)
     if key not in PATCH_SIZE_RANGES:
-        raise ValueError(f"frequency {freq!r}: no MOIRAI patch-size range for {key!r} (known: {sorted(PATCH_SIZE_RANGES)})")
+        raise ValueError(f"frequency {freq!r}: no MOIRAI patch-size range for {key!r} (known: "
+                         f"{sorted(PATCH_SIZE_RANGES)})")
     return key
 
 
@@ -85,7 +86,8 @@ def resolve_patch_size(pre: dict[str, Any], model_patch_sizes: tuple[int, ...] =
     setting = pre.get("patch_size", "auto")
     if setting == "auto":
         if not allowed:
-            raise ValueError(f"no model patch size {model_patch_sizes} within {lo}-{hi} for frequency {pre.get('frequency')!r}")
+            raise ValueError(f"no model patch size {model_patch_sizes} within {lo}-{hi} for frequency "
+                             f"{pre.get('frequency')!r}")
         return min(allowed)
     size = int(setting)
     if pre.get("patch_size_check", True) and not lo <= size <= hi:
@@ -100,7 +102,7 @@ ENV_HELP = (
     "expert 'moirai' needs uni2ts, which pins torch<2.5 and cannot share the main environment. Create its "
     f"environment with `conda env create -f {ENV_FILE}` (Snakemake does this with --use-conda for the rule "
     "declaring that env) and run `python extractors/moirai_worker.py --input series.npz --output emb.npz "
-    "--model Salesforce/moirai-1.0-R-small` there (see extractors/moirai.py), or use the demo profile."
+    "--model Salesforce/moirai-1.0-R-small` there (see extractors/experts/moirai.py), or use the demo profile."
 )
 
 

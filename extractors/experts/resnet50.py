@@ -113,7 +113,8 @@ class ResNet50(ImageExpert):
         if unexpected:
             raise self.unavailable(ValueError(f"checkpoint has tensors the model lacks: {sorted(unexpected)[:3]}"))
         if model.num_features != self.dim:
-            raise ValueError(f"expert {self.spec.name!r}: model features {model.num_features} != declared dim {self.dim}")
+            raise ValueError(f"expert {self.spec.name!r}: model features {model.num_features} != "
+                             f"declared dim {self.dim}")
         self.pick_device()
         self._model = model.to(self.device).eval()
         _ = self.transform

@@ -16,7 +16,7 @@ import ast
 from functools import cache
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: Top-level packages of this repository that closures follow.
 PACKAGES = ("medmix", "extractors")
 

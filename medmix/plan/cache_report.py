@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medmix.code_closure import REPO, closure_files
-from medmix.config import canonical_json, expert_identity, expert_runtime, extraction_jobs, reference_dataset
+from medmix.plan.code_closure import REPO, closure_files
+from medmix.plan.config import canonical_json, expert_identity, expert_runtime, extraction_jobs, reference_dataset
 from medmix.store import FeatureStoreError, read_features, read_metadata
 from medmix.store.checksum import CHECKSUM_KEY, CorruptFileError, read_schema
 from medmix.store.inputs import InputView, folder_fingerprint, read_input_view, source_fingerprint
@@ -40,7 +40,7 @@ STATUSES = ("fresh", "stale", "unused", "unchecked", "unreadable")
 
 def expert_code_files(expert: str) -> list[str]:
     """The code an extraction by ``expert`` depends on (the extraction rules' ``code`` input): the
-    closure of its module's imports (:mod:`medmix.code_closure`) and the other files it declares."""
+    closure of its module's imports (:mod:`medmix.plan.code_closure`) and the other files it declares."""
     from extractors.registry import expert_module, extra_source_files
 
     return sorted({*closure_files(expert_module(expert)), *extra_source_files(expert)})
@@ -94,7 +94,8 @@ class CacheReport:
         elif len(parts) == 2:
             found = sorted(self.cache.glob(f"{parts[0]}/features/*/{parts[1]}.parquet"))
         else:
-            raise FileNotFoundError(f"{target!r}: name a feature file, <dataset>/<modality>/<expert> or <dataset>/<expert>")
+            raise FileNotFoundError(f"{target!r}: name a feature file, <dataset>/<modality>/<expert> or "
+                                    "<dataset>/<expert>")
         found = [p for p in found if p.is_file()]
         if not found:
             known = ", ".join("/".join(_place(p)) for p in self.files()[:20]) or "none"
@@ -285,7 +286,8 @@ def show_lines(e: Entry) -> list[str]:
         lines.append(f"input schema: {_short(m['input_schema'])}")
     failed = e.failed
     lines += [
-        f"dim: {m.get('dim')}   rows: {n}   present: {present} ({present / n:.1%})" if n else f"dim: {m.get('dim')}   rows: 0",
+        f"dim: {m.get('dim')}   rows: {n}   present: {present} ({present / n:.1%})" if n
+        else f"dim: {m.get('dim')}   rows: 0",
         f"missing in the cohort: {n - present - failed}   failed: {failed}"
         f" (extraction.max_failed_fraction {m.get('max_failed_fraction', '?')})",
     ]

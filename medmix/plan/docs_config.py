@@ -6,7 +6,7 @@ that only some datasets or modalities accept (the schema's ``if``/``then`` branc
 apply. The page is generated, never edited by hand: ``tests/test_docs_config.py`` fails when
 ``docs/configuration.md`` differs from :func:`render`. Rewrite it with::
 
-    python -m medmix.docs_config --write
+    python -m medmix.plan.docs_config --write
 
 This module reads only the schema file and writes through the store's atomic writer (it imports no
 other project module, so it sits on neither stage's side).
@@ -22,14 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from medmix.plan.schema import config_schema
 from medmix.store.atomic import write_text_atomic
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"  # package data
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DOC_PATH = REPO_ROOT / "docs" / "configuration.md"
-WRITE_COMMAND = "python -m medmix.docs_config --write"
+WRITE_COMMAND = "python -m medmix.plan.docs_config --write"
 
 #: The name shown for a key the user chooses (a mapping's entries), by the dotted path of the mapping.
 PLACEHOLDERS = {
@@ -49,17 +47,18 @@ PLACEHOLDERS = {
 
 INTRO = """\
 `config.yaml` is validated against `workflow/schemas/config.schema.yaml` (defaults filled in)
-when Snakemake loads it and by `medmix.config.load_config`; an error names the offending key and
+when Snakemake loads it and by `medmix.plan.config.load_config`; an error names the offending key and
 what was expected. Every block is closed: an unknown key (a typo such as `split_colum:`) is an
 error that names where it is and the closest valid key, e.g.
 ``config key `datasets.iu.split_colum`: unknown key 'split_colum'; did you mean 'split_column'?``.
 Which dataset keys are valid depends on the dataset's `adapter` (`definitions.adapter_*` in the
 schema), and which modality keys on its `kind` (`definitions.modality`). Sections: `datasets`, `experts`
 (profiles of per-kind committees with roles and an optional teacher; per-expert settings),
-`training` (the paper's Appendix C values are the defaults: AdamW, lr 1e-5, router lr ×0.3,
-50 warm-up epochs, ≤200 epochs, batch 256, patience 20, distillation ramp 0→0.3 over 30 epochs,
-λ_RKD 0.05), `methods` (run names: registered methods and variants), `method_params`, `variants`,
-`protocols` (train- and test-time missing-modality
+`training` (what every method reads; the paper's Appendix C values are the defaults: AdamW,
+lr 1e-5, 50 warm-up epochs, ≤200 epochs, batch 256, patience 20), `methods` (run names:
+registered methods and variants), `method_params` (per method: `training` overrides and the
+method's own keys, e.g. MedMIX's router lr ×0.3, distillation ramp 0→0.3 over 30 epochs, λ_RKD
+0.05 and read-out options), `variants`, `protocols` (train- and test-time missing-modality
 protocols: `none`, `drop_one`, `random_drop`), `seeds`, `rag`, `resources` (per-rule overrides
 for clusters; see `workflow/profiles/slurm/`).
 
@@ -83,8 +82,9 @@ class Row:
     when: list[str]
 
 
-def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())
+def load_schema() -> dict[str, Any]:
+    """The schema the workflow validates against (the registered adapters' own keys included)."""
+    return config_schema()
 
 
 def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
@@ -193,6 +193,25 @@ def rows(schema: dict[str, Any] | None = None) -> list[Row]:
     return out
 
 
+def method_rows() -> list[Row]:
+    """A method's own settings (``FusionMethod.param_schema``, defaults from its ``param_defaults``), one
+    row per key under the method that declares them, naming every method that reads them."""
+    from medmix.methods import get_method_class, known_methods
+
+    names = [n for n in known_methods() if "<" not in n]
+    out = []
+    for name in names:
+        cls = get_method_class(name)
+        if "param_schema" not in vars(cls):
+            continue
+        readers = [n for n in names if get_method_class(n).param_schema is cls.param_schema]
+        for key, spec in cls.param_schema.items():
+            default = _literal(cls.param_defaults[key]) if key in cls.param_defaults else ""
+            out.append(Row(f"method_params.{name}.{key}", type_of(spec, {}), default,
+                           _text(spec.get("description", "")), [f"methods: {', '.join(readers)}"]))
+    return out
+
+
 def _when(conditions: list[str]) -> str:
     """``["kind: image, volume", "kind: text"]`` -> ``kind: image, volume, text``."""
     merged: dict[str, list[str]] = {}
@@ -216,9 +235,10 @@ def _prose(text: str) -> str:
 def render(schema: dict[str, Any] | None = None) -> str:
     """The Markdown of ``docs/configuration.md``."""
     root = schema if schema is not None else load_schema()
-    all_rows = rows(root)
+    all_rows = rows(root) + (method_rows() if schema is None else [])
     lines = [
-        f"<!-- Generated from workflow/schemas/config.schema.yaml by `{WRITE_COMMAND}`; do not edit by hand. -->",
+        f"<!-- Generated from workflow/schemas/config.schema.yaml and the settings registered methods and dataset "
+        f"adapters declare, by `{WRITE_COMMAND}`; do not edit by hand. -->",
         "",
         "# Configuration",
         "",
@@ -251,7 +271,7 @@ def missing_descriptions(schema: dict[str, Any] | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medmix.docs_config", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m medmix.plan.docs_config", description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true", help=f"write {DOC_PATH.relative_to(REPO_ROOT)}")
     parser.add_argument("--check", action="store_true", help="exit 1 when the page is out of date")
     args = parser.parse_args(argv)

@@ -4,8 +4,8 @@ Lower-cased word tokens (letters/digits, keeping inner ``.``, ``-``, ``/`` and `
 like ``r91.8`` or ``5-fu`` and doses like ``10mg/kg`` stay whole), unigrams and adjacent-pair
 bigrams. Each distinct n-gram with count ``c`` adds ``sign * (1 + ln c)`` (sublinear tf) to
 bucket ``h mod 512``, where ``h`` and ``sign`` come from a stable BLAKE2b hash of the n-gram
-(not Python's salted ``hash``; :mod:`extractors.text_hashing`). The vector is L2-normalised -> 512 dims. Unlike a sentence
-encoder it keeps ICD codes and drug names apart exactly.
+(not Python's salted ``hash``; :mod:`extractors.text_hashing`). The vector is L2-normalised -> 512 dims. Unlike a
+sentence encoder it keeps ICD codes and drug names apart exactly.
 """
 
 from __future__ import annotations

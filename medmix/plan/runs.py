@@ -17,7 +17,7 @@ from typing import Any
 #: A method or variant name is a path component and a Snakemake wildcard value: letters, digits, ``_``, ``+``, ``-``.
 VARIANT_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_+\-]*"
 #: Every run name: a method or variant name, optionally ``@`` + a modality subset of the sweep
-#: (:mod:`medmix.sweep`, e.g. ``gbdt@frontal+note``); ``@`` occurs in no other name.
+#: (:mod:`medmix.plan.sweep`, e.g. ``gbdt@frontal+note``); ``@`` occurs in no other name.
 RUN_NAME_PATTERN = VARIANT_NAME_PATTERN + r"(@[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*)?"
 #: A dataset, modality or demo-cohort name: a path component and a Snakemake wildcard value (the
 #: Snakefile's ``wildcard_constraints``): letters, digits and ``_`` only (``+`` joins modalities in
@@ -48,7 +48,7 @@ class RunSpec:
 def run_spec(cfg: dict[str, Any], name: str) -> RunSpec:
     """The spec of run ``name``: a variant of ``cfg['variants']``, a registered method, or a sweep
     run ``<method or variant>@<modality>+...`` (that run restricted to the listed modalities)."""
-    from medmix.sweep import parse_sweep_name
+    from medmix.plan.sweep import parse_sweep_name
 
     swept = parse_sweep_name(name)
     if swept is not None:
@@ -116,11 +116,11 @@ def select_committee(committee: dict[str, Any], spec: RunSpec, dataset: str) -> 
 
 def run_seeds(cfg: dict[str, Any], dataset: str, run: str, protocol: str) -> list[int]:
     """The seeds a fit of ``run`` under train protocol ``protocol`` trains: the first
-    ``missing_grid.n_seeds`` of ``seeds`` for the missing grid's own runs (:mod:`medmix.missing_grid`),
-    the first ``sweep.n_seeds`` for the sweep's subset runs (:mod:`medmix.sweep`), all of ``seeds``
+    ``missing_grid.n_seeds`` of ``seeds`` for the missing grid's own runs (:mod:`medmix.plan.missing_grid`),
+    the first ``sweep.n_seeds`` for the sweep's subset runs (:mod:`medmix.plan.sweep`), all of ``seeds``
     for every other run (the tables' rows)."""
-    from medmix import missing_grid
-    from medmix.sweep import parse_sweep_name, sweep_seeds
+    from medmix.plan import missing_grid
+    from medmix.plan.sweep import parse_sweep_name, sweep_seeds
 
     if missing_grid.is_grid_run(cfg, dataset, protocol):
         return missing_grid.grid_seeds(cfg)
