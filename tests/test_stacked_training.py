@@ -86,7 +86,7 @@ def test_an_objective_vmap_cannot_run_falls_back(splits, caplog):
         def loss(self, member, batch, epoch):
             logits = member.model(batch.x["txt"][0])
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.nan_to_num(batch.y))
-            return loss * (1.0 if float(loss) > -1 else 0.0), {}
+            return loss * (1.0 if float(loss.detach()) > -1 else 0.0), {}
 
         def val_loss(self, model, batch):
             return torch.nn.functional.binary_cross_entropy_with_logits(model(batch.x["txt"][0]),
