@@ -39,7 +39,7 @@ from bad_inputs import (
 )
 from config_helpers import default_config
 from PIL import Image
-from test_workflow import snakemake
+from workflow_helpers import snakemake
 
 from medmix.store import read_features, read_metadata, write_features
 

@@ -22,8 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from config_helpers import default_config
-from test_workflow import snakemake
-from workflow_helpers import job_counts
+from workflow_helpers import job_counts, snakemake
 
 from medmix.cohort import Cohort, CohortError, read_cohort, read_cohort_schemas, write_cohort
 from medmix.evaluation.tables import load_runs

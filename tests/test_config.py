@@ -205,7 +205,7 @@ def test_every_key_an_adapter_reads_is_declared_for_it():
 
 
 def test_snakemake_refuses_a_config_typo(tmp_path):
-    from test_workflow import snakemake, tiny_config
+    from workflow_helpers import snakemake, tiny_config
 
     cfg = tiny_config()
     cfg["datasets"]["demo_openi"]["split_colum"] = "split"
@@ -299,7 +299,7 @@ def test_merged_method_settings_are_valid_where_the_training_block_is(cfg):
 
 
 def test_snakemake_refuses_an_unsafe_dataset_name_before_any_job(tmp_path):
-    from test_workflow import snakemake, tiny_config
+    from workflow_helpers import snakemake, tiny_config
 
     cfg = tiny_config()
     cfg["datasets"]["my cohort"] = cfg["datasets"]["demo_openi"]

@@ -269,7 +269,7 @@ def test_moirai_worker_protocol_roundtrip(tmp_path: Path) -> None:
 
 def test_moirai_rules_end_to_end(moirai_env, moirai_dirs, tmp_path: Path) -> None:
     """The workflow's three MOIRAI rules (export -> worker -> features) on a demo ICU cohort."""
-    from test_workflow import snakemake, tiny_config
+    from workflow_helpers import snakemake, tiny_config
 
     cfg = tiny_config()
     cfg["demo"]["cohorts"] = {"demo_mimic": {"kind": "icu", "n_patients": 20, "seed": 2}}

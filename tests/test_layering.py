@@ -212,3 +212,16 @@ def test_every_exclusion_is_a_real_module_with_a_reason():
     # choice) and the shard assignment (which samples a part holds) stay in
     assert module_closure("extractors.job") == (
         "extractors", "extractors.base", "extractors.job", "medmix", "medmix.store.shards")
+
+
+def test_no_test_module_imports_another():
+    """Test helpers live in helper modules (tests/*_helpers.py, tests/tiny_text_models.py, …), never in a test."""
+    import ast
+
+    offenders = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            offenders += [f"{path.name} imports {n}" for n in names if n.split(".")[0].startswith("test_")]
+    assert not offenders, offenders

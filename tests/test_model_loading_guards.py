@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_rag_softprompt import _tiny_bert, _tiny_qwen2, _words
 from tiny_models import build_biomedclip, build_chronos, build_qwen2
+from tiny_text_models import tiny_bert, tiny_qwen2, words
 
 from extractors.base import ModelUnavailableError
 from extractors.hf_common import HubExpert, check_remote_code_pin, is_commit, load_state_complete
@@ -138,14 +138,14 @@ def test_minilm_expert_refuses_a_checkpoint_missing_a_tensor(tmp_path: Path) -> 
 
 
 def test_medcpt_and_sentence_transformer_encoders_refuse_missing_tensors(tmp_path: Path) -> None:
-    _tiny_bert(tmp_path / "medcpt", ["lung", "clear"], seed=0)
+    tiny_bert(tmp_path / "medcpt", ["lung", "clear"], seed=0)
     spec = EncoderSpec("medcpt", "ncbi/MedCPT-Query-Encoder", "rev", source=str(tmp_path / "medcpt"))
     assert MedCPTEncoder(spec).dim == 32  # complete: loads
     _drop(tmp_path / "medcpt" / "model.safetensors", "encoder.layer.0.attention.self.query.weight")
     with pytest.raises(EncoderUnavailableError, match=r"lacks 1 of the model's tensors"):
         MedCPTEncoder(spec)
 
-    _tiny_bert(tmp_path / "st", ["lung", "clear"], seed=1)  # a plain HF folder: sentence-transformers adds mean pooling
+    tiny_bert(tmp_path / "st", ["lung", "clear"], seed=1)  # a plain HF folder: sentence-transformers adds mean pooling
     st_spec = EncoderSpec("minilm", "sentence-transformers/all-MiniLM-L6-v2", None, source=str(tmp_path / "st"))
     assert MiniLMEncoder(st_spec).dim == 32
     _drop(tmp_path / "st" / "model.safetensors", "encoder.layer.1.")
@@ -169,11 +169,11 @@ def test_rag_expert_language_model_refuses_missing_tensors(tmp_path: Path) -> No
 
     kb = tmp_path / "kb.parquet"
     ingest("demo", kb)
-    vocab = _words([f"{t.title} {t.text}" for t in read_kb(kb)] + ["a note"])
+    vocab = words([f"{t.title} {t.text}" for t in read_kb(kb)] + ["a note"])
     models = tmp_path / "models"
-    _tiny_bert(models / "query_encoder", vocab, seed=1)
-    _tiny_bert(models / "article_encoder", vocab, seed=2)
-    _tiny_qwen2(models / "lm", vocab)
+    tiny_bert(models / "query_encoder", vocab, seed=1)
+    tiny_bert(models / "article_encoder", vocab, seed=2)
+    tiny_qwen2(models / "lm", vocab)
     settings = {"local_dir": str(models), "options": {"index_dir": str(tmp_path / "index")}}
     enc, lm = create_extractor("rag_medcpt_qwen2", settings).index_specs()
     build_index(kb, tmp_path / "index", enc, lm)

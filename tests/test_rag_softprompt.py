@@ -8,13 +8,13 @@ runs, and extraction goes through ``extractors.runner.run_extraction`` into Parq
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from tiny_text_models import tiny_bert, tiny_qwen2, words
 
 from extractors.knowledge.bridge import write_bridge
 from extractors.knowledge.index import KnowledgeIndex, build_index
@@ -35,38 +35,6 @@ NOTES = [
 ]
 
 
-def _words(texts: list[str]) -> list[str]:
-    return sorted({w for t in texts for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9]", t.lower())})
-
-
-def _tiny_bert(folder: Path, vocab: list[str], seed: int) -> None:
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder.mkdir(parents=True)
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *vocab]) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(vocab) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512)
-    BertModel(cfg).eval().save_pretrained(folder)
-
-
-def _tiny_qwen2(folder: Path, vocab: list[str]) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2Model
-
-    folder.mkdir(parents=True)
-    table = {w: i for i, w in enumerate(["<unk>", "<pad>", "<eos>", *vocab])}
-    tok = Tokenizer(models.WordLevel(vocab=table, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                            eos_token="<eos>").save_pretrained(folder)
-    torch.manual_seed(7)
-    cfg = Qwen2Config(vocab_size=len(table), hidden_size=896, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=64)
-    Qwen2Model(cfg).eval().save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Tiny models (local_dir layout of rag_medcpt_qwen2), the demo KB and its index."""
@@ -74,11 +42,11 @@ def setup(tmp_path_factory):
     kb = root / "kb.parquet"
     ingest("demo", kb)
     texts = [f"{t.title} {t.text}" for t in read_kb(kb)] + NOTES + ["heart_rate: 97; lactate: missing"]
-    vocab = _words(texts)
+    vocab = words(texts)
     models = root / "models"
-    _tiny_bert(models / "query_encoder", vocab, seed=1)
-    _tiny_bert(models / "article_encoder", vocab, seed=2)
-    _tiny_qwen2(models / "lm", vocab)
+    tiny_bert(models / "query_encoder", vocab, seed=1)
+    tiny_bert(models / "article_encoder", vocab, seed=2)
+    tiny_qwen2(models / "lm", vocab)
     settings = {"local_dir": str(models), "batch_size": 2, "options": {"index_dir": str(root / "index")}}
     enc, lm = create_extractor("rag_medcpt_qwen2", settings).index_specs()
     manifest = build_index(kb, root / "index", enc, lm)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import snakemake, tiny_config
+from workflow_helpers import snakemake, tiny_config
 
 #: A real Snakemake run (minutes) and a browser: in the `slow` set.
 pytestmark = pytest.mark.slow

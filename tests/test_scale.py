@@ -279,10 +279,10 @@ def test_cluster_generic_run_with_shards_and_groups_equals_a_local_run(tmp_path)
 
 @pytest.mark.slow
 def test_sharded_rerun_recomputes_only_the_changed_shard(tmp_path):
-    from test_workflow_manifest import _manifest_config, _write_cohort
+    from workflow_helpers import manifest_config, write_manifest_cohort
 
-    _write_cohort(tmp_path / "cohort", n=30)
-    cfg = _manifest_config(tmp_path)
+    write_manifest_cohort(tmp_path / "cohort", n=30)
+    cfg = manifest_config(tmp_path)
     cfg["extraction"] = {"shards": 3, "experts": {"text_keywords": {"shards": 1}}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     _snakemake(tmp_path, "--cores", "2", "all")

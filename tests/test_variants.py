@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 from config_helpers import default_config
-from test_workflow import snakemake
-from test_workflow_manifest import _manifest_config, _write_cohort
+from workflow_helpers import manifest_config, snakemake, write_manifest_cohort
 
 from medmix.plan.config import (
     ConfigError,
@@ -98,8 +97,8 @@ def test_an_unknown_run_in_methods_names_the_variants():
 def test_variants_train_from_the_same_cache_and_are_rows_of_the_tables(tmp_path):
     """A modality subset and a role subset: only their feature files reach the fit job, no re-extraction,
     and the predictions / tables carry the run name."""
-    _write_cohort(tmp_path / "cohort", n=30)
-    cfg = _manifest_config(tmp_path)
+    write_manifest_cohort(tmp_path / "cohort", n=30)
+    cfg = manifest_config(tmp_path)
     cfg["experts"]["profiles"]["demo"]["text"] = {"committee": [{"name": "text_keywords", "role": "biomed"},
                                                                 {"name": "text_ngrams_wide", "role": "general"}]}
     cfg["variants"] = {"meanavg_note": {"method": "meanavg", "modalities": ["note"]},

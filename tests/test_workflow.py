@@ -20,65 +20,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from config_helpers import default_config
 from PIL import Image
-from workflow_helpers import job_counts
+from workflow_helpers import REPO, planned_jobs, snakemake, source_copy, tiny_config
 
 from medmix.plan.config import extraction_jobs, validate_config
 from medmix.store import read_features
 
-REPO = Path(__file__).resolve().parents[1]
 #: Real Snakemake runs of the demo (minutes): in the `slow` set, which CI runs after the default one.
 pytestmark = pytest.mark.slow
-
-
-def tiny_config() -> dict:
-    cfg = default_config()  # CP-IMoE's grid and the sweep have their own tests
-    cfg["seeds"] = [0]
-    # A fixed, small set of runs: the tests here are about the DAG, not about every method.
-    cfg["methods"] = ["medmix", "medmix_nodistill", "meanavg"]
-    cfg["demo"]["cohorts"] = {
-        "demo_openi": {"kind": "cxr", "n_patients": 40, "seed": 1},
-        "demo_mimic": {"kind": "icu", "n_patients": 40, "seed": 2},
-        "demo_mimic_ext": {"kind": "icu", "n_patients": 20, "seed": 3, "shift": True},
-    }
-    cfg["training"].update({"max_epochs": 4, "warmup_epochs": 1, "patience": 2})
-    cfg["protocols"]["test"] = {"none": {"kind": "none"}, "random_drop_50": {"kind": "random_drop", "p": 0.5}}
-    return cfg
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
-              env: dict[str, str] | None = None, source: Path = REPO) -> subprocess.CompletedProcess:
-    """Run the workflow of ``source`` (the repository, or a :func:`source_copy` of it) in ``workdir``."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(source / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), *args]
-    extra = {"PYTHONPATH": str(source)} if source != REPO else {}  # the copy's packages, not the installed ones
-    # cwd: `python -m` puts the working directory first on sys.path, so running from the checkout would
-    # import its packages ahead of PYTHONPATH's copy
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=workdir,
-                          env={**(env or os.environ), "PYTHONHASHSEED": "0", **extra})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def source_copy(dest: Path) -> Path:
-    """A copy of the workflow's sources (mtimes kept) for tests that edit code: the checkout is never
-    modified, so a killed test cannot leave it edited."""
-    import shutil
-
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "config.yaml", "pyproject.toml"):
-        shutil.copy2(REPO / name, dest / name)
-    for name in ("workflow", "medmix", "extractors"):
-        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    return dest
-
-
-def planned_jobs(workdir: Path, cfg: dict, source: Path = REPO) -> dict[str, int]:
-    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    out = snakemake(workdir, "-n", "--cores", "2", "all", source=source)
-    return job_counts(out.stdout + out.stderr)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ paper profile's plan."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -16,38 +15,14 @@ import pytest
 import yaml
 from config_helpers import default_config
 from PIL import Image
-from test_workflow import REPO, planned_jobs, snakemake
+from workflow_helpers import REPO, manifest_config, planned_jobs, snakemake, write_manifest_cohort
 
 from medmix.store import read_features
 
 
-def _write_cohort(folder, n=60, seed=0):
-    """Small manifest cohort: an image, a note (some empty), a time series and tabular columns."""
-    rng = np.random.default_rng(seed)
-    (folder / "img").mkdir(parents=True)
-    (folder / "ts").mkdir()
-    rows = []
-    for i in range(n):
-        y = int(rng.random() < 0.4)
-        img = rng.normal(100 + 40 * y, 10, (32, 32)).clip(0, 255).astype(np.uint8)
-        Image.fromarray(img, mode="L").save(folder / "img" / f"{i}.png")
-        series = rng.normal(0, 1, (12, 46)) + y
-        pd.DataFrame(series, columns=[f"v{k}" for k in range(46)]).to_csv(folder / "ts" / f"{i}.csv", index=False)
-        rows.append({
-            "sid": f"s{i}", "pid": f"p{i // 2}", "outcome": y,
-            "image": f"img/{i}.png" if i % 7 else "img/absent.png",  # absent file = missing modality
-            "note": "" if i % 5 == 0 else ("effusion present" if y else "lungs clear"),
-            "series": f"ts/{i}.csv", "age": 50 + i, "bmi": "" if i % 3 == 0 else 25.0,
-        })
-    with open(folder / "manifest.csv", "w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
-
-
 @pytest.mark.slow
 def test_manifest_cohort_end_to_end(tmp_path):
-    _write_cohort(tmp_path / "cohort")
+    write_manifest_cohort(tmp_path / "cohort")
     cfg = default_config()
     cfg["seeds"] = [0]
     cfg["demo"] = {"cohorts": {}}
@@ -97,27 +72,11 @@ def test_paper_profile_plans_every_expert(tmp_path):
     assert jobs["rag_index"] == 1 and jobs["kb_ingest"] == 1
 
 
-def _manifest_config(tmp_path) -> dict:
-    cfg = default_config()
-    cfg["seeds"] = [0]
-    cfg["demo"] = {"cohorts": {}}
-    cfg["methods"] = ["meanavg"]
-    cfg["training"].update({"max_epochs": 2, "warmup_epochs": 1, "patience": 1})
-    cfg["protocols"] = {"train": {"none": {"kind": "none"}}, "test": {"none": {"kind": "none"}}}
-    cfg["experts"]["profiles"]["demo"]["text"] = {"committee": [{"name": "text_keywords", "role": "biomed"}]}
-    cfg["datasets"] = {"mycohort": {
-        "adapter": "manifest", "manifest": "cohort/manifest.csv", "id_column": "sid", "patient_column": "pid",
-        "split_ratios": [0.6, 0.2, 0.2], "task": "binary", "labels": ["outcome"],
-        "modalities": {"xray": {"kind": "image", "column": "image"}, "note": {"kind": "text", "column": "note"}},
-    }}
-    return cfg
-
-
 @pytest.mark.slow
 def test_labels_rerun_fusion_only_and_inputs_rerun_their_extraction(tmp_path):
     """Reruns follow the data, not the labels: the plan of each edit, then a real run of the label edit."""
-    _write_cohort(tmp_path / "cohort", n=30)
-    cfg = _manifest_config(tmp_path)
+    write_manifest_cohort(tmp_path / "cohort", n=30)
+    cfg = manifest_config(tmp_path)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     snakemake(tmp_path, "--cores", "2", "all")
     assert planned_jobs(tmp_path, cfg) == {}
@@ -173,7 +132,7 @@ def test_wide_series_categorical_column_and_external_cohort_without_split(tmp_pa
     cohort with no split settings, through extraction, fit, evaluate and tables (cheap experts)."""
     _write_wide_cohort(tmp_path / "dev", n=40, seed=1)
     _write_wide_cohort(tmp_path / "ext", n=12, seed=2, sexes=("Male", "Female", "Other"))
-    cfg = _manifest_config(tmp_path)
+    cfg = manifest_config(tmp_path)
     cfg["experts"]["profiles"]["demo"]["timeseries"] = {"committee": [
         {"name": "ts_minirocket", "role": "biomed"}, {"name": "ts_summary", "role": "general"}]}
     cfg["experts"]["profiles"]["demo"]["tabular"] = {"committee": [{"name": "tabular_raw", "role": "general"}]}

@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 
 import yaml
-from test_workflow import REPO, snakemake
+from workflow_helpers import REPO, snakemake
 
 #: Placeholders whose value is already a shell-quoted string (built with shlex.quote).
 PRE_QUOTED = {"params.identity": "moirai_identity_args() joins shlex.quote()d arguments (common.smk)"}
