@@ -37,9 +37,8 @@ from bad_inputs import (
     write_cohort,
     write_manifest,
 )
-from config_helpers import default_config
 from PIL import Image
-from workflow_helpers import snakemake
+from workflow_helpers import small_config, snakemake
 
 from medmix.store import read_features, read_metadata, write_features
 
@@ -47,12 +46,7 @@ DATASET = "mycohort"
 
 
 def base_config(datasets: dict) -> dict:
-    cfg = default_config()
-    cfg["seeds"] = [0]
-    cfg["demo"] = {"cohorts": {}}
-    cfg["methods"] = ["meanavg"]
-    cfg["training"].update({"max_epochs": 2, "warmup_epochs": 1, "patience": 1})
-    cfg["protocols"] = {"train": {"none": {"kind": "none"}}, "test": {"none": {"kind": "none"}}}
+    cfg = small_config()
     cfg["experts"]["settings"] = {
         "ts_summary": {"preprocessing": {"n_variables": len(SERIES_VARIABLES)}},
         "tabular_raw": {"preprocessing": {"n_features": 2}},

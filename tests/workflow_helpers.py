@@ -132,13 +132,20 @@ def write_manifest_cohort(folder, n=60, seed=0):
         wr.writerows(rows)
 
 
-def manifest_config(tmp_path) -> dict:
+def small_config() -> dict:
+    """The test configuration without the demo: one seed, ``meanavg`` for 2 epochs, no protocols."""
     cfg = default_config()
     cfg["seeds"] = [0]
     cfg["demo"] = {"cohorts": {}}
     cfg["methods"] = ["meanavg"]
     cfg["training"].update({"max_epochs": 2, "warmup_epochs": 1, "patience": 1})
     cfg["protocols"] = {"train": {"none": {"kind": "none"}}, "test": {"none": {"kind": "none"}}}
+    return cfg
+
+
+def manifest_config(tmp_path) -> dict:
+    """:func:`small_config` for the cohort :func:`write_manifest_cohort` writes (under ``cohort/``)."""
+    cfg = small_config()
     cfg["experts"]["profiles"]["demo"]["text"] = {"committee": [{"name": "text_keywords", "role": "biomed"}]}
     cfg["datasets"] = {"mycohort": {
         "adapter": "manifest", "manifest": "cohort/manifest.csv", "id_column": "sid", "patient_column": "pid",
