@@ -501,9 +501,9 @@ class EnsembleTrainer:
                     "seconds": round(time.perf_counter() - t0, 3),
                 })
                 if epoch % log_every == 0 or not s.active or epoch == c.max_epochs - 1:
+                    point = f" (lr {s.lr:g}, wd {s.weight_decay:g})" if tolerate_divergence else ""  # a grid run
                     log.info("seed %d%s epoch %d/%d: train loss %.4f, val loss %.4f%s; best %s %.4f at epoch %d%s",
-                             s.member.seed, f" (lr {s.lr:g}, wd {s.weight_decay:g})" if len(runs) > len(states) or
-                             tolerate_divergence else "", epoch + 1, c.max_epochs, float(acc.get("train_loss", 0.0)),
+                             s.member.seed, point, epoch + 1, c.max_epochs, float(acc.get("train_loss", 0.0)),
                              val_loss, "" if metric is None else f", {c.early_stopping} {metric:.4f}",
                              c.early_stopping, abs(s.best_val), s.best_epoch + 1,
                              "" if s.active else f"; stopped ({c.patience} epochs without improvement)")
