@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors import safe_open
@@ -14,7 +15,14 @@ from medmix.methods import create_method, load_method
 from medmix.methods.medmix import MEDMIX_DEFAULTS, MedMIXObjective, MedMIXSettings, build_members
 from medmix.models import MedMIXConfig
 from medmix.protocols import Protocol
-from medmix.training.distill import cosine_distill, distill_loss, distill_weight, rkd_distance
+from medmix.training.distill import (
+    TeacherDistances,
+    cosine_distill,
+    distill_loss,
+    distill_weight,
+    pairwise_distances,
+    rkd_distance,
+)
 from medmix.training.synthetic import synthetic_data
 from medmix.training.trainer import EnsembleTrainer, TrainConfig, _DeviceData, cpu_supports_bf16
 
@@ -111,6 +119,53 @@ def test_zero_distill_weight_trains_exactly_like_no_teachers(planted):
     c.fit(train, val, [5], Protocol("none"))
     assert not np.array_equal(a.predict(test).prob, c.predict(test).prob), "teachers had no effect"
     assert (c.curves()["distill_loss"] > 0).any()
+
+
+def test_teacher_distances_give_each_batch_its_rows_block():
+    gen = torch.Generator().manual_seed(3)
+    teacher = {"a": torch.randn(50, 12, generator=gen), "b": torch.randn(50, 7, generator=gen)}
+    cache = TeacherDistances.build(teacher)
+    rows = torch.randperm(50, generator=gen)[:16]
+    for m, t in teacher.items():
+        assert torch.allclose(cache.block(m, rows), pairwise_distances(t[rows]), atol=1e-5)
+    student = torch.randn(16, 5, generator=gen)
+    avail = torch.rand(16, generator=gen) > 0.3
+    ref = rkd_distance(student, teacher["a"][rows], avail)
+    assert torch.allclose(rkd_distance(student, None, avail, cache.block("a", rows)), ref, rtol=1e-5, atol=1e-7)
+    # Beyond the memory bound nothing is precomputed (each batch computes its own distances).
+    assert TeacherDistances.build(teacher, max_bytes=4 * 50 * 50 * 2 - 1) is None
+    assert TeacherDistances.build({}) is None
+
+
+def test_precomputed_teacher_distances_train_as_per_batch_ones(planted, monkeypatch):
+    train, val, test = planted
+    short = dict(FAST, max_epochs=6, distill_ramp_epochs=0)
+    a = create_method("medmix", short)
+    a.fit(train, val, [3], Protocol("none"))
+    monkeypatch.setattr(TeacherDistances, "MAX_BYTES", 0)
+    calls = []
+    original = rkd_distance
+    monkeypatch.setattr("medmix.training.distill.rkd_distance",
+                        lambda *args: calls.append(args[3]) or original(*args))
+    b = create_method("medmix", short)
+    b.fit(train, val, [3], Protocol("none"))
+    assert calls and all(known is None for known in calls), "the per-batch path was not taken"
+    ca, cb = a.curves(), b.curves()
+    assert np.allclose(ca["val_loss"], cb["val_loss"], atol=5e-4)
+    assert np.allclose(a.predict(test).prob, b.predict(test).prob, atol=1e-3)
+
+
+def test_one_validation_forward_gives_the_separate_passes_results(planted, monkeypatch):
+    train, val, _ = planted
+    short = dict(FAST, max_epochs=4)
+    a = create_method("medmix", short)
+    a.fit(train, val, [1], Protocol("none"))
+    monkeypatch.delattr(MedMIXObjective, "validate")
+    b = create_method("medmix", short)
+    b.fit(train, val, [1], Protocol("none"))
+    ca, cb = a.curves().drop(columns="seconds"), b.curves().drop(columns="seconds")
+    assert any(c.startswith("router_entropy:") for c in ca.columns)
+    pd.testing.assert_frame_equal(ca, cb)
 
 
 # --- learning -----------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ from medmix.methods.probe_readout import (
 from medmix.models.losses import modality_task_loss, task_loss, to_probabilities
 from medmix.models.medmix import MedMIXConfig, MedMIXNet, ProbeReadout, TeacherHeads
 from medmix.protocols import Protocol, prefit_view
-from medmix.training.distill import distill_loss, distill_weight
+from medmix.training.distill import TeacherDistances, distill_loss, distill_weight
 from medmix.training.trainer import (
     Batch,
     EnsembleTrainer,
@@ -172,6 +172,15 @@ class MedMIXObjective:
         #: row (long ``[N]``, on the training device), read at the batch's ``rows``.
         self.fold_readouts = list(fold_readouts)
         self.folds = folds
+        #: The teachers' RKD distances over the training split while training (see :meth:`training_split`).
+        self.teacher_distances: TeacherDistances | None = None
+
+    def training_split(self, train: Batch | None) -> None:
+        """The trainer's hook: the whole training split before the first step, None after the last.
+        Computes the teachers' side of the RKD term once (:class:`TeacherDistances`)."""
+        s = self.settings
+        use = train is not None and s.rkd_weight > 0 and s.distill_max > 0
+        self.teacher_distances = TeacherDistances.build(train.teacher) if use else None
 
     def loss(self, member: Member, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         member.model.fusion_mix.fill_(fusion_mix(epoch, self.settings.fusion_warmup_epochs))
@@ -198,7 +207,10 @@ class MedMIXObjective:
             available = {
                 m: out.present[:, modalities.index(m)] & batch.teacher_mask[m] for m in projected
             }
-            distill = distill_loss(out.z, projected, batch.teacher, available, self.settings.rkd_weight)
+            known = None
+            if self.teacher_distances is not None and batch.rows is not None:
+                known = {m: self.teacher_distances.block(m, batch.rows) for m in projected}
+            distill = distill_loss(out.z, projected, batch.teacher, available, self.settings.rkd_weight, known)
             loss = loss + weight * distill
             parts["distill_loss"] = distill.detach()
         parts["distill_weight"] = torch.tensor(weight)
@@ -213,6 +225,11 @@ class MedMIXObjective:
     def diagnostics(self, model: MedMIXNet, batch: Batch) -> dict[str, float]:
         """Per-epoch routing statistics on the validation split (columns of :meth:`MedMIX.curves`)."""
         return routing_diagnostics(model, model(batch.x, batch.mask), batch.mask)
+
+    def validate(self, model: MedMIXNet, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """:meth:`val_loss` and :meth:`diagnostics` from one forward."""
+        out = model(batch.x, batch.mask)
+        return task_loss(out.logits, batch.y, self.task), routing_diagnostics(model, out, batch.mask)
 
 
 def out_of_fold_logits(readouts: Sequence[ProbeReadout], x: dict[str, list[torch.Tensor]],

@@ -120,17 +120,22 @@ class SeededDropout(nn.Module):
         #: returns the bits ``generator`` would have drawn here, drawn beforehand.
         self.source = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Dropout of ``x``; ``keep`` (bool, broadcastable to ``x``), if given, also zeroes where it is
+        False (in the same multiply as the dropout mask when training)."""
+        if not self.training or self.p == 0.0 or (self.source is None and self.generator is None):
+            if self.training and self.p > 0.0:
+                x = F.dropout(x, self.p, training=True)
+            return x if keep is None else torch.where(keep, x, 0.0)
         if self.source is not None:
             bits = self.source(x.shape)
-        elif self.generator is None:
-            return F.dropout(x, self.p, training=True)
         else:
             # 31 random bits per element (2-3x faster than bernoulli_ on CPU); P(drop) = p ± 2^-31.
             bits = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_(generator=self.generator)
-        return x * (bits >= int(self.p * 2**31)).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        kept = bits >= int(self.p * 2**31)
+        if keep is not None:
+            kept = kept & keep
+        return x * kept.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
 class ExpertBranch(nn.Module):
@@ -149,8 +154,7 @@ class ExpertBranch(nn.Module):
 
     def forward(self, e: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         e = e + self.adapter_up(F.gelu(self.adapter_down(e)))
-        z = self.drop(F.gelu(self.norm(self.proj(e))))
-        return torch.where(present[:, None], z, 0.0)
+        return self.drop(F.gelu(self.norm(self.proj(e))), keep=present[:, None])
 
 
 class ModalityBlock(nn.Module):

@@ -245,6 +245,11 @@ class Objective(TypingProtocol):
     # criteria ``val_auroc`` / ``val_auprc``).
     # Optional: ``diagnostics(model, batch) -> dict[str, float]`` on the whole validation split in
     # eval mode, once per epoch; the values become columns of the curves (e.g. router entropy).
+    # Optional: ``validate(model, batch) -> (val loss, diagnostics)``, both from one forward (used
+    # when the validation split is one evaluation chunk).
+    # Optional: ``training_split(batch | None)``: the whole training split (a :class:`Batch` of
+    # views) before the first step, None after the last (e.g. to precompute per-row constants
+    # that batches then read at their ``rows``).
 
 
 def seeded_init(seed: int, build: Callable[[], Any]) -> Any:
@@ -416,7 +421,6 @@ class EnsembleTrainer:
         self, runs: Sequence[tuple[tuple[float, float], Member]], train: TensorData, val: TensorData,
         protocol: Protocol, modalities: Sequence[str], tolerate_divergence: bool = False,
     ) -> tuple[list[_State], pd.DataFrame]:
-        c = self.config
         t0 = time.perf_counter()
         teachers = any(member.aux is not None for _, member in runs)
         tr = _DeviceData(train, self.device, modalities, self.dtype, teachers)
@@ -431,6 +435,18 @@ class EnsembleTrainer:
             if hasattr(member.model, "set_dropout_generator"):
                 member.model.set_dropout_generator(noise_gen)
             states.append(_State(member, data_gen, noise_gen, lr=lr, weight_decay=weight_decay))
+        prepare = getattr(self.objective, "training_split", None)
+        if prepare is not None:
+            prepare(tr.full_masked(0, tr.n))
+        try:
+            return self._train(states, tr, va, val, protocol, tolerate_divergence, t0)
+        finally:
+            if prepare is not None:
+                prepare(None)
+
+    def _train(self, states: list[_State], tr: _DeviceData, va: _DeviceData, val: TensorData, protocol: Protocol,
+               tolerate_divergence: bool, t0: float) -> tuple[list[_State], pd.DataFrame]:
+        c = self.config
         stack = c.stack_members is True or (c.stack_members == "auto" and self.device.type == "cuda")
         stacks = self._stacks(states, tr, protocol) if stack else None
         if stacks is None:
@@ -474,7 +490,7 @@ class EnsembleTrainer:
                 stack.write_back()
             for s in active:
                 acc = sums[id(s)]
-                val_loss = self.validation_loss(s.member.model, va)
+                val_loss, diagnostics = self.validation(s.member.model, va)
                 if val_loss != val_loss or val_loss in (float("inf"), float("-inf")):
                     if tolerate_divergence:  # a grid point that diverged is dropped, never chosen
                         s.diverged, s.active = True, False  # inactive: no more gradients, so no more updates
@@ -497,7 +513,7 @@ class EnsembleTrainer:
                     "seed": s.member.seed, "epoch": epoch, **{k: float(v) for k, v in acc.items()},
                     "val_loss": val_loss, **({c.early_stopping: metric} if metric is not None else {}),
                     "lr": s.lr * factor, "improved": improved, "grid_lr": s.lr, "grid_weight_decay": s.weight_decay,
-                    **self.diagnostics(s.member.model, va),
+                    **diagnostics,
                     "seconds": round(time.perf_counter() - t0, 3),
                 })
                 if epoch % log_every == 0 or not s.active or epoch == c.max_epochs - 1:
@@ -592,6 +608,18 @@ class EnsembleTrainer:
             if smaller is not None:
                 kept.append((smaller, [group[i] for i in keep]))
         return kept
+
+    @torch.no_grad()
+    def validation(self, model: nn.Module, data: _DeviceData) -> tuple[float, dict[str, float]]:
+        """The validation loss and the objective's diagnostics: one forward where the objective's
+        ``validate`` gives both and the split is one evaluation chunk, else one pass each."""
+        fn = getattr(self.objective, "validate", None)
+        if fn is None or data.n > self.config.eval_batch_size:
+            return self.validation_loss(model, data), self.diagnostics(model, data)
+        model.eval()
+        with autocast(self.device, self.dtype):
+            loss, stats = fn(model, data.full_masked(0, data.n))
+        return float(loss), {k: float(v) for k, v in stats.items()}
 
     @torch.no_grad()
     def diagnostics(self, model: nn.Module, data: _DeviceData) -> dict[str, float]:
