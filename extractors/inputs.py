@@ -153,7 +153,8 @@ def read_timeseries(path: str):
         raise InputError(f"unreadable time series {path}: {type(err).__name__}: {err}") from err
     check_numeric(frame, path)  # before sorting: data rows are the file's
     frame = sort_by_time(frame, path)
-    values = frame.apply(pd.to_numeric, errors="coerce")
+    numeric = all(pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in frame.dtypes)
+    values = frame if numeric else frame.apply(pd.to_numeric, errors="coerce")  # to_numeric keeps numbers as they are
     if values.size == 0 or values.isna().all().all():
         raise InputError(f"time series {path} has no observed values (empty or all NaN)")
     return values
@@ -222,13 +223,25 @@ def _read_bounded_table(path: str):
             raise InputError(f"time series {path} has {meta.num_rows} rows x {meta.num_columns} columns "
                              f"(limit {MAX_TIMESERIES_CELLS} cells); not read")
         return pd.read_parquet(path)
-    n_columns = max(len(pd.read_csv(path, nrows=0).columns), 1)
+    n_columns = max(_csv_header_width(path), 1)
     max_rows = MAX_TIMESERIES_CELLS // n_columns
     frame = pd.read_csv(path, nrows=max_rows + 1)
     if len(frame) > max_rows:
         raise InputError(f"time series {path} has over {max_rows} rows x {n_columns} columns "
                          f"(limit {MAX_TIMESERIES_CELLS} cells)")
     return frame
+
+
+def _csv_header_width(path: str) -> int:
+    """Fields of a CSV's header line (the csv module; pandas' parser costs more than the whole
+    small file). A header it cannot read counts as one field: the full read reports the problem."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return len(next(csv.reader(fh), []))
+    except (UnicodeDecodeError, csv.Error):
+        return 1
 
 
 def read_volume(path: str, layout: str = "DHW") -> np.ndarray:

@@ -264,10 +264,11 @@ def run_method(name: str, params: dict[str, Any], data, seeds: list[int]):
     from medmix.protocols import Protocol
 
     train, val, test = (data.split_part(s) for s in ("train", "val", "test"))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     method = create_method(name, params)
     method.fit(train, val, seeds, Protocol("none"))
     seconds = time.perf_counter() - t0
+    print(f"{name}: fit {seconds:.1f} s wall, {time.process_time() - c0:.1f} s CPU ({len(seeds)} seeds)", flush=True)
     return method, evaluate(method, val, test), seconds
 
 
