@@ -50,6 +50,11 @@ def setup_logging(path: str | None) -> None:
 
 
 def set_threads(n: int) -> None:
+    """Claim ``n`` of this host's CPU slots (:mod:`medmix.pipeline.cpu_slots`; waits while the
+    other jobs use them all), then run torch with ``n`` intra-op threads."""
     import torch
 
+    from medmix.pipeline.cpu_slots import claim_cpus
+
+    claim_cpus(n)
     torch.set_num_threads(max(1, int(n)))

@@ -22,6 +22,8 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+#: Written into the run folder by a timed run: its wall time, for ``--existing``.
+WALL_FILE = "demo_split_wall.txt"
 
 
 def split(folder: Path) -> list[tuple[str, int, float, float]]:
@@ -59,6 +61,10 @@ def main() -> None:
         if proc.returncode:
             raise SystemExit(f"the run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         print(f"wall {wall:.0f} s in {folder}")
+        note = f"{wall:.0f} s, `snakemake --cores {args.cores} all` on {os.cpu_count()} CPUs"
+        (folder / WALL_FILE).write_text(note + "\n")
+    elif (folder / WALL_FILE).is_file():
+        print(f"wall {(folder / WALL_FILE).read_text().strip()} (recorded by the run)")
     rows = split(folder)
     total_cpu = sum(r[3] for r in rows) or 1.0
     print(f"{'rule':24} {'jobs':>5} {'wall s':>8} {'cpu s':>8} {'cpu share':>9}")

@@ -6,6 +6,8 @@ run, so they hold on other machines better than the absolute times):
 1. **No-op rerun** of ``snakemake --cores 2 all`` in a finished demo run folder (``--demo-dir``;
    skipped without one): the time to find that nothing is to be done. The folder must have been run
    with this checkout's ``Snakefile`` (another checkout's rules are other code: Snakemake reruns).
+   Then that run's wall time (recorded by :mod:`demo_split` when it ran the demo there) and its job
+   time by rule.
 2. **Paper-scale plan** (:mod:`plan_paper_scale`): job count and ``snakemake -n`` time.
 3. **Extraction throughput** (:mod:`bench_extractors`): the pipeline's throughput as a fraction of
    the pure model forward's, per expert (CPU; GPU where one is present).
@@ -85,6 +87,10 @@ def main() -> None:
         if "Nothing to be done" not in out:
             raise SystemExit(f"{args.demo_dir}: `snakemake all` ran jobs; finish the demo run there first")
         parts.append(section("No-op rerun of the demo", "snakemake --cores 2 all", out.splitlines()[-1], wall))
+        demo = [py, str(HERE / "demo_split.py"), "--existing", str(args.demo_dir)]
+        out, wall = run(demo)
+        parts.append(section("The demo run: wall time and job time by rule",
+                             f"demo_split.py --existing {args.demo_dir.name}", out, wall))
     else:
         parts.append("## No-op rerun of the demo\n\nNot measured in this write-up (no `--demo-dir`).\n")
     plan = [py, str(HERE / "plan_paper_scale.py"), "--repeats", "1" if args.quick else "2"]

@@ -4,8 +4,10 @@ import json
 
 from medmix.evaluation.contribution import write_outputs
 from medmix.pipeline import setup_logging
+from medmix.pipeline.cpu_slots import claim_cpus
 
 setup_logging(snakemake.log[0])  # noqa: F821
+claim_cpus(1)
 sm = snakemake  # noqa: F821
 write_outputs(
     prediction_files=list(sm.input.predictions),

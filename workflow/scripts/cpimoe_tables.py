@@ -4,8 +4,10 @@ import json
 
 from medmix.evaluation.cpimoe_tables import tables_job
 from medmix.pipeline import setup_logging
+from medmix.pipeline.cpu_slots import claim_cpus
 
 setup_logging(snakemake.log[0])  # noqa: F821
+claim_cpus(1)
 sm = snakemake  # noqa: F821
 figures = dict(zip(json.loads(sm.params.figure_keys), sm.output.figures, strict=True))
 tables_job(

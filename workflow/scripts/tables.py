@@ -4,8 +4,10 @@ import json
 
 from medmix.evaluation.tables_job import tables_job
 from medmix.pipeline import setup_logging
+from medmix.pipeline.cpu_slots import claim_cpus
 
 setup_logging(snakemake.log[0])  # noqa: F821
+claim_cpus(1)
 sm = snakemake  # noqa: F821
 named = ("main", "metrics", "robustness", "datasets", "labels", "patterns_md", "patterns_csv", "significance")
 tables_job(
