@@ -47,6 +47,17 @@ def test_a_job_waits_for_the_slot_until_its_holder_exits(env):
     assert first.wait(10) == 0 and second.wait(10) == 0
 
 
+def test_a_two_thread_job_waits_for_both_slots(env):
+    two = {**env, cpu_slots.ENV: "2"}
+    first = _start(two, 1, 1.5)
+    _claimed(first)
+    second = _start(two, 2, 0.0)  # one slot is free at once, the other when the first job exits
+    held, claimed_at = _claimed(second)
+    first_exit = float(first.stdout.readline().split()[1])
+    assert held == 2 and claimed_at >= first_exit
+    assert first.wait(10) == 0 and second.wait(10) == 0
+
+
 def test_a_killed_holder_frees_its_slot(env):
     first = _start(env, 1, 60)
     _claimed(first)

@@ -66,7 +66,13 @@ def _try_lock(path: Path):
 
 def claim_cpus(threads: int) -> int:
     """Hold ``threads`` CPU slots (at most the host's number) for the rest of this process; wait
-    while fewer are free. Returns the slots held (0 when the limit is off or unsupported)."""
+    while fewer are free. Returns the slots held (0 when the limit is off or unsupported).
+
+    A one-slot job takes any free slot. A job that needs several first holds the host's *gate*
+    (one such job at a time) and then keeps every slot it gets until it has them all, so freed
+    slots cannot always go to one-slot jobs first, and two such jobs cannot each hold half."""
+    import fcntl
+
     total = slot_count()
     if total == 0 or _held or os.name != "posix":
         return len(_held)
@@ -74,22 +80,29 @@ def claim_cpus(threads: int) -> int:
     folder = slot_folder()
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"slot{k}.lock" for k in range(total)]
+    gate = None
+    if want > 1:
+        gate = open(folder / "gate.lock", "a+")  # noqa: SIM115 - closed below, which releases it
+        fcntl.flock(gate, fcntl.LOCK_EX)
     start, announced = time.monotonic(), False
-    while True:
-        got = []
-        for path in random.sample(paths, len(paths)):  # random order: waiting jobs do not queue on slot 0
-            handle = _try_lock(path)
-            if handle is not None:
-                got.append(handle)
-                if len(got) == want:
-                    _held.extend(got)
-                    waited = time.monotonic() - start
-                    if waited >= 1.0:
-                        log.info("waited %.0f s for %d of this host's %d CPU slots (%s)", waited, want, total, ENV)
-                    return want
-        for handle in got:  # all or nothing: a partial claim could deadlock two multi-thread jobs
-            handle.close()
-        if not announced:
-            log.info("waiting for %d free CPU slot(s): the other jobs on this host use all %d (%s)", want, total, ENV)
-            announced = True
-        time.sleep(POLL * (0.5 + random.random()))
+    try:
+        while True:
+            for path in random.sample(paths, len(paths)):  # random order: waiting jobs do not queue on slot 0
+                if any(h.name == str(path) for h in _held):
+                    continue
+                handle = _try_lock(path)
+                if handle is not None:
+                    _held.append(handle)
+                    if len(_held) == want:
+                        waited = time.monotonic() - start
+                        if waited >= 1.0:
+                            log.info("waited %.0f s for %d of this host's %d CPU slots (%s)", waited, want, total, ENV)
+                        return want
+            if not announced:
+                log.info("waiting for %d free CPU slot(s): the other jobs on this host use all %d (%s)", want, total,
+                         ENV)
+                announced = True
+            time.sleep(POLL * (0.5 + random.random()))
+    finally:
+        if gate is not None:
+            gate.close()
