@@ -31,6 +31,23 @@ def test_job_log_has_our_info_but_not_faiss_loader_noise(tmp_path: Path) -> None
     assert "swigfaiss" not in text and "ModuleNotFoundError" not in text and "third-party info line" not in text
 
 
+def test_job_log_ends_with_the_job_cpu_time(tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    script = textwrap.dedent(f"""
+        import time
+        from medmix.pipeline import setup_logging
+        setup_logging({str(log)!r})
+        end = time.process_time() + 0.3
+        while time.process_time() < end:  # burn 0.3 s of CPU
+            pass
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = log.read_text().splitlines()[-1]
+    assert "INFO medmix: job CPU time" in last, last
+    assert float(last.split("job CPU time")[1].split()[0]) >= 0.3
+
+
 def test_extraction_logs_progress_while_it_runs(tmp_path: Path) -> None:
     """A long extraction writes progress lines (counts, rate, time left) to its job log as it goes,
     not only the summary at the end (the interval, 30 s in a job, is 0 here; 40 samples embedded in

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 
@@ -47,6 +48,25 @@ def setup_logging(path: str | None) -> None:
             sys.stderr.write(text)
 
     sys.excepthook = excepthook
+    if not _cpu_line_registered:
+        _cpu_line_registered.append(True)
+        atexit.register(_log_cpu_time)
+
+
+_cpu_line_registered: list[bool] = []
+
+
+#: The last line of a job log: the CPU time of the job's process from its start (interpreter,
+#: imports and work; finished child processes included). ``tests/benchmarks/demo_split.py`` reads it.
+CPU_LINE = "job CPU time"
+
+
+def _log_cpu_time() -> None:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    logging.getLogger("medmix").info("%s %.2f s", CPU_LINE, seconds)
 
 
 def set_threads(n: int) -> None:
