@@ -71,10 +71,18 @@ def _log_cpu_time() -> None:
 
 def set_threads(n: int) -> None:
     """Claim ``n`` of this host's CPU slots (:mod:`medmix.pipeline.cpu_slots`; waits while the
-    other jobs use them all), then run torch with ``n`` intra-op threads."""
-    import torch
+    other jobs use them all), then run torch with ``n`` intra-op threads.
+
+    A job that has not imported torch does not import it here (2-2.5 s of CPU per job process: a
+    weight-free expert never needs it); ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` then give a later
+    import the same thread count."""
+    import os
 
     from medmix.pipeline.cpu_slots import claim_cpus
 
     claim_cpus(n)
-    torch.set_num_threads(max(1, int(n)))
+    n = max(1, int(n))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    else:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
