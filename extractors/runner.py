@@ -3,7 +3,9 @@
 Inputs are prepared (read + CPU preprocessing) in order, in DataLoader worker processes when
 ``settings.num_workers > 0`` so that reading overlaps embedding, and embedded in chunks: within a
 chunk of ``CHUNK_BATCHES`` batches, batches are formed in ``sort_key`` order (e.g. by text
-length) to limit padding, so memory stays bounded by one chunk of prepared inputs. Embeddings
+length) to limit padding, so memory stays bounded by one chunk of prepared inputs. The first
+chunk is one batch, so the model starts while the workers prepare the next chunk (not after a
+whole chunk has been prepared with the model idle). Embeddings
 do not depend on the batch composition (each expert guarantees it), so chunking changes nothing.
 
 Bad input never stops the job by itself and never drops a sample: an :class:`InputError` from
@@ -316,7 +318,7 @@ def run_extraction(
                 bar.update(1)
             else:
                 pending.append((i, item))
-                if len(pending) >= chunk_size:
+                if len(pending) >= (chunk_size if seconds_embed else batch_size):  # the first batch at once
                     flush(bar)
         if pending:
             flush(bar)

@@ -51,7 +51,7 @@ def test_job_log_ends_with_the_job_cpu_time(tmp_path: Path) -> None:
 def test_extraction_logs_progress_while_it_runs(tmp_path: Path) -> None:
     """A long extraction writes progress lines (counts, rate, time left) to its job log as it goes,
     not only the summary at the end (the interval, 30 s in a job, is 0 here; 40 samples embedded in
-    chunks of 16)."""
+    a first batch of 1, then chunks of 16)."""
     log = tmp_path / "job.log"
     script = textwrap.dedent(f"""
         import numpy as np
@@ -79,7 +79,7 @@ def test_extraction_logs_progress_while_it_runs(tmp_path: Path) -> None:
     lines = log.read_text().splitlines()
     progress = [ln for ln in lines if "INFO medmix.extract: expert echo_progress_test: " in ln and " left" in ln]
     assert [ln.split("echo_progress_test: ")[1].split(" in ")[0] for ln in progress] == [
-        "16 of 40 samples (40%)", "32 of 40 samples (80%)"]
+        "1 of 40 samples (2%)", "17 of 40 samples (42%)", "33 of 40 samples (82%)"]
     assert " samples/s, 00:00 left" in progress[0]
     summary = next(i for i, ln in enumerate(lines) if "40 samples: 40 present" in ln)
     assert lines.index(progress[-1]) < summary  # while it runs, before the closing summary
