@@ -81,8 +81,9 @@ def main() -> None:
     parts = [f"# Benchmarks\n\nWritten by `python tests/benchmarks/write_readme.py` on "
              f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Machine: {machine()}.\n"]
     if args.demo_dir:
+        config = args.demo_dir / "config.yaml"  # a run started in the folder; demo_split passes this checkout's
         cmd = [py, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(args.demo_dir),
-               "--cores", "2", "all"]
+               "--configfile", str(config if config.is_file() else REPO / "config.yaml"), "--cores", "2", "all"]
         out, wall = run(cmd)
         if "Nothing to be done" not in out:
             raise SystemExit(f"{args.demo_dir}: `snakemake all` ran jobs; finish the demo run there first")
