@@ -43,6 +43,9 @@ ALLOWED = {
         "dumps to a string (no stream); the CLI writes the file with write_text_atomic",
     ("extractors/fetch.py", 'open(partial, "ab")'): "a resumable download appends to its `.incomplete` blob "
         "(that is how it resumes); the blob is sha256-checked and os.replace'd into place only when complete",
+    ("medmix/pipeline/cpu_slots.py", 'open(path, "a+")'): "an empty lock file opened for flock; nothing is written",
+    ("medmix/pipeline/cpu_slots.py", 'open(folder / "gate.lock", "a+")'):
+        "an empty lock file opened for flock; nothing is written",
 }
 
 
