@@ -296,9 +296,11 @@ def run_extraction(
     seconds_embed = 0.0
     chunk_size = batch_size * CHUNK_BATCHES
     pending: list[tuple[int, Any]] = []
+    flushed = False
 
     def flush(bar) -> None:
-        nonlocal seconds_embed
+        nonlocal seconds_embed, flushed
+        flushed = True
         t = time.perf_counter()
         for i, row, reason in embed_items(extractor, pending, batch_size):
             if row is None:
@@ -318,7 +320,7 @@ def run_extraction(
                 bar.update(1)
             else:
                 pending.append((i, item))
-                if len(pending) >= (chunk_size if seconds_embed else batch_size):  # the first batch at once
+                if len(pending) >= (chunk_size if flushed else batch_size):  # the first batch at once
                     flush(bar)
         if pending:
             flush(bar)

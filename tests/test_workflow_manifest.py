@@ -13,9 +13,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from config_helpers import default_config
 from PIL import Image
-from workflow_helpers import REPO, manifest_config, planned_jobs, snakemake, write_manifest_cohort
+from workflow_helpers import REPO, manifest_config, planned_jobs, small_config, snakemake, write_manifest_cohort
 
 from medmix.store import read_features
 
@@ -23,12 +22,9 @@ from medmix.store import read_features
 @pytest.mark.slow
 def test_manifest_cohort_end_to_end(tmp_path):
     write_manifest_cohort(tmp_path / "cohort")
-    cfg = default_config()
-    cfg["seeds"] = [0]
-    cfg["demo"] = {"cohorts": {}}
+    cfg = small_config()
     cfg["methods"] = ["medmix"]
-    cfg["training"].update({"max_epochs": 3, "warmup_epochs": 1, "patience": 2})
-    cfg["protocols"] = {"train": {"none": {"kind": "none"}}, "test": {"none": {"kind": "none"}}}
+    cfg["training"].update({"max_epochs": 3, "patience": 2})
     cfg["experts"]["profiles"]["demo"]["tabular"] = {"committee": [{"name": "tabular_raw", "role": "general"}]}
     cfg["experts"]["settings"] = {"tabular_raw": {"preprocessing": {"n_features": 2}}}
     cfg["datasets"] = {"mycohort": {

@@ -48,12 +48,8 @@ def setup_logging(path: str | None) -> None:
             sys.stderr.write(text)
 
     sys.excepthook = excepthook
-    if not _cpu_line_registered:
-        _cpu_line_registered.append(True)
-        atexit.register(_log_cpu_time)
-
-
-_cpu_line_registered: list[bool] = []
+    atexit.unregister(_log_cpu_time)  # once per process, however often logging is set up
+    atexit.register(_log_cpu_time)
 
 
 #: The last line of a job log: the CPU time of the job's process from its start (interpreter,
