@@ -342,3 +342,15 @@ def test_slurm_plugin_turns_the_gpu_resource_into_a_gpu_request():
 
     assert utils.set_gres_string(Job(gpu=1)).strip() == "--gpus=1"
     assert utils.set_gres_string(Job(gpu=0)).strip() == ""
+
+
+@pytest.mark.parametrize(("extra", "scheduler"), [([], "greedy"), (["--scheduler", "ilp"], "ilp")])
+def test_default_workflow_profile_picks_the_greedy_scheduler(tmp_path, monkeypatch, extra, scheduler):
+    """profiles/default applies to any run of this Snakefile (from any folder); the command line wins."""
+    from snakemake.cli import parse_args
+
+    monkeypatch.chdir(tmp_path)
+    _, args = parse_args(["--snakefile", str(REPO / "Snakefile"), "--cores", "2", *extra, "all"])
+    assert args.scheduler == scheduler
+    _, args = parse_args(["--snakefile", str(REPO / "Snakefile"), "--workflow-profile", "none", "--cores", "2", "all"])
+    assert args.scheduler == "ilp"  # Snakemake's own default, without the profile
