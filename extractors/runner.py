@@ -3,9 +3,11 @@
 Inputs are prepared (read + CPU preprocessing) in order, in DataLoader worker processes when
 ``settings.num_workers > 0`` so that reading overlaps embedding, and embedded in chunks: within a
 chunk of ``CHUNK_BATCHES`` batches, batches are formed in ``sort_key`` order (e.g. by text
-length) to limit padding, so memory stays bounded by one chunk of prepared inputs. The first
-chunk is one batch, so the model starts while the workers prepare the next chunk (not after a
-whole chunk has been prepared with the model idle). Embeddings
+length) to limit padding, so memory stays bounded by one chunk of prepared inputs. The chunks
+grow from one batch, doubling up to ``CHUNK_BATCHES`` batches: the model starts on the first
+batch at once and never waits long for the workers to fill a chunk (a first chunk of 16 batches
+left the model idle while the workers prepared all of it, up to a third of a weight-free expert's
+run). Embeddings
 do not depend on the batch composition (each expert guarantees it), so chunking changes nothing.
 
 Bad input never stops the job by itself and never drops a sample: an :class:`InputError` from
@@ -296,11 +298,11 @@ def run_extraction(
     seconds_embed = 0.0
     chunk_size = batch_size * CHUNK_BATCHES
     pending: list[tuple[int, Any]] = []
-    flushed = False
+    next_chunk = batch_size  # doubles after each chunk, up to chunk_size
 
     def flush(bar) -> None:
-        nonlocal seconds_embed, flushed
-        flushed = True
+        nonlocal seconds_embed, next_chunk
+        next_chunk = min(2 * next_chunk, chunk_size)
         t = time.perf_counter()
         for i, row, reason in embed_items(extractor, pending, batch_size):
             if row is None:
@@ -320,7 +322,7 @@ def run_extraction(
                 bar.update(1)
             else:
                 pending.append((i, item))
-                if len(pending) >= (chunk_size if flushed else batch_size):  # the first batch at once
+                if len(pending) >= next_chunk:
                     flush(bar)
         if pending:
             flush(bar)
