@@ -354,3 +354,14 @@ def test_default_workflow_profile_picks_the_greedy_scheduler(tmp_path, monkeypat
     assert args.scheduler == scheduler
     _, args = parse_args(["--snakefile", str(REPO / "Snakefile"), "--workflow-profile", "none", "--cores", "2", "all"])
     assert args.scheduler == "ilp"  # Snakemake's own default, without the profile
+
+
+@pytest.mark.parametrize("profile", ["slurm", "kubernetes"])
+def test_cluster_profiles_pick_the_greedy_scheduler_too(tmp_path, monkeypatch, profile):
+    pytest.importorskip(f"snakemake_executor_plugin_{profile}", reason="pip install -e '.[cluster]'")
+    from snakemake.cli import parse_args
+
+    monkeypatch.chdir(tmp_path)
+    _, args = parse_args(["--snakefile", str(REPO / "Snakefile"), "--workflow-profile",
+                          str(REPO / "workflow/profiles" / profile), "all"])
+    assert args.scheduler == "greedy"
