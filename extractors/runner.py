@@ -3,11 +3,11 @@
 Inputs are prepared (read + CPU preprocessing) in order, in DataLoader worker processes when
 ``settings.num_workers > 0`` so that reading overlaps embedding, and embedded in chunks: within a
 chunk of ``CHUNK_BATCHES`` batches, batches are formed in ``sort_key`` order (e.g. by text
-length) to limit padding, so memory stays bounded by one chunk of prepared inputs. The chunks
-grow from one batch, doubling up to ``CHUNK_BATCHES`` batches: the model starts on the first
-batch at once and never waits long for the workers to fill a chunk (a first chunk of 16 batches
-left the model idle while the workers prepared all of it, up to a third of a weight-free expert's
-run). Embeddings
+length) to limit padding, so memory stays bounded by one chunk of prepared inputs. The first
+chunk is one batch, so the model starts while the workers prepare the next chunk. An expert that
+does not order its inputs (no ``sort_key`` of its own: images, volumes) has nothing to gain from
+a chunk and is embedded batch by batch, as soon as each batch is prepared: waiting for a chunk of
+16 batches to fill left a weight-free expert's model idle for up to a fifth of its run. Embeddings
 do not depend on the batch composition (each expert guarantees it), so chunking changes nothing.
 
 Bad input never stops the job by itself and never drops a sample: an :class:`InputError` from
@@ -51,7 +51,7 @@ UNEXPECTED = "unexpected"
 #: Batches per chunk of prepared inputs held in memory at once.
 CHUNK_BATCHES = 16
 #: Inputs a DataLoader worker prepares per task (fewer, larger messages between processes).
-LOADER_BATCH = 16
+LOADER_BATCH = 32
 #: Default of ``extraction.max_failed_fraction`` (config.yaml).
 MAX_FAILED_FRACTION = 0.5
 #: Example sample ids named in an :class:`ExtractionFailedError`.
@@ -298,11 +298,12 @@ def run_extraction(
     seconds_embed = 0.0
     chunk_size = batch_size * CHUNK_BATCHES
     pending: list[tuple[int, Any]] = []
-    next_chunk = batch_size  # doubles after each chunk, up to chunk_size
+    next_chunk = batch_size  # the first chunk: one batch
+    sorts = type(extractor).sort_key is not Extractor.sort_key
 
     def flush(bar) -> None:
         nonlocal seconds_embed, next_chunk
-        next_chunk = min(2 * next_chunk, chunk_size)
+        next_chunk = chunk_size if sorts else batch_size
         t = time.perf_counter()
         for i, row, reason in embed_items(extractor, pending, batch_size):
             if row is None:

@@ -69,6 +69,9 @@ def test_extraction_logs_progress_while_it_runs(tmp_path: Path) -> None:
             def embed_batch(self, batch):
                 return np.array([[v, 2 * v] for v in batch], np.float32)
 
+            def sort_key(self, prepared):  # an expert that orders its batches is embedded in chunks
+                return -prepared
+
         setup_logging({str(log)!r})
         runner.PROGRESS_LOG_SECONDS = 0.0
         runner.run_extraction(Echo({{"batch_size": 1}}), [f"s{{i}}" for i in range(40)], [str(i) for i in range(40)],
@@ -79,8 +82,7 @@ def test_extraction_logs_progress_while_it_runs(tmp_path: Path) -> None:
     lines = log.read_text().splitlines()
     progress = [ln for ln in lines if "INFO medmix.extract: expert echo_progress_test: " in ln and " left" in ln]
     assert [ln.split("echo_progress_test: ")[1].split(" in ")[0] for ln in progress] == [
-        "1 of 40 samples (2%)", "3 of 40 samples (8%)", "7 of 40 samples (18%)", "15 of 40 samples (38%)",
-        "31 of 40 samples (78%)"]  # chunks of 1, 2, 4, 8 and 16 batches, then the last 9 samples
+        "1 of 40 samples (2%)", "17 of 40 samples (42%)", "33 of 40 samples (82%)"]  # 1 batch, then chunks of 16
     assert " samples/s, 00:00 left" in progress[0]
     summary = next(i for i, ln in enumerate(lines) if "40 samples: 40 present" in ln)
     assert lines.index(progress[-1]) < summary  # while it runs, before the closing summary

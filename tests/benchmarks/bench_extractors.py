@@ -9,7 +9,9 @@ generated PNG files), on the same inputs in one run:
   batch order.
 
 The ratio pipeline / embed-only is the fraction of the model's throughput the pipeline keeps
-(goal >= 0.8). Usage::
+(goal >= 0.8). The process sets glibc's malloc thresholds as an extraction job does
+(:func:`medmix.pipeline.malloc.tune_malloc`): without them the same numpy embed ran at either of
+two speeds, 2x apart, from one process to the next. Usage::
 
     python tests/benchmarks/bench_extractors.py [--n-texts 300] [--n-images 1500] [--num-workers 1]
 """
@@ -115,6 +117,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING)
+    from medmix.pipeline.malloc import tune_malloc
+
+    tune_malloc()  # as workflow/scripts/extract.py does
     import torch
 
     rows = []

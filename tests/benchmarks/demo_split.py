@@ -7,7 +7,7 @@ seconds (``cpu_time``) and the share of all job time. Snakemake samples a job's 
 then, so short jobs' CPU seconds are undercounted; the run's own line gives the CPU time of all its
 processes (Snakemake included) from the kernel. Usage::
 
-    python tests/benchmarks/demo_split.py --cores 8 [--configfile config.yaml] [--folder /tmp/demo8]
+    python tests/benchmarks/demo_split.py --cores 8 [--configfile config.yaml [config/quick.yaml]] [--folder /tmp/demo8]
     python tests/benchmarks/demo_split.py --existing /tmp/demo8
 """
 
@@ -69,7 +69,8 @@ def split(folder: Path) -> list[tuple[str, int, float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", default="8")
-    parser.add_argument("--configfile", default=str(REPO / "config.yaml"))
+    parser.add_argument("--configfile", nargs="+", default=[str(REPO / "config.yaml")],
+                        help="config files, later ones merged over earlier ones (the run folder has no config.yaml)")
     parser.add_argument("--folder", type=Path, help="run folder (default: a new temporary one)")
     parser.add_argument("--existing", type=Path, help="only report the split of this finished run")
     args = parser.parse_args()
@@ -77,7 +78,7 @@ def main() -> None:
     if folder is None:
         folder = args.folder or Path(tempfile.mkdtemp(prefix="medmix-demo-"))
         cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder),
-               "--configfile", args.configfile, "--cores", args.cores, "all"]
+               "--configfile", *args.configfile, "--cores", args.cores, "all"]
         print(f"{os.cpu_count()} CPUs, load average before {os.getloadavg()[0]:.2f}; {' '.join(cmd[2:])}", flush=True)
         t0, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -5,12 +5,14 @@ import json
 from extractors.base import EMBEDDING_SETTINGS
 from extractors.job import extract_job
 from medmix.pipeline import set_threads, setup_logging
+from medmix.pipeline.malloc import tune_malloc
 from medmix.plan.code_closure import REPO
 from medmix.store.inputs import source_fingerprint
 
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
 set_threads(sm.threads)
+tune_malloc()
 options = {k: v for k, v in sm.input.items() if k not in ("inputs", "code")}
 shard = {"shard": int(sm.wildcards.shard), "shards": int(sm.wildcards.shards)} if "shard" in sm.wildcards.keys() else {}
 extract_job(
