@@ -7,7 +7,7 @@ length) to limit padding, so memory stays bounded by one chunk of prepared input
 chunk is one batch, so the model starts while the workers prepare the next chunk. An expert that
 does not order its inputs (no ``sort_key`` of its own: images, volumes) has nothing to gain from
 a chunk and is embedded batch by batch, as soon as each batch is prepared: waiting for a chunk of
-16 batches to fill left a weight-free expert's model idle for up to a fifth of its run. Embeddings
+16 batches to fill left a weight-free expert's model idle for about a quarter of its run. Embeddings
 do not depend on the batch composition (each expert guarantees it), so chunking changes nothing.
 
 Bad input never stops the job by itself and never drops a sample: an :class:`InputError` from
