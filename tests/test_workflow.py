@@ -283,7 +283,10 @@ def _run_until(tmp_path: Path, ready, sig) -> None:
     """Start ``snakemake all`` in ``tmp_path`` and send ``sig`` to its process group once ``ready()``."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            "--configfile", str(tmp_path / "config.yaml"), "--cores", "2", "all"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # A background job of a non-interactive shell starts with SIGINT ignored, and so would Snakemake and
+    # its jobs: give them the default disposition, as under an interactive Ctrl-C.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     while time.time() < deadline and not ready():
         assert proc.poll() is None, "snakemake ended before it could be interrupted"
