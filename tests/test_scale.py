@@ -344,16 +344,18 @@ def test_slurm_plugin_turns_the_gpu_resource_into_a_gpu_request():
     assert utils.set_gres_string(Job(gpu=0)).strip() == ""
 
 
-@pytest.mark.parametrize(("extra", "scheduler"), [([], "greedy"), (["--scheduler", "ilp"], "ilp")])
+@pytest.mark.parametrize(("extra", "scheduler"), [
+    ([], "greedy"),
+    (["--scheduler", "ilp"], "ilp"),  # the command line wins
+    (["--workflow-profile", "none"], "ilp"),  # Snakemake's own default, without the profile
+])
 def test_default_workflow_profile_picks_the_greedy_scheduler(tmp_path, monkeypatch, extra, scheduler):
-    """profiles/default applies to any run of this Snakefile (from any folder); the command line wins."""
+    """profiles/default applies to any run of this Snakefile (from any folder)."""
     from snakemake.cli import parse_args
 
     monkeypatch.chdir(tmp_path)
     _, args = parse_args(["--snakefile", str(REPO / "Snakefile"), "--cores", "2", *extra, "all"])
     assert args.scheduler == scheduler
-    _, args = parse_args(["--snakefile", str(REPO / "Snakefile"), "--workflow-profile", "none", "--cores", "2", "all"])
-    assert args.scheduler == "ilp"  # Snakemake's own default, without the profile
 
 
 @pytest.mark.parametrize("profile", ["slurm", "kubernetes"])
