@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from medmix.models import MedMIXConfig, MedMIXNet, adapter_rank
 from medmix.models.losses import to_probabilities
-from medmix.models.medmix import ExpertBranch
+from medmix.models.medmix import ExpertBranch, TeacherHeads, present_rows
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -169,6 +169,72 @@ def test_adapter_module_uses_the_rank(d):
     branch = ExpertBranch(d, 8, 0.0)
     assert branch.adapter_down.weight.shape == (adapter_rank(d), d)
     assert branch.adapter_up.weight.shape == (d, adapter_rank(d))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_expert_branch_computes_only_present_rows_as_the_whole_batch_would(training):
+    """On CPU a branch computes only its present rows; outputs, parameter gradients and the dropout
+    stream are those of the whole-batch computation (absent rows: zero output, no gradient)."""
+    gen = torch.Generator().manual_seed(3)
+    branch = ExpertBranch(40, 16, dropout=0.3)
+    with torch.no_grad():
+        branch.adapter_up.weight.normal_(generator=gen)  # a live adapter path (it starts at zero)
+    branch.train(training)
+    present = torch.rand(20, generator=gen) < 0.6
+    present[0], present[1] = True, False
+    e = torch.where(present[:, None], torch.randn(20, 40, generator=gen), 0.0)  # absent rows zeroed, as trained
+    weights = torch.randn(20, 16, generator=gen)
+    assert present_rows(e, present) is not None  # the compact path is taken below
+
+    def run(compact: bool):
+        branch.zero_grad(set_to_none=True)
+        branch.drop.generator = torch.Generator().manual_seed(11)
+        out = branch(e, present) if compact else branch.drop(branch.embed(e), keep=present[:, None])
+        (out * weights).sum().backward()
+        grads = {name: p.grad.clone() for name, p in branch.named_parameters()}
+        return out.detach(), grads, branch.drop.generator.get_state()
+
+    (out_c, grads_c, state_c), (out_f, grads_f, state_f) = run(True), run(False)
+    torch.testing.assert_close(out_c, out_f, rtol=1e-5, atol=1e-6)
+    assert (out_c[~present] == 0).all()
+    for name in grads_f:
+        torch.testing.assert_close(grads_c[name], grads_f[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert torch.equal(state_c, state_f)  # the same random bits were drawn
+
+
+def test_every_row_is_computed_where_present_rows_do_not_apply():
+    e = torch.randn(6, 8)
+    some = torch.tensor([True, False] * 3)
+    assert present_rows(e, some).tolist() == [0, 2, 4]
+    with torch.no_grad():  # predictions (and their FLOP count, Table E6) compute every row
+        assert present_rows(e, some) is None
+    for present in (torch.ones(6, dtype=torch.bool), torch.zeros(6, dtype=torch.bool)):
+        assert present_rows(e, present) is None  # all present, or none (zero gradients kept)
+    seen = []
+    torch.func.vmap(lambda t: seen.append(present_rows(t, some)) or t)(e[None])  # inside a member stack
+    assert seen == [None]
+
+
+def test_teacher_heads_project_the_available_rows_as_every_row():
+    gen = torch.Generator().manual_seed(5)
+    heads = TeacherHeads({"a": 12, "b": 6}, 8)
+    teacher = {"a": torch.randn(10, 12, generator=gen), "b": torch.randn(10, 6, generator=gen)}
+    available = {"a": torch.rand(10, generator=gen) < 0.5, "b": torch.ones(10, dtype=torch.bool)}
+    available["a"][:2] = torch.tensor([True, False])
+    weights = torch.randn(10, 8, generator=gen)
+
+    def run(avail):
+        heads.zero_grad(set_to_none=True)
+        out = heads(teacher, avail)
+        sum((o * weights * available[m][:, None]).sum() for m, o in out.items()).backward()
+        return out, {name: p.grad.clone() for name, p in heads.named_parameters()}
+
+    (out_c, grads_c), (out_f, grads_f) = run(available), run(None)
+    assert (out_c["a"][~available["a"]] == 0).all()
+    torch.testing.assert_close(out_c["a"][available["a"]], out_f["a"][available["a"]])
+    torch.testing.assert_close(out_c["b"], out_f["b"])
+    for name in grads_f:
+        torch.testing.assert_close(grads_c[name], grads_f[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_adapter_rank_rejects_non_positive():

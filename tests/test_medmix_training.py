@@ -168,6 +168,24 @@ def test_one_validation_forward_gives_the_separate_passes_results(planted, monke
     pd.testing.assert_frame_equal(ca, cb)
 
 
+def test_present_rows_only_trains_as_the_whole_batch_computation(planted, monkeypatch):
+    """The present-rows path of the expert branches and teacher heads (CPU) against every row
+    computed: the same curves and predictions to float tolerance (the sums over rows run in
+    another order)."""
+    train, val, test = planted
+    assert not bool(train.mask["a"].bool().all()), "the planted data must have absent experts"
+    short = dict(FAST, max_epochs=6, dropout=0.2)
+    a = create_method("medmix", short)
+    a.fit(train, val, [2], Protocol("none"))
+    monkeypatch.setattr("medmix.models.medmix.present_rows", lambda t, present: None)
+    b = create_method("medmix", short)
+    b.fit(train, val, [2], Protocol("none"))
+    ca, cb = a.curves(), b.curves()
+    assert np.allclose(ca["val_loss"], cb["val_loss"], rtol=1e-4, atol=1e-5)
+    assert np.allclose(ca["train_loss"], cb["train_loss"], rtol=1e-4, atol=1e-5)
+    assert np.allclose(a.predict(test).prob, b.predict(test).prob, atol=1e-4)
+
+
 # --- learning -----------------------------------------------------------------------------------
 
 

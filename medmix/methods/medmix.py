@@ -202,11 +202,12 @@ class MedMIXObjective:
             parts["probe_l2"] = penalty.detach()
         weight = distill_weight(epoch, self.settings.distill_max, self.settings.distill_ramp_epochs)
         if member.aux is not None and weight > 0:
-            projected = member.aux(batch.teacher)
             modalities = member.model.modalities
             available = {
-                m: out.present[:, modalities.index(m)] & batch.teacher_mask[m] for m in projected
+                m: out.present[:, modalities.index(m)] & batch.teacher_mask[m]
+                for m in member.aux.heads if m in batch.teacher
             }
+            projected = member.aux(batch.teacher, available)
             known = None
             if self.teacher_distances is not None and batch.rows is not None:
                 known = {m: self.teacher_distances.block(m, batch.rows) for m in projected}

@@ -120,18 +120,24 @@ class SeededDropout(nn.Module):
         #: returns the bits ``generator`` would have drawn here, drawn beforehand.
         self.source = None
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, rows: torch.Tensor | None = None,
+                n_rows: int | None = None) -> torch.Tensor:
         """Dropout of ``x``; ``keep`` (bool, broadcastable to ``x``), if given, also zeroes where it is
-        False (in the same multiply as the dropout mask when training)."""
+        False (in the same multiply as the dropout mask when training). ``x`` may hold only the rows
+        ``rows`` (long) of an ``n_rows``-row batch: the bits are then drawn for all ``n_rows`` rows and
+        those rows' are used, so the masks are the ones the whole batch would get."""
         if not self.training or self.p == 0.0 or (self.source is None and self.generator is None):
             if self.training and self.p > 0.0:
                 x = F.dropout(x, self.p, training=True)
             return x if keep is None else torch.where(keep, x, 0.0)
+        shape = x.shape if rows is None else (int(n_rows), *x.shape[1:])
         if self.source is not None:
-            bits = self.source(x.shape)
+            bits = self.source(shape)
         else:
             # 31 random bits per element (2-3x faster than bernoulli_ on CPU); P(drop) = p ± 2^-31.
-            bits = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_(generator=self.generator)
+            bits = torch.empty(shape, dtype=torch.int32, device=x.device).random_(generator=self.generator)
+        if rows is not None:
+            bits = bits.index_select(0, rows)
         kept = bits >= int(self.p * 2**31)
         if keep is not None:
             kept = kept & keep
@@ -152,9 +158,38 @@ class ExpertBranch(nn.Module):
         self.norm = nn.LayerNorm(hidden_dim)
         self.drop = SeededDropout(dropout)
 
-    def forward(self, e: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def embed(self, e: torch.Tensor) -> torch.Tensor:
+        """``GELU(LN(W(e + Adapter(e))))`` of every row, before dropout and the presence mask."""
         e = e + self.adapter_up(F.gelu(self.adapter_down(e)))
-        return self.drop(F.gelu(self.norm(self.proj(e))), keep=present[:, None])
+        return F.gelu(self.norm(self.proj(e)))
+
+    def forward(self, e: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        rows = present_rows(e, present)
+        if rows is None:
+            return self.drop(self.embed(e), keep=present[:, None])
+        # Only the present rows: an absent row's output is zero and sends no gradient back, so
+        # computing it changes nothing but the time (its dropout bits are still drawn).
+        z = self.drop(self.embed(e.index_select(0, rows)), rows=rows, n_rows=e.shape[0])
+        return scatter_rows(z, rows, e.shape[0])
+
+
+def present_rows(t: torch.Tensor, present: torch.Tensor) -> torch.Tensor | None:
+    """Indices of the rows of ``t`` worth computing alone when only the ``present`` (bool ``[N]``)
+    rows' results count, or None to compute every row. Only while training (gradients on:
+    predictions, and the FLOPs per sample Table E6 counts on them, are those of every row, as for
+    every method), on CPU (on a GPU the index would cost a synchronisation), never under ``vmap``
+    (a member stack: it cannot follow data-dependent shapes), and only with some but not all rows
+    present (with none, computing every row gives each parameter its zero gradient, so the
+    optimiser's step stays the same)."""
+    if not torch.is_grad_enabled() or t.device.type != "cpu" or torch._C._functorch.is_batchedtensor(t):
+        return None
+    rows = present.nonzero().squeeze(1)
+    return rows if 0 < rows.numel() < t.shape[0] else None
+
+
+def scatter_rows(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """``[n_rows, ...]`` zeros with ``values`` at ``rows`` (differentiable in ``values``)."""
+    return values.new_zeros(n_rows, *values.shape[1:]).index_copy(0, rows, values)
 
 
 class ModalityBlock(nn.Module):
@@ -336,5 +371,15 @@ class TeacherHeads(nn.Module):
         super().__init__()
         self.heads = nn.ModuleDict({m: nn.Linear(d, hidden_dim) for m, d in teacher_dims.items()})
 
-    def forward(self, teacher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {m: head(teacher[m]) for m, head in self.heads.items() if m in teacher}
+    def forward(self, teacher: dict[str, torch.Tensor],
+                available: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Projected teachers; with ``available`` (bool ``[N]`` per modality) the other rows may be
+        left at zero (:func:`present_rows`): the distillation terms ignore them."""
+        out = {}
+        for m, head in self.heads.items():
+            if m not in teacher:
+                continue
+            rows = present_rows(teacher[m], available[m]) if available is not None and m in available else None
+            out[m] = head(teacher[m]) if rows is None else scatter_rows(
+                head(teacher[m].index_select(0, rows)), rows, teacher[m].shape[0])
+        return out

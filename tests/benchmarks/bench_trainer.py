@@ -15,8 +15,10 @@ spawned process (so thread settings and peak memory are its own):
 
 Reported per variant: wall time, speed-up over ``plain`` at the same thread count, achieved
 matmul FLOP/s (forward + backward matmul FLOPs counted analytically, including the per-epoch
-validation forward) and its fraction of what this machine reaches on plain ``torch.mm`` calls of
-exactly the same shapes, dtype and thread count, and peak RSS (``ru_maxrss``). With CUDA the
+validation forward; the FLOPs the variant performs: on CPU, outside a member stack, MedMIX's
+expert branches and teacher heads train on their present rows only) and its fraction of what
+this machine reaches on plain ``torch.mm`` calls of exactly the same shapes, dtype and thread
+count, and peak RSS (``ru_maxrss``). With CUDA the
 trainer and plain loop also run on the GPU (peak memory from ``torch.cuda.max_memory_allocated``).
 
 Usage: ``python benchmarks/bench_trainer.py [--n 2000] [--epochs 3] [--seeds 5] [--threads 1 2]``
@@ -55,31 +57,48 @@ def params(epochs: int, precision: str, device: str, threads: int, stack: bool =
 # --- FLOP accounting ------------------------------------------------------------------------
 
 
-def matmul_shapes(batch: int, hidden: int, train: bool) -> list[tuple[int, int, int]]:
-    """(M, K, N) of every matmul of one step on ``batch`` rows (forward, and backward if ``train``)."""
+def present_fractions(train) -> dict[str, list[float]]:
+    """Per modality: the fraction of training rows each expert is present in, then (last) the
+    fraction with the modality present and its teacher available."""
+    out = {}
+    for m in DIMS:
+        mask = train.mask[m].bool()
+        teacher = mask.any(1) & train.teacher_mask[m].bool()
+        out[m] = [float(f) for f in mask.float().mean(0)] + [float(teacher.float().mean())]
+    return out
+
+
+def matmul_shapes(batch: int, hidden: int, train: bool,
+                  present: dict[str, list[float]] | None = None) -> list[tuple[int, int, int]]:
+    """(M, K, N) of every matmul of one step on ``batch`` rows (forward, and backward if ``train``).
+
+    ``present`` (:func:`present_fractions`): the step computes the expert branches and teacher
+    heads on their present rows only, as MedMIX does while training on CPU outside a member stack
+    (:func:`medmix.models.medmix.present_rows`); None: every row (a member stack, a GPU)."""
     from medmix.models import adapter_rank
 
     shapes: list[tuple[int, int, int]] = []
 
-    def linear(fan_in: int, fan_out: int, input_grad: bool) -> None:
-        shapes.append((batch, fan_in, fan_out))  # y = x W^T
+    def linear(fan_in: int, fan_out: int, input_grad: bool, fraction: float = 1.0) -> None:
+        rows = batch if present is None or not train else max(1, round(batch * fraction))
+        shapes.append((rows, fan_in, fan_out))  # y = x W^T
         if train:
-            shapes.append((fan_out, batch, fan_in))  # dW = g^T x
+            shapes.append((fan_out, rows, fan_in))  # dW = g^T x
             if input_grad:
-                shapes.append((batch, fan_out, fan_in))  # dx = g W
+                shapes.append((rows, fan_out, fan_in))  # dx = g W
 
-    for dims in DIMS.values():
-        for d in dims:
-            r = adapter_rank(d)
-            linear(d, r, input_grad=False)  # the adapter's input is data
-            linear(r, d, input_grad=True)
-            linear(d, hidden, input_grad=True)
+    for m, dims in DIMS.items():
+        for k, d in enumerate(dims):
+            r, share = adapter_rank(d), (present or {}).get(m, [1.0] * 4)[k]
+            linear(d, r, input_grad=False, fraction=share)  # the adapter's input is data
+            linear(r, d, input_grad=True, fraction=share)
+            linear(d, hidden, input_grad=True, fraction=share)
             linear(hidden, 1, input_grad=True)  # router
         linear(hidden, N_LABELS, input_grad=True)  # head
         linear(hidden, 1, input_grad=True)  # fusion scorer
     if train:
-        for dt in TEACHERS.values():
-            linear(dt, hidden, input_grad=False)
+        for m, dt in TEACHERS.items():
+            linear(dt, hidden, input_grad=False, fraction=(present or {}).get(m, [1.0] * 4)[-1])
     return shapes
 
 
@@ -87,10 +106,10 @@ def flops(shapes) -> float:
     return float(sum(2 * m * k * n for m, k, n in shapes))
 
 
-def epoch_shapes(n_train: int, n_val: int, batch: int, hidden: int):
+def epoch_shapes(n_train: int, n_val: int, batch: int, hidden: int, present: dict[str, list[float]] | None = None):
     shapes = []
     for lo in range(0, n_train, batch):
-        shapes += matmul_shapes(min(batch, n_train - lo), hidden, train=True)
+        shapes += matmul_shapes(min(batch, n_train - lo), hidden, train=True, present=present)
     return shapes + matmul_shapes(n_val, hidden, train=False)
 
 
@@ -204,8 +223,10 @@ def _child(kind: str, kwargs: dict[str, Any], queue) -> None:
     if kwargs["device"].startswith("cuda"):
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     dtype = torch.bfloat16 if result["dtype"] == "bfloat16" else torch.float32
-    train_n, val_n = int(0.7 * kwargs["n"]), int(0.15 * kwargs["n"])
-    shapes = epoch_shapes(train_n, val_n, 256, 256)
+    train, val = make_data(kwargs["n"])
+    # Present rows only: MedMIX on CPU outside a member stack (the plain loop runs the same model).
+    compact = kwargs["device"] == "cpu" and not kwargs["stack"]
+    shapes = epoch_shapes(train.n, val.n, 256, 256, present_fractions(train) if compact else None)
     result["flops"] = flops(shapes) * kwargs["epochs"] * kwargs["seeds"]
     # One CPU thread: process time (immune to other processes on a shared machine); else wall time.
     single = kwargs["threads"] == 1 and kwargs["device"] == "cpu"

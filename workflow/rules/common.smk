@@ -394,16 +394,15 @@ def train_protocols(dataset):
 
 
 def stage_dirs(dataset, method, protocol):
-    """Pre-training stage outputs a staged method's fit under train protocol ``protocol`` reads (empty
-    for other methods): the stages see what that protocol leaves of the training split."""
+    """The pre-training stages a staged method's fit under train protocol ``protocol`` reads (the
+    ``stages`` job's folder; empty for other methods): they see what that protocol leaves of the
+    training split."""
     from medmix.pipeline.stage import stage_module, stage_owner
 
     method = run_spec(config, method).method
-    stages = stage_module(method)
-    if stages is None:
+    if stage_module(method) is None:
         return []
-    modalities = list(dataset_config(dataset)["modalities"])
-    return [f"results/{dataset}/stages/{stage_owner(method)}/{protocol}/{s}" for s in stages.stage_plan(modalities)]
+    return [f"results/{dataset}/stages/{stage_owner(method)}/{protocol}"]
 
 
 def run_dir(dataset, method, protocol):

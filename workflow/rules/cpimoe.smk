@@ -2,17 +2,16 @@
 # missing grid (medmix.plan.missing_grid) with its tables and router-weight figures. Helpers: cpimoe_common.smk.
 
 
-rule stage:
-    """One pre-training stage of a staged method (CP-IMoE: specific_<m>, redundant, synergistic),
-    for every seed, on what the train-time protocol leaves of the training split; shared by the
-    methods with this stage owner."""
+rule stages:
+    """The pre-training stages of a staged method (CP-IMoE: specific_<m>, redundant, synergistic),
+    for every seed, on what the train-time protocol leaves of the training split, one subfolder
+    per stage; shared by the methods with this stage owner."""
     input:
         cohort=lambda wc: cohort_path(wc.dataset),
         features=lambda wc: dataset_features(wc.dataset),
-        needs=stage_needs,
         code=stage_code,
     output:
-        stage=directory("results/{dataset}/stages/{method}/{protocol}/{stage}"),
+        stages=directory("results/{dataset}/stages/{method}/{protocol}"),
     params:
         committee=lambda wc: canonical_json(committee_spec(wc.dataset)),
         feature_keys=lambda wc: canonical_json(feature_keys(wc.dataset)),
@@ -21,16 +20,16 @@ rule stage:
         seeds=canonical_json(config["seeds"]),
         train_protocol=lambda wc: canonical_json(train_protocol_spec(wc.dataset, wc.protocol)),
     log:
-        "logs/stage/{dataset}/{method}/{protocol}/{stage}.log",
+        "logs/stages/{dataset}/{method}/{protocol}.log",
     benchmark:
-        "results/benchmarks/stage/{dataset}/{method}/{protocol}/{stage}.tsv"
+        "results/benchmarks/stages/{dataset}/{method}/{protocol}.tsv"
     threads: 1
     resources:
-        **rule_resources("stage", mem_mb=4000),
+        **rule_resources("stages", mem_mb=4000),
     conda:
         "../envs/medmix.yaml"
     script:
-        "../scripts/stage.py"
+        "../scripts/stages.py"
 
 
 rule cpimoe_tables:

@@ -9,13 +9,6 @@ GRID_RUNS = missing_grid.grid_runs(config)
 GRID_CELLS = missing_grid.grid_cells(config)
 
 
-def stage_needs(wildcards):
-    plan = stage_module(wildcards.method).stage_plan(list(dataset_config(wildcards.dataset)["modalities"]))
-    if wildcards.stage not in plan:
-        raise ValueError(f"{wildcards.method}: no stage {wildcards.stage!r} on {wildcards.dataset}; stages: {list(plan)}")
-    return [f"results/{wildcards.dataset}/stages/{wildcards.method}/{wildcards.protocol}/{s}" for s in plan[wildcards.stage]]
-
-
 def stage_code(wildcards):
     return code_inputs(stage_module(wildcards.method).__name__, "medmix.pipeline.stage")
 

@@ -1,11 +1,11 @@
 """Thin adapter: the ``fit`` rule -> medmix.pipeline.fit.fit_job."""
 
 import json
-from pathlib import Path
 
 from medmix.cohort import read_cohort_schemas
 from medmix.pipeline import set_threads, setup_logging
 from medmix.pipeline.fit import fit_job
+from medmix.pipeline.stage import stage_folders
 from medmix.plan.config import with_expected_dims
 from medmix.protocols import Protocol
 
@@ -26,5 +26,5 @@ fit_job(
     out_model=sm.output.model,
     out_curves=sm.output.curves,
     out_info=sm.output.info,
-    pretrained={Path(p).name: p for p in sm.input.pretrained},
+    pretrained=stage_folders(list(sm.input.pretrained)),
 )

@@ -1,20 +1,18 @@
-"""Thin adapter: the ``stage`` rule -> medmix.pipeline.stage.stage_job."""
+"""Thin adapter: the ``stages`` rule -> medmix.pipeline.stage.stages_job."""
 
 import json
-from pathlib import Path
 
 from medmix.cohort import read_cohort_schemas
 from medmix.pipeline import set_threads, setup_logging
-from medmix.pipeline.stage import stage_job
+from medmix.pipeline.stage import stages_job
 from medmix.plan.config import with_expected_dims
 from medmix.protocols import Protocol
 
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
 set_threads(sm.threads)
-stage_job(
+stages_job(
     method=sm.wildcards.method,
-    stage=sm.wildcards.stage,
     cohort_path=sm.input.cohort,
     committee=json.loads(sm.params.committee),
     features=dict(zip(json.loads(sm.params.feature_keys), sm.input.features, strict=True)),
@@ -23,6 +21,5 @@ stage_job(
     params=json.loads(sm.params.training),
     seeds=json.loads(sm.params.seeds),
     train_protocol=Protocol.from_spec(sm.wildcards.protocol, json.loads(sm.params.train_protocol)),
-    needs={Path(p).name: p for p in sm.input.needs},
-    out_dir=sm.output.stage,
+    out_dir=sm.output.stages,
 )
