@@ -477,6 +477,25 @@ def with_expected_dims(
     return out
 
 
+
+def training_job_inputs(sm: Any) -> dict[str, Any]:
+    """The keyword arguments a ``fit`` or ``stages`` job reads from its Snakemake object the same
+    way: the cohort, its features and their identities, the training params, the seeds and the
+    train-time protocol (the two rules' shared inputs, params and ``protocol`` wildcard)."""
+    from medmix.cohort import read_cohort_schemas
+    from medmix.protocols import Protocol
+
+    keys = json.loads(sm.params.feature_keys)
+    return {
+        "cohort_path": sm.input.cohort,
+        "committee": json.loads(sm.params.committee),
+        "features": dict(zip(keys, sm.input.features, strict=True)),
+        "identities": with_expected_dims(json.loads(sm.params.identities), keys, read_cohort_schemas(sm.input.cohort)),
+        "params": json.loads(sm.params.training),
+        "seeds": json.loads(sm.params.seeds),
+        "train_protocol": Protocol.from_spec(sm.wildcards.protocol, json.loads(sm.params.train_protocol)),
+    }
+
 def expert_runtime(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     """Settings that do not change the embeddings (where and how fast to run)."""
     from extractors.base import RUNTIME_SETTINGS

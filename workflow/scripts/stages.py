@@ -1,25 +1,10 @@
 """Thin adapter: the ``stages`` rule -> medmix.pipeline.stage.stages_job."""
 
-import json
-
-from medmix.cohort import read_cohort_schemas
 from medmix.pipeline import set_threads, setup_logging
 from medmix.pipeline.stage import stages_job
-from medmix.plan.config import with_expected_dims
-from medmix.protocols import Protocol
+from medmix.plan.config import training_job_inputs
 
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
 set_threads(sm.threads)
-stages_job(
-    method=sm.wildcards.method,
-    cohort_path=sm.input.cohort,
-    committee=json.loads(sm.params.committee),
-    features=dict(zip(json.loads(sm.params.feature_keys), sm.input.features, strict=True)),
-    identities=with_expected_dims(json.loads(sm.params.identities), json.loads(sm.params.feature_keys),
-                                  read_cohort_schemas(sm.input.cohort)),
-    params=json.loads(sm.params.training),
-    seeds=json.loads(sm.params.seeds),
-    train_protocol=Protocol.from_spec(sm.wildcards.protocol, json.loads(sm.params.train_protocol)),
-    out_dir=sm.output.stages,
-)
+stages_job(method=sm.wildcards.method, **training_job_inputs(sm), out_dir=sm.output.stages)
