@@ -36,7 +36,6 @@ wildcard_constraints:
     cohort="[A-Za-z0-9_]+",
     shard="[0-9]+",
     shards="[0-9]+",
-    stage="[A-Za-z0-9_]+",
 
 
 rule all:
