@@ -1,4 +1,4 @@
-"""FusedAdamW: bit-identical to torch.optim.AdamW(fused=True), and training never imports torch._dynamo."""
+"""FusedAdamW and clip_grad_norm: bit-identical to torch's; training never imports torch._dynamo; RowsOnDemand."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from medmix.training.optim import FusedAdamW
+from medmix.training.optim import FusedAdamW, clip_grad_norm
+from medmix.training.trainer import RowsOnDemand
 
 
 def _net(seed: int) -> nn.Module:
@@ -81,3 +82,32 @@ def test_training_a_method_does_not_import_torch_dynamo():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert "dynamo imported: False" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3])  # every gradient within the bound / far above it
+def test_clip_grad_norm_gives_torchs_gradients_bit_for_bit(scale):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s)) for s in [(7, 5), (5,), (3, 4, 2)]]
+    grads = [torch.randn(p.shape) * scale for p in params]
+    ours = [p.detach().clone().requires_grad_() for p in params]
+    for p, q, g in zip(params, ours, grads, strict=True):
+        p.grad, q.grad = g.clone(), g.clone()
+    params.append(torch.nn.Parameter(torch.ones(2)))  # no gradient: skipped by both
+    ours.append(torch.nn.Parameter(torch.ones(2)))
+    expected = torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+    total = clip_grad_norm(ours, 1.0)
+    assert torch.equal(total, expected)
+    assert (float(expected) > 1.0) == (scale > 1)  # both cases are exercised
+    for p, q in zip(params[:-1], ours[:-1], strict=True):
+        assert torch.equal(p.grad, q.grad)
+
+
+def test_rows_on_demand_gathers_each_key_once_and_only_when_read():
+    source = {"a": torch.arange(12.0).view(6, 2), "b": torch.arange(6.0)}
+    rows = RowsOnDemand(source, torch.tensor([4, 0]))
+    assert set(rows) == {"a", "b"} and len(rows) == 2 and "a" in rows and "c" not in rows
+    assert rows._rows == {}  # nothing gathered yet
+    assert torch.equal(rows["a"], torch.tensor([[8.0, 9.0], [0.0, 1.0]]))
+    assert rows["a"] is rows["a"] and list(rows._rows) == ["a"]
+    with pytest.raises(KeyError):
+        rows["c"]

@@ -141,7 +141,8 @@ class SeededDropout(nn.Module):
         kept = bits >= int(self.p * 2**31)
         if keep is not None:
             kept = kept & keep
-        return x * kept.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        # (x * kept) * scale: bit for bit x * (kept * scale), since x * 1 and x * 0 are exact.
+        return (x * kept).mul_(1.0 / (1.0 - self.p))
 
 
 class ExpertBranch(nn.Module):

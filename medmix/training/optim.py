@@ -120,3 +120,17 @@ class FusedAdamW:
                     p.grad = None
                 else:
                     p.grad.detach_().zero_()
+
+
+def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)``: the same total norm and,
+    bit for bit, the same gradients. On CPU the multiply is skipped when torch's clip coefficient
+    ``max_norm / (norm + 1e-6)`` (computed as torch computes it) is at least 1: torch then multiplies
+    every gradient by exactly 1.0, a full pass over them that changes nothing. On a GPU the check
+    would cost a synchronisation, so torch's multiply always runs there."""
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads, 2.0, False, foreach=True)
+    if total.device.type == "cpu" and bool(max_norm / (total + 1e-6) >= 1.0):
+        return total
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=True)
+    return total

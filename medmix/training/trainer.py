@@ -36,7 +36,7 @@ import copy
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 from typing import Protocol as TypingProtocol
@@ -47,7 +47,7 @@ from torch import nn
 
 from medmix.data import TensorData
 from medmix.protocols import Protocol
-from medmix.training.optim import FusedAdamW
+from medmix.training.optim import FusedAdamW, clip_grad_norm
 from medmix.training.stacked import MemberStack, NotStackable
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,31 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
+class RowsOnDemand(Mapping[str, torch.Tensor]):
+    """Rows ``idx`` of each tensor of ``source``, gathered the first time its key is read (a batch's
+    teacher embeddings: a step that does not read them, e.g. before distillation starts, never
+    copies them)."""
+
+    def __init__(self, source: Mapping[str, torch.Tensor], idx: torch.Tensor):
+        self._source, self._idx = source, idx
+        self._rows: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        rows = self._rows.get(key)
+        if rows is None:
+            rows = self._rows[key] = self._source[key].index_select(0, self._idx)
+        return rows
+
+    def __contains__(self, key: object) -> bool:  # without gathering (Mapping's default reads the key)
+        return key in self._source
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._source)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+
 @dataclass
 class Batch:
     """One batch on the training device (per-seed masks already applied)."""
@@ -195,7 +220,8 @@ class Batch:
     x: dict[str, list[torch.Tensor]]
     mask: dict[str, torch.Tensor]
     y: torch.Tensor
-    teacher: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: Read-only (a training batch gathers a teacher's rows when its objective first reads them).
+    teacher: Mapping[str, torch.Tensor] = field(default_factory=dict)
     teacher_mask: dict[str, torch.Tensor] = field(default_factory=dict)
     #: The batch's row indices in its dataset (long, on the device): a method indexes its own
     #: per-row data with them (e.g. MedMIX's cross-fitting folds).
@@ -292,7 +318,7 @@ class _DeviceData:
             {m: [t.index_select(0, idx) for t in xs] for m, xs in self.x.items()},
             mask,
             self.y.index_select(0, idx),
-            {m: t.index_select(0, idx) for m, t in self.teacher.items()},
+            RowsOnDemand(self.teacher, idx),
             {m: t.index_select(0, idx) for m, t in self.teacher_mask.items()},
             idx,
         )
@@ -542,7 +568,7 @@ class EnsembleTrainer:
             with autocast(self.device, self.dtype):
                 loss, parts = self.objective.loss(s.member, batch, epoch)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(s.member.parameters(), self.config.grad_clip, foreach=True)
+            clip_grad_norm(list(s.member.parameters()), self.config.grad_clip)
             acc = sums[id(s)]
             for key, value in {"train_loss": loss.detach(), **parts}.items():
                 acc[key] = acc.get(key, 0.0) + value.detach().float() * weight

@@ -14,12 +14,14 @@ spawned process (so thread settings and peak memory are its own):
   computation, :mod:`medmix.training.stacked`).
 
 Reported per variant: wall time, speed-up over ``plain`` at the same thread count, achieved
-matmul FLOP/s (forward + backward matmul FLOPs counted analytically, including the per-epoch
-validation forward; the FLOPs the variant performs: on CPU, outside a member stack, MedMIX's
-expert branches and teacher heads train on their present rows only) and its fraction of what
-this machine reaches on plain ``torch.mm`` calls of exactly the same shapes, dtype and thread
-count, and peak RSS (``ru_maxrss``). With CUDA the
-trainer and plain loop also run on the GPU (peak memory from ``torch.cuda.max_memory_allocated``).
+matmul FLOP/s and its fraction of what this machine reaches on plain ``torch.mm``/``torch.bmm``
+calls of exactly the same shapes, dtype and thread count, and peak RSS (``ru_maxrss``). The FLOPs
+are observed, not derived: after the timed run the variant runs again, untimed, under
+:class:`MatrixProducts`, which records every matrix product it performs (forward, backward, the
+per-epoch validation, the distillation's Gram matrices, only the rows a product is computed on),
+and the reference times ``torch.mm`` on that recorded sequence. The two runs must end with the same
+validation loss. With CUDA the trainer and plain loop also run on the GPU (peak memory from
+``torch.cuda.max_memory_allocated``).
 
 Usage: ``python benchmarks/bench_trainer.py [--n 2000] [--epochs 3] [--seeds 5] [--threads 1 2]``
 """
@@ -27,13 +29,16 @@ Usage: ``python benchmarks/bench_trainer.py [--n 2000] [--epochs 3] [--seeds 5] 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
+import re
 import resource
 import time
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 DIMS = {"cxr": [512, 768, 1024], "note": [768, 1024, 384], "ehr": [384, 512, 768], "ct": [768, 512, 1024]}
 TEACHERS = {"cxr": 1024, "note": 1536, "ehr": 1024, "ct": 1024}
@@ -57,75 +62,64 @@ def params(epochs: int, precision: str, device: str, threads: int, stack: bool =
 # --- FLOP accounting ------------------------------------------------------------------------
 
 
-def present_fractions(train) -> dict[str, list[float]]:
-    """Per modality: the fraction of training rows each expert is present in, then (last) the
-    fraction with the modality present and its teacher available."""
-    out = {}
-    for m in DIMS:
-        mask = train.mask[m].bool()
-        teacher = mask.any(1) & train.teacher_mask[m].bool()
-        out[m] = [float(f) for f in mask.float().mean(0)] + [float(teacher.float().mean())]
-    return out
+#: Operator names of matrix products (in-place and private variants included).
+PRODUCT_NAME = re.compile(r"(^|_)(mm|addmm|bmm|baddbmm|mv|addmv|dot|vdot|addr|matmul|linear|einsum)($|_)")
 
 
-def matmul_shapes(batch: int, hidden: int, train: bool,
-                  present: dict[str, list[float]] | None = None) -> list[tuple[int, int, int]]:
-    """(M, K, N) of every matmul of one step on ``batch`` rows (forward, and backward if ``train``).
+class MatrixProducts(TorchDispatchMode):
+    """Records ``(batch, M, K, N)`` of every matrix product run inside it, forward and backward (the
+    dispatcher's view, below autograd and ``vmap``: the products the computation really performs).
 
-    ``present`` (:func:`present_fractions`): the step computes the expert branches and teacher
-    heads on their present rows only, as MedMIX does while training on CPU outside a member stack
-    (:func:`medmix.models.medmix.present_rows`); None: every row (a member stack, a GPU)."""
-    from medmix.models import adapter_rank
+    A product-like operator it does not know raises, so no product goes uncounted."""
 
-    shapes: list[tuple[int, int, int]] = []
+    KNOWN = ("mm", "addmm", "bmm", "baddbmm", "mv", "addmv", "dot")
 
-    def linear(fan_in: int, fan_out: int, input_grad: bool, fraction: float = 1.0) -> None:
-        rows = batch if present is None or not train else max(1, round(batch * fraction))
-        shapes.append((rows, fan_in, fan_out))  # y = x W^T
-        if train:
-            shapes.append((fan_out, rows, fan_in))  # dW = g^T x
-            if input_grad:
-                shapes.append((rows, fan_out, fan_in))  # dx = g W
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, int, int, int]] = []
 
-    for m, dims in DIMS.items():
-        for k, d in enumerate(dims):
-            r, share = adapter_rank(d), (present or {}).get(m, [1.0] * 4)[k]
-            linear(d, r, input_grad=False, fraction=share)  # the adapter's input is data
-            linear(r, d, input_grad=True, fraction=share)
-            linear(d, hidden, input_grad=True, fraction=share)
-            linear(hidden, 1, input_grad=True)  # router
-        linear(hidden, N_LABELS, input_grad=True)  # head
-        linear(hidden, 1, input_grad=True)  # fusion scorer
-    if train:
-        for m, dt in TEACHERS.items():
-            linear(dt, hidden, input_grad=False, fraction=(present or {}).get(m, [1.0] * 4)[-1])
-    return shapes
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in self.KNOWN:
+            a, b = args[:2] if name in ("mm", "bmm", "mv", "dot") else args[1:3]
+            if a.dim() == 1:  # dot
+                self.calls.append((1, 1, a.shape[0], 1))
+            elif a.dim() == 2:
+                self.calls.append((1, a.shape[0], a.shape[1], b.shape[1] if b.dim() == 2 else 1))
+            else:
+                self.calls.append((a.shape[0], a.shape[1], a.shape[2], b.shape[2]))
+        elif PRODUCT_NAME.search(name):
+            raise NotImplementedError(f"matrix product {func} is not counted by MatrixProducts")
+        return func(*args, **(kwargs or {}))
 
 
-def flops(shapes) -> float:
-    return float(sum(2 * m * k * n for m, k, n in shapes))
+def flops(calls) -> float:
+    return float(sum(2 * e * m * k * n for e, m, k, n in calls))
 
 
-def epoch_shapes(n_train: int, n_val: int, batch: int, hidden: int, present: dict[str, list[float]] | None = None):
-    shapes = []
-    for lo in range(0, n_train, batch):
-        shapes += matmul_shapes(min(batch, n_train - lo), hidden, train=True, present=present)
-    return shapes + matmul_shapes(n_val, hidden, train=False)
-
-
-def reference_flops_per_s(shapes, dtype: torch.dtype, device: str, clock, repeats: int = 3) -> float:
-    """FLOP/s of plain ``torch.mm`` over exactly ``shapes`` (best of ``repeats`` passes of ``clock``)."""
-    mats = [(torch.randn(m, k, device=device).to(dtype), torch.randn(k, n, device=device).to(dtype))
-            for m, k, n in shapes]
-    best = float("inf")
-    for _ in range(repeats + 1):
-        _sync(device)
-        t = clock()
-        for a, b in mats:
-            torch.mm(a, b)
-        _sync(device)
-        best = min(best, clock() - t)
-    return flops(shapes) / best
+def reference_flops_per_s(calls, dtype: torch.dtype, device: str, clock, repeats: int = 3, chunk: int = 256,
+                          timed: int = 4096) -> float:
+    """FLOP/s of plain ``torch.mm``/``torch.bmm`` on the recorded ``calls`` in their order: consecutive
+    chunks of ``chunk`` products, each with its own random operands, best of ``repeats`` passes
+    (after one warm-up) of ``clock``; every k-th chunk is timed, so that about ``timed`` products are."""
+    chunks = [calls[i : i + chunk] for i in range(0, len(calls), chunk)]
+    stride = max(1, round(len(calls) / timed))
+    total_flops, total_time = 0.0, 0.0
+    for part in chunks[::stride]:
+        mats = [(torch.randn(e, m, k, device=device).to(dtype), torch.randn(e, k, n, device=device).to(dtype))
+                for e, m, k, n in part]
+        mats = [(a[0], b[0]) if a.shape[0] == 1 else (a, b) for a, b in mats]
+        best = float("inf")
+        for _ in range(repeats + 1):
+            _sync(device)
+            t = clock()
+            for a, b in mats:
+                torch.mm(a, b) if a.dim() == 2 else torch.bmm(a, b)
+            _sync(device)
+            best = min(best, clock() - t)
+        total_flops += flops(part)
+        total_time += best
+    return total_flops / total_time
 
 
 def _sync(device: str) -> None:
@@ -137,7 +131,7 @@ def _sync(device: str) -> None:
 
 
 def run_trainer(n: int, seeds: int, epochs: int, precision: str, device: str, threads: int,
-                stack: bool = False) -> dict[str, Any]:
+                stack: bool = False, products: MatrixProducts | None = None) -> dict[str, Any]:
     from medmix.methods import create_method
     from medmix.protocols import Protocol
     from medmix.training.trainer import resolve_runtime
@@ -146,7 +140,8 @@ def run_trainer(n: int, seeds: int, epochs: int, precision: str, device: str, th
     method = create_method("medmix", params(epochs, precision, device, threads, stack))
     _, dtype = resolve_runtime(method.train_config)
     t, c = time.perf_counter(), time.process_time()
-    method.fit(train, val, list(range(seeds)), Protocol("none"))
+    with products or contextlib.nullcontext():
+        method.fit(train, val, list(range(seeds)), Protocol("none"))
     _sync(device)
     seconds, cpu = time.perf_counter() - t, time.process_time() - c
     curves = method.curves()
@@ -156,7 +151,7 @@ def run_trainer(n: int, seeds: int, epochs: int, precision: str, device: str, th
 
 
 def run_plain(n: int, seeds: int, epochs: int, precision: str, device: str, threads: int,
-              stack: bool = False) -> dict[str, Any]:
+              stack: bool = False, products: MatrixProducts | None = None) -> dict[str, Any]:
     """The straightforward loop: one seed after the other, a DataLoader, float32."""
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -188,26 +183,27 @@ def run_plain(n: int, seeds: int, epochs: int, precision: str, device: str, thre
                          + [val.teacher[m] for m in mods] + [val.teacher_mask[m] for m in mods] + [val.y])
     t, c = time.perf_counter(), time.process_time()
     finals = []
-    for seed in range(seeds):
-        torch.manual_seed(seed)
-        cfg = model_config(train, {})
-        member = Member(seed, MedMIXNet(cfg).to(device), TeacherHeads(TEACHERS, cfg.hidden_dim).to(device))
-        params_ = list(member.model.parameters()) + list(member.aux.parameters())
-        opt = torch.optim.AdamW(params_, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-        loader = DataLoader(TensorDataset(*tensors), batch_size=config.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed))
-        for epoch in range(epochs):
-            member.model.train()
-            for parts in loader:
-                loss, _ = objective.loss(member, to_batch(parts), epoch)
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params_, config.grad_clip)
-                opt.step()
-            member.model.eval()
-            with torch.no_grad():
-                val_loss = float(objective.val_loss(member.model, val_batch))
-        finals.append(val_loss)
+    with products or contextlib.nullcontext():
+        for seed in range(seeds):
+            torch.manual_seed(seed)
+            cfg = model_config(train, {})
+            member = Member(seed, MedMIXNet(cfg).to(device), TeacherHeads(TEACHERS, cfg.hidden_dim).to(device))
+            params_ = list(member.model.parameters()) + list(member.aux.parameters())
+            opt = torch.optim.AdamW(params_, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+            loader = DataLoader(TensorDataset(*tensors), batch_size=config.batch_size, shuffle=True,
+                                generator=torch.Generator().manual_seed(seed))
+            for epoch in range(epochs):
+                member.model.train()
+                for parts in loader:
+                    loss, _ = objective.loss(member, to_batch(parts), epoch)
+                    opt.zero_grad()
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params_, config.grad_clip)
+                    opt.step()
+                member.model.eval()
+                with torch.no_grad():
+                    val_loss = float(objective.val_loss(member.model, val_batch))
+            finals.append(val_loss)
     _sync(device)
     return {"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c, "dtype": "float32",
             "final_val_loss": sum(finals) / len(finals)}
@@ -218,22 +214,26 @@ def _child(kind: str, kwargs: dict[str, Any], queue) -> None:
         torch.set_num_threads(kwargs["threads"])
     if kwargs["device"].startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    result = (run_plain if kind == "plain" else run_trainer)(**kwargs)
+    run = run_plain if kind == "plain" else run_trainer
+    result = run(**kwargs)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if kwargs["device"].startswith("cuda"):
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    dtype = torch.bfloat16 if result["dtype"] == "bfloat16" else torch.float32
-    train, val = make_data(kwargs["n"])
-    # Present rows only: MedMIX on CPU outside a member stack (the plain loop runs the same model).
-    compact = kwargs["device"] == "cpu" and not kwargs["stack"]
-    shapes = epoch_shapes(train.n, val.n, 256, 256, present_fractions(train) if compact else None)
-    result["flops"] = flops(shapes) * kwargs["epochs"] * kwargs["seeds"]
+    # The FLOPs: the same run again (untimed), every matrix product it performs recorded.
+    products = MatrixProducts()
+    again = run(**kwargs, products=products)
+    if again["final_val_loss"] != result["final_val_loss"]:
+        raise RuntimeError(f"{kind}: the recorded run's validation loss {again['final_val_loss']} differs from the "
+                           f"timed run's {result['final_val_loss']}: the FLOPs would not be the timed run's")
+    result["flops"] = flops(products.calls)
+    result["products"] = len(products.calls)
     # One CPU thread: process time (immune to other processes on a shared machine); else wall time.
     single = kwargs["threads"] == 1 and kwargs["device"] == "cpu"
     result["clock"] = "cpu" if single else "wall"
     result["time"] = result["cpu_seconds"] if single else result["seconds"]
     clock = time.process_time if single else time.perf_counter
-    result["ref_flops_per_s"] = reference_flops_per_s(shapes, dtype, kwargs["device"], clock)
+    dtype = torch.bfloat16 if result["dtype"] == "bfloat16" else torch.float32
+    result["ref_flops_per_s"] = reference_flops_per_s(products.calls, dtype, kwargs["device"], clock)
     queue.put(result)
 
 
@@ -258,6 +258,7 @@ def main() -> None:
     from medmix.training.trainer import cpu_supports_bf16
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    products: dict[str, int] = {}
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average before: {os.getloadavg()}")
     print(f"data: {args.n} samples, {sum(map(len, DIMS.values()))} experts {DIMS}, teachers {TEACHERS}; "
           f"{args.seeds} seeds x {args.epochs} epochs, batch 256, hidden 256\n")
@@ -278,6 +279,7 @@ def main() -> None:
                     continue
                 kind = "plain" if name == "plain" else "trainer"
                 results[name] = r = run_isolated(kind, precision=precision, stack=name.startswith("stacked"), **common)
+                products[f"{device}/{threads}/{name}"] = r["products"]
                 base = results.get("plain")
                 speed = f"{base['time'] / r['time']:8.2f}" if base else f"{'-':>8}"
                 achieved = r["flops"] / r["time"]
@@ -287,6 +289,7 @@ def main() -> None:
                       f"{achieved / 1e9:8.1f} {r['ref_flops_per_s'] / 1e9:8.1f} {achieved / r['ref_flops_per_s']:5.2f} "
                       f"{r['peak_rss_mb']:7.0f} {gpu} {r['final_val_loss']:8.4f}", flush=True)
     print(f"\nload average after: {os.getloadavg()}")
+    print("matrix products per variant (recorded): " + ", ".join(f"{k} {v:,}" for k, v in products.items()))
     print("speed-up, GFLOP/s and frac use the 'clock' column's time: process CPU time for 1-thread CPU runs "
           "(robust to other load on the machine), wall time otherwise; 'mm ref' = torch.mm on the same "
           "shapes/dtype/threads with the same clock.")
