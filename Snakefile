@@ -42,3 +42,7 @@ rule all:
     input:
         all_targets(),
     default_target: True
+
+
+# Config `resources.<rule>` must name a rule whose resources it sets (extraction jobs: extraction.experts).
+check_resource_rules(config.get("resources", {}), sorted(RESOURCE_RULES))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -322,3 +323,21 @@ def test_the_schema_declares_exactly_the_expert_settings():
     assert set(keys) == {*EMBEDDING_SETTINGS, *RUNTIME_SETTINGS}
     assert set(EMBEDDING_SETTINGS).isdisjoint(RUNTIME_SETTINGS)
     assert {*EMBEDDING_SETTINGS, *RUNTIME_SETTINGS, "input_schema"} == set(ExtractorSettings.__dataclass_fields__)
+
+
+def test_resources_name_rules_and_their_threads_reach_the_jobs(tmp_path):
+    """`resources.<rule>`: a name no rule takes resources under is refused (it would be ignored), and a
+    `threads` override is the job's threads."""
+    from workflow_helpers import snakemake, tiny_config
+
+    cfg = tiny_config()
+    cfg["resources"] = {"stage": {"mem_mb": 3000}}  # the rule is `stages`
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "-n", "--cores", "1", "all", check=False)
+    assert proc.returncode != 0
+    assert "config key `resources.stage`: unknown rule 'stage'; did you mean 'stages'?" in proc.stdout + proc.stderr
+    cfg["resources"] = {"fit": {"threads": 2}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    plan = snakemake(tmp_path, "-n", "--cores", "2", "all").stdout
+    fits = re.findall(r"^rule fit:\n(.*?)(?=^\[|\Z)", plan, re.M | re.S)
+    assert fits and all("\n    threads: 2\n" in block for block in fits)

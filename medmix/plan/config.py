@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,16 @@ def _unknown_key(where: str, key: str, allowed) -> str:
     valid = ", ".join(sorted(allowed)) or "none"
     return f"config key `{where}`: unknown key {key!r}" + (f"; did you mean {hint!r}?" if hint else "") + \
         f" (valid keys here: {valid})"
+
+
+def check_resource_rules(resources: dict[str, Any], rules: Sequence[str]) -> None:
+    """Each ``resources.<rule>`` key names one of the workflow's ``rules`` (a misspelt or retired
+    rule name would otherwise be ignored without a word: its jobs would run on the defaults)."""
+    lines = [_unknown_key(f"resources.{key}", key, rules) for key in resources if key not in rules]
+    if lines:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines).replace("unknown key", "unknown rule")
+                          + f"\n(`resources.{EXTRACTION_RESOURCES}` applies to every extraction job, "
+                            "`extraction.experts.<expert>` to one expert's)")
 
 
 def method_owned_keys() -> dict[str, list[str]]:
@@ -581,7 +592,12 @@ def expert_shards(cfg: dict[str, Any], name: str) -> int:
     return int(ext.get("experts", {}).get(name, {}).get("shards", ext.get("shards", 1)))
 
 
-def extraction_resources(cfg: dict[str, Any], name: str, rule: str = "extract") -> dict[str, int]:
+#: The ``resources.<name>`` of every extraction job (``extract`` and ``extract_shard``), under the
+#: expert's own ``extraction.experts.<expert>``.
+EXTRACTION_RESOURCES = "extract"
+
+
+def extraction_resources(cfg: dict[str, Any], name: str, rule: str = EXTRACTION_RESOURCES) -> dict[str, int]:
     """Resources of one extraction job of expert ``name``: the registry's declaration (``mem_mb``,
     ``runtime_min`` split over the shards, ``gpu`` for GPU-capable experts unless the expert is set
     to run on CPU), then ``resources.<rule>``, then ``extraction.experts.<name>``."""

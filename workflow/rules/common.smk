@@ -9,6 +9,7 @@ from medmix.plan.cache_report import expert_code_files
 from medmix.plan.code_closure import closure_files
 from medmix.plan.config import (
     canonical_json,
+    check_resource_rules,
     committee,
     development_datasets,
     expert_identity,
@@ -66,15 +67,22 @@ def code_inputs(*modules):
     return [local(f) for f in closure_files(*modules)]
 
 
+#: The names config `resources.<name>` may use: every rule_resources() / rule_threads() call adds its
+#: own (the Snakefile checks the config against them once every rule is defined).
+RESOURCE_RULES = set()
+
+
 def rule_resources(rule_name, **defaults):
     """Default resources of a job of `rule_name` (`runtime`: 60 minutes unless given), overridden by config
     `resources.<rule>` (cluster profiles); a `threads` override there goes to `rule_threads`."""
+    RESOURCE_RULES.add(rule_name)
     over = {k: v for k, v in config.get("resources", {}).get(rule_name, {}).items() if k != "threads"}
     return {"runtime": 60, **defaults, **over}
 
 
 def rule_threads(rule_name, default=1):
     """A rule's threads: config `resources.<rule>.threads`, else ``default``."""
+    RESOURCE_RULES.add(rule_name)
     return config.get("resources", {}).get(rule_name, {}).get("threads", default)
 
 

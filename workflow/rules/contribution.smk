@@ -24,6 +24,7 @@ rule contribution:
         "logs/contribution.log",
     benchmark:
         "results/benchmarks/contribution.tsv"
+    threads: rule_threads("contribution")
     resources:
         **rule_resources("contribution", mem_mb=2000),
     conda:

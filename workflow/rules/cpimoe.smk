@@ -23,7 +23,7 @@ rule stages:
         "logs/stages/{dataset}/{method}/{protocol}.log",
     benchmark:
         "results/benchmarks/stages/{dataset}/{method}/{protocol}.tsv"
-    threads: 1
+    threads: rule_threads("stages")
     resources:
         **rule_resources("stages", mem_mb=4000),
     conda:
@@ -65,6 +65,7 @@ rule cpimoe_tables:
         "logs/cpimoe_tables.log",
     benchmark:
         "results/benchmarks/cpimoe_tables.tsv"
+    threads: rule_threads("cpimoe_tables")
     resources:
         **rule_resources("cpimoe_tables", mem_mb=2000),
     conda:

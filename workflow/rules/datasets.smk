@@ -21,6 +21,7 @@ checkpoint prepare_dataset:
         "logs/prepare_dataset/{dataset}.log",
     benchmark:
         "results/benchmarks/prepare_dataset/{dataset}.tsv"
+    threads: rule_threads("prepare_dataset")
     resources:
         **rule_resources("prepare_dataset", mem_mb=2000),
     conda:

@@ -13,6 +13,7 @@ rule demo_cohort:
         "logs/demo_cohort/{cohort}.log",
     benchmark:
         "results/benchmarks/demo_cohort/{cohort}.tsv"
+    threads: rule_threads("demo_cohort")
     resources:
         **rule_resources("demo_cohort", mem_mb=1000),
     conda:

@@ -98,7 +98,7 @@ rule merge_shards:
     wildcard_constraints:
         # Only sharded experts (a pattern no expert name matches when none is).
         expert="|".join(SHARDED_EXPERTS) or "(?!)",
-    threads: 1
+    threads: rule_threads("merge_shards")
     resources:
         **rule_resources("merge_shards", mem_mb=2000, runtime=15),
     conda:

@@ -1,9 +1,11 @@
 # Helpers of the extraction rules (extract.smk): resources, shard plans and inputs.
 import os
 
-from medmix.plan.config import expert_shards, extraction_resources
+from medmix.plan.config import EXTRACTION_RESOURCES, expert_shards, extraction_resources
 from medmix.store.inputs import input_fingerprint
 from medmix.store.shards import part_path, shard_rows
+
+RESOURCE_RULES.add(EXTRACTION_RESOURCES)
 
 #: Experts whose extraction is split into shards (merge_shards writes their feature files).
 SHARDED_EXPERTS = sorted({e for _, _, e in EXTRACTION_JOBS if expert_shards(config, e) > 1})

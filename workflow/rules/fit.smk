@@ -21,7 +21,7 @@ rule fit:
         "logs/fit/{dataset}/{method}/{protocol}.log",
     benchmark:
         "results/benchmarks/fit/{dataset}/{method}/{protocol}.tsv"
-    threads: 1
+    threads: rule_threads("fit")
     resources:
         **rule_resources("fit", mem_mb=4000),
     conda:
@@ -57,7 +57,7 @@ for _dataset, (_name, _plan) in [(d, part) for d in DEV_DATASETS for part in eva
             f"logs/evaluate/{_name}.log",
         benchmark:
             f"results/benchmarks/evaluate/{_name}.tsv"
-        threads: 1
+        threads: rule_threads("evaluate")
         resources:
             **rule_resources("evaluate", mem_mb=4000),
         conda:

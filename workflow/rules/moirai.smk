@@ -42,6 +42,7 @@ rule moirai_embed:
         "logs/moirai_embed/{dataset}/{modality}.log",
     benchmark:
         "results/benchmarks/moirai_embed/{dataset}/{modality}.tsv"
+    threads: rule_threads("moirai_embed")
     resources:
         # Runtime settings travel as resources, so changing them reruns nothing.
         batch_size=moirai_runtime("batch_size", 16),

@@ -33,6 +33,7 @@ rule kb_ingest:
         "logs/kb_ingest/{kb}.log",
     benchmark:
         "results/benchmarks/kb_ingest/{kb}.tsv"
+    threads: rule_threads("kb_ingest")
     resources:
         **rule_resources("kb_ingest", mem_mb=2000),
     conda:
@@ -62,7 +63,7 @@ rule rag_index:
         "logs/rag_index/{kb}/{encoder}.log",
     benchmark:
         "results/benchmarks/rag_index/{kb}/{encoder}.tsv"
-    threads: 2
+    threads: rule_threads("rag_index", 2)
     resources:
         **rule_resources("rag_index", mem_mb=6000),
         expert_runtime=lambda wc: canonical_json(expert_runtime(config, wc.encoder)),
@@ -87,6 +88,7 @@ rule bridge:
         "logs/bridge/{dataset}/{modality}/{bridge_model}.log",
     benchmark:
         "results/benchmarks/bridge/{dataset}/{modality}/{bridge_model}.tsv"
+    threads: rule_threads("bridge")
     resources:
         **rule_resources("bridge", mem_mb=48000, gpu=1),
         bridge_runtime=lambda wc: canonical_json(

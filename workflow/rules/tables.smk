@@ -40,6 +40,7 @@ rule tables:
         "logs/tables.log",
     benchmark:
         "results/benchmarks/tables.tsv"
+    threads: rule_threads("tables")
     resources:
         **rule_resources("tables", mem_mb=2000),
     conda:
