@@ -23,7 +23,9 @@ and the reference times ``torch.mm`` on that recorded sequence. The two runs mus
 validation loss. With CUDA the trainer and plain loop also run on the GPU (peak memory from
 ``torch.cuda.max_memory_allocated``).
 
-Usage: ``python benchmarks/bench_trainer.py [--n 2000] [--epochs 3] [--seeds 5] [--threads 1 2]``
+Usage::
+
+    python tests/benchmarks/bench_trainer.py [--n 2000] [--epochs 3] [--seeds 5] [--threads 1 2] [--devices cpu cuda]
 """
 
 from __future__ import annotations
@@ -254,10 +256,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-plain", action="store_true")
+    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=None,
+                        help="default: cpu, and cuda where torch sees a GPU")
     args = parser.parse_args()
     from medmix.training.trainer import cpu_supports_bf16
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if "cuda" in devices and not torch.cuda.is_available():
+        raise SystemExit("--devices cuda: torch sees no CUDA device here")
     products: dict[str, int] = {}
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average before: {os.getloadavg()}")
     print(f"data: {args.n} samples, {sum(map(len, DIMS.values()))} experts {DIMS}, teachers {TEACHERS}; "
