@@ -3,7 +3,7 @@
 # evaluates fusion methods from that cache and writes the tables.
 from snakemake.utils import min_version
 
-min_version("8.0")
+min_version("8.4.9")  # pyproject.toml says why
 
 
 configfile: "config.yaml"
