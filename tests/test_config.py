@@ -339,5 +339,5 @@ def test_resources_name_rules_and_their_threads_reach_the_jobs(tmp_path):
     cfg["resources"] = {"fit": {"threads": 2}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     plan = snakemake(tmp_path, "-n", "--cores", "2", "all").stdout
-    fits = re.findall(r"^rule fit:\n(.*?)(?=^\[|\Z)", plan, re.M | re.S)
+    fits = re.findall(r"^(?:local)?rule fit:\n(.*?)(?=^\[|\Z)", plan, re.M | re.S)  # 8.4.9 says "localrule"
     assert fits and all("\n    threads: 2\n" in block for block in fits)
