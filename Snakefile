@@ -44,5 +44,5 @@ rule all:
     default_target: True
 
 
-# Config `resources.<rule>` must name a rule whose resources it sets (extraction jobs: extraction.experts).
+# Config `resources.<rule>` must name a rule that reads it (`extract`: every extraction job).
 check_resource_rules(config.get("resources", {}), sorted(RESOURCE_RULES))

@@ -20,7 +20,8 @@ are observed, not derived: after the timed run the variant runs again, untimed, 
 :class:`MatrixProducts`, which records every matrix product it performs (forward, backward, the
 per-epoch validation, the distillation's Gram matrices, only the rows a product is computed on),
 and the reference times ``torch.mm`` on that recorded sequence. The two runs must end with the same
-validation loss. With CUDA the trainer and plain loop also run on the GPU (peak memory from
+validation loss, and torch's flop counter (``FlopCounterMode``) around it must count the same
+FLOPs. With CUDA the trainer and plain loop also run on the GPU (peak memory from
 ``torch.cuda.max_memory_allocated``).
 
 Usage::
@@ -222,8 +223,15 @@ def _child(kind: str, kwargs: dict[str, Any], queue) -> None:
     if kwargs["device"].startswith("cuda"):
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     # The FLOPs: the same run again (untimed), every matrix product it performs recorded.
+    # torch's own flop counter (medmix.pipeline.efficiency.count_flops) runs around it as a check:
+    # it gives the total only, the reference below needs every product's shape.
+    from medmix.pipeline.efficiency import count_flops
+
     products = MatrixProducts()
-    again = run(**kwargs, products=products)
+    again, counted = count_flops(lambda: run(**kwargs, products=products))
+    if counted != flops(products.calls):
+        raise RuntimeError(f"{kind}: MatrixProducts recorded {flops(products.calls):.0f} FLOPs, torch's flop "
+                           f"counter {counted}: a product went unrecorded")
     if again["final_val_loss"] != result["final_val_loss"]:
         raise RuntimeError(f"{kind}: the recorded run's validation loss {again['final_val_loss']} differs from the "
                            f"timed run's {result['final_val_loss']}: the FLOPs would not be the timed run's")
