@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from workflow_helpers import tiny_predictions
 
 from medmix.evaluation.tables_job import tables_job
@@ -17,7 +18,10 @@ PAPER = [f"{t}.{e}" for t in ("table1", "table2", "tableE2", "tableE3", "tableE4
 FIGS = ["fig2_one_modality_drop.png", "fig4_ablation.pdf", "fig_per_label_f1.png", "fig5_efficiency.png"]
 
 
-def test_tables_job_writes_every_output(tmp_path):
+def _run_tables_job(tmp_path, folder=None, figures=FIGS, processes: int = 1) -> dict[str, str]:
+    """The tables job on six tiny runs of dataset ``dev``; outputs in ``folder`` (default ``tmp_path``)."""
+    folder = folder or tmp_path
+    folder.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
     files = []
     for method, train, signal in (("meanavg", "none", 0.2), ("medmix", "none", 0.5), ("medmix", "rd50", 0.45),
@@ -27,8 +31,8 @@ def test_tables_job_writes_every_output(tmp_path):
         tiny_predictions(method, train, signal, rng).to_parquet(path)
         files.append(str(path))
     (tmp_path / "summary.md").write_text("# Dataset summary: dev\n")
-    out = {k: str(tmp_path / f"{k}.out") for k in ("main", "metrics", "robustness", "datasets", "labels",
-                                                    "patterns_md", "patterns_csv", "significance")}
+    out = {k: str(folder / f"{k}.out") for k in ("main", "metrics", "robustness", "datasets", "labels",
+                                                  "patterns_md", "patterns_csv", "significance")}
     protocols = {"train": {"none": {"kind": "none"}, "rd50": {"kind": "random_drop", "p": 0.5}},
                  "test": {"none": {"kind": "none"}, "rd30": {"kind": "random_drop", "p": 0.3},
                           "note50": {"kind": "drop_one", "modality": "note", "p": 0.5}}}
@@ -41,10 +45,15 @@ def test_tables_job_writes_every_output(tmp_path):
     tables_job(prediction_files=files, summaries=[str(tmp_path / "summary.md")], tasks={"dev": "multitask"},
                seeds=[0, 1], protocols=protocols,
                run_methods={"meanavg": "meanavg", "medmix_nodistill": "medmix_nodistill", "medmix": "medmix"},
-               out=out, paper_outputs=[str(tmp_path / p) for p in PAPER],
-               figure_outputs=[str(tmp_path / f) for f in FIGS],
+               out=out, paper_outputs=[str(folder / p) for p in PAPER],
+               figure_outputs=[str(folder / f) for f in figures],
                cost_files=[str(costs)],
-               expert_costs={"dev": {"meanavg": [expert], "medmix": [expert]}})
+               expert_costs={"dev": {"meanavg": [expert], "medmix": [expert]}}, processes=processes)
+    return out
+
+
+def test_tables_job_writes_every_output(tmp_path):
+    out = _run_tables_job(tmp_path)
     for name in [*PAPER, *FIGS]:
         assert (tmp_path / name).stat().st_size > 0, name
     t1 = (tmp_path / "table1.md").read_text()
@@ -67,3 +76,23 @@ def test_tables_job_writes_every_output(tmp_path):
     assert "| dev | medmix |" in e6 and "| dev | medmix_nodistill |" not in e6 and "enc" in e6
     assert pd.read_csv(tmp_path / "tableE6.csv").set_index("method").effscore["medmix"] == 1.0
     assert (tmp_path / "fig5_efficiency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_figures_drawn_in_a_second_process_are_the_same_files(tmp_path):
+    """``processes=2`` draws the figures in a forked process while the tables are written: every
+    output is the same file as when drawn in the job's own process (PDFs carry no date)."""
+    _run_tables_job(tmp_path, tmp_path / "one")
+    _run_tables_job(tmp_path, tmp_path / "two", processes=2)
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and set(FIGS) <= set(names)
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_a_figure_that_cannot_be_written_fails_the_job(tmp_path):
+    """An error in the figures' process comes back to the job (here: a figure's folder is a file)."""
+    (tmp_path / "a_file").write_text("not a folder")
+    for processes in (1, 2):
+        with pytest.raises(OSError, match="a_file"):
+            _run_tables_job(tmp_path, tmp_path / f"p{processes}",
+                            figures=[str(tmp_path / "a_file" / "fig4_ablation.png")], processes=processes)

@@ -17,6 +17,7 @@ values (not to 0), with std over seeds as error bars.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,8 +47,11 @@ DROP_SIDE = {"tableE2": "E2, train-time drop", "tableE3": "E3, test-time drop",
 
 def _save(fig, paths: list[str]) -> None:
     for path in paths:
+        fmt = Path(path).suffix[1:]
+        # No creation date in a PDF: the same tables give the same bytes.
+        metadata = {"CreationDate": None} if fmt == "pdf" else None
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=Path(path).suffix[1:], dpi=100)
+            fig.savefig(tmp, format=fmt, dpi=100, metadata=metadata)
 
 
 def _name(table: PaperTable, method: str) -> str:
@@ -208,6 +212,29 @@ def figure_makers(tables: dict[str, PaperTable], efficiency: pd.DataFrame | None
         "fig_per_label_f1": lambda: _per_label_figure(tables["tableE8"], styles),
         "fig5_efficiency": lambda: _efficiency_figure(efficiency, tables["table1"], styles),
     }
+
+
+def start_figures(tables: dict[str, PaperTable], outputs: list[str], efficiency: pd.DataFrame | None = None,
+                  runs: Sequence[str] = (), processes: int = 1):
+    """Write the figures (:func:`write_figures`) in a forked process while the caller goes on, when
+    ``processes`` > 1 on Linux; otherwise here and now. Returns a wait function: it returns once
+    every figure is written and re-raises the drawing's error, if any."""
+    if processes < 2 or not sys.platform.startswith("linux"):
+        write_figures(tables, outputs, efficiency, runs)
+        return lambda: None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+    future = pool.submit(write_figures, tables, outputs, efficiency, list(runs))
+
+    def wait() -> None:
+        try:
+            future.result()
+        finally:
+            pool.shutdown()
+
+    return wait
 
 
 def write_figures(tables: dict[str, PaperTable], outputs: list[str], efficiency: pd.DataFrame | None = None,

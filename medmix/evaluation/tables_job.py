@@ -31,13 +31,16 @@ def tables_job(*, prediction_files: Sequence[str], summaries: Sequence[str], tas
                dataset_order: Sequence[str] | None = None,
                out: dict[str, str], paper_outputs: Sequence[str], figure_outputs: Sequence[str] = (),
                cost_files: Sequence[str] = (),
-               expert_costs: dict[str, dict[str, list[dict[str, Any]]]] | None = None) -> None:
+               expert_costs: dict[str, dict[str, list[dict[str, Any]]]] | None = None,
+               improvements: Sequence[str] | None = None, processes: int = 1) -> None:
     """Write the legacy tables (``out``: main, metrics, robustness, datasets, labels, patterns_md,
     patterns_csv, significance) and every ``results/tables/<table>.<md|tex|csv>`` of ``paper_outputs``.
 
     Table E6 (``tableE6.*`` among ``paper_outputs``): ``cost_files`` are the evaluate jobs'
     ``results/costs/<dataset>[_<k>].json`` (the tables' runs' measured costs); ``expert_costs``:
-    dataset -> run -> the deployed experts' declared costs (medmix.evaluation.efficiency_table)."""
+    dataset -> run -> the deployed experts' declared costs (medmix.evaluation.efficiency_table).
+    ``improvements``: the runs beyond the paper (default: asked of the method registry, which
+    imports every method). ``processes`` > 1: the figures are drawn in a second process meanwhile."""
     t0 = time.perf_counter()
     runs = load_runs(list(prediction_files))
     res = collect_all(runs, tasks)
@@ -48,19 +51,25 @@ def tables_job(*, prediction_files: Sequence[str], summaries: Sequence[str], tas
     parts = [re.sub(r"^(#+) ", r"#\1 ", Path(p).read_text(), flags=re.M) for p in summaries]
     write_text_atomic(out["datasets"], "# Datasets\n\n" + "\n\n".join(p.strip() for p in parts) + "\n")
 
-    improvements = pt.improvement_runs(run_methods)
+    improvements = pt.improvement_runs(run_methods) if improvements is None else frozenset(improvements)
     tables = pt.build_tables(res.metrics, res.labels, protocols, run_methods, tasks, dataset_order, improvements)
+    for table in tables.values():
+        table.notes += [n for n in res.notes if n.split(" ", 1)[0] in set(table.frame.get("dataset", []))]
+    efficiency = eff.efficiency_frame(tables["table1"], eff.read_costs(cost_files), expert_costs or {})
+    figures_done = None
+    if figure_outputs:
+        from medmix.evaluation.figures import start_figures
+
+        figures_done = start_figures(tables, list(figure_outputs), efficiency, list(run_methods), processes)
     sig_all = []
     by_path = {Path(p).name: p for p in paper_outputs}
     for name, table in tables.items():
-        table.notes += [n for n in res.notes if n.split(" ", 1)[0] in set(table.frame.get("dataset", []))]
         sig = table_significance(table.frame, table.block, runs, res.thresholds, tasks, improvements=improvements)
         write_text_atomic(by_path[f"{name}.md"], pt.to_markdown(table, seeds, sig))
         write_text_atomic(by_path[f"{name}.tex"], pt.to_latex(table, seeds))
         _csv(pt.to_csv_frame(table, sig), by_path[f"{name}.csv"])
         if len(sig):
             sig_all.append(sig.assign(table=name))
-    efficiency = eff.efficiency_frame(tables["table1"], eff.read_costs(cost_files), expert_costs or {})
     if "tableE6.md" in by_path:
         write_text_atomic(by_path["tableE6.md"], eff.to_markdown(efficiency))
         write_text_atomic(by_path["tableE6.tex"], eff.to_latex(efficiency))
@@ -72,9 +81,7 @@ def tables_job(*, prediction_files: Sequence[str], summaries: Sequence[str], tas
     patterns = pattern_metrics(runs, res.thresholds, tasks)
     _csv(patterns, out["patterns_csv"])
     write_text_atomic(out["patterns_md"], patterns_markdown(patterns, seeds))
-    if figure_outputs:
-        from medmix.evaluation.figures import write_figures
-
-        write_figures(tables, list(figure_outputs), efficiency, runs=list(run_methods))
+    if figures_done:
+        figures_done()
     log.info("tables: %d runs, %d metric rows, %d paper tables in %.1fs", len(runs), len(res.metrics), len(tables),
              time.perf_counter() - t0)

@@ -575,6 +575,14 @@ def run_methods_json():
     return canonical_json([[r, run_spec(config, r).method] for r in config["methods"]])
 
 
+def improvements_json():
+    """The configured runs whose method is an improvement beyond the paper (marked in the tables;
+    asked of the registry here, so that the tables job need not import every method)."""
+    from medmix.evaluation.paper_tables import improvement_runs
+
+    return canonical_json(sorted(improvement_runs(dict(json.loads(run_methods_json())))))
+
+
 def table_protocols_json():
     """The configured train / test protocols (the missing grid's own are CP-IMoE's tables')."""
     section = config.get("protocols", {})

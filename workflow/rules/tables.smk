@@ -34,13 +34,14 @@ rule tables:
         tasks=canonical_json({d: dataset_config(d)["task"] for d in DATASETS}),
         protocols=table_protocols_json(),
         run_methods=run_methods_json(),
+        improvements=improvements_json(),
         datasets=canonical_json(DATASETS),
         expert_costs=expert_costs_json(),
     log:
         "logs/tables.log",
     benchmark:
         "results/benchmarks/tables.tsv"
-    threads: rule_threads("tables")
+    threads: rule_threads("tables", default=2)  # the figures are drawn in a second process
     resources:
         **rule_resources("tables", mem_mb=2000),
     conda:

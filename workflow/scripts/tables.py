@@ -7,8 +7,8 @@ from medmix.pipeline import setup_logging
 from medmix.pipeline.cpu_slots import claim_cpus
 
 setup_logging(snakemake.log[0])  # noqa: F821
-claim_cpus(1)
 sm = snakemake  # noqa: F821
+held = claim_cpus(sm.threads)
 named = ("main", "metrics", "robustness", "datasets", "labels", "patterns_md", "patterns_csv", "significance")
 tables_job(
     prediction_files=list(sm.input.predictions),
@@ -23,4 +23,6 @@ tables_job(
     figure_outputs=list(sm.output.figures),
     cost_files=list(sm.input.costs),
     expert_costs=json.loads(sm.params.expert_costs),
+    improvements=json.loads(sm.params.improvements),
+    processes=held or sm.threads,
 )
