@@ -41,7 +41,7 @@ rule tables:
         "logs/tables.log",
     benchmark:
         "results/benchmarks/tables.tsv"
-    threads: rule_threads("tables", default=2)  # the figures are drawn in a second process
+    threads: rule_threads("tables", 2)  # the figures are drawn in a second process
     resources:
         **rule_resources("tables", mem_mb=2000),
     conda:
