@@ -569,10 +569,15 @@ def expert_costs_json():
     return canonical_json(out)
 
 
+def run_methods():
+    """Run name -> registered method, for each configured run in config order."""
+    return {r: run_spec(config, r).method for r in config["methods"]}
+
+
 def run_methods_json():
     """[run, registered method] of each configured run, in config order (the tables tell MedMIX
     ablations apart by the method and order their rows by the list)."""
-    return canonical_json([[r, run_spec(config, r).method] for r in config["methods"]])
+    return canonical_json([[r, m] for r, m in run_methods().items()])
 
 
 def improvements_json():
@@ -580,7 +585,7 @@ def improvements_json():
     asked of the registry here, so that the tables job need not import every method)."""
     from medmix.evaluation.paper_tables import improvement_runs
 
-    return canonical_json(sorted(improvement_runs(dict(json.loads(run_methods_json())))))
+    return canonical_json(sorted(improvement_runs(run_methods())))
 
 
 def table_protocols_json():
