@@ -1,12 +1,16 @@
 # medmix: multimodal medical prediction under missing modalities.
 # Stage 1 extracts per-modality expert embeddings into a Parquet cache; stage 2 trains and
 # evaluates fusion methods from that cache and writes the tables.
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("8.4.9")  # pyproject.toml says why
 
 
-configfile: "config.yaml"
+# The base configuration: config.yaml in the folder Snakemake runs in, else this workflow's own (a run
+# elsewhere with `-s path/to/medmix/Snakefile --configfile my.yaml`, as `medmix init` prints it).
+configfile: "config.yaml" if Path("config.yaml").is_file() else Path(workflow.basedir, "config.yaml")
 
 
 report: "workflow/report/workflow.rst"

@@ -15,11 +15,22 @@ from medmix.datasets.declared import declared_labels
 from medmix.plan.config import REPO_ROOT, ConfigError, committee, expert_identity, validate_config
 from medmix.store.atomic import write_text_atomic
 
+BASE_HELP = "the base config (default: config.yaml here, else the workflow's own)"
+
+
+def _base_config(base: str) -> Path:
+    """The base config as the Snakefile picks it: ``base``; the default ``config.yaml``, when this
+    folder has none, is the workflow's own (:data:`REPO_ROOT`)."""
+    path = Path(base)
+    return REPO_ROOT / "config.yaml" if base == "config.yaml" and not path.is_file() else path
+
 
 def _effective(base: str, overlays: list[str]) -> tuple[dict, str]:
-    """The validated config of ``base`` with ``overlays`` merged on top as the workflow merges them
-    (:mod:`medmix.plan.overlay`), and how to name it."""
+    """The validated config of ``base`` (:func:`_base_config`) with ``overlays`` merged on top as the
+    workflow merges them (:mod:`medmix.plan.overlay`), and how to name it."""
     from medmix.plan.overlay import load_yaml, resolve_files
+
+    base = _config_ref(_base_config(base))
 
     if not overlays:
         if not Path(base).is_file():
@@ -114,6 +125,15 @@ def _config_ref(path: Path) -> str:
         return str(path)
 
 
+def _snakemake_command(config_ref: str) -> str:
+    """The command that runs ``config_ref`` from the current folder: plain ``snakemake`` in the
+    medmix folder; elsewhere it names this workflow's Snakefile (whose base config is then the
+    folder's own config.yaml, or the workflow's when it has none)."""
+    snakefile = REPO_ROOT / "Snakefile"
+    elsewhere = not Path("Snakefile").is_file() and snakefile.is_file()
+    return f"snakemake{f' -s {snakefile}' if elsewhere else ''} --cores 8 all --configfile {config_ref}"
+
+
 def _init(args) -> int:
     from medmix.cohort import CohortError
     from medmix.datasets import build_cohort
@@ -124,9 +144,10 @@ def _init(args) -> int:
     if out.exists() and not args.force:
         print(f"medmix: {out} exists; pass --force to overwrite it", file=sys.stderr)
         return 2
-    base_path = Path(args.base)
+    base_path = _base_config(args.base)
     if not base_path.is_file():
-        base_path = REPO_ROOT / "config.yaml"
+        print(f"medmix init: the base config {base_path} does not exist", file=sys.stderr)
+        return 2
     base = load_yaml(base_path)
     try:
         inf = infer_dataset(
@@ -150,8 +171,8 @@ def _init(args) -> int:
     for mod in cfg["datasets"][inf.name]["modalities"]:
         members, teacher = committee(cfg, inf.name, mod)
         experts[mod] = ", ".join(f"{m.name} ({m.role})" for m in members) + (f"; teacher {teacher}" if teacher else "")
-    text = render(overlay, inf, out_ref=_config_ref(out), manifest_ref=_config_ref(Path(args.manifest)),
-                  base_ref=_config_ref(base_path), experts=experts)
+    text = render(overlay, inf, command=_snakemake_command(_config_ref(out)),
+                  manifest_ref=_config_ref(Path(args.manifest)), base_ref=_config_ref(base_path), experts=experts)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, text)
     for w in inf.warnings:
@@ -160,7 +181,7 @@ def _init(args) -> int:
     print(f"wrote {out}: dataset {inf.name} ({len(cohort.frame)} samples: "
           + ", ".join(f"{splits.get(s, 0)} {s}" for s in ("train", "val", "test")) + f"), task {inf.task}, "
           f"modalities {', '.join(f'{m} [{k}]' for m, k in cohort.modalities.items())}, {len(overlay['methods'])} runs")
-    print(f"next: snakemake --cores 8 all --configfile {_config_ref(out)}")
+    print(f"next: {_snakemake_command(_config_ref(out))}")
     return 0
 
 
@@ -189,14 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     p_init.add_argument("--modality-roles", nargs=2, metavar=("PRIMARY", "SECONDARY"),
                         help="modality roles of the CP-IMoE missing grid (default: no grid)")
     p_init.add_argument("--base", default="config.yaml",
-                        help="the config this file is merged over (default: config.yaml here, else the repository's)")
+                        help="the config this file is merged over (default: config.yaml here, else the workflow's own)")
     p_init.add_argument("--force", action="store_true", help="overwrite --out")
     p_init.set_defaults(func=_init)
     p_info = sub.add_parser("info", help="print the resolved config: datasets, committees, experts")
     p_info.add_argument("--config", action="append",
                         help="a config file merged over --base as `snakemake --configfile` merges it (repeatable; "
                              "default: --base alone)")
-    p_info.add_argument("--base", default="config.yaml", help="the workflow's own config (default: config.yaml)")
+    p_info.add_argument("--base", default="config.yaml", help=BASE_HELP)
     p_info.add_argument("--profile", help="also list the models of this expert profile: revision, lock state, "
                         "size, in the cache or not (no request)")
     p_info.set_defaults(func=_info)
@@ -214,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("target", help="a feature file, <dataset>/<modality>/<expert> or <dataset>/<expert>")
         p.add_argument("--config", action="append",
                        help="a config file merged over --base as `snakemake --configfile` merges it (repeatable)")
-        p.add_argument("--base", default="config.yaml", help="the workflow's own config (default: config.yaml)")
+        p.add_argument("--base", default="config.yaml", help=BASE_HELP)
         p.add_argument("--cache", default="results", help="the results folder holding <dataset>/features/ "
                        "(default: results)")
         p.set_defaults(func=_cache)
@@ -223,10 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     p_exp.set_defaults(func=_experts)
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe is met inside this try
+        return rc
     except (ConfigError, FileNotFoundError) as err:
         print(f"medmix: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `medmix info | head`: the reader left; no traceback, no error at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

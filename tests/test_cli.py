@@ -4,6 +4,8 @@ rule (medmix.plan.overlay): a config that declares its own datasets inherits non
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -111,11 +113,15 @@ def test_init_command_writes_a_valid_config_without_demo_leftovers(tmp_path, mon
                "--name", "mine"])
     assert rc == 0, capsys.readouterr().err
     out = capsys.readouterr().out
-    assert "wrote my.yaml: dataset mine (24 samples" in out and "snakemake --cores 8 all --configfile my.yaml" in out
+    # No Snakefile here: the command names the workflow's.
+    command = f"snakemake -s {REPO_ROOT / 'Snakefile'} --cores 8 all --configfile my.yaml"
+    assert "wrote my.yaml: dataset mine (24 samples" in out and f"next: {command}\n" in out
     text = (tmp_path / "my.yaml").read_text()
     header = [line for line in text.splitlines() if line.startswith("#")]
-    assert header[0].startswith("# medmix config for the cohort `mine`") and "#   snakemake --cores 8 all " \
-        "--configfile my.yaml" in header
+    assert header[0].startswith("# medmix config for the cohort `mine`") and f"#   {command}" in header
+    (tmp_path / "Snakefile").touch()  # in the medmix folder: plain snakemake
+    assert main(["init", "--manifest", "data/manifest.csv", "--labels", "outcome", "--out", "here.yaml"]) == 0
+    assert "next: snakemake --cores 8 all --configfile here.yaml\n" in capsys.readouterr().out
     overlay = yaml.safe_load(text)
     assert set(overlay) == {"datasets", "methods", "protocols", "sweep", "missing_grid"}
     mods = set(overlay["datasets"]["mine"]["modalities"])
@@ -217,3 +223,12 @@ def test_init_overlay_keeps_only_variants_that_fit():
     inf.name = "demo_openi"
     with pytest.raises(InitError, match="a dataset of the base config already"):
         build_overlay(inf, BASE)
+
+
+def test_a_reader_that_left_gets_no_traceback():
+    """`medmix experts | head -1`: the pipe is closed before the command writes (deterministic)."""
+    proc = subprocess.Popen([sys.executable, "-m", "medmix.cli", "experts"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Error" not in err, err

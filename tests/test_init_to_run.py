@@ -94,6 +94,28 @@ def test_generated_config_plans_its_cohort_alone(tmp_path):
     assert jobs["contribution"] == 1  # the sweep runs over the new cohort
 
 
+def test_init_and_run_in_a_folder_of_your_own(tmp_path):
+    """No Snakefile and no config.yaml here: `medmix init` merges over the workflow's own config.yaml and
+    prints the command with `-s`; Snakemake run here picks the same base; `medmix info` too."""
+    write_cohort(tmp_path / "site_b")
+    proc = subprocess.run([sys.executable, "-m", "medmix.cli", "init", "--manifest", "site_b/manifest.csv",
+                           "--labels", "effusion", "--out", "site_b.yaml"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    command = f"snakemake -s {REPO / 'Snakefile'} --cores 8 all --configfile site_b.yaml"
+    assert f"next: {command}" in proc.stdout
+    header = (tmp_path / "site_b.yaml").read_text()
+    assert f"#   {command}\n" in header and f"Merged over {REPO / 'config.yaml'} " in header
+    assert not (tmp_path / "config.yaml").exists()
+    out = run_snakemake(tmp_path, "-n", "--cores", "2", "all", "--configfile", "site_b.yaml")
+    jobs = job_counts(out.stdout + out.stderr)
+    assert jobs["prepare_dataset"] == 1 and jobs["evaluate_site_b"] == 1 and "demo_cohort" not in jobs
+    info = subprocess.run([sys.executable, "-m", "medmix.cli", "info", "--config", "site_b.yaml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert info.returncode == 0, info.stderr
+    assert f"config: {REPO / 'config.yaml'} + site_b.yaml (valid)" in info.stdout
+
+
 @pytest.mark.slow
 def test_init_then_run_the_cohort_alone(tmp_path):
     write_cohort(tmp_path / "cohort")

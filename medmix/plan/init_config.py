@@ -450,10 +450,11 @@ def build_overlay(inf: Inference, base: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def render(overlay: dict[str, Any], inf: Inference, *, out_ref: str, manifest_ref: str, base_ref: str,
+def render(overlay: dict[str, Any], inf: Inference, *, command: str, manifest_ref: str, base_ref: str,
            experts: dict[str, str] | None = None) -> str:
     """The YAML file: a comment header (what was inferred from which column, the next command),
-    then ``overlay``. ``experts``: modality -> its committee in words (from the validated config)."""
+    then ``overlay``. ``command``: the snakemake command that runs it; ``experts``: modality -> its
+    committee in words (from the validated config)."""
     width = min(24, max(len(c.name) for c in inf.columns))
     lines = [
         f"# medmix config for the cohort `{inf.name}`, written by `medmix init` from {manifest_ref}",
@@ -481,7 +482,7 @@ def render(overlay: dict[str, Any], inf: Inference, *, out_ref: str, manifest_re
     lines += [
         f"# Merged over {base_ref} (experts, training, seeds); as this file declares `datasets`, the demo's",
         "# datasets and cohorts are not inherited (include_demo: auto). Next:",
-        f"#   snakemake --cores 8 all --configfile {out_ref}",
+        f"#   {command}",
         "",
     ]
     body = yaml.safe_dump(overlay, sort_keys=False, default_flow_style=None, width=110)
