@@ -10,7 +10,7 @@ min_version("8.4.9")  # pyproject.toml says why
 
 # The base configuration: config.yaml in the folder Snakemake runs in, else this workflow's own (a run
 # elsewhere with `-s path/to/medmix/Snakefile --configfile my.yaml`, as `medmix init` prints it).
-configfile: "config.yaml" if Path("config.yaml").is_file() else Path(workflow.basedir, "config.yaml")
+configfile: "config.yaml" if Path("config.yaml").is_file() else str(Path(workflow.basedir, "config.yaml"))
 
 
 report: "workflow/report/workflow.rst"

@@ -116,6 +116,16 @@ def test_init_and_run_in_a_folder_of_your_own(tmp_path):
     assert f"config: {REPO / 'config.yaml'} + site_b.yaml (valid)" in info.stdout
 
 
+def test_a_foreign_config_yaml_here_is_named_in_the_error(tmp_path):
+    """A config.yaml of another tool in the run folder is the base: the error names the files merged."""
+    (tmp_path / "config.yaml").write_text("foo: 1\n")
+    (tmp_path / "mine.yaml").write_text("seeds: [0]\n")
+    with pytest.raises(AssertionError) as failed:
+        run_snakemake(tmp_path, "-n", "--cores", "2", "all", "--configfile", "mine.yaml")
+    assert "unknown key 'foo'" in str(failed.value)
+    assert f"(from config.yaml + {tmp_path / 'mine.yaml'} in {tmp_path}; the base is config.yaml" in str(failed.value)
+
+
 @pytest.mark.slow
 def test_init_then_run_the_cohort_alone(tmp_path):
     write_cohort(tmp_path / "cohort")

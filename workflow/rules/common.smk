@@ -8,6 +8,7 @@ from extractors.registry import get_spec
 from medmix.plan.cache_report import expert_code_files
 from medmix.plan.code_closure import closure_files
 from medmix.plan.config import (
+    ConfigError,
     canonical_json,
     check_resource_rules,
     committee,
@@ -45,8 +46,13 @@ if _effective_config is not None:
     config.update(_effective_config)
 
 # Schema (the file plus the registered adapters' own keys, medmix.plan.schema; defaults filled in)
-# and semantic validation; an error names the offending key.
-validate_config(config)
+# and semantic validation; an error names the offending key, and the files it came from.
+try:
+    validate_config(config)
+except ConfigError as err:
+    _files = [str(f) for f in workflow.configfiles if str(f) not in _overlay_files] + _overlay_files
+    raise ConfigError(f"{err}\n(from {' + '.join(_files) or 'no config file'} in {Path.cwd()}; the base is "
+                      "config.yaml in the folder Snakemake runs in, else the workflow's own)") from None
 
 
 #: How input files are compared (config `inputs_check`): "stat" (name, size, mtime) or "content" (sha256).
